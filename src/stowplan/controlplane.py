@@ -189,7 +189,8 @@ class LocalControlPlane:
             f"clusters:\n- name: local\n  cluster:\n    server: {self.server}\n"
             f"    certificate-authority: {self.ca_file}\n"
             f"users:\n- name: admin\n  user:\n    token: {self.admin_token}\n"
-            "contexts:\n- name: local\n  context: {cluster: local, user: admin, namespace: default}\n"
+            "contexts:\n- name: local\n"
+            "  context: {cluster: local, user: admin, namespace: default}\n"
             "current-context: local\n"
         )
 

@@ -5,7 +5,7 @@ version ``v1alpha1``. The CRDs under ``crds/`` are generated from these types.
 """
 
 from stowplan.api import gpunode, inferencemodel
-from stowplan.api.gpunode import GPUNode, GPUNodeSpec, GPUNodeStatus, GpuInfo, ResidentModel
+from stowplan.api.gpunode import GpuInfo, GPUNode, GPUNodeSpec, GPUNodeStatus, ResidentModel
 from stowplan.api.inferencemodel import (
     GROUP,
     MODEL_LABEL,

@@ -193,7 +193,9 @@ class InferenceModelSpec(WireModel):
         default="",
         alias="gpuType",
         max_length=128,
-        description="Only GPUs with exactly this product name (as NVML reports it) are used; empty: any.",
+        description=(
+            "Only GPUs with exactly this product name (as NVML reports it) are used; empty: any."
+        ),
     )
 
     @model_validator(mode="after")

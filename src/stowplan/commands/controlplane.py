@@ -6,7 +6,9 @@ pointed at it. See :mod:`stowplan.controlplane`.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import subprocess
 import threading
 from pathlib import Path
 
@@ -36,8 +38,6 @@ def command(workdir: Path, port: int, install_crds: bool) -> None:
         if install_crds:
             crds = Path(__file__).resolve().parents[3] / "crds"
             if crds.is_dir():
-                import subprocess
-
                 subprocess.run(
                     [str(cp.kubectl), "--kubeconfig", str(cp.kubeconfig), "apply", "-f", str(crds)],
                     check=True,
@@ -49,9 +49,7 @@ def command(workdir: Path, port: int, install_crds: bool) -> None:
         click.echo("Ctrl-C stops it.")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     finally:
         cp.stop()
