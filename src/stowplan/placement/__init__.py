@@ -1,8 +1,14 @@
 """Placement engine: SLO-derived GPU capacity, best-fit and CP-SAT packing, verification.
 
 Pure: no I/O, no Kubernetes, no HTTP, no GPU libraries. See ``placement/README.md``.
+
+Public API: ``plan(problem, time_limit_s=0.0) -> Plan``, ``check_plan(problem, plan) ->
+list[Violation]``, ``replica_capacity(model, duty_cycle_ms) -> ReplicaCapacity | None`` and the
+exception tree rooted at ``PlacementError``.
 """
 
+from stowplan.placement.capacity import DUTY_LEVELS_MS, ReplicaCapacity, replica_capacity
+from stowplan.placement.errors import InvalidProblem, PlacementError, SolverFailed
 from stowplan.placement.models import (
     Assignment,
     Gpu,
@@ -14,15 +20,26 @@ from stowplan.placement.models import (
     Unplaced,
     UnplacedReason,
 )
+from stowplan.placement.planner import plan
+from stowplan.placement.verify import Violation, check_plan
 
 __all__ = [
+    "DUTY_LEVELS_MS",
     "Assignment",
     "Gpu",
+    "InvalidProblem",
     "LatencyProfile",
     "MemoryProfile",
     "ModelDemand",
+    "PlacementError",
     "Plan",
     "Problem",
+    "ReplicaCapacity",
+    "SolverFailed",
     "Unplaced",
     "UnplacedReason",
+    "Violation",
+    "check_plan",
+    "plan",
+    "replica_capacity",
 ]

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -60,6 +61,10 @@ class ModelDemand(_Frozen):
     priority: int = 0
     node_selector: Mapping[str, str] = Field(default_factory=dict)
     gpu_type: str = ""
+    # Fixed demand (a pod of the public GPU-sharing trace): when > 0 each replica takes this many
+    # thousandths of every duty cycle whatever the cycle length, needs no batching and holds
+    # memory.weights_mib; latency, slo_ms and max_batch are then ignored.
+    gpu_milli: int = Field(default=0, ge=0, le=1000)
 
 
 class Assignment(_Frozen):

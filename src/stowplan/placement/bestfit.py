@@ -1,0 +1,49 @@
+"""Best-fit decreasing: the fallback plan, the CP-SAT/LNS starting point and the online policy.
+
+For each replica (in the caller's order; ``decreasing_order`` gives priority, then size) pick,
+among the GPUs it may use, the already used GPU whose load after adding it is the highest (the
+tightest fit, at the best duty-cycle level for that GPU); open an empty GPU only when no used one
+fits, again the tightest. Callers: planner, online, lns. Pure; mutates only the PackState given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from stowplan.placement.packing import PackIndex, PackState, Replica
+
+
+def choose_gpu(state: PackState, mi: int) -> int | None:
+    """The best-fit GPU for one replica of model ``mi``, or None if none fits."""
+    cand = np.flatnonzero(state.index.eligible[mi] & ~state.holds[mi])
+    if cand.size == 0:
+        return None
+    load = state.loads(mi, cand).min(axis=1)
+    finite = np.isfinite(load)
+    used = state.count[cand] > 0
+    for group in (used & finite, ~used & finite):
+        idx = np.flatnonzero(group)
+        if idx.size:
+            return int(cand[idx[np.argmax(load[idx])]])
+    return None
+
+
+def decreasing_order(index: PackIndex, replicas: Iterable[Replica]) -> list[Replica]:
+    """Higher priority first, then larger (time or memory share) first, then name order."""
+    reps = list(replicas)
+    sizes = {mi: index.size(mi) for mi in {r[0] for r in reps}}
+    return sorted(reps, key=lambda r: (-index.models[r[0]].priority, -sizes[r[0]], r))
+
+
+def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
+    """Place ``replicas`` in the given order; returns those that fit nowhere."""
+    left: list[Replica] = []
+    for rep in replicas:
+        g = choose_gpu(state, rep[0])
+        if g is None:
+            left.append(rep)
+        else:
+            state.add(rep, g)
+    return left

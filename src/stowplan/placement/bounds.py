@@ -1,0 +1,52 @@
+"""Lower bounds on the number of GPUs any valid plan needs (every plan reports one).
+
+Each replica has a smallest possible GPU time share (its best duty-cycle level, alone) and a
+smallest memory footprint; on any GPU the shares of the residents sum to at most 1 whatever the
+shared duty cycle is, so one-dimensional bin-packing bounds over these sizes are valid:
+the volume bound, the "items above one half need a GPU each" count and Martello-Toth's L2. Replicas
+of one model need distinct GPUs, so the largest replica count is a bound too. Callers: planner,
+bench_placement. Pure; numbers in, an int out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+_EPS = 1e-9
+
+
+def volume_bound(sizes: Sequence[float]) -> int:
+    """ceil(sum of sizes) for sizes as fractions of one bin."""
+    return max(0, math.ceil(sum(sizes) - 1e-7))
+
+
+def martello_toth_l2(sizes: Sequence[float]) -> int:
+    """Martello & Toth's L2 bound for bins of capacity 1 (>= the volume bound)."""
+    items = sorted((s for s in sizes if s > _EPS), reverse=True)
+    if not items:
+        return 0
+    best = volume_bound(items)
+    alphas = sorted({s for s in items if s <= 0.5 + _EPS} | {0.0})
+    n = len(items)
+    for alpha in alphas:
+        j1 = sum(1 for s in items if s > 1 - alpha + _EPS)
+        j2 = [s for s in items if 0.5 + _EPS < s <= 1 - alpha + _EPS]
+        j3 = sum(s for s in items if alpha - _EPS <= s <= 0.5 + _EPS)
+        free = len(j2) - sum(j2)
+        bound = j1 + len(j2) + max(0, math.ceil(j3 - free - 1e-7))
+        best = max(best, bound)
+        if n > 2000 and alpha > 0:  # keep it O(n) per alpha for huge fleets: a few alphas suffice
+            break
+    return best
+
+
+def gpu_lower_bound(
+    shares: Sequence[float], memory_fractions: Sequence[float], replicas_per_model: Sequence[int]
+) -> int:
+    """Best of the bounds: time shares (L2), memory fractions (L2), distinct-GPU replicas."""
+    return max(
+        martello_toth_l2(shares),
+        martello_toth_l2(memory_fractions),
+        max(replicas_per_model, default=0),
+    )

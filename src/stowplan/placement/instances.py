@@ -1,0 +1,228 @@
+"""Instances: the ``stowplan place`` JSON format <-> Problem, plus small builders.
+
+The instance format (issue 3)::
+
+    {"gpus":   [{"node": "n0", "index": 0, "memory_mib": 81920, "type": "A100"}, ...],
+     "models": [{"name": "m0", "replicas": 3, "slo_ms": 50, "target_qps": 400,
+                 "latency_ms": {"base": 4.1, "per_item": 0.5},
+                 "memory_mib": {"weights": 500, "per_item": 20}, "max_batch": 128}, ...]}
+
+Optional keys: gpus ``labels``; models ``priority``, ``node_selector``, ``gpu_type``,
+``gpu_milli``; top level ``memory_reserve_mib``. Unknown keys are refused. Callers: the place CLI,
+the benchmarks, the tests. Pure: takes parsed JSON (dicts), never opens files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from stowplan.placement.errors import InvalidProblem
+from stowplan.placement.models import (
+    Gpu,
+    LatencyProfile,
+    MemoryProfile,
+    ModelDemand,
+    Plan,
+    Problem,
+    _Frozen,
+)
+
+
+class _LatencyIn(_Frozen):
+    base: float = Field(ge=0)
+    per_item: float = Field(ge=0)
+
+
+class _MemoryIn(_Frozen):
+    weights: float = Field(ge=0)
+    per_item: float = Field(ge=0)
+
+
+class _GpuIn(_Frozen):
+    node: str = Field(min_length=1)
+    index: int = Field(ge=0)
+    memory_mib: int = Field(gt=0)
+    type: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class _ModelIn(_Frozen):
+    name: str = Field(min_length=1)
+    replicas: int = Field(ge=0)
+    slo_ms: float = Field(gt=0, allow_inf_nan=False)
+    target_qps: float = Field(ge=0, allow_inf_nan=False)
+    latency_ms: _LatencyIn
+    memory_mib: _MemoryIn
+    max_batch: int = Field(ge=1)
+    priority: int = 0
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    gpu_type: str = ""
+    gpu_milli: int = Field(default=0, ge=0, le=1000)
+
+
+class _InstanceIn(_Frozen):
+    gpus: list[_GpuIn]
+    models: list[_ModelIn]
+    memory_reserve_mib: int = Field(default=0, ge=0)
+
+
+def problem_from_json(data: Any) -> Problem:
+    """Build a Problem from parsed instance JSON; ``InvalidProblem`` names the bad field."""
+    try:
+        inst = _InstanceIn.model_validate(data)
+        return Problem(
+            gpus=tuple(
+                Gpu(
+                    node=g.node,
+                    index=g.index,
+                    memory_mib=g.memory_mib,
+                    gpu_type=g.type,
+                    labels=g.labels,
+                )
+                for g in inst.gpus
+            ),
+            models=tuple(
+                ModelDemand(
+                    name=m.name,
+                    replicas=m.replicas,
+                    slo_ms=m.slo_ms,
+                    target_qps=m.target_qps,
+                    latency=LatencyProfile(
+                        base_ms=m.latency_ms.base, per_item_ms=m.latency_ms.per_item
+                    ),
+                    memory=MemoryProfile(
+                        weights_mib=m.memory_mib.weights, per_item_mib=m.memory_mib.per_item
+                    ),
+                    max_batch=m.max_batch,
+                    priority=m.priority,
+                    node_selector=m.node_selector,
+                    gpu_type=m.gpu_type,
+                    gpu_milli=m.gpu_milli,
+                )
+                for m in inst.models
+            ),
+            memory_reserve_mib=inst.memory_reserve_mib,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidProblem(f"{where}: {first['msg']} ({exc.error_count()} error(s))") from None
+
+
+def problem_to_json(problem: Problem) -> dict[str, Any]:
+    """The instance JSON of a Problem (current/pinned are not part of the format)."""
+    return {
+        "gpus": [
+            {
+                "node": g.node,
+                "index": g.index,
+                "memory_mib": g.memory_mib,
+                "type": g.gpu_type,
+                **({"labels": dict(g.labels)} if g.labels else {}),
+            }
+            for g in problem.gpus
+        ],
+        "models": [_model_json(m) for m in problem.models],
+        **(
+            {"memory_reserve_mib": problem.memory_reserve_mib} if problem.memory_reserve_mib else {}
+        ),
+    }
+
+
+def _model_json(m: ModelDemand) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": m.name,
+        "replicas": m.replicas,
+        "slo_ms": m.slo_ms,
+        "target_qps": m.target_qps,
+        "latency_ms": {"base": m.latency.base_ms, "per_item": m.latency.per_item_ms},
+        "memory_mib": {"weights": m.memory.weights_mib, "per_item": m.memory.per_item_mib},
+        "max_batch": m.max_batch,
+    }
+    if m.priority:
+        out["priority"] = m.priority
+    if m.node_selector:
+        out["node_selector"] = dict(m.node_selector)
+    if m.gpu_type:
+        out["gpu_type"] = m.gpu_type
+    if m.gpu_milli:
+        out["gpu_milli"] = m.gpu_milli
+    return out
+
+
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """The ``stowplan place --json`` output."""
+    return {
+        "gpus_used": plan.gpus_used,
+        "lower_bound": plan.lower_bound,
+        "solve_seconds": round(plan.solve_seconds, 6),
+        "moves": plan.moves,
+        "unplaced": [
+            {"model": u.model, "replica": u.replica, "reason": str(u.reason), "message": u.message}
+            for u in plan.unplaced
+        ],
+        "assignments": [
+            {
+                "model": a.model,
+                "replica": a.replica,
+                "node": a.node,
+                "gpu": a.gpu,
+                "batch_size": a.batch_size,
+                "duty_cycle_ms": a.duty_cycle_ms,
+                "busy_ms": round(a.busy_ms, 6),
+                "memory_mib": round(a.memory_mib, 3),
+            }
+            for a in plan.assignments
+        ],
+    }
+
+
+def make_gpus(
+    n: int,
+    *,
+    memory_mib: int = 16000,
+    per_node: int = 4,
+    gpu_type: str = "A100",
+    labels: Mapping[str, str] | None = None,
+    prefix: str = "n",
+) -> tuple[Gpu, ...]:
+    """``n`` identical GPUs, ``per_node`` per node named ``{prefix}{k}``."""
+    return tuple(
+        Gpu(
+            node=f"{prefix}{i // per_node}",
+            index=i % per_node,
+            memory_mib=memory_mib,
+            gpu_type=gpu_type,
+            labels=dict(labels or {}),
+        )
+        for i in range(n)
+    )
+
+
+def make_model(
+    name: str,
+    *,
+    replicas: int = 1,
+    slo_ms: float = 50,
+    target_qps: float = 100,
+    base_ms: float = 4.0,
+    per_item_ms: float = 0.5,
+    weights_mib: float = 500,
+    per_item_mib: float = 20,
+    max_batch: int = 128,
+    **extra: Any,
+) -> ModelDemand:
+    """A ModelDemand with the ResNet-50-like defaults used across the tests."""
+    return ModelDemand(
+        name=name,
+        replicas=replicas,
+        slo_ms=slo_ms,
+        target_qps=target_qps,
+        latency=LatencyProfile(base_ms=base_ms, per_item_ms=per_item_ms),
+        memory=MemoryProfile(weights_mib=weights_mib, per_item_mib=per_item_mib),
+        max_batch=max_batch,
+        **extra,
+    )

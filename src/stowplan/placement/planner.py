@@ -1,0 +1,231 @@
+"""``plan(problem)``: the public entry point of the placement engine.
+
+Steps: validate, classify replicas nobody could host (each gets an ``Unplaced`` reason), keep
+the current placement where it still fits (pinned first, then by priority: stability), best-fit
+decreasing for the rest, evict lower-priority replicas for higher-priority ones when short, then,
+with a time budget, LNS/CP-SAT improvement (never worse than best-fit). Every plan carries a
+lower bound. Callers: the operator, ``stowplan up``, ``stowplan place``, the benchmarks. Pure:
+no I/O; the clock is injectable for tests.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
+from stowplan.placement.bounds import gpu_lower_bound
+from stowplan.placement.errors import InvalidProblem
+from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason
+from stowplan.placement.packing import PackIndex, PackState, Replica
+
+Clock = Callable[[], float]
+
+
+def validate(problem: Problem) -> None:
+    """Raise ``InvalidProblem`` for what pydantic cannot see (duplicates, non-finite numbers)."""
+    keys = [g.key for g in problem.gpus]
+    if len(keys) != len(set(keys)):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise InvalidProblem(f"GPU {dup[0]}:{dup[1]} is listed twice")
+    for m in problem.models:
+        nums = {
+            "slo_ms": m.slo_ms,
+            "target_qps": m.target_qps,
+            "latency.base_ms": m.latency.base_ms,
+            "latency.per_item_ms": m.latency.per_item_ms,
+            "memory.weights_mib": m.memory.weights_mib,
+            "memory.per_item_mib": m.memory.per_item_mib,
+        }
+        for name, value in nums.items():
+            if not math.isfinite(value):
+                raise InvalidProblem(f"model {m.name}: {name} must be finite, got {value}")
+    seen: set[tuple[str, int]] = set()
+    for a in problem.current:
+        if a.replica_key in seen:
+            raise InvalidProblem(f"current placement lists {a.model}/{a.replica} twice")
+        seen.add(a.replica_key)
+
+
+def unplaceable_reason(index: PackIndex, mi: int) -> Unplaced | None:
+    """Why no GPU could host a replica of model ``mi`` even alone (None: some GPU can)."""
+    m = index.models[mi]
+    c = index.costs[mi]
+    name = m.name
+
+    def out(reason: UnplacedReason, msg: str) -> Unplaced:
+        return Unplaced(model=name, replica=0, reason=reason, message=msg)
+
+    if not c.feasible:
+        if m.gpu_milli == 0 and m.latency.base_ms + m.latency.per_item_ms >= m.slo_ms:
+            return out(
+                UnplacedReason.SLO_BELOW_BASE_LATENCY,
+                f"SLO {m.slo_ms} ms is not above the latency of a batch of one "
+                f"({m.latency.base_ms + m.latency.per_item_ms:.3f} ms) plus a duty cycle",
+            )
+        qps = m.target_qps / m.replicas if m.replicas else 0.0
+        return out(
+            UnplacedReason.NO_CAPACITY,
+            f"one replica cannot serve {qps:.1f} qps within {m.slo_ms} ms (max_batch "
+            f"{m.max_batch}) even on a GPU of its own; add replicas",
+        )
+    elig = index.eligible[mi]
+    if not elig.any():
+        return out(
+            UnplacedReason.NO_MATCHING_NODE,
+            f"no GPU matches gpu_type={m.gpu_type!r} node_selector={dict(m.node_selector)}",
+        )
+    need = c.min_memory_mib()
+    biggest = float(index.cap_mib[elig].max())
+    if need > biggest:
+        return out(
+            UnplacedReason.MEMORY_EXCEEDS_EVERY_GPU,
+            f"needs {need:.0f} MiB, the largest matching GPU offers {biggest:.0f} MiB",
+        )
+    return None
+
+
+def lower_bound(index: PackIndex, placeable: list[int]) -> int:
+    """GPU lower bound over the replicas of the placeable models (see bounds.py)."""
+    shares: list[float] = []
+    mems: list[float] = []
+    for mi in placeable:
+        c = index.costs[mi]
+        cap = float(index.cap_mib[index.eligible[mi]].max())
+        n = index.models[mi].replicas
+        shares += [c.min_share()] * n
+        mems += [c.min_memory_mib() / cap] * n
+    return gpu_lower_bound(shares, mems, [index.models[mi].replicas for mi in placeable])
+
+
+def _keep_current(state: PackState, problem: Problem) -> None:
+    index = state.index
+    current = sorted(
+        problem.current,
+        key=lambda a: (
+            a.replica_key not in problem.pinned,
+            -index.models[index.model_pos[a.model]].priority if a.model in index.model_pos else 0,
+            a.model,
+            a.replica,
+        ),
+    )
+    for a in current:
+        mi = index.model_pos.get(a.model)
+        g = index.gpu_pos.get(a.gpu_key)
+        if mi is None or g is None or a.replica >= index.models[mi].replicas:
+            continue
+        if not index.eligible[mi, g] or state.holds[mi, g] or (mi, a.replica) in state.where:
+            continue
+        if state.fits(mi, g):
+            state.add((mi, a.replica), g)
+
+
+def _preempt(state: PackState, left: list[Replica], pinned: set[Replica]) -> list[Replica]:
+    """Evict lower-priority replicas so that higher-priority ones in ``left`` get a GPU."""
+    index = state.index
+    prio = [m.priority for m in index.models]
+    still: list[Replica] = []
+    queue = list(left)
+    while queue:
+        rep = queue.pop(0)
+        mi = rep[0]
+        placed = False
+        cand = np.flatnonzero(index.eligible[mi] & ~state.holds[mi])
+        for g in cand.tolist():
+            victims = sorted(
+                (v for v in state.residents[g] if prio[v[0]] < prio[mi] and v not in pinned),
+                key=lambda v: (prio[v[0]], -index.size(v[0])),
+            )
+            if not victims:
+                continue
+            removed: list[Replica] = []
+            for v in victims:
+                state.remove(v)
+                removed.append(v)
+                if state.fits(mi, g):
+                    break
+            if state.fits(mi, g):
+                state.add(rep, g)
+                placed = True
+                for v in removed:  # try to re-home the evicted elsewhere
+                    g2 = choose_gpu(state, v[0])
+                    if g2 is None:
+                        still.append(v)
+                    else:
+                        state.add(v, g2)
+                break
+            for v in removed:
+                state.add(v, g)
+        if not placed:
+            still.append(rep)
+    return still
+
+
+def plan(
+    problem: Problem,
+    *,
+    time_limit_s: float = 0.0,
+    seed: int = 0,
+    clock: Clock = time.monotonic,
+) -> Plan:
+    """Place every replica of ``problem`` (see module docstring); never returns an invalid plan.
+
+    ``time_limit_s == 0``: best-fit decreasing only. ``> 0``: LNS with CP-SAT sub-problems within
+    the budget, starting from best-fit and never worse than it. Raises ``InvalidProblem``.
+    """
+    start = clock()
+    if not (time_limit_s >= 0 and math.isfinite(time_limit_s)):
+        raise InvalidProblem(f"time_limit_s must be a finite number >= 0, got {time_limit_s}")
+    validate(problem)
+    index = PackIndex.build(problem)
+    unplaced: list[Unplaced] = []
+    placeable: list[int] = []
+    for mi, m in enumerate(index.models):
+        why = unplaceable_reason(index, mi)
+        if why is None:
+            placeable.append(mi)
+        else:
+            unplaced += [why.model_copy(update={"replica": r}) for r in range(m.replicas)]
+
+    state = PackState(index)
+    _keep_current(state, problem)
+    todo = [(mi, r) for mi in placeable for r in range(index.models[mi].replicas)]
+    todo = [rep for rep in todo if rep not in state.where]
+    left = best_fit(state, decreasing_order(index, todo))
+    pinned = {(index.model_pos[name], r) for name, r in problem.pinned if name in index.model_pos}
+    if left and any(
+        index.models[r[0]].priority > min(m.priority for m in index.models) for r in left
+    ):
+        left = _preempt(state, decreasing_order(index, left), pinned)
+
+    if time_limit_s > 0:
+        from stowplan.placement.lns import improve  # ortools is imported only when asked for
+
+        state, left = improve(
+            state, left, problem, deadline=start + time_limit_s, seed=seed, clock=clock
+        )
+
+    for mi, r in sorted(left):
+        m = index.models[mi]
+        unplaced.append(
+            Unplaced(
+                model=m.name,
+                replica=r,
+                reason=UnplacedReason.NO_CAPACITY,
+                message="no GPU has room left (time, memory or one replica per GPU)",
+            )
+        )
+    assignments = state.assignments()
+    old = {a.replica_key: a.gpu_key for a in problem.current}
+    moves = sum(1 for a in assignments if a.replica_key in old and old[a.replica_key] != a.gpu_key)
+    return Plan(
+        assignments=tuple(assignments),
+        unplaced=tuple(sorted(unplaced, key=lambda u: (u.model, u.replica))),
+        gpus_used=state.used(),
+        lower_bound=lower_bound(index, placeable),
+        solve_seconds=max(0.0, clock() - start),
+        moves=moves,
+    )

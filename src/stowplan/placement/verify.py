@@ -1,0 +1,265 @@
+"""``check_plan``: re-check every constraint of a plan, independently of how it was made.
+
+The oracle of the property tests, and the last step before the operator applies a plan. It
+recomputes the DESIGN §3 constraints from the raw ``Problem`` fields and the numbers written in
+each ``Assignment`` (it does not call the capacity module or any solver), so a bug in the packing
+code cannot hide itself. Returns values (``Violation``), never raises for a bad plan.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from stowplan.placement.capacity import DUTY_LEVELS_MS, replica_capacity
+from stowplan.placement.models import Assignment, Gpu, ModelDemand, Plan, Problem, _Frozen
+
+_TOL = 1e-6  # relative tolerance for float comparisons
+
+
+class Violation(_Frozen):
+    """One broken constraint; ``message`` is meant for people (logs, events, test failures)."""
+
+    code: str
+    message: str
+    model: str = ""
+    replica: int | None = None
+    node: str = ""
+    gpu: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def _le(a: float, b: float) -> bool:
+    return a <= b + _TOL * max(1.0, abs(b))
+
+
+def gpu_admits(gpu: Gpu, model: ModelDemand) -> bool:
+    """GPU type and node selector filter (``""``/empty = any)."""
+    if model.gpu_type and model.gpu_type != gpu.gpu_type:
+        return False
+    return all(gpu.labels.get(k) == v for k, v in model.node_selector.items())
+
+
+def _check_assignment(a: Assignment, m: ModelDemand, gpu: Gpu) -> list[Violation]:
+    out: list[Violation] = []
+
+    def bad(code: str, msg: str) -> None:
+        out.append(
+            Violation(
+                code=code, message=msg, model=a.model, replica=a.replica, node=a.node, gpu=a.gpu
+            )
+        )
+
+    where = f"{a.model}/{a.replica} on {a.node}:{a.gpu}"
+    if not gpu_admits(gpu, m):
+        bad("GpuFilter", f"{where}: GPU type {gpu.gpu_type!r}/labels do not match the model")
+    d = a.duty_cycle_ms
+    if m.gpu_milli:
+        need = m.gpu_milli / 1000.0 * d
+        if not _le(need, a.busy_ms):
+            bad("BusyTime", f"{where}: busy {a.busy_ms:.4f} ms < {m.gpu_milli}/1000 of {d} ms")
+        if not _le(m.memory.weights_mib, a.memory_mib):
+            bad("Memory", f"{where}: memory {a.memory_mib} < weights {m.memory.weights_mib}")
+        return out
+    qps = m.target_qps / m.replicas if m.replicas else 0.0
+    b = a.batch_size
+    if b < 1:
+        bad("Batch", f"{where}: batch {b} < 1")
+    if b > m.max_batch:
+        bad("Batch", f"{where}: batch {b} > max_batch {m.max_batch}")
+    if not _le(qps * d / 1000.0, b):
+        bad("Throughput", f"{where}: batch {b} per {d} ms cycle < {qps:.3f} qps arriving")
+    t = m.latency.base_ms + m.latency.per_item_ms * b
+    if not _le(t, a.busy_ms):
+        bad("BusyTime", f"{where}: busy {a.busy_ms:.4f} ms < latency({b}) = {t:.4f} ms")
+    if not _le(d + t, m.slo_ms):
+        bad("Slo", f"{where}: cycle {d} + batch {t:.3f} ms > SLO {m.slo_ms} ms")
+    mem = m.memory.weights_mib + m.memory.per_item_mib * b
+    if not _le(mem, a.memory_mib):
+        bad("Memory", f"{where}: memory {a.memory_mib} < {mem} MiB needed at batch {b}")
+    return out
+
+
+def _could_stay(m: ModelDemand, gpu: Gpu, reserve_mib: int) -> bool:
+    """Whether a pinned replica could stay alone on its GPU (else the planner may move it)."""
+    if not gpu_admits(gpu, m):
+        return False
+    for d in DUTY_LEVELS_MS:
+        cap = replica_capacity(m, d)
+        if cap is not None and _le(cap.memory_mib, gpu.memory_mib - reserve_mib):
+            return True
+    return False
+
+
+def check_plan(problem: Problem, plan: Plan) -> list[Violation]:
+    """Every constraint ``plan`` breaks for ``problem``; an empty list means the plan is valid."""
+    out: list[Violation] = []
+    models = {m.name: m for m in problem.models}
+    gpus = {g.key: g for g in problem.gpus}
+    seen: set[tuple[str, int]] = set()
+    per_gpu: dict[tuple[str, int], list[Assignment]] = defaultdict(list)
+
+    for a in plan.assignments:
+        m = models.get(a.model)
+        if m is None or a.replica >= m.replicas:
+            out.append(
+                Violation(
+                    code="UnknownReplica",
+                    message=f"{a.model}/{a.replica} is not a replica of the problem",
+                    model=a.model,
+                    replica=a.replica,
+                )
+            )
+            continue
+        if a.replica_key in seen:
+            out.append(
+                Violation(
+                    code="Duplicate",
+                    message=f"{a.model}/{a.replica} placed twice",
+                    model=a.model,
+                    replica=a.replica,
+                )
+            )
+        seen.add(a.replica_key)
+        gpu = gpus.get(a.gpu_key)
+        if gpu is None:
+            out.append(
+                Violation(
+                    code="UnknownGpu",
+                    message=f"{a.model}/{a.replica} on unknown GPU {a.node}:{a.gpu}",
+                    model=a.model,
+                    replica=a.replica,
+                )
+            )
+            continue
+        if not (math.isfinite(a.duty_cycle_ms) and math.isfinite(a.busy_ms)):
+            out.append(
+                Violation(
+                    code="NotFinite",
+                    message=f"{a.model}/{a.replica}: non-finite times",
+                    model=a.model,
+                    replica=a.replica,
+                )
+            )
+            continue
+        per_gpu[a.gpu_key].append(a)
+        out.extend(_check_assignment(a, m, gpu))
+
+    for u in plan.unplaced:
+        m = models.get(u.model)
+        if m is None or u.replica >= m.replicas:
+            out.append(
+                Violation(
+                    code="UnknownReplica",
+                    message=f"unplaced {u.model}/{u.replica} is not a replica of the problem",
+                    model=u.model,
+                )
+            )
+        elif (u.model, u.replica) in seen:
+            out.append(
+                Violation(
+                    code="Duplicate",
+                    message=f"{u.model}/{u.replica} both placed and unplaced",
+                    model=u.model,
+                    replica=u.replica,
+                )
+            )
+        seen.add((u.model, u.replica))
+    for m in problem.models:
+        for r in range(m.replicas):
+            if (m.name, r) not in seen:
+                out.append(
+                    Violation(
+                        code="Missing",
+                        message=f"{m.name}/{r} neither placed nor unplaced",
+                        model=m.name,
+                        replica=r,
+                    )
+                )
+
+    reserve = problem.memory_reserve_mib
+    for key, members in per_gpu.items():
+        gpu = gpus[key]
+        where = f"GPU {key[0]}:{key[1]}"
+        cycles = {a.duty_cycle_ms for a in members}
+        if len(cycles) > 1:
+            out.append(
+                Violation(
+                    code="DutyCycle",
+                    message=f"{where}: several duty cycles {sorted(cycles)}",
+                    node=key[0],
+                    gpu=key[1],
+                )
+            )
+        d = min(cycles)
+        busy = sum(a.busy_ms for a in members)
+        if not _le(busy, d):
+            out.append(
+                Violation(
+                    code="CycleOverfull",
+                    message=f"{where}: busy {busy:.4f} ms > cycle {d} ms",
+                    node=key[0],
+                    gpu=key[1],
+                )
+            )
+        mem = sum(a.memory_mib for a in members)
+        if not _le(mem, gpu.memory_mib - reserve):
+            out.append(
+                Violation(
+                    code="MemoryOverfull",
+                    message=f"{where}: {mem:.1f} MiB > {gpu.memory_mib} - reserve {reserve} MiB",
+                    node=key[0],
+                    gpu=key[1],
+                )
+            )
+        names = [a.model for a in members]
+        for name in {n for n in names if names.count(n) > 1}:
+            out.append(
+                Violation(
+                    code="SameModelTwice",
+                    message=f"{where}: several replicas of {name}",
+                    model=name,
+                    node=key[0],
+                    gpu=key[1],
+                )
+            )
+
+    if plan.gpus_used != len(per_gpu):
+        out.append(
+            Violation(
+                code="GpusUsed",
+                message=f"gpus_used {plan.gpus_used} but {len(per_gpu)} GPUs hold replicas",
+            )
+        )
+
+    placed = {a.replica_key: a.gpu_key for a in plan.assignments}
+    moves = 0
+    for c in problem.current:
+        new = placed.get(c.replica_key)
+        if new is not None and new != c.gpu_key:
+            moves += 1
+        if (
+            c.replica_key in problem.pinned
+            and new != c.gpu_key
+            and c.model in models
+            and c.replica < models[c.model].replicas
+            and c.gpu_key in gpus
+            and _could_stay(models[c.model], gpus[c.gpu_key], problem.memory_reserve_mib)
+        ):
+            out.append(
+                Violation(
+                    code="PinnedMoved",
+                    message=f"pinned {c.model}/{c.replica} left {c.node}:{c.gpu}",
+                    model=c.model,
+                    replica=c.replica,
+                )
+            )
+    if plan.moves != moves:
+        out.append(
+            Violation(
+                code="Moves", message=f"plan.moves {plan.moves} but {moves} replicas changed GPU"
+            )
+        )
+    return out
