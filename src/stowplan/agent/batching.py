@@ -1,0 +1,203 @@
+"""Batch-size policies (AIMD, static, none, Triton-style) and the per-model batch queue.
+
+Everything here is pure and single-threaded: no locks, no clocks read, no I/O. Time is passed in
+as seconds from an injected monotonic clock, so the same code drives the real executor
+(:mod:`stowplan.agent.executor`) and the discrete-event simulator (:mod:`stowplan.agent.simulate`),
+and is unit-tested with a fake clock.
+
+AIMD (Clipper, NSDI'17; AI-System 8.4): after each batch, if its latency exceeded the target the
+cap is cut multiplicatively (x0.9 by default, at least by one item); if it stayed under the
+target *and the batch filled the cap* the cap grows by a fixed step. Growing only on full
+batches is the TCP "cwnd-limited" rule: a batch of 3 under a cap of 40 says nothing about
+whether 41 would be fast enough, and a cap inflated during a quiet spell would make the next
+burst miss its SLO for many batches while the cap decays 10 % at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from stowplan.agent.config import BatchingConfig, Policy
+from stowplan.agent.errors import Overloaded
+
+T = TypeVar("T")
+
+
+class BatchPolicy(Protocol):
+    """Decides how many items a batch may hold and how long to wait for it to fill."""
+
+    @property
+    def cap(self) -> int: ...
+
+    @property
+    def max_wait_s(self) -> float: ...
+
+    def observe(self, batch_items: int, latency_ms: float) -> None: ...
+
+
+class AimdController:
+    """Clipper's additive-increase / multiplicative-decrease batch cap (pure)."""
+
+    def __init__(
+        self,
+        max_batch: int,
+        target_ms: float,
+        step: int = 1,
+        decrease: float = 0.9,
+        initial: int = 1,
+        max_wait_s: float = 0.005,
+    ) -> None:
+        if max_batch < 1 or step < 1 or not 0 < decrease < 1 or target_ms <= 0:
+            raise ValueError("need max_batch >= 1, step >= 1, 0 < decrease < 1, target_ms > 0")
+        self.max_batch = max_batch
+        self.target_ms = target_ms
+        self.step = step
+        self.decrease = decrease
+        self._cap = max(1, min(initial, max_batch))
+        self._max_wait_s = max_wait_s
+
+    @property
+    def cap(self) -> int:
+        return self._cap
+
+    @property
+    def max_wait_s(self) -> float:
+        return self._max_wait_s
+
+    def observe(self, batch_items: int, latency_ms: float) -> None:
+        if latency_ms > self.target_ms:
+            self._cap = max(1, min(self._cap - 1, math.floor(self._cap * self.decrease)))
+        elif batch_items >= self._cap:
+            self._cap = min(self.max_batch, self._cap + self.step)
+
+
+@dataclass
+class FixedPolicy:
+    """A constant cap: ``static`` (cap = chosen size), ``triton`` (cap = max batch) and
+    ``none`` (cap 1, no wait) are all this with different numbers."""
+
+    fixed_cap: int
+    wait_s: float = 0.0
+
+    @property
+    def cap(self) -> int:
+        return self.fixed_cap
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.wait_s
+
+    def observe(self, batch_items: int, latency_ms: float) -> None:
+        return None
+
+
+def derive_target_ms(slo_ms: float, duty_cycle_ms: float = 0.0, busy_ms: float = 0.0) -> float:
+    """AIMD's per-batch latency target from the SLO.
+
+    A request that arrives just after its model's batch started waits for that batch, for the
+    other models' slices of the duty cycle, and then runs in the next batch: worst case
+    2*t + others <= slo, so t <= (slo - others) / 2 where others = duty_cycle - busy (Nexus's
+    "wait one cycle, then run" rule; alone on a device, others = 0 and t <= slo / 2).
+    """
+    others = max(0.0, duty_cycle_ms - busy_ms)
+    return max(0.05 * slo_ms, (slo_ms - others) / 2.0)
+
+
+def make_policy(
+    cfg: BatchingConfig,
+    max_batch: int,
+    slo_ms: float,
+    duty_cycle_ms: float = 0.0,
+    busy_ms: float = 0.0,
+) -> BatchPolicy:
+    wait_s = cfg.max_queue_delay_ms / 1000.0
+    if cfg.policy is Policy.AIMD:
+        target = cfg.target_batch_ms or derive_target_ms(slo_ms, duty_cycle_ms, busy_ms)
+        return AimdController(
+            max_batch, target, cfg.additive_step, cfg.multiplicative_decrease, max_wait_s=wait_s
+        )
+    if cfg.policy is Policy.STATIC:
+        return FixedPolicy(min(max_batch, cfg.static_batch_size or 1), wait_s)
+    if cfg.policy is Policy.TRITON:
+        return FixedPolicy(max_batch, wait_s)
+    return FixedPolicy(1, 0.0)
+
+
+@dataclass
+class Pending(Generic[T]):
+    """One queued request: ``items`` batch rows, answered by ``deadline_s`` (SLO)."""
+
+    payload: T
+    items: int
+    arrival_s: float
+    deadline_s: float
+
+
+@dataclass
+class BatchQueue(Generic[T]):
+    """FIFO of requests for one model; forms batches under a policy's cap and bounded wait."""
+
+    policy: BatchPolicy
+    max_requests: int = 4096
+    _q: deque[Pending[T]] = field(default_factory=deque)
+    _items: int = 0
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def __iter__(self) -> Iterator[Pending[T]]:
+        return iter(self._q)
+
+    @property
+    def items(self) -> int:
+        return self._items
+
+    def push(self, pending: Pending[T]) -> None:
+        if len(self._q) >= self.max_requests:
+            raise Overloaded(f"queue full ({self.max_requests} requests waiting)")
+        self._q.append(pending)
+        self._items += pending.items
+
+    def oldest_deadline_s(self) -> float:
+        return self._q[0].deadline_s if self._q else math.inf
+
+    def ready_at_s(self) -> float:
+        """When a batch may be dispatched: now if the cap is reached, else when the oldest
+        request has waited max_wait; +inf when empty."""
+        if not self._q:
+            return math.inf
+        if self._items >= self.policy.cap:
+            return -math.inf
+        return self._q[0].arrival_s + self.policy.max_wait_s
+
+    def expire(self, now_s: float) -> list[Pending[T]]:
+        """Remove and return the requests whose deadline has passed (they cannot meet the SLO)."""
+        dead = [p for p in self._q if p.deadline_s <= now_s]
+        if dead:
+            self._q = deque(p for p in self._q if p.deadline_s > now_s)
+            self._items -= sum(p.items for p in dead)
+        return dead
+
+    def take(self) -> list[Pending[T]]:
+        """Pop the next batch: requests in arrival order while their items fit the cap (the first
+        request always goes, even if it alone is larger than the cap)."""
+        cap = self.policy.cap
+        batch: list[Pending[T]] = []
+        items = 0
+        while self._q and (not batch or items + self._q[0].items <= cap):
+            p = self._q.popleft()
+            batch.append(p)
+            items += p.items
+        self._items -= items
+        return batch
+
+    def drain(self) -> list[Pending[T]]:
+        """Remove and return every queued request."""
+        out = list(self._q)
+        self._q.clear()
+        self._items = 0
+        return out

@@ -1,0 +1,90 @@
+"""The agent's own configuration types: what to serve (ModelConfig) and how (AgentSettings).
+
+These are the agent's domain types, independent of the Kubernetes wire types: cluster mode
+(:mod:`stowplan.agent.cluster`) and standalone mode (:mod:`stowplan.standalone`) translate
+InferenceModel / GPUNode objects into them. Data only; no I/O.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Policy(StrEnum):
+    """Batch-forming policies. ``triton`` is the baseline: the largest batch available up to
+    max_batch after waiting at most max_queue_delay (Triton's dynamic batcher)."""
+
+    AIMD = "aimd"
+    STATIC = "static"
+    NONE = "none"
+    TRITON = "triton"
+
+
+class BatchingConfig(_Frozen):
+    policy: Policy = Policy.AIMD
+    max_queue_delay_ms: float = Field(default=5.0, ge=0)
+    additive_step: int = Field(default=1, ge=1)
+    multiplicative_decrease: float = Field(default=0.9, gt=0, lt=1)
+    static_batch_size: int | None = Field(default=None, ge=1)
+    #: AIMD's latency target for one batch; None derives it from the SLO (see batching.py).
+    target_batch_ms: float | None = Field(default=None, gt=0)
+
+
+class ModelConfig(_Frozen):
+    """One model (one replica) this agent serves on one device."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    uri: str = Field(min_length=1)
+    slo_ms: float = Field(default=100.0, gt=0)
+    max_batch: int = Field(default=64, ge=1)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    #: Device index on this node; -1 is the CPU.
+    device: int = Field(default=0, ge=-1)
+    #: From placement: the device's duty cycle and this model's busy time per cycle (0: unknown).
+    duty_cycle_ms: float = Field(default=0.0, ge=0)
+    busy_ms: float = Field(default=0.0, ge=0)
+    priority: int = 0
+    #: Device memory the model needs besides its weights, per batch item (for residency).
+    per_item_memory_mib: float = Field(default=0.0, ge=0)
+    #: Directory that relative file:// URIs are resolved against (the manifest's folder).
+    base_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _static_needs_size(self) -> ModelConfig:
+        if self.batching.policy is Policy.STATIC and self.batching.static_batch_size is None:
+            raise ValueError("batching.static_batch_size is required when policy is static")
+        return self
+
+
+class DeviceSpec(_Frozen):
+    """A device the agent schedules onto. ``simulated`` devices run on the CPU and report the
+    executor's busy time as utilisation."""
+
+    index: int = Field(ge=-1)
+    name: str
+    uuid: str
+    memory_total_bytes: int = Field(ge=0)
+    simulated: bool = True
+
+
+class AgentSettings(_Frozen):
+    node_name: str = "local"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    #: Largest request body accepted (HTTP 413 above it).
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    #: Most requests queued per model before new ones get HTTP 503.
+    max_queue_requests: int = Field(default=4096, ge=1)
+    #: Requests still queued past their SLO deadline are answered 503 instead of run late.
+    drop_expired: bool = True
+    #: Where http(s) models are downloaded to.
+    cache_dir: Path = Path.home() / ".cache" / "stowplan" / "models"
+    #: ONNX Runtime intra-op threads per session (0: ORT default).
+    intra_op_threads: int = Field(default=0, ge=0)

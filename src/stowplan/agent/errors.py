@@ -1,0 +1,48 @@
+"""The agent's one exception tree; the HTTP boundary (:mod:`stowplan.agent.server`) maps it to
+status codes. Callers raise these; nothing here does I/O.
+
+    AgentError
+    ├── ModelNotFound            404  no model of that name
+    ├── ModelNotReady            503  known but loading, failed or unloaded
+    ├── InvalidRequest           400  malformed body, wrong tensor name/shape/dtype/data
+    ├── PayloadTooLarge          413  body or batch over the configured limit
+    ├── Overloaded               503  queue full, or the request expired before it could run
+    ├── ModelLoadError           (internal) fetching or opening the model failed
+    └── ExecutionError           500  the runtime failed while running a batch
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+    status_code = 500
+
+
+class ModelNotFound(AgentError):
+    status_code = 404
+
+
+class ModelNotReady(AgentError):
+    status_code = 503
+
+
+class InvalidRequest(AgentError):
+    status_code = 400
+
+
+class PayloadTooLarge(AgentError):
+    status_code = 413
+
+
+class Overloaded(AgentError):
+    status_code = 503
+
+
+class ModelLoadError(AgentError):
+    status_code = 500
+
+
+class ExecutionError(AgentError):
+    status_code = 500

@@ -1,0 +1,267 @@
+"""The time-sliced device executor: one per device, one worker thread, batches in EDF order.
+
+:class:`SliceScheduler` is the pure decision (which model's batch runs next, or when to wake
+up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rules:
+
+* A model's batch is *ready* when its queue holds a full batch (the policy's cap) or its oldest
+  request has waited the policy's bounded delay.
+* Among ready models the one whose oldest request has the earliest deadline runs first (EDF).
+* Placement gives each model a busy budget per duty cycle (``busy_ms`` of ``duty_cycle_ms``).
+  A model that used up its budget in the current cycle yields to ready models that have not;
+  when nobody else is ready it runs anyway (work-conserving). This keeps one overloaded model
+  from eating its neighbours' slices.
+* Requests whose deadline passed while queued are failed with ``Overloaded`` before a batch
+  forms (early drop, as Clockwork and Nexus do), so a backlog never makes every later request
+  late too.
+
+Callers: :mod:`stowplan.agent.serving` (real sessions) and :mod:`stowplan.agent.simulate` (the
+pure scheduler with simulated time). Batches never run concurrently on one device.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from stowplan.agent.batching import BatchPolicy, BatchQueue, Pending
+from stowplan.agent.errors import AgentError, ExecutionError, Overloaded
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class Lane:
+    """One model's queue on one device plus its duty-cycle budget."""
+
+    name: str
+    queue: BatchQueue[Any]
+    slo_s: float
+    budget_s: float = 0.0  # busy time per duty cycle from placement; 0: no budget
+    priority: int = 0
+    used_s: float = 0.0
+
+
+@dataclass
+class SliceScheduler:
+    """Pure EDF-with-budgets choice over lanes. ``cycle_s`` 0 disables the budgets."""
+
+    cycle_s: float = 0.0
+    lanes: dict[str, Lane] = field(default_factory=dict)
+    cycle_start_s: float = 0.0
+
+    def _roll(self, now_s: float) -> None:
+        if self.cycle_s > 0 and now_s >= self.cycle_start_s + self.cycle_s:
+            cycles = math.floor((now_s - self.cycle_start_s) / self.cycle_s)
+            self.cycle_start_s += cycles * self.cycle_s
+            for lane in self.lanes.values():
+                lane.used_s = 0.0
+
+    def expire(self, now_s: float) -> list[tuple[Lane, Pending[Any]]]:
+        return [(lane, p) for lane in self.lanes.values() for p in lane.queue.expire(now_s)]
+
+    def pick(self, now_s: float) -> tuple[Lane | None, float]:
+        """Return (lane to run now, inf) or (None, time at which some lane becomes ready)."""
+        self._roll(now_s)
+        ready = [lane for lane in self.lanes.values() if lane.queue.ready_at_s() <= now_s]
+        if not ready:
+            wake = min((lane.queue.ready_at_s() for lane in self.lanes.values()), default=math.inf)
+            return None, wake
+        in_budget = [lane for lane in ready if lane.budget_s <= 0 or lane.used_s < lane.budget_s]
+        pool = in_budget or ready
+        best = min(pool, key=lambda lane: (lane.queue.oldest_deadline_s(), -lane.priority))
+        return best, math.inf
+
+    def charge(self, lane: Lane, busy_s: float) -> None:
+        lane.used_s += busy_s
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What one batch did: handed to the lane's observer (metrics, stats)."""
+
+    model: str
+    items: int
+    requests: int
+    start_s: float
+    latency_s: float
+    queue_s: Sequence[float]
+    ok: bool
+
+
+RunBatch = Callable[[list[Any]], Sequence[Any]]
+Observer = Callable[[BatchRecord], None]
+
+
+@dataclass
+class _Job:
+    payload: Any
+    future: Future[Any]
+
+
+class DeviceExecutor:
+    """Runs the batches of every model resident on one device, one at a time, in one thread."""
+
+    def __init__(
+        self,
+        device_index: int,
+        cycle_ms: float = 0.0,
+        drop_expired: bool = True,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.device_index = device_index
+        self.clock = clock
+        self.drop_expired = drop_expired
+        self._sched = SliceScheduler(cycle_s=cycle_ms / 1000.0, cycle_start_s=clock())
+        self._runs: dict[str, tuple[RunBatch, Observer | None]] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.busy_s_total = 0.0
+        self._busy_marks: list[tuple[float, float]] = []  # (end time, busy seconds)
+
+    # -- configuration -------------------------------------------------------------------
+    def set_cycle_ms(self, cycle_ms: float) -> None:
+        with self._cond:
+            self._sched.cycle_s = cycle_ms / 1000.0
+
+    def add_lane(
+        self,
+        name: str,
+        policy: BatchPolicy,
+        slo_ms: float,
+        run: RunBatch,
+        observer: Observer | None = None,
+        budget_ms: float = 0.0,
+        priority: int = 0,
+        max_requests: int = 4096,
+    ) -> Lane:
+        lane = Lane(
+            name, BatchQueue(policy, max_requests), slo_ms / 1000.0, budget_ms / 1000.0, priority
+        )
+        with self._cond:
+            self._sched.lanes[name] = lane
+            self._runs[name] = (run, observer)
+            self._cond.notify_all()
+        return lane
+
+    def remove_lane(self, name: str) -> None:
+        with self._cond:
+            lane = self._sched.lanes.pop(name, None)
+            self._runs.pop(name, None)
+        if lane is not None:
+            for p in lane.queue.drain():
+                p.payload.future.set_exception(Overloaded(f"model {name} was unloaded"))
+
+    def lane(self, name: str) -> Lane | None:
+        return self._sched.lanes.get(name)
+
+    # -- requests ------------------------------------------------------------------------
+    def submit(self, name: str, payload: Any, items: int = 1) -> Future[Any]:
+        fut: Future[Any] = Future()
+        now = self.clock()
+        with self._cond:
+            lane = self._sched.lanes.get(name)
+            if lane is None:
+                raise Overloaded(f"model {name} has no lane on device {self.device_index}")
+            lane.queue.push(Pending(_Job(payload, fut), items, now, now + lane.slo_s))
+            self._cond.notify()
+        return fut
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(
+                target=self._loop, name=f"stowplan-device-{self.device_index}", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def utilisation(self, window_s: float = 10.0) -> float:
+        """Fraction of the last ``window_s`` seconds this device spent running batches."""
+        now = self.clock()
+        with self._cond:
+            self._busy_marks = [(t, b) for t, b in self._busy_marks if t >= now - window_s]
+            busy = sum(b for _, b in self._busy_marks)
+        return min(1.0, busy / window_s)
+
+    # -- the loop ------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stopping:
+                        return
+                    now = self.clock()
+                    if self.drop_expired:
+                        for dead_lane, p in self._sched.expire(now):
+                            p.payload.future.set_exception(
+                                Overloaded(
+                                    f"request for {dead_lane.name} waited past its "
+                                    f"{dead_lane.slo_s * 1000:.0f} ms SLO in the queue"
+                                )
+                            )
+                    picked, wake = self._sched.pick(now)
+                    if picked is not None:
+                        lane = picked
+                        batch = lane.queue.take()
+                        run, observer = self._runs[lane.name]
+                        break
+                    timeout = None if math.isinf(wake) else max(0.0, wake - now)
+                    self._cond.wait(timeout)
+            self._run(lane, batch, run, observer)
+
+    def _run(
+        self, lane: Lane, batch: list[Pending[Any]], run: RunBatch, observer: Observer | None
+    ) -> None:
+        start = self.clock()
+        ok = True
+        try:
+            results = run([p.payload.payload for p in batch])
+            if len(results) != len(batch):
+                raise ExecutionError(
+                    f"batch function returned {len(results)} results for {len(batch)} requests"
+                )
+        except Exception as exc:  # fan the one failure out to every caller (Ray Serve's rule)
+            ok = False
+            err = exc if isinstance(exc, AgentError) else ExecutionError(str(exc))
+            for p in batch:
+                p.payload.future.set_exception(err)
+        else:
+            for p, r in zip(batch, results, strict=True):
+                p.payload.future.set_result(r)
+        end = self.clock()
+        busy = end - start
+        items = sum(p.items for p in batch)
+        with self._cond:
+            self._sched.charge(lane, busy)
+            self.busy_s_total += busy
+            self._busy_marks.append((end, busy))
+            if len(self._busy_marks) > 100_000:
+                del self._busy_marks[:50_000]
+            if ok:
+                lane.queue.policy.observe(items, busy * 1000.0)
+        if observer is not None:
+            observer(
+                BatchRecord(
+                    lane.name,
+                    items,
+                    len(batch),
+                    start,
+                    busy,
+                    [start - p.arrival_s for p in batch],
+                    ok,
+                )
+            )

@@ -1,0 +1,105 @@
+"""Prometheus metrics with Triton's names where the meaning is the same, so Triton dashboards
+and KEDA recipes work unchanged. Counters of durations are cumulative microseconds, as in Triton;
+average batch size = nv_inference_count / nv_inference_exec_count.
+
+Extra stowplan series: ``stowplan_batch_cap`` (the AIMD cap), ``stowplan_model_ready``,
+``stowplan_request_latency_seconds`` (histogram, for p99 in PromQL) and
+``stowplan_request_dropped`` (early drops). Callers: serving (per batch / request) and the server
+(``/metrics``). Each Agent owns its own registry so tests and several agents never collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from stowplan.agent.telemetry import DeviceSample
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_M = ("model", "version")
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.success = Counter(
+            "nv_inference_request_success", "Successful requests", _M, registry=r
+        )
+        self.failure = Counter(
+            "nv_inference_request_failure", "Failed requests", (*_M, "reason"), registry=r
+        )
+        self.count = Counter(
+            "nv_inference_count", "Inferences performed (batch items)", _M, registry=r
+        )
+        self.exec_count = Counter("nv_inference_exec_count", "Batches executed", _M, registry=r)
+        self.request_us = Counter(
+            "nv_inference_request_duration_us",
+            "Cumulative end-to-end request time (us)",
+            _M,
+            registry=r,
+        )
+        self.queue_us = Counter(
+            "nv_inference_queue_duration_us",
+            "Cumulative time requests waited in the queue (us)",
+            _M,
+            registry=r,
+        )
+        self.compute_us = Counter(
+            "nv_inference_compute_infer_duration_us",
+            "Cumulative compute time of requests (us)",
+            _M,
+            registry=r,
+        )
+        self.gpu_util = Gauge(
+            "nv_gpu_utilization", "Device utilisation (0..1)", ("gpu_uuid",), registry=r
+        )
+        self.mem_total = Gauge(
+            "nv_gpu_memory_total_bytes", "Device memory total", ("gpu_uuid",), registry=r
+        )
+        self.mem_used = Gauge(
+            "nv_gpu_memory_used_bytes", "Device memory used", ("gpu_uuid",), registry=r
+        )
+        self.cap = Gauge("stowplan_batch_cap", "Current batch-size cap (AIMD)", _M, registry=r)
+        self.ready = Gauge("stowplan_model_ready", "1 when the model serves", _M, registry=r)
+        self.latency = Histogram(
+            "stowplan_request_latency_seconds",
+            "End-to-end request latency",
+            _M,
+            registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+        )
+        self.dropped = Counter(
+            "stowplan_request_dropped", "Requests dropped past their SLO", _M, registry=r
+        )
+
+    def observe_batch(
+        self, model: str, items: int, compute_s: float, queue_s: Sequence[float], cap: int
+    ) -> None:
+        labels = (model, "1")
+        self.count.labels(*labels).inc(items)
+        self.exec_count.labels(*labels).inc()
+        self.queue_us.labels(*labels).inc(sum(queue_s) * 1e6)
+        self.compute_us.labels(*labels).inc(compute_s * 1e6 * len(queue_s))
+        self.cap.labels(*labels).set(cap)
+
+    def observe_request(self, model: str, latency_s: float, ok: bool, reason: str = "") -> None:
+        labels = (model, "1")
+        if ok:
+            self.success.labels(*labels).inc()
+            self.request_us.labels(*labels).inc(latency_s * 1e6)
+            self.latency.labels(*labels).observe(latency_s)
+        else:
+            self.failure.labels(*labels, reason or "error").inc()
+
+    def set_ready(self, model: str, ready: bool) -> None:
+        self.ready.labels(model, "1").set(1 if ready else 0)
+
+    def set_devices(self, samples: Sequence[DeviceSample]) -> None:
+        for s in samples:
+            self.gpu_util.labels(s.uuid).set(s.utilization)
+            self.mem_total.labels(s.uuid).set(s.memory_total_bytes)
+            self.mem_used.labels(s.uuid).set(s.memory_used_bytes)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,358 @@
+"""The agent's core: the set of served models, one executor per device, and the request path.
+
+``Agent.load`` opens a model (a failure marks that model Failed with its reason; the others keep
+serving), gives it a batching lane on its device's executor, and registers it with the residency
+manager when one is plugged in. ``Agent.infer`` validates a request against the model's inputs
+and queues it; the executor thread runs the batch, and the result comes back on a future.
+Callers: :mod:`stowplan.agent.server` (HTTP), :mod:`stowplan.agent.cluster`,
+:mod:`stowplan.standalone`. Must not import FastAPI, kubernetes or the placement engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+import numpy as np
+
+from stowplan.agent import modelstore, tensors
+from stowplan.agent.batching import BatchPolicy, make_policy
+from stowplan.agent.config import AgentSettings, DeviceSpec, ModelConfig, Policy
+from stowplan.agent.errors import (
+    AgentError,
+    ExecutionError,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+)
+from stowplan.agent.executor import BatchRecord, DeviceExecutor
+from stowplan.agent.metrics import AgentMetrics
+from stowplan.agent.protocol import InferenceRequest, InferenceResponse
+from stowplan.agent.runtime import OnnxModel
+from stowplan.agent.telemetry import DeviceSample, SimulatedTelemetry, Telemetry
+
+MIB = 1024 * 1024
+
+
+class ModelState(StrEnum):
+    LOADING = "Loading"
+    READY = "Ready"
+    FAILED = "Failed"
+    UNLOADED = "Unloaded"
+
+
+class Residency(Protocol):
+    """The seam for the memory engineer's ``ResidencyManager`` (agent/memory.py)."""
+
+    def register(self, model: str, weights_bytes: int, workspace_bytes: int) -> None: ...
+
+    def acquire(self, model: str) -> object: ...
+
+    def release(self, model: str) -> None: ...
+
+    def unregister(self, model: str) -> None: ...
+
+
+class ModelStats:
+    """Rolling window of completions for qps, p99 and mean batch size (thread-safe)."""
+
+    def __init__(self, window_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self._lat: deque[tuple[float, float]] = deque()  # (time, latency ms)
+        self._batches: deque[tuple[float, int]] = deque()
+        self._lock = threading.Lock()
+
+    def _trim(self, now: float) -> None:
+        while self._lat and self._lat[0][0] < now - self.window_s:
+            self._lat.popleft()
+        while self._batches and self._batches[0][0] < now - self.window_s:
+            self._batches.popleft()
+
+    def request(self, latency_ms: float) -> None:
+        now = self.clock()
+        with self._lock:
+            self._lat.append((now, latency_ms))
+            self._trim(now)
+
+    def batch(self, items: int) -> None:
+        now = self.clock()
+        with self._lock:
+            self._batches.append((now, items))
+            self._trim(now)
+
+    def snapshot(self) -> tuple[float, float | None, float | None]:
+        """(qps, p99 latency ms, mean batch items) over the window."""
+        now = self.clock()
+        with self._lock:
+            self._trim(now)
+            lats = [v for _, v in self._lat]
+            sizes = [v for _, v in self._batches]
+        qps = len(lats) / self.window_s
+        p99 = float(np.percentile(lats, 99)) if lats else None
+        mean_batch = sum(sizes) / len(sizes) if sizes else None
+        return qps, p99, mean_batch
+
+
+@dataclass
+class ServedModel:
+    config: ModelConfig
+    state: ModelState = ModelState.LOADING
+    reason: str = ""
+    runtime: OnnxModel | None = None
+    policy: BatchPolicy | None = None
+    stats: ModelStats = field(default_factory=ModelStats)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def max_items(self) -> int:
+        if self.runtime is not None and not self.runtime.batched:
+            return 1
+        return self.config.max_batch
+
+
+class Agent:
+    """Owns the models and the per-device executors of one node (or one standalone process)."""
+
+    def __init__(
+        self,
+        settings: AgentSettings | None = None,
+        telemetry: Telemetry | None = None,
+        metrics: AgentMetrics | None = None,
+        residency: Residency | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings or AgentSettings()
+        self.telemetry = telemetry or SimulatedTelemetry()
+        self.metrics = metrics or AgentMetrics()
+        self.residency = residency
+        self.clock = clock
+        self.devices: dict[int, DeviceSpec] = {d.index: d for d in self.telemetry.devices()}
+        self.executors: dict[int, DeviceExecutor] = {}
+        self.models: dict[str, ServedModel] = {}
+        self._lock = threading.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def executor(self, device: int) -> DeviceExecutor:
+        with self._lock:
+            ex = self.executors.get(device)
+            if ex is None:
+                ex = DeviceExecutor(
+                    device, drop_expired=self.settings.drop_expired, clock=self.clock
+                )
+                ex.start()
+                self.executors[device] = ex
+            return ex
+
+    def close(self) -> None:
+        for name in list(self.models):
+            self.unload(name)
+        for ex in self.executors.values():
+            ex.stop()
+        self.executors.clear()
+        self.telemetry.close()
+
+    def load(self, config: ModelConfig) -> ServedModel:
+        """Load (or reload) a model. Never raises for a bad model: it is marked Failed."""
+        if config.name in self.models:
+            self.unload(config.name)
+        served = ServedModel(config, stats=ModelStats(clock=self.clock))
+        self.models[config.name] = served
+        self.metrics.set_ready(config.name, False)
+        try:
+            path = modelstore.resolve_uri(config.uri, self.settings.cache_dir, config.base_dir)
+            runtime = OnnxModel(
+                path,
+                config.device if self._is_gpu(config.device) else -1,
+                self.settings.intra_op_threads,
+            )
+        except AgentError as exc:
+            served.state, served.reason = ModelState.FAILED, str(exc)
+            return served
+        served.runtime = runtime
+        if self.residency is not None:
+            workspace = int(config.per_item_memory_mib * config.max_batch * MIB)
+            try:
+                self.residency.register(config.name, runtime.size_bytes, workspace)
+            except Exception as exc:  # the memory manager's own errors: the model cannot fit
+                served.state, served.reason = ModelState.FAILED, f"device memory: {exc}"
+                return served
+        max_batch = served.max_items
+        cfg = config
+        if not runtime.batched and config.batching.policy is not Policy.NONE:
+            cfg = config.model_copy(
+                update={"batching": config.batching.model_copy(update={"policy": Policy.NONE})}
+            )
+        served.policy = make_policy(
+            cfg.batching, max_batch, cfg.slo_ms, cfg.duty_cycle_ms, cfg.busy_ms
+        )
+        ex = self.executor(config.device)
+        if config.duty_cycle_ms > 0:
+            ex.set_cycle_ms(max(config.duty_cycle_ms, ex._sched.cycle_s * 1000.0))
+        ex.add_lane(
+            config.name,
+            served.policy,
+            config.slo_ms,
+            self._batch_fn(served),
+            self._observer(served),
+            budget_ms=config.busy_ms,
+            priority=config.priority,
+            max_requests=self.settings.max_queue_requests,
+        )
+        served.state = ModelState.READY
+        self.metrics.set_ready(config.name, True)
+        return served
+
+    def unload(self, name: str) -> None:
+        served = self.models.pop(name, None)
+        if served is None:
+            return
+        ex = self.executors.get(served.config.device)
+        if ex is not None:
+            ex.remove_lane(name)
+        if self.residency is not None and served.runtime is not None:
+            self.residency.unregister(name)
+        served.state = ModelState.UNLOADED
+        self.metrics.set_ready(name, False)
+
+    def _is_gpu(self, device: int) -> bool:
+        spec = self.devices.get(device)
+        return spec is not None and not spec.simulated
+
+    # -- requests ------------------------------------------------------------------------
+    def get(self, name: str) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            raise ModelNotFound(f"model {name!r} is not served here")
+        return served
+
+    def ready(self) -> bool:
+        return all(m.state is not ModelState.LOADING for m in self.models.values())
+
+    async def infer(self, name: str, request: InferenceRequest) -> InferenceResponse:
+        start = self.clock()
+        served = self.get(name)
+        if served.state is not ModelState.READY or served.runtime is None:
+            raise ModelNotReady(
+                f"model {name!r} is {served.state.value}"
+                + (f": {served.reason}" if served.reason else "")
+            )
+        arrays, items = tensors.decode_inputs(
+            request.inputs, served.runtime.inputs, served.max_items
+        )
+        wanted = [o.name for o in request.outputs or []]
+        known = {o.name for o in served.runtime.outputs}
+        bad = [w for w in wanted if w not in known]
+        if bad:
+            raise InvalidRequest(f"unknown output(s) {bad}; the model has {sorted(known)}")
+        try:
+            fut = self.executor(served.config.device).submit(name, arrays, items)
+            outputs: dict[str, np.ndarray] = await asyncio.wrap_future(fut)
+        except Overloaded:
+            self.metrics.observe_request(name, 0.0, ok=False, reason="overloaded")
+            self.metrics.dropped.labels(name, "1").inc()
+            raise
+        except AgentError:
+            self.metrics.observe_request(name, 0.0, ok=False, reason="error")
+            raise
+        latency = self.clock() - start
+        served.stats.request(latency * 1000.0)
+        self.metrics.observe_request(name, latency, ok=True)
+        names = wanted or [o.name for o in served.runtime.outputs]
+        return InferenceResponse(
+            model_name=name,
+            model_version="1",
+            id=request.id,
+            outputs=[tensors.encode_output(n, outputs[n]) for n in names],
+        )
+
+    def _batch_fn(self, served: ServedModel) -> Callable[[list[Any]], Sequence[Any]]:
+        runtime = served.runtime
+        assert runtime is not None
+        residency = self.residency
+        out_names = [o.name for o in runtime.outputs]
+
+        def run(batch: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+            if residency is not None:
+                residency.acquire(served.name)
+            try:
+                if len(batch) == 1:
+                    return [runtime.run(batch[0])]
+                feeds = {k: np.concatenate([r[k] for r in batch]) for k in batch[0]}
+                outs = runtime.run(feeds)
+            finally:
+                if residency is not None:
+                    residency.release(served.name)
+            sizes = [next(iter(r.values())).shape[0] for r in batch]
+            total = sum(sizes)
+            for k in out_names:
+                if outs[k].ndim == 0 or outs[k].shape[0] != total:
+                    raise ExecutionError(f"output {k!r} has no batch dimension to split")
+            bounds = np.cumsum(sizes)[:-1]
+            split = {k: np.split(outs[k], bounds) for k in out_names}
+            return [{k: split[k][i] for k in out_names} for i in range(len(batch))]
+
+        return run
+
+    def _observer(self, served: ServedModel) -> Callable[[BatchRecord], None]:
+        def observe(rec: BatchRecord) -> None:
+            served.stats.batch(rec.items)
+            cap = served.policy.cap if served.policy is not None else 1
+            self.metrics.observe_batch(served.name, rec.items, rec.latency_s, rec.queue_s, cap)
+
+        return observe
+
+    # -- reporting -----------------------------------------------------------------------
+    def memory_used_bytes(self, device: int) -> int:
+        total = 0
+        for m in self.models.values():
+            if m.runtime is not None and m.config.device == device:
+                total += m.runtime.size_bytes
+                total += int(m.config.per_item_memory_mib * m.config.max_batch * MIB)
+        return total
+
+    def device_samples(self) -> list[DeviceSample]:
+        def busy(index: int) -> float:
+            ex = self.executors.get(index)
+            return ex.utilisation() if ex is not None else 0.0
+
+        samples = self.telemetry.sample(busy, self.memory_used_bytes)
+        self.metrics.set_devices(samples)
+        return samples
+
+    def model_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for m in self.models.values():
+            qps, p99, mean_batch = m.stats.snapshot()
+            rows.append(
+                {
+                    "name": m.name,
+                    "state": m.state.value,
+                    "reason": m.reason,
+                    "device": m.config.device,
+                    "policy": m.config.batching.policy.value,
+                    "batch_cap": m.policy.cap if m.policy is not None else 0,
+                    "slo_ms": m.config.slo_ms,
+                    "qps": round(qps, 3),
+                    "p99_ms": None if p99 is None else round(p99, 3),
+                    "mean_batch": None
+                    if mean_batch is None or math.isnan(mean_batch)
+                    else round(mean_batch, 2),
+                }
+            )
+        return rows
+
+
+__all__ = ["Agent", "ModelLoadError", "ModelState", "Residency", "ServedModel"]

@@ -1,0 +1,111 @@
+"""Decode Open Inference Protocol JSON tensors into numpy arrays checked against a model's inputs,
+and encode outputs back. Pure functions; every problem is an InvalidRequest (HTTP 400) whose
+message names the tensor and what was expected.
+
+Callers: :mod:`stowplan.agent.serving`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from stowplan.agent.errors import InvalidRequest, PayloadTooLarge
+from stowplan.agent.protocol import RequestInput, ResponseOutput
+from stowplan.agent.runtime import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+
+
+def decode_inputs(
+    inputs: Sequence[RequestInput], specs: Sequence[TensorSpec], max_items: int
+) -> tuple[dict[str, np.ndarray], int]:
+    """Return ({input name: array}, batch items). Every model input must be given exactly once,
+    with the model's datatype, a shape matching the model's fixed dimensions, and as many
+    elements as the shape says; all inputs must agree on the batch dimension."""
+    given = {}
+    for t in inputs:
+        if t.name in given:
+            raise InvalidRequest(f"input {t.name!r} is given twice")
+        given[t.name] = t
+    expected = {s.name for s in specs}
+    unknown = sorted(set(given) - expected)
+    if unknown:
+        raise InvalidRequest(f"unknown input(s) {unknown}; the model takes {sorted(expected)}")
+    missing = sorted(expected - set(given))
+    if missing:
+        raise InvalidRequest(f"missing input(s) {missing}")
+    arrays: dict[str, np.ndarray] = {}
+    batch: int | None = None
+    for spec in specs:
+        t = given[spec.name]
+        arr = _decode_one(t, spec)
+        items = int(arr.shape[0]) if arr.ndim else 1
+        if batch is None:
+            batch = items
+        elif items != batch:
+            raise InvalidRequest(f"inputs disagree on the batch dimension ({batch} vs {items})")
+        arrays[spec.name] = arr
+    assert batch is not None
+    if batch < 1:
+        raise InvalidRequest("batch dimension must be at least 1")
+    if batch > max_items:
+        raise PayloadTooLarge(f"batch of {batch} items exceeds the model's max batch {max_items}")
+    return arrays, batch
+
+
+def _decode_one(t: RequestInput, spec: TensorSpec) -> np.ndarray:
+    if t.datatype != spec.datatype:
+        raise InvalidRequest(
+            f"input {t.name!r} has datatype {t.datatype!r}; the model expects {spec.datatype!r}"
+        )
+    if len(t.shape) != len(spec.shape):
+        raise InvalidRequest(
+            f"input {t.name!r} has shape {t.shape}; the model expects rank {len(spec.shape)} "
+            f"{list(spec.shape)} (-1 = any)"
+        )
+    for got, want in zip(t.shape, spec.shape, strict=True):
+        if got < 0 or (want >= 0 and got != want):
+            raise InvalidRequest(
+                f"input {t.name!r} has shape {t.shape}; the model expects {list(spec.shape)} "
+                "(-1 = any)"
+            )
+    count = math.prod(t.shape)
+    dtype = V2_TO_NUMPY[spec.datatype]
+    try:
+        flat = np.array(t.data, dtype=dtype).reshape(-1)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequest(
+            f"input {t.name!r}: data is not a {spec.datatype} tensor: {exc}"
+        ) from None
+    if flat.size != count:
+        raise InvalidRequest(
+            f"input {t.name!r}: shape {t.shape} needs {count} elements, got {flat.size}"
+        )
+    if not _all_numbers(t.data, ints_only=dtype.kind in "iub"):
+        kind = "integers" if dtype.kind in "iub" else "numbers"
+        raise InvalidRequest(f"input {t.name!r}: {spec.datatype} data must be {kind}")
+    return flat.reshape(t.shape)
+
+
+def _all_numbers(data: list[object], ints_only: bool) -> bool:
+    allowed: tuple[type, ...] = (int, bool) if ints_only else (int, bool, float)
+    stack: list[object] = list(data)
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif not isinstance(v, allowed):
+            return False
+    return True
+
+
+def encode_output(name: str, arr: np.ndarray) -> ResponseOutput:
+    datatype = NUMPY_TO_V2.get(arr.dtype, "FP32")
+    if datatype not in NUMPY_TO_V2.values():  # pragma: no cover - ORT only returns mapped types
+        arr = arr.astype(np.float32)
+    data = arr.reshape(-1).tolist()
+    if arr.dtype.kind == "f":
+        # JSON has no NaN/Infinity; a model that produces them answers null for those cells.
+        data = [x if math.isfinite(x) else None for x in data]
+    return ResponseOutput(name=name, shape=list(arr.shape), datatype=datatype, data=data)

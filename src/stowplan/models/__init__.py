@@ -1,0 +1,9 @@
+"""Example ONNX models that stowplan builds itself (no downloads): recipes and a builder.
+
+Callers: ``stowplan models build``, ``stowplan up`` (builds missing example models on first run),
+the agent tests and benchmarks. Only :mod:`stowplan.models.builders` imports ``onnx``.
+"""
+
+from stowplan.models.builders import EXAMPLES, ExampleModel, build_all, build_example
+
+__all__ = ["EXAMPLES", "ExampleModel", "build_all", "build_example"]
