@@ -1,0 +1,104 @@
+"""Translate API objects into a placement Problem (an anti-corruption layer; pure).
+
+Callers: :mod:`stowplan.operator.fleet`. Input is the InferenceModel and GPUNode objects as
+parsed API types; output is a :class:`stowplan.placement.Problem` whose model names are
+``namespace/name``, whose GPUs come from each GPUNode's ``status.gpus`` (the agent's view), and
+whose ``current`` placement comes from each GPUNode's ``spec.assignments`` (what the operator
+wrote before), so a re-plan keeps running replicas where they are. No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from stowplan import api, placement
+
+
+def model_key(im: api.InferenceModel) -> str:
+    """The placement name of an InferenceModel: ``namespace/name``."""
+    return f"{im.metadata.namespace or 'default'}/{im.metadata.name}"
+
+
+def demand(im: api.InferenceModel) -> placement.ModelDemand:
+    spec = im.spec
+    return placement.ModelDemand(
+        name=model_key(im),
+        replicas=spec.replicas,
+        slo_ms=spec.slo.latency_ms,
+        target_qps=spec.slo.target_qps,
+        latency=placement.LatencyProfile(
+            base_ms=spec.profile.latency_ms.base_ms,
+            per_item_ms=spec.profile.latency_ms.per_item_ms,
+        ),
+        memory=placement.MemoryProfile(
+            weights_mib=spec.profile.memory_mib.weights_mib,
+            per_item_mib=spec.profile.memory_mib.per_item_mib,
+        ),
+        max_batch=spec.profile.max_batch,
+        priority=spec.priority,
+        node_selector=dict(spec.node_selector),
+        gpu_type=spec.gpu_type,
+    )
+
+
+def gpus(nodes: Iterable[api.GPUNode]) -> tuple[placement.Gpu, ...]:
+    out = []
+    for node in sorted(nodes, key=lambda n: n.metadata.name):
+        if node.status is None:
+            continue  # the agent has not reported its GPUs yet
+        for gpu in sorted(node.status.gpus, key=lambda g: g.index):
+            out.append(
+                placement.Gpu(
+                    node=node.metadata.name,
+                    index=gpu.index,
+                    memory_mib=max(gpu.memory_total_mib, 1),
+                    gpu_type=gpu.name,
+                    labels=dict(node.metadata.labels),
+                )
+            )
+    return tuple(out)
+
+
+def current(
+    nodes: Iterable[api.GPUNode],
+    models: Sequence[placement.ModelDemand],
+    inventory: Sequence[placement.Gpu],
+) -> tuple[placement.Assignment, ...]:
+    """The running placement, restricted to models and GPUs that still exist."""
+    replicas = {m.name: m.replicas for m in models}
+    present = {g.key for g in inventory}
+    out = []
+    for node in nodes:
+        for a in node.spec.assignments:
+            if replicas.get(a.model, 0) <= a.replica or (node.metadata.name, a.gpu) not in present:
+                continue
+            out.append(
+                placement.Assignment(
+                    model=a.model,
+                    replica=a.replica,
+                    node=node.metadata.name,
+                    gpu=a.gpu,
+                    batch_size=a.batch_size,
+                    duty_cycle_ms=a.duty_cycle_ms,
+                    busy_ms=a.busy_ms,
+                    memory_mib=a.memory_mib,
+                )
+            )
+    return tuple(sorted(out, key=lambda a: (a.model, a.replica)))
+
+
+def problem(
+    models: Iterable[api.InferenceModel],
+    nodes: Iterable[api.GPUNode],
+    *,
+    memory_reserve_mib: int = 0,
+) -> placement.Problem:
+    node_list = list(nodes)
+    demands = tuple(sorted((demand(im) for im in models), key=lambda d: d.name))
+    inventory = gpus(node_list)
+    return placement.Problem(
+        gpus=inventory,
+        models=demands,
+        current=current(node_list, demands, inventory),
+        memory_reserve_mib=memory_reserve_mib,
+    )

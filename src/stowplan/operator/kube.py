@@ -1,0 +1,151 @@
+"""The operator's only door to the API server (besides kopf's own watches).
+
+Callers: :mod:`stowplan.operator.fleet`. Lists InferenceModels and GPUNodes as parsed API types,
+writes ``GPUNode.spec.assignments`` and ``InferenceModel.status`` with JSON merge patches, and
+posts core/v1 Events. The blocking ``kubernetes`` client runs in worker threads. Objects that do
+not parse (which the CRD schema should make impossible) are logged and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+from kubernetes.client.rest import ApiException
+from pydantic import ValidationError
+
+from stowplan import api
+from stowplan.api import gpunode as gn
+from stowplan.api import inferencemodel as imapi
+from stowplan.operator import reconcile
+from stowplan.operator.errors import ApiUnavailable
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION = api.GROUP, api.VERSION
+
+
+def login() -> None:
+    """Load in-cluster credentials, else the kubeconfig (``$KUBECONFIG``)."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+def _custom() -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi()
+
+
+async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except ApiException as err:
+        if err.status in (409, 404):
+            raise
+        raise ApiUnavailable(f"{getattr(fn, '__name__', fn)}: {err.status} {err.reason}") from err
+    except OSError as err:
+        raise ApiUnavailable(str(err)) from err
+
+
+def _parse_status(body: dict[str, Any]) -> dict[str, Any]:
+    """Drop what other writers (e.g. kopf's progress storage) keep in status."""
+    status = dict(body.get("status") or {})
+    status.pop("kopf", None)
+    return {**body, "status": status or None}
+
+
+async def list_models() -> list[api.InferenceModel]:
+    raw = await _call(_custom().list_cluster_custom_object, GROUP, VERSION, imapi.PLURAL)
+    out = []
+    for item in raw.get("items", []):
+        if item.get("metadata", {}).get("deletionTimestamp"):
+            continue  # being deleted: its replicas are released now
+        try:
+            out.append(api.InferenceModel.model_validate(_parse_status(item)))
+        except ValidationError as err:
+            meta = item.get("metadata", {})
+            log.warning(
+                "skipping invalid InferenceModel %s/%s: %s",
+                meta.get("namespace"),
+                meta.get("name"),
+                err,
+            )
+    return out
+
+
+async def list_nodes() -> list[api.GPUNode]:
+    raw = await _call(_custom().list_cluster_custom_object, GROUP, VERSION, gn.PLURAL)
+    out = []
+    for item in raw.get("items", []):
+        if item.get("metadata", {}).get("deletionTimestamp"):
+            continue
+        try:
+            out.append(api.GPUNode.model_validate(_parse_status(item)))
+        except ValidationError as err:
+            log.warning(
+                "skipping invalid GPUNode %s: %s", item.get("metadata", {}).get("name"), err
+            )
+    return out
+
+
+async def set_assignments(node: str, assignments: list[gn.Assignment]) -> None:
+    body = {"spec": {"assignments": [a.wire() for a in assignments]}}
+    await _call(_custom().patch_cluster_custom_object, GROUP, VERSION, gn.PLURAL, node, body)
+
+
+async def set_model_status(namespace: str, name: str, status: imapi.InferenceModelStatus) -> None:
+    wire = status.wire()
+    # merge patch: explicit nulls remove fields the new status no longer has
+    for key in ("capacity", "observed"):
+        wire.setdefault(key, None)
+    try:
+        await _call(
+            _custom().patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            imapi.PLURAL,
+            name,
+            {"status": wire},
+        )
+    except ApiException as err:
+        if err.status != 404:  # deleted meanwhile: nothing to report on
+            raise
+
+
+async def post_event(event_: reconcile.Event, uid: str | None) -> None:
+    """Post a core/v1 Event about an InferenceModel (best effort: failures are logged)."""
+    ts = datetime.now(UTC)
+    body = kubernetes.client.CoreV1Event(
+        metadata=kubernetes.client.V1ObjectMeta(generate_name=f"{event_.name}."),
+        involved_object=kubernetes.client.V1ObjectReference(
+            api_version=f"{GROUP}/{VERSION}",
+            kind=imapi.KIND,
+            name=event_.name,
+            namespace=event_.namespace,
+            uid=uid,
+        ),
+        reason=event_.reason,
+        message=event_.message[:1024],
+        type=event_.type,
+        source=kubernetes.client.V1EventSource(component="stowplan-operator"),
+        first_timestamp=ts,
+        last_timestamp=ts,
+        count=1,
+        reporting_component="stowplan.io/operator",
+        reporting_instance="stowplan-operator",
+    )
+    try:
+        await _call(kubernetes.client.CoreV1Api().create_namespaced_event, event_.namespace, body)
+    except (ApiException, ApiUnavailable) as err:
+        log.warning(
+            "could not post event %s on %s/%s: %s",
+            event_.reason,
+            event_.namespace,
+            event_.name,
+            err,
+        )
