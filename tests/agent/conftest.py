@@ -24,12 +24,27 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def agent(model_dir: Path, tmp_path: Path) -> Iterator[Agent]:
-    a = Agent(AgentSettings(cache_dir=tmp_path / "cache", max_body_bytes=64 * 1024,
-                            intra_op_threads=1))
-    a.load(ModelConfig(name="mlp", uri=f"file://{model_dir / 'mlp.onnx'}", slo_ms=2000,
-                       max_batch=16, batching=BatchingConfig(max_queue_delay_ms=2)))
-    a.load(ModelConfig(name="convnet", uri=str(model_dir / "convnet.onnx"), slo_ms=2000,
-                       max_batch=8, batching=BatchingConfig(policy=Policy.NONE)))
+    a = Agent(
+        AgentSettings(cache_dir=tmp_path / "cache", max_body_bytes=64 * 1024, intra_op_threads=1)
+    )
+    a.load(
+        ModelConfig(
+            name="mlp",
+            uri=f"file://{model_dir / 'mlp.onnx'}",
+            slo_ms=2000,
+            max_batch=16,
+            batching=BatchingConfig(max_queue_delay_ms=2),
+        )
+    )
+    a.load(
+        ModelConfig(
+            name="convnet",
+            uri=str(model_dir / "convnet.onnx"),
+            slo_ms=2000,
+            max_batch=8,
+            batching=BatchingConfig(policy=Policy.NONE),
+        )
+    )
     a.load(ModelConfig(name="broken", uri="file:///nonexistent/model.onnx"))
     yield a
     a.close()

@@ -14,8 +14,12 @@ from stowplan.agent.serving import Agent
 
 def _mlp_request(rows: int = 1, seed: int = 0) -> dict[str, Any]:
     x = np.random.default_rng(seed).standard_normal((rows, 64)).astype(np.float32)
-    return {"id": "r1", "inputs": [{"name": "input", "shape": [rows, 64], "datatype": "FP32",
-                                    "data": x.ravel().tolist()}]}
+    return {
+        "id": "r1",
+        "inputs": [
+            {"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": x.ravel().tolist()}
+        ],
+    }
 
 
 def test_health_and_metadata(client: TestClient) -> None:
@@ -38,8 +42,9 @@ def test_infer_matches_direct_onnxruntime(client: TestClient, model_dir: Any) ->
     sess = ort.InferenceSession(str(model_dir / "mlp.onnx"), providers=["CPUExecutionProvider"])
     x = np.asarray(body["inputs"][0]["data"], np.float32).reshape(3, 64)
     (want,) = sess.run(None, {"input": x})
-    np.testing.assert_allclose(np.asarray(logits["data"]).reshape(3, 10), want, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(logits["data"]).reshape(3, 10), want, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_nested_data_is_accepted(client: TestClient) -> None:
@@ -67,27 +72,33 @@ def _with(**changes: Any) -> dict[str, Any]:
         pytest.param(_with(data=[[1.0], [1.0, 2.0]]), 400, "input", id="ragged"),
         pytest.param({"inputs": []}, 400, "inputs", id="no-inputs"),
         pytest.param({"foo": 1}, 400, "invalid request", id="schema"),
-        pytest.param(_with(shape=[17, 64], data=[0.0] * 17 * 64), 413, "max batch",
-                     id="batch-over-max"),
+        pytest.param(
+            _with(shape=[17, 64], data=[0.0] * 17 * 64), 413, "max batch", id="batch-over-max"
+        ),
     ],
 )
-def test_bad_requests_get_4xx(client: TestClient, body: dict[str, Any], status: int,
-                              fragment: str) -> None:
+def test_bad_requests_get_4xx(
+    client: TestClient, body: dict[str, Any], status: int, fragment: str
+) -> None:
     resp = client.post("/v2/models/mlp/infer", json=body)
     assert resp.status_code == status, resp.text
     assert fragment in resp.json()["error"]
 
 
 def test_malformed_json_is_400(client: TestClient) -> None:
-    resp = client.post("/v2/models/mlp/infer", content=b"{not json",
-                       headers={"content-type": "application/json"})
+    resp = client.post(
+        "/v2/models/mlp/infer", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 400
     assert "error" in resp.json()
 
 
 def test_oversized_body_is_413(client: TestClient) -> None:
-    resp = client.post("/v2/models/mlp/infer", content=b"[" + b"0," * 40_000 + b"0]",
-                       headers={"content-type": "application/json"})
+    resp = client.post(
+        "/v2/models/mlp/infer",
+        content=b"[" + b"0," * 40_000 + b"0]",
+        headers={"content-type": "application/json"},
+    )
     assert resp.status_code == 413
     assert "larger than" in resp.json()["error"]
 
@@ -98,8 +109,7 @@ def test_unknown_model_is_404(client: TestClient) -> None:
     assert client.post("/v2/models/nope/infer", json=_mlp_request()).status_code == 404
 
 
-def test_failed_model_is_reported_and_others_keep_serving(client: TestClient,
-                                                          agent: Agent) -> None:
+def test_failed_model_is_reported_and_others_keep_serving(client: TestClient, agent: Agent) -> None:
     assert agent.models["broken"].state.value == "Failed"
     assert "not found" in agent.models["broken"].reason
     assert client.get("/v2/models/broken/ready").status_code == 503
@@ -113,9 +123,15 @@ def test_failed_model_is_reported_and_others_keep_serving(client: TestClient,
 def test_metrics_use_triton_names(client: TestClient) -> None:
     assert client.post("/v2/models/mlp/infer", json=_mlp_request()).status_code == 200
     text = client.get("/metrics").text
-    for name in ("nv_inference_request_success", "nv_inference_count",
-                 "nv_inference_exec_count", "nv_inference_queue_duration_us",
-                 "nv_inference_compute_infer_duration_us", "nv_gpu_utilization",
-                 "nv_gpu_memory_used_bytes", "stowplan_batch_cap"):
+    for name in (
+        "nv_inference_request_success",
+        "nv_inference_count",
+        "nv_inference_exec_count",
+        "nv_inference_queue_duration_us",
+        "nv_inference_compute_infer_duration_us",
+        "nv_gpu_utilization",
+        "nv_gpu_memory_used_bytes",
+        "stowplan_batch_cap",
+    ):
         assert name in text
     assert 'nv_inference_request_success_total{model="mlp",version="1"} 1.0' in text
