@@ -1,0 +1,155 @@
+"""The operator end to end on a real kube-apiserver, running as its own ServiceAccount.
+
+Two GPUNodes stand in for two GPU nodes whose agents reported their GPUs (status patched the
+way an agent does); the operator places real example InferenceModels on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.cluster
+
+GPU_80G = {"memoryTotalMiB": 81920, "name": "NVIDIA A100-SXM4-80GB"}
+
+
+def _register_node(kubectl, name: str, gpus: int, labels: dict[str, str] | None = None) -> None:
+    node = {
+        "apiVersion": "stowplan.io/v1alpha1",
+        "kind": "GPUNode",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {},
+    }
+    kubectl.run("apply", "-f", "-", input_=yaml.safe_dump(node))
+    status = {"status": {"gpus": [{"index": i, **GPU_80G} for i in range(gpus)], "gpuCount": gpus}}
+    kubectl.run(
+        "patch", f"gpunode/{name}", "--subresource=status", "--type=merge",
+        "-p", yaml.safe_dump(status),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fleet(installed, operator):
+    """Two GPU nodes with one 80 GB GPU each; removed at the end."""
+    nodes = ["gpu-node-a", "gpu-node-b"]
+    for name in nodes:
+        _register_node(installed, name, gpus=1)
+    yield nodes
+    installed.run("delete", "gpunode", *nodes, "--ignore-not-found")
+
+
+def _status(kubectl, ns: str, name: str) -> dict:
+    return kubectl.json("get", "-n", ns, f"im/{name}").get("status") or {}
+
+
+def _condition(status: dict, type_: str) -> dict:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def _assignments(kubectl, model: str) -> list[tuple[str, int, int]]:
+    out = []
+    for node in kubectl.json("get", "gpunodes")["items"]:
+        for a in (node.get("spec") or {}).get("assignments", []):
+            if a["model"] == model:
+                out.append((node["metadata"]["name"], a["gpu"], a["replica"]))
+    return sorted(out)
+
+
+def test_example_is_placed_scaled_and_removed(installed, fleet, operator, namespace, wait):
+    example = REPO / "manifests" / "examples" / "convnet.yaml"
+    installed.run("apply", "-n", namespace, "-f", str(example))
+    key = f"{namespace}/convnet"
+
+    status = wait(
+        lambda: (s := _status(installed, namespace, "convnet"))
+        and _condition(s, "Placed").get("status") == "True"
+        and s,
+        timeout_s=15, what="Placed=True",
+    )  # fmt: skip
+    assert status["replicas"] == 2 and len(status["placements"]) == 2
+    assert status["observedGeneration"] == 1
+    assert status["selector"] == "stowplan.io/model=convnet"
+    # replicas of one model on distinct GPUs; the duty cycle and batch are shown
+    assert len({(p["node"], p["gpu"]) for p in status["placements"]}) == 2
+    assert status["capacity"]["batchSize"] >= 1 and status["capacity"]["dutyCycleMs"] > 0
+    assert len(_assignments(installed, key)) == 2
+
+    table = installed.run("get", "-n", namespace, "im").stdout
+    header = table.splitlines()[0].split()
+    assert header[:4] == ["NAME", "REPLICAS", "READY", "PLACED"], table
+    assert "convnet" in table and "True" in table
+
+    # scale down through the scale subresource: one placement goes, and its assignment
+    installed.run("scale", "-n", namespace, "im/convnet", "--replicas=1")
+    wait(lambda: len(_assignments(installed, key)) == 1, what="one assignment after scale")
+    wait(
+        lambda: len(_status(installed, namespace, "convnet").get("placements", [])) == 1,
+        what="one placement in status",
+    )
+
+    events = installed.json("get", "events", "-n", namespace)["items"]
+    assert any(e["reason"] == "Placed" and e["involvedObject"]["name"] == "convnet"
+               for e in events)  # fmt: skip
+
+    installed.run("delete", "-n", namespace, "im/convnet")
+    wait(lambda: _assignments(installed, key) == [], what="assignments removed after delete")
+
+
+def test_model_that_cannot_fit_is_reported_not_crashed_on(
+    installed, fleet, operator, namespace, wait
+):
+    doc = yaml.safe_load((REPO / "manifests" / "examples" / "mlp.yaml").read_text())
+    doc["metadata"]["name"] = "too-big"
+    doc["spec"]["profile"]["memoryMiB"]["weights"] = 200_000  # more than any 80 GB GPU
+    installed.run("apply", "-n", namespace, "-f", "-", input_=yaml.safe_dump(doc))
+    status = wait(
+        lambda: (
+            (s := _status(installed, namespace, "too-big"))
+            and _condition(s, "Placed").get("status") == "False"
+            and s
+        ),
+        what="Placed=False",
+    )
+    placed = _condition(status, "Placed")
+    assert placed["reason"] == "MemoryExceedsEveryGPU", placed
+    assert status["unplaced"][0]["reason"] == "MemoryExceedsEveryGPU"
+    events = wait(
+        lambda: [
+            e for e in installed.json("get", "events", "-n", namespace)["items"]
+            if e["reason"] == "Unplaced" and e["type"] == "Warning"
+        ],
+        what="a Warning event",
+    )  # fmt: skip
+    assert "MemoryExceedsEveryGPU" in events[0]["message"]
+    assert operator.proc is not None and operator.proc.poll() is None  # still running
+
+
+def test_restarted_operator_changes_nothing(installed, fleet, operator, namespace, wait):
+    for example in ("convnet.yaml", "mlp.yaml", "mlp-wide-static.yaml"):
+        installed.run("apply", "-n", namespace, "-f", str(REPO / "manifests/examples" / example))
+    for name in ("convnet", "mlp", "mlp-wide"):
+        wait(
+            lambda name=name: _condition(_status(installed, namespace, name), "Placed").get(
+                "status"
+            ) == "True",
+            what=f"{name} placed",
+        )  # fmt: skip
+
+    def versions() -> dict[str, str]:
+        objs = installed.json("get", "im", "-n", namespace)["items"]
+        objs += installed.json("get", "gpunodes")["items"]
+        return {o["metadata"]["name"]: o["metadata"]["resourceVersion"] for o in objs}
+
+    # let the operator settle (a pass that patches nothing), then restart it
+    passes = operator.passes()
+    wait(lambda: operator.passes() >= passes + 2, what="two more passes")
+    before = versions()
+    operator.stop()
+    operator.start()
+    passes = operator.passes()
+    wait(lambda: operator.passes() >= passes + 2, timeout_s=30, what="passes after restart")
+    assert versions() == before, operator.log_tail()
