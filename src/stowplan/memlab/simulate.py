@@ -1,0 +1,120 @@
+"""Replay a trace through an allocator on a simulated device and measure it.
+
+The hot loop is plain Python over lists of ints (no objects per event): an op ``slot >= 0``
+allocates ``sizes[slot]``, ``~slot`` frees it, :data:`~stowplan.memlab.trace.STEP_OP` passes a
+step hint. ``check=True`` additionally verifies that no two live blocks overlap (slow; tests).
+Callers: the ``memsim`` command, the report and tests. Must not print or parse.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+
+from stowplan.memlab.allocators import allocator_class
+from stowplan.memlab.device import CostModel, SimDevice
+from stowplan.memlab.errors import MemlabError
+from stowplan.memlab.metrics import SimResult, fragmentation, step_repeat_rate
+from stowplan.memlab.trace import STEP_OP, Trace
+
+
+class OverlapError(MemlabError):
+    """``check=True`` found two live blocks that overlap (an allocator bug)."""
+
+
+def replay_ops(
+    allocator_name: str,
+    ops: list[int],
+    sizes: list[int],
+    peak_live_bytes: int,
+    cost: CostModel | None = None,
+    check: bool = False,
+) -> SimResult:
+    """Replay ``ops`` through a fresh allocator ``allocator_name``."""
+    device = SimDevice(cost)
+    alloc = allocator_class(allocator_name)(device)
+    addrs = [0] * len(sizes)
+    malloc = alloc.malloc
+    free = alloc.free
+    step = alloc.step
+    n_malloc = n_free = 0
+    t0 = time.perf_counter()
+    if check:
+        _replay_checked(alloc, device, ops, sizes, addrs)
+    else:
+        for i, op in enumerate(ops):
+            if op >= 0:
+                device.clock = i
+                addrs[op] = malloc(sizes[op])
+            elif op != STEP_OP:
+                device.clock = i
+                free(addrs[~op])
+            else:
+                step()
+    wall = time.perf_counter() - t0
+    for op in ops:
+        if op >= 0:
+            n_malloc += 1
+        elif op != STEP_OP:
+            n_free += 1
+    c = device.cost
+    overhead = device.time_us
+    if alloc.caching:
+        overhead += n_malloc * c.hit_malloc_us + n_free * c.hit_free_us
+    events = n_malloc + n_free
+    return SimResult(
+        allocator=allocator_name,
+        events=events,
+        peak_live_bytes=peak_live_bytes,
+        peak_reserved_bytes=device.peak_reserved_bytes,
+        device_malloc_calls=device.malloc_calls,
+        device_free_calls=device.free_calls,
+        simulated_overhead_us=overhead,
+        fragmentation=fragmentation(peak_live_bytes, device.peak_reserved_bytes),
+        step_repeat_rate=step_repeat_rate(ops, sizes, addrs),
+        wall_s=wall,
+        events_per_second=events / wall if wall > 0 else float("inf"),
+        timeline=[(0, 0), *device.timeline, (len(ops), device.reserved_bytes)],
+    )
+
+
+def _replay_checked(
+    alloc: object, device: SimDevice, ops: list[int], sizes: list[int], addrs: list[int]
+) -> None:
+    from stowplan.memlab.allocators.base import Allocator
+
+    assert isinstance(alloc, Allocator)
+    starts: list[int] = []  # sorted starts of live blocks
+    ends: dict[int, int] = {}
+    for i, op in enumerate(ops):
+        device.clock = i
+        if op == STEP_OP:
+            alloc.step()
+            continue
+        if op >= 0:
+            a = alloc.malloc(sizes[op])
+            e = a + sizes[op]
+            j = bisect_left(starts, a)
+            if (j < len(starts) and starts[j] < e) or (j > 0 and ends[starts[j - 1]] > a):
+                raise OverlapError(f"{alloc.name}: block {a:#x}+{sizes[op]} overlaps (op {i})")
+            starts.insert(j, a)
+            ends[a] = e
+            addrs[op] = a
+        else:
+            a = addrs[~op]
+            del starts[bisect_left(starts, a)]
+            del ends[a]
+            alloc.free(a)
+
+
+def replay(
+    trace: Trace,
+    allocator_name: str,
+    cost: CostModel | None = None,
+    allocator_filter: str | None = None,
+    check: bool = False,
+) -> SimResult:
+    """Replay one trace (tensor allocations of its main allocator name) through one allocator."""
+    ops, sizes = trace.replay_ops(allocator_filter)
+    peak = trace.peak_live_bytes(allocator_filter)
+    return replay_ops(allocator_name, ops, sizes, peak, cost=cost, check=check)
