@@ -41,6 +41,8 @@ class Assignment(WireModel):
 
 
 class GPUNodeSpec(WireModel):
+    """What the operator wants this node to run (written by the operator only)."""
+
     assignments: list[Assignment] = Field(
         default_factory=list, description="Replicas placed on this node (operator-owned)."
     )
@@ -77,6 +79,8 @@ class ResidentModel(WireModel):
 
 
 class GPUNodeStatus(WireModel):
+    """What the agent on this node observes (written by the agent only)."""
+
     gpus: list[GpuInfo] = Field(default_factory=list, description="The node's GPUs.")
     gpu_count: int = Field(default=0, alias="gpuCount", ge=0, description="len(gpus).")
     models: list[ResidentModel] = Field(default_factory=list, description="Assigned replicas.")
