@@ -120,12 +120,13 @@ def test_ready_replicas_and_slo_come_from_agent_observations():
 
 
 def test_unplaceable_replica_is_a_condition_and_a_warning():
+    profile = {**SPEC["profile"], "memoryMiB": {"weights": 10**6, "perItem": 0}}
     big = api.InferenceModel.model_validate(
         {
             "metadata": {"name": "big", "namespace": "ns", "generation": 1},
-            "spec": {**SPEC, "profile": {**SPEC["profile"], "memoryMiB": {"weights": 10**6, "perItem": 0}}},
+            "spec": {**SPEC, "profile": profile},
         }
-    )  # fmt: skip
+    )
     nodes = [node("a")]
     plan = _plan(inventory.problem([big], nodes))
     desired = reconcile.desired_state([big], nodes, plan)
