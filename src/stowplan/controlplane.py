@@ -155,10 +155,10 @@ class LocalControlPlane:
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         while True:
-            for proc in self._procs:
+            for name, proc in zip(("etcd", "kube-apiserver"), self._procs, strict=False):
                 if proc.poll() is not None:
                     raise ControlPlaneError(
-                        f"{proc.args[0]} exited with {proc.returncode}:\n{self._log_tail()}"
+                        f"{name} exited with {proc.returncode}:\n{self._log_tail()}"
                     )
             if self.ca_file.exists() and self._readyz():
                 return
