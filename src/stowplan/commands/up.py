@@ -1,0 +1,102 @@
+"""``stowplan up DIR``: serve InferenceModel YAML files on this machine (standalone mode).
+
+Thin shell over :mod:`stowplan.standalone` (read, place, load) and
+:mod:`stowplan.agent.server` (HTTP). Prints where everything went, serves until Ctrl-C, then
+stops the executors cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from stowplan.agent.config import AgentSettings
+
+
+@click.command(name="up")
+@click.argument("directory", type=click.Path(path_type=Path), default=Path("manifests/examples"))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=Path.home() / ".cache" / "stowplan" / "models",
+    show_default=True,
+    help="Where example models are built and http(s) models downloaded.",
+)
+@click.option(
+    "--sim-devices",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Simulated devices when there is no GPU (default: as many as the plan needs).",
+)
+@click.option("--no-nvml", is_flag=True, help="Ignore real GPUs; use simulated devices.")
+@click.option(
+    "--solver-seconds",
+    type=click.FloatRange(0, 600),
+    default=0.0,
+    show_default=True,
+    help="Placement time budget (0: best-fit only).",
+)
+@click.option("--check", is_flag=True, help="Place and load, print the summary, and exit.")
+def command(
+    directory: Path,
+    host: str,
+    port: int,
+    cache_dir: Path,
+    sim_devices: int | None,
+    no_nvml: bool,
+    solver_seconds: float,
+    check: bool,
+) -> None:
+    """Serve the InferenceModel YAML files in DIRECTORY (default manifests/examples) on one port.
+
+    Places every model on this machine's GPUs (simulated CPU-backed devices when there are
+    none), loads them with ONNX Runtime, and serves the Open Inference Protocol (KServe v2) at
+    http://HOST:PORT/v2/... with Prometheus metrics at /metrics. Ctrl-C stops.
+    """
+    from stowplan import standalone
+    from stowplan.agent.telemetry import Telemetry, detect
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    settings = AgentSettings(host=host, port=port, cache_dir=cache_dir)
+    # None lets standalone pick: NVML GPUs, else as many simulated devices as the plan needs.
+    telemetry: Telemetry | None = None
+    if sim_devices is not None:
+        telemetry = detect(simulated_devices=sim_devices, use_nvml=not no_nvml)
+    try:
+        dep = standalone.up(
+            directory, settings, telemetry, time_limit_s=solver_seconds, use_nvml=not no_nvml
+        )
+    except standalone.StandaloneError as exc:
+        raise click.ClickException(str(exc)) from None
+    url = f"http://{host}:{port}"
+    click.echo(standalone.describe(dep, url))
+    if check:
+        dep.agent.close()
+        return
+    import uvicorn
+
+    from stowplan.agent.server import create_app
+
+    click.echo(f"serving on {url} (Ctrl-C to stop)")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(dep.agent), host=host, port=port, log_level="warning", access_log=False
+        )
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
+    finally:
+        dep.agent.close()
+        click.echo("stopped")
