@@ -38,10 +38,9 @@ def command(workdir: Path, port: int, install_crds: bool) -> None:
         if install_crds:
             crds = Path(__file__).resolve().parents[3] / "crds"
             if crds.is_dir():
-                subprocess.run(
-                    [str(cp.kubectl), "--kubeconfig", str(cp.kubeconfig), "apply", "-f", str(crds)],
-                    check=True,
-                )
+                kubectl = [str(cp.kubectl), "--kubeconfig", str(cp.kubeconfig)]
+                if subprocess.run([*kubectl, "apply", "-k", str(crds)]).returncode != 0:
+                    raise click.ClickException("installing the CRDs failed (see above)")
         click.echo(f"kube-apiserver {controlplane.K8S_VERSION} ready at {cp.server}")
         click.echo(f"export KUBECONFIG={cp.kubeconfig}")
         click.echo(f"export PATH={cp.kubectl.parent}:$PATH   # kubectl {controlplane.K8S_VERSION}")
