@@ -41,6 +41,7 @@ class SimResult(BaseModel):
     fragmentation: float
     step_repeat_rate: float | None
     wall_s: float
+    setup_s: float = 0.0
     events_per_second: float
     timeline: list[tuple[int, int]]  # (event index, reserved bytes) after each device call
 
@@ -67,6 +68,7 @@ class SimResult(BaseModel):
                 None if self.step_repeat_rate is None else round(self.step_repeat_rate, 6)
             ),
             "wall_s": round(self.wall_s, 6),
+            "setup_s": round(self.setup_s, 6),
         }
 
 

@@ -12,6 +12,8 @@ import time
 from bisect import bisect_left
 
 from stowplan.memlab.allocators import allocator_class
+from stowplan.memlab.allocators.base import Allocator
+from stowplan.memlab.allocators.stowplan import Profile, StowplanAllocator, StowplanWarmAllocator
 from stowplan.memlab.device import CostModel, SimDevice
 from stowplan.memlab.errors import MemlabError
 from stowplan.memlab.metrics import SimResult, fragmentation, step_repeat_rate
@@ -29,10 +31,24 @@ def replay_ops(
     peak_live_bytes: int,
     cost: CostModel | None = None,
     check: bool = False,
+    profile: Profile | None = None,
 ) -> SimResult:
-    """Replay ``ops`` through a fresh allocator ``allocator_name``."""
+    """Replay ``ops`` through a fresh allocator ``allocator_name``.
+
+    ``stowplan-warm`` starts from ``profile`` (default: the profile a cold stowplan run learns on
+    these same ops, i.e. a second run of the same workload). Allocator construction, including
+    planning, is timed separately (``setup_s``) from the replay loop (``wall_s``).
+    """
     device = SimDevice(cost)
-    alloc = allocator_class(allocator_name)(device)
+    t_setup = time.perf_counter()
+    cls = allocator_class(allocator_name)
+    if issubclass(cls, StowplanWarmAllocator):
+        alloc: Allocator = cls(
+            device, profile if profile is not None else learn_profile(ops, sizes)
+        )
+    else:
+        alloc = cls(device)
+    setup = time.perf_counter() - t_setup
     addrs = [0] * len(sizes)
     malloc = alloc.malloc
     free = alloc.free
@@ -73,17 +89,29 @@ def replay_ops(
         fragmentation=fragmentation(peak_live_bytes, device.peak_reserved_bytes),
         step_repeat_rate=step_repeat_rate(ops, sizes, addrs),
         wall_s=wall,
+        setup_s=setup,
         events_per_second=events / wall if wall > 0 else float("inf"),
         timeline=[(0, 0), *device.timeline, (len(ops), device.reserved_bytes)],
     )
 
 
-def _replay_checked(
-    alloc: object, device: SimDevice, ops: list[int], sizes: list[int], addrs: list[int]
-) -> None:
-    from stowplan.memlab.allocators.base import Allocator
+def learn_profile(ops: list[int], sizes: list[int]) -> Profile:
+    """Replay ``ops`` through a cold stowplan allocator and return what it learned."""
+    alloc = StowplanAllocator(SimDevice())
+    addrs = [0] * len(sizes)
+    for op in ops:
+        if op >= 0:
+            addrs[op] = alloc.malloc(sizes[op])
+        elif op != STEP_OP:
+            alloc.free(addrs[~op])
+        else:
+            alloc.step()
+    return alloc.profile()
 
-    assert isinstance(alloc, Allocator)
+
+def _replay_checked(
+    alloc: Allocator, device: SimDevice, ops: list[int], sizes: list[int], addrs: list[int]
+) -> None:
     starts: list[int] = []  # sorted starts of live blocks
     ends: dict[int, int] = {}
     for i, op in enumerate(ops):
@@ -113,8 +141,9 @@ def replay(
     cost: CostModel | None = None,
     allocator_filter: str | None = None,
     check: bool = False,
+    profile: Profile | None = None,
 ) -> SimResult:
     """Replay one trace (tensor allocations of its main allocator name) through one allocator."""
     ops, sizes = trace.replay_ops(allocator_filter)
     peak = trace.peak_live_bytes(allocator_filter)
-    return replay_ops(allocator_name, ops, sizes, peak, cost=cost, check=check)
+    return replay_ops(allocator_name, ops, sizes, peak, cost=cost, check=check, profile=profile)

@@ -12,7 +12,7 @@ from stowplan.memlab.allocators.bfc import BFCAllocator
 from stowplan.memlab.allocators.buddy import BuddyAllocator
 from stowplan.memlab.allocators.naive import NaiveAllocator
 from stowplan.memlab.allocators.pytorch import PyTorchCachingAllocator
-from stowplan.memlab.allocators.stowplan import StowplanAllocator
+from stowplan.memlab.allocators.stowplan import StowplanAllocator, StowplanWarmAllocator
 from stowplan.memlab.errors import UnknownAllocatorError
 
 ALLOCATORS: dict[str, type[Allocator]] = {
@@ -24,6 +24,7 @@ ALLOCATORS: dict[str, type[Allocator]] = {
         BestFitAllocator,
         BuddyAllocator,
         StowplanAllocator,
+        StowplanWarmAllocator,
     )
 }
 

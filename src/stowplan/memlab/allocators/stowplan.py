@@ -1,29 +1,32 @@
-"""stowplan's trace-aware allocator: learn one execution step, then replay a planned layout.
+"""stowplan's trace-aware allocator: learn the step, then replay a planned layout.
 
-An inference server runs the same step again and again. This allocator:
+An inference server runs the same step again and again, and a model's replicas and reloads run
+the same steps as its first run. The allocator therefore works from a *profile*: the sizes and
+lifetimes (event ordinals) of the requests of >= ``PLAN_MIN_BYTES`` that a run made.
 
-1. serves requests online from a best-fit heap with coalescing (256 B granularity, split
-   whenever the rest is >= 256 B, segments grown by exactly what is missing but at least 1/8 of
-   what is reserved, so few device calls), and records every request of >= ``PLAN_MIN_BYTES``
-   of the current step with its lifetime (event ordinals);
-2. at the next step hint, plans offsets for the recorded tensors that lived and died inside the
-   step (greedy by size, :mod:`stowplan.memlab.planner`), into one arena carved from the heap
-   (a free hole if one is large enough; otherwise fully free segments are released first and the
-   arena is one exact-size cudaMalloc); an arena that is large enough is kept across replans;
-3. in later steps serves the k-th request of size s at the planned offset of the k-th tensor of
-   size s, after checking that the range is free (a sorted list of live arena blocks), so it
-   stays correct when a step differs: any request without a free planned slot, and anything
-   that outlives a step, goes to the online heap. A step whose size multiset differs from the
-   planned one triggers a replan.
+* **Warm** (constructed with the profile of an earlier run of the same model): offsets for every
+  profiled tensor are planned up front (greedy by size, :mod:`stowplan.memlab.planner`) into one
+  arena, reserved with a single exact-size cudaMalloc on first use. The k-th request of size s
+  takes the planned offset of the k-th profiled tensor of size s, after a check that the range
+  is free (a sorted list of live arena blocks). Requests below ``PLAN_MIN_BYTES`` use a small
+  best-fit heap whose first segment is sized from the profile.
+* **Cold** (no profile, the first run ever): requests are served online from best-fit heaps with
+  coalescing (small and large requests apart, so one long-lived scalar cannot pin a hole meant
+  for activations). At every step hint the requests that lived and died inside the finished step
+  are planned into an arena carved from the large heap (a free hole if one fits, otherwise after
+  releasing fully free segments); later steps take planned offsets as above, and a step whose
+  size multiset differs triggers a replan.
 
-Steady-state steps then cost no device call and reuse the same addresses every step (locality).
-The first step is online, so the reserved peak of a trace whose peak falls in its first step is
-that of the online heap. Caller: the allocator registry.
+Anything without a free planned slot (a step that differs, a request that outlives its step)
+falls back to the online heaps, so the allocator stays correct on any sequence; only space and
+locality degrade. :meth:`StowplanAllocator.profile` returns the profile of the run so far (what
+the agent persists per model). Caller: the allocator registry, the simulator.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
+from dataclasses import dataclass
 
 from stowplan.memlab.allocators.base import Allocator, CoalescingHeap
 from stowplan.memlab.device import SimDevice
@@ -31,44 +34,82 @@ from stowplan.memlab.planner import plan_offsets
 
 ALIGNMENT = 256
 PLAN_MIN_BYTES = 4096
-MAX_PLANNED_TENSORS = 20000
-GROWTH_FRACTION = 8  # grow segments by at least reserved / GROWTH_FRACTION
+MAX_STEP_TENSORS = 20000
+GROWTH_FRACTION = 8  # cold large heap: grow by at least reserved / GROWTH_FRACTION
+SMALL_SEGMENT = 64 * 1024
+LARGE_SEGMENT = 2 << 20  # cold large heap: smallest segment
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one run taught: large requests' sizes and lifetimes, and the small-heap peak."""
+
+    sizes: tuple[int, ...]
+    firsts: tuple[int, ...]
+    lasts: tuple[int, ...]
+    small_peak_bytes: int
 
 
 class StowplanAllocator(Allocator):
     name = "stowplan"
 
-    def __init__(self, device: SimDevice) -> None:
+    def __init__(self, device: SimDevice, profile: Profile | None = None) -> None:
         super().__init__(device)
-        self.heap = CoalescingHeap(device, self._segment, _split)
+        self.large = CoalescingHeap(device, self._large_segment, _split)
+        self._small_first = SMALL_SEGMENT
+        if profile is not None and profile.small_peak_bytes > 0:
+            self._small_first = -(-profile.small_peak_bytes // ALIGNMENT) * ALIGNMENT
+        self.small = CoalescingHeap(device, self._small_segment, _split)
+        self.small_live = 0
+        self.small_peak = 0
         self.t = 0
-        # recording of the current step
+        # run-wide record of large requests
         self.rec_size: list[int] = []
         self.rec_first: list[int] = []
         self.rec_last: list[int] = []
         self.rec_at: dict[int, int] = {}
+        self.step_start = 0  # index into rec_* where the current step began
         # the plan in force
+        self.warm = profile is not None
         self.plan: dict[tuple[int, int], int] = {}
         self.plan_signature: list[int] | None = None
         self.arena_base = -1
         self.arena_size = 0
+        self.arena_pending = 0  # warm: arena reserved lazily on first large request
         self.occ: dict[int, int] = {}
         self.live_starts: list[int] = []
         self.live_end: dict[int, int] = {}
         self.planned_hits = 0
         self.planned_misses = 0
         self.plans_made = 0
+        if profile is not None and profile.sizes:
+            self._install_plan(list(profile.sizes), list(profile.firsts), list(profile.lasts))
 
-    def _segment(self, request: int) -> int:
-        floor = self.device.reserved_bytes // GROWTH_FRACTION
-        return max(request, -(-floor // ALIGNMENT) * ALIGNMENT, 64 * 1024)
+    # -- growth policies -------------------------------------------------------------------
+    def _large_segment(self, request: int) -> int:
+        if self.warm:  # the plan covers the expected load: grow only by what is missing
+            return request
+        floor = max(self.device.reserved_bytes // GROWTH_FRACTION, min(LARGE_SEGMENT, 4 * request))
+        return max(request, -(-floor // ALIGNMENT) * ALIGNMENT)
 
+    def _small_segment(self, request: int) -> int:
+        first, self._small_first = self._small_first, 0
+        if first:
+            return max(request, first)
+        grown = sum(self.small.segments.values())
+        return max(request, SMALL_SEGMENT, grown)
+
+    # -- requests --------------------------------------------------------------------------
     def malloc(self, size: int) -> int:
         t = self.t
         self.t = t + 1
         r = -(-size // ALIGNMENT) * ALIGNMENT
         if r < PLAN_MIN_BYTES:
-            return self.heap.malloc(r)
+            live = self.small_live + r
+            self.small_live = live
+            if live > self.small_peak:
+                self.small_peak = live
+            return self.small.malloc(r)
         addr = -1
         if self.plan:
             occ = self.occ
@@ -76,6 +117,9 @@ class StowplanAllocator(Allocator):
             occ[r] = n + 1
             off = self.plan.get((r, n))
             if off is not None:
+                if self.arena_pending:
+                    self.arena_base = self.device.malloc(self.arena_pending)
+                    self.arena_pending = 0
                 a = self.arena_base + off
                 end = a + r
                 starts = self.live_starts
@@ -90,7 +134,7 @@ class StowplanAllocator(Allocator):
             if addr < 0:
                 self.planned_misses += 1
         if addr < 0:
-            addr = self.heap.malloc(r)
+            addr = self.large.malloc(r)
         self.rec_at[addr] = len(self.rec_size)
         self.rec_size.append(r)
         self.rec_first.append(t)
@@ -101,60 +145,96 @@ class StowplanAllocator(Allocator):
         t = self.t
         self.t = t + 1
         i = self.rec_at.pop(addr, None)
-        if i is not None:
-            self.rec_last[i] = t
+        if i is None:
+            size = self.small.used.get(addr, 0)
+            self.small_live -= size
+            self.small.free(addr)
+            return
+        self.rec_last[i] = t
         if addr in self.live_end:
             del self.live_end[addr]
             starts = self.live_starts
             del starts[bisect_left(starts, addr)]
         else:
-            self.heap.free(addr)
+            self.large.free(addr)
 
+    # -- learning ----------------------------------------------------------------------------
     def step(self) -> None:
-        sizes, firsts, lasts = [], [], []
-        for s, a, b in zip(self.rec_size, self.rec_first, self.rec_last, strict=True):
-            if b >= 0:
-                sizes.append(s)
-                firsts.append(a)
-                lasts.append(b)
-        self.rec_size, self.rec_first, self.rec_last = [], [], []
-        self.rec_at = {}
+        begin, self.step_start = self.step_start, len(self.rec_size)
+        if self.warm:
+            return
         self.occ = {}
-        if not sizes or len(sizes) > MAX_PLANNED_TENSORS:
+        sizes, firsts, lasts = [], [], []
+        for i in range(begin, len(self.rec_size)):
+            last = self.rec_last[i]
+            if last >= 0:
+                sizes.append(self.rec_size[i])
+                firsts.append(self.rec_first[i])
+                lasts.append(last)
+        if not sizes or len(sizes) > MAX_STEP_TENSORS:
             return
         signature = sorted(sizes)
         if signature == self.plan_signature:
             return
-        self._replan(sizes, firsts, lasts, signature)
-
-    def _replan(
-        self, sizes: list[int], firsts: list[int], lasts: list[int], signature: list[int]
-    ) -> None:
         offsets, arena = plan_offsets(sizes, firsts, lasts, ALIGNMENT)
         if arena > self.arena_size:
             if self.live_starts:
                 return  # the old arena still holds live blocks; keep its plan
             if self.arena_base >= 0:
-                self.heap.free(self.arena_base)
+                self.large.free(self.arena_base)
                 self.arena_base = -1
                 self.arena_size = 0
-            keys = self.heap.keys
+            keys = self.large.keys
             if not keys or keys[-1][0] < arena:
-                self.heap.release_free_segments()
-            self.arena_base = self.heap.malloc(arena)
+                self.large.release_free_segments()
+            self.arena_base = self.large.malloc(arena)
             self.arena_size = arena
+        self._set_plan(sizes, firsts, offsets)
+        self.plan_signature = signature
+
+    def _install_plan(self, sizes: list[int], firsts: list[int], lasts: list[int]) -> None:
+        offsets, arena = plan_offsets(sizes, firsts, lasts, ALIGNMENT)
+        self.arena_pending = arena
+        self.arena_size = arena
+        self._set_plan(sizes, firsts, offsets)
+
+    def _set_plan(self, sizes: list[int], firsts: list[int], offsets: list[int]) -> None:
         seen: dict[int, int] = {}
         plan: dict[tuple[int, int], int] = {}
-        order = sorted(range(len(sizes)), key=lambda i: firsts[i])
-        for i in order:
+        for i in sorted(range(len(sizes)), key=lambda i: firsts[i]):
             s = sizes[i]
             n = seen.get(s, 0)
             seen[s] = n + 1
             plan[(s, n)] = offsets[i]
         self.plan = plan
-        self.plan_signature = signature
         self.plans_made += 1
+
+    def profile(self) -> Profile:
+        """The profile of the run so far (still-live requests last until now)."""
+        now = self.t
+        return Profile(
+            sizes=tuple(self.rec_size),
+            firsts=tuple(self.rec_first),
+            lasts=tuple(now if b < 0 else b for b in self.rec_last),
+            small_peak_bytes=self.small_peak,
+        )
 
 
 def _split(block: int, request: int) -> bool:
     return block - request >= ALIGNMENT
+
+
+class StowplanWarmAllocator(StowplanAllocator):
+    """stowplan's allocator started with the profile of an earlier run of the same model.
+
+    This is what the agent runs when a model it has served before is loaded again (a reload
+    after offload, a restart, another replica); the very first run of a model is cold.
+    """
+
+    name = "stowplan-warm"
+
+    def __init__(self, device: SimDevice, profile: Profile | None = None) -> None:
+        super().__init__(device, profile if profile is not None else EMPTY_PROFILE)
+
+
+EMPTY_PROFILE = Profile(sizes=(), firsts=(), lasts=(), small_peak_bytes=0)
