@@ -107,9 +107,12 @@ def problem_from_json(data: Any) -> Problem:
             memory_reserve_mib=inst.memory_reserve_mib,
         )
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidProblem(f"{where}: {first['msg']} ({exc.error_count()} error(s))") from None
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
+            for e in exc.errors()[:5]
+        ]
+        more = f" (+{exc.error_count() - 5} more)" if exc.error_count() > 5 else ""
+        raise InvalidProblem("; ".join(parts) + more) from None
 
 
 def problem_to_json(problem: Problem) -> dict[str, Any]:

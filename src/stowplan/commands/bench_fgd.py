@@ -1,0 +1,183 @@
+"""``stowplan bench fgd``: the public GPU-sharing benchmark (Alibaba 2023 trace, FGD protocol).
+
+Reads ``../shared/data/alibaba-gpu-v2023`` and ``../shared/data/fgd-simulator-results`` (or
+``$STOWPLAN_DATA``), runs our policies with ``stowplan.placement.tracesim`` and prints a
+Markdown table of the GPU allocation ratio at 130 % arrived (mean over seeds) beside the six
+published policies, plus an offline upper bound. Thin shell: file reading and printing only.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from stowplan.placement.tracesim import Cluster, NodeRow, PodRow, Simulator, arrivals
+
+PUBLISHED = ("01-Random", "02-DotProd", "03-GpuClustering", "04-GpuPacking", "05-BestFit", "06-FGD")
+DEFAULT_WORKLOADS = ("default", "gpushare100", "multigpu50", "gpuspec33")
+
+
+def data_dir() -> Path:
+    env = os.environ.get("STOWPLAN_DATA")
+    if env:
+        return Path(env)
+    return Path.cwd().parent / "shared" / "data"
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    try:
+        with path.open(newline="") as fh:
+            return list(csv.DictReader(fh))
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror or exc} (set STOWPLAN_DATA?)") from None
+
+
+def load_nodes(path: Path) -> list[NodeRow]:
+    out = []
+    for line, r in enumerate(_rows(path), start=2):
+        try:
+            out.append(
+                NodeRow(
+                    r["sn"], int(r["cpu_milli"]), int(r["memory_mib"]), int(r["gpu"]), r["model"]
+                )
+            )
+        except (KeyError, ValueError) as exc:
+            raise click.ClickException(f"{path}:{line}: bad node row ({exc})") from None
+    return out
+
+
+def load_pods(path: Path) -> list[PodRow]:
+    out = []
+    for line, r in enumerate(_rows(path), start=2):
+        try:
+            out.append(
+                PodRow(
+                    r["name"],
+                    int(r["cpu_milli"]),
+                    int(r["memory_mib"]),
+                    int(r["num_gpu"]),
+                    int(r["gpu_milli"]),
+                    r.get("gpu_spec") or "",
+                )
+            )
+        except (KeyError, ValueError) as exc:
+            raise click.ClickException(f"{path}:{line}: bad pod row ({exc})") from None
+    return out
+
+
+def load_published(path: Path, column: str) -> dict[tuple[str, str], float]:
+    acc: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for r in _rows(path):
+        wl = r["workload"].removeprefix("openb_pod_list_")
+        acc[(wl, r["sc_policy"])].append(float(r[column]))
+    return {k: statistics.fmean(v) for k, v in acc.items()}
+
+
+@click.command(name="fgd")
+@click.option(
+    "--seeds",
+    default=10,
+    show_default=True,
+    type=click.IntRange(1, 10),
+    help="Seeds 42.. (the published runs use 10).",
+)
+@click.option(
+    "--workloads",
+    default=",".join(DEFAULT_WORKLOADS),
+    show_default=True,
+    help="Comma-separated workload names (openb_pod_list_NAME.csv).",
+)
+@click.option(
+    "--defrag-moves",
+    default=3,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Moves allowed per failed arrival in the defragmentation run.",
+)
+@click.option(
+    "--arrived",
+    default=130,
+    show_default=True,
+    type=click.IntRange(1, 130),
+    help="Arrived GPU request (%% of capacity) at which allocation is reported.",
+)
+@click.option("--quick", is_flag=True, help="1 seed, default workload, no defrag (< 1 minute).")
+def command(seeds: int, workloads: str, defrag_moves: int, arrived: int, quick: bool) -> None:
+    """GPU allocation ratio on the Alibaba GPU-sharing trace vs the six published policies."""
+    from stowplan.placement.cpsat import trace_upper_bound
+
+    root = data_dir()
+    trace = root / "alibaba-gpu-v2023"
+    wls = [w.strip() for w in workloads.split(",") if w.strip()]
+    runs: list[tuple[str, int]] = [("bestfit", 0), ("stowplan", 0)]
+    if quick:
+        seeds, wls = 1, ["default"]
+    elif defrag_moves:
+        runs.append(("stowplan", defrag_moves))
+    nodes = load_nodes(trace / "openb_node_list_gpu_node.csv")
+    capacity = Cluster(nodes).capacity_milli
+    published = load_published(
+        root / "fgd-simulator-results" / "analysis_allo_discrete.csv", str(arrived)
+    )
+    results: dict[tuple[str, str], list[float]] = defaultdict(list)
+    bounds: dict[str, list[float]] = defaultdict(list)
+    secs: dict[tuple[str, str], list[float]] = defaultdict(list)
+    moves: dict[tuple[str, str], list[int]] = defaultdict(list)
+    jobs = [(wl, seed, run) for wl in wls for seed in range(42, 42 + seeds) for run in runs]
+    pods_by_wl = {wl: load_pods(trace / f"openb_pod_list_{wl}.csv") for wl in wls}
+    for wl, seed, (policy, moves_k) in tqdm(jobs, desc="fgd", unit="run", leave=False):
+        pods = pods_by_wl[wl]
+        seq = arrivals(pods, capacity, seed)
+        if (policy, moves_k) == runs[0]:
+            cut = _prefix(seq, capacity, arrived)
+            bounds[wl].append(trace_upper_bound(nodes, cut) * 100)
+        sim = Simulator(nodes, pods, policy, seed, defrag_moves=moves_k)
+        res = sim.run(seq, wl, seed, time.monotonic)
+        results[(wl, res.policy)].append(res.at(arrived))
+        secs[(wl, res.policy)].append(res.seconds / max(1, len(seq)) * 1000)
+        moves[(wl, res.policy)].append(res.moves)
+    names = [f"{p}+defrag{k}" if k else p for p, k in runs]
+    click.echo(
+        f"GPU allocation % at {arrived} % arrived, mean of {seeds} seed(s) (published: "
+        "10 seeds, kubernetes-scheduler-simulator)\n"
+    )
+    head = [
+        "workload",
+        *[p.split("-", 1)[1] for p in PUBLISHED],
+        *[f"ours {n}" for n in names],
+        "offline upper bound",
+    ]
+    click.echo("| " + " | ".join(head) + " |")
+    click.echo("|" + "---|" * len(head))
+    for wl in wls:
+        cells = [wl, *[_fmt(published.get((wl, p))) for p in PUBLISHED]]
+        cells += [_fmt(statistics.fmean(results[(wl, n)])) for n in names]
+        cells.append(_fmt(statistics.fmean(bounds[wl])))
+        click.echo("| " + " | ".join(cells) + " |")
+    click.echo("\nper-decision time (ms, mean) and defrag moves (total per run, mean):")
+    for wl in wls:
+        parts = [f"{n} {statistics.fmean(secs[(wl, n)]):.2f} ms" for n in names]
+        parts += [f"{n} moves {statistics.fmean(moves[(wl, n)]):.0f}" for n in names if "+" in n]
+        click.echo(f"- {wl}: " + ", ".join(parts))
+
+
+def _prefix(seq: list[PodRow], capacity: int, arrived: int) -> list[PodRow]:
+    total, out = 0, []
+    for p in seq:
+        total += p.gpu_request
+        if total * 100 > (arrived + 0.5) * capacity:
+            break
+        out.append(p)
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{x:.2f}"

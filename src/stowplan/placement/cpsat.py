@@ -1,0 +1,164 @@
+"""CP-SAT models (the only module importing OR-Tools): LNS repacking of a few GPUs, and the
+offline upper bound of the GPU-sharing trace benchmark.
+
+``repack`` solves the DESIGN §3 discretised model on a neighbourhood: binary ``x[r, g]`` (replica
+r on GPU g), ``lvl[g, l]`` (GPU g runs duty-cycle level l), ``used[g]``; per GPU and level the
+integer busy-time (µs, rounded up) and memory (KiB, rounded up) sums fit when the level is chosen;
+a replica may only sit on a GPU at a level its SLO allows; one replica of a model per GPU.
+Objective: fewest GPUs, then fewest moves away from the current placement, with a hint from the
+incoming plan. Callers: lns (repack), bench_fgd (trace_upper_bound). No I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+
+from ortools.sat.python import cp_model
+
+from stowplan.placement.errors import SolverFailed
+from stowplan.placement.packing import LEVELS, PackState, Replica
+from stowplan.placement.tracesim import MILLI, NodeRow, PodRow
+
+GPU_WEIGHT = 10_000  # one GPU saved is worth more than any number of moves in a neighbourhood
+PLACE_WEIGHT = 1_000_000  # placing an unplaced replica beats anything else
+
+
+def repack(
+    state: PackState,
+    gpus: Sequence[int],
+    replicas: Sequence[Replica],
+    current: Mapping[Replica, int],
+    time_limit_s: float,
+    seed: int,
+    optional: Sequence[Replica] = (),
+) -> dict[Replica, int] | None:
+    """Best assignment of ``replicas`` (all must be placed) plus any of ``optional`` onto
+    ``gpus``, or None when CP-SAT found nothing better than the hint within the limit."""
+    index = state.index
+    model = cp_model.CpModel()
+    x: dict[tuple[Replica, int], cp_model.IntVar] = {}
+    all_reps = list(replicas) + list(optional)
+    for rep in all_reps:
+        for g in gpus:
+            if index.eligible[rep[0], g]:
+                x[rep, g] = model.new_bool_var(f"x_{rep[0]}_{rep[1]}_{g}")
+    used = {g: model.new_bool_var(f"used_{g}") for g in gpus}
+    n_lv = len(LEVELS)
+    d_us = [math.floor(float(d) * 1000) for d in LEVELS]
+    # Each replica must be in exactly one GPU of the neighbourhood (optional ones at most one).
+    for rep in replicas:
+        vars_ = [x[rep, g] for g in gpus if (rep, g) in x]
+        if not vars_:
+            return None
+        model.add_exactly_one(vars_)
+    for rep in optional:
+        model.add_at_most_one(x[rep, g] for g in gpus if (rep, g) in x)
+    by_model: dict[int, list[Replica]] = defaultdict(list)
+    for rep in all_reps:
+        by_model[rep[0]].append(rep)
+    for g in gpus:
+        cap_kib = math.floor(float(index.cap_mib[g]) * 1024)
+        lvl = [model.new_bool_var(f"lvl_{g}_{li}") for li in range(n_lv)]
+        # A used GPU runs exactly one duty-cycle level.
+        model.add(sum(lvl) == used[g])
+        here = [rep for rep in all_reps if (rep, g) in x]
+        for rep in here:
+            model.add_implication(x[rep, g], used[g])
+        # One replica of a model per GPU.
+        for reps in by_model.values():
+            vs = [x[r, g] for r in reps if (r, g) in x]
+            if len(vs) > 1:
+                model.add_at_most_one(vs)
+        for li in range(n_lv):
+            ok_here = [rep for rep in here if index.costs[rep[0]].ok[li]]
+            for rep in here:
+                if not index.costs[rep[0]].ok[li]:
+                    model.add_bool_or([x[rep, g].Not(), lvl[li].Not()])
+            if not ok_here:
+                model.add(lvl[li] == 0)
+                continue
+            busy = [math.ceil(float(index.costs[r[0]].busy_ms[li]) * 1000) for r in ok_here]
+            mem = [math.ceil(float(index.costs[r[0]].memory_mib[li]) * 1024) for r in ok_here]
+            # The cycle has room for every batch, and the memory fits, at the chosen level.
+            model.add(
+                sum(b * x[r, g] for b, r in zip(busy, ok_here, strict=True)) <= d_us[li]
+            ).only_enforce_if(lvl[li])
+            model.add(
+                sum(m * x[r, g] for m, r in zip(mem, ok_here, strict=True)) <= cap_kib
+            ).only_enforce_if(lvl[li])
+        # Symmetry breaking is left to the hint: neighbourhoods are small and GPUs differ.
+    moves = [x[rep, g].Not() for rep, g in current.items() if (rep, g) in x]
+    placed_opt = [x[rep, g] for rep in optional for g in gpus if (rep, g) in x]
+    model.minimize(GPU_WEIGHT * sum(used.values()) + sum(moves) - PLACE_WEIGHT * sum(placed_opt))
+    for rep in replicas:  # hint: the incoming plan
+        where = state.where.get(rep)
+        for g in gpus:
+            if (rep, g) in x:
+                model.add_hint(x[rep, g], where == g)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = seed
+    status = solver.solve(model)
+    if status == cp_model.MODEL_INVALID:
+        raise SolverFailed(model.validate())
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    out: dict[Replica, int] = {}
+    for (rep, g), var in x.items():
+        if solver.boolean_value(var):
+            out[rep] = g
+    return out
+
+
+def trace_upper_bound(
+    nodes: Sequence[NodeRow], pods: Sequence[PodRow], time_limit_s: float = 10.0
+) -> float:
+    """Offline bound on the GPU allocation ratio any placement of ``pods`` can reach.
+
+    Relaxation: nodes of one class (GPU model, GPUs, CPU, memory) are merged into one bin with
+    their summed GPU milli, CPU and memory; a pod kind may use a class its ``gpu_spec`` admits
+    and whose nodes have at least ``num_gpu`` GPUs; CPU-only pods are left out (they only take
+    room). Maximises the allocated GPU milli with CP-SAT and returns the proven bound / capacity.
+    """
+    classes = Counter((n.model, n.gpus, n.cpu_milli, n.memory_mib) for n in nodes if n.gpus > 0)
+    kinds = Counter(
+        (p.cpu_milli, p.memory_mib, p.num_gpu, p.gpu_milli, p.gpu_spec) for p in pods if p.num_gpu
+    )
+    capacity = sum(c[1] * n * MILLI for c, n in classes.items())
+    model = cp_model.CpModel()
+    terms: list[tuple[int, cp_model.IntVar]] = []
+    per_class: dict[
+        tuple[str, int, int, int], list[tuple[tuple[int, int, int, int, str], cp_model.IntVar]]
+    ] = defaultdict(list)
+    for kind, count in kinds.items():
+        _cpu, _mem, num, milli, spec = kind
+        allowed = set(spec.split("|")) if spec else None
+        vs = []
+        for cls in classes:
+            if (allowed is None or cls[0] in allowed) and num <= cls[1]:
+                v = model.new_int_var(0, count, f"x_{len(terms)}")
+                vs.append(v)
+                per_class[cls].append((kind, v))
+                terms.append((num * milli, v))
+        if vs:
+            model.add(sum(vs) <= count)
+    for cls, items in per_class.items():
+        n = classes[cls]
+        model.add(sum(k[2] * k[3] * v for k, v in items) <= n * cls[1] * MILLI)
+        model.add(sum(k[0] * v for k, v in items) <= n * cls[2])
+        model.add(sum(k[1] * v for k, v in items) <= n * cls[3])
+        # whole-GPU pods: at most floor(gpus / num) per node of this class
+        for k, v in items:
+            if k[3] >= MILLI:
+                model.add(v <= n * (cls[1] // k[2]))
+    model.maximize(sum(c * v for c, v in terms))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.num_workers = 1
+    status = solver.solve(model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return 1.0
+    return min(1.0, solver.best_objective_bound / capacity)
