@@ -66,6 +66,7 @@ class CoalescingHeap:
         self.free_end: dict[int, int] = {}  # free block end -> start
         self.used: dict[int, int] = {}  # allocated block start -> block size
         self.segments: dict[int, int] = {}  # segment base -> size
+        self.adopted: set[int] = set()
         self.allocated_bytes = 0
 
     def _insert_free(self, addr: int, size: int) -> None:
@@ -118,11 +119,17 @@ class CoalescingHeap:
             addr = prev
         self._insert_free(addr, size)
 
+    def adopt(self, base: int, size: int) -> None:
+        """Add a range the caller reserved itself (never released by this heap)."""
+        self.adopted.add(base)
+        self.segments[base] = size
+        self._insert_free(base, size)
+
     def release_free_segments(self) -> int:
         """cudaFree every segment that is entirely free; returns the bytes released."""
         released = 0
         for base, seg in list(self.segments.items()):
-            if self.free_at.get(base) == seg:
+            if base not in self.adopted and self.free_at.get(base) == seg:
                 self._remove_free(base, seg)
                 del self.segments[base]
                 self.device.free(base)

@@ -104,6 +104,8 @@ class StowplanAllocator(Allocator):
         t = self.t
         self.t = t + 1
         r = -(-size // ALIGNMENT) * ALIGNMENT
+        if self.arena_pending:
+            self._reserve_warm_arena()
         if r < PLAN_MIN_BYTES:
             live = self.small_live + r
             self.small_live = live
@@ -117,9 +119,6 @@ class StowplanAllocator(Allocator):
             occ[r] = n + 1
             off = self.plan.get((r, n))
             if off is not None:
-                if self.arena_pending:
-                    self.arena_base = self.device.malloc(self.arena_pending)
-                    self.arena_pending = 0
                 a = self.arena_base + off
                 end = a + r
                 starts = self.live_starts
@@ -140,6 +139,15 @@ class StowplanAllocator(Allocator):
         self.rec_first.append(t)
         self.rec_last.append(-1)
         return addr
+
+    def _reserve_warm_arena(self) -> None:
+        """Warm start: one cudaMalloc for the planned arena and the small heap's first segment."""
+        small, self._small_first = self._small_first, 0
+        base = self.device.malloc(self.arena_pending + small)
+        self.arena_base = base
+        if small:
+            self.small.adopt(base + self.arena_pending, small)
+        self.arena_pending = 0
 
     def free(self, addr: int) -> None:
         t = self.t

@@ -1,0 +1,183 @@
+"""Run the allocator lab over several traces and format the results (Markdown, JSON).
+
+Callers: the ``stowplan memsim`` command and :mod:`stowplan.memlab.report`. Loads each trace once
+(``.log``, ``.log.gz`` or compact ``.stwtrace.npz``), replays it through the requested
+allocators and returns plain result objects; printing is the caller's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stowplan.memlab.allocators import ALLOCATORS, CACHING_BASELINES
+from stowplan.memlab.allocators.stowplan import Profile
+from stowplan.memlab.device import CostModel
+from stowplan.memlab.metrics import SimResult
+from stowplan.memlab.parser import load_trace
+from stowplan.memlab.simulate import learn_profile, replay
+from stowplan.memlab.trace import ALLOC, FREE, Trace
+
+MIB = 1 << 20
+MIN_TIMED_EVENTS = 1000  # below this, events/s is timer noise
+
+
+@dataclass(frozen=True)
+class TraceRun:
+    """One trace and the results of every allocator replayed on it."""
+
+    path: str
+    trace: Trace
+    events: int
+    allocations: int
+    deallocations: int
+    peak_live_bytes: int
+    results: tuple[SimResult, ...]
+
+    def result(self, allocator: str) -> SimResult | None:
+        return next((r for r in self.results if r.allocator == allocator), None)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "trace": self.path,
+            "events": self.events,
+            "allocations": self.allocations,
+            "deallocations": self.deallocations,
+            "peak_live_bytes": self.peak_live_bytes,
+            "malformed_records": self.trace.stats.malformed_records,
+            "results": [r.summary() for r in self.results],
+        }
+
+
+def resolve_allocators(name: str) -> list[str]:
+    """``all`` or a comma-separated list of names (validated)."""
+    if name == "all":
+        return list(ALLOCATORS)
+    names = [n.strip() for n in name.split(",") if n.strip()]
+    from stowplan.memlab.allocators import allocator_class
+
+    for n in names:
+        allocator_class(n)
+    return names
+
+
+def run_trace(
+    path: str,
+    allocators: Sequence[str],
+    cost: CostModel | None = None,
+    profile_from: Trace | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TraceRun:
+    trace = load_trace(path)
+    ops, _ = trace.replay_ops()
+    main = trace.main_allocator()
+    idx = trace.allocator_names.index(main) if main in trace.allocator_names else -1
+    kinds, slots = trace.kinds, trace.slots
+    mine = (slots >= 0) & (trace.slot_allocator[slots.clip(0)] == idx)
+    n_alloc = int(((kinds == ALLOC) & mine).sum())
+    n_free = int(((kinds == FREE) & mine).sum())
+    profile: Profile | None = None
+    if profile_from is not None:
+        p_ops, p_sizes = profile_from.replay_ops()
+        profile = learn_profile(p_ops, p_sizes)
+    results = []
+    for name in allocators:
+        if progress:
+            progress(f"{Path(path).name}: {name}")
+        results.append(replay(trace, name, cost=cost, profile=profile))
+    return TraceRun(
+        path=path,
+        trace=trace,
+        events=n_alloc + n_free,
+        allocations=n_alloc,
+        deallocations=n_free,
+        peak_live_bytes=trace.peak_live_bytes(),
+        results=tuple(results),
+    )
+
+
+def best_caching_baseline(run: TraceRun) -> SimResult | None:
+    cands = [r for r in run.results if r.allocator in CACHING_BASELINES]
+    return min(cands, key=lambda r: r.excess_bytes) if cands else None
+
+
+def markdown_table(run: TraceRun) -> str:
+    """The per-trace table the README quotes."""
+    lines = [
+        f"**{Path(run.path).name}**: {run.events:,} events, peak live "
+        f"{run.peak_live_bytes / MIB:,.2f} MiB (lower bound)",
+        "",
+        "| allocator | peak reserved MiB | x lower bound | excess MiB | fragmentation "
+        "| cudaMalloc | cudaFree | sim. overhead ms | step repeat | events/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in run.results:
+        rep = "-" if r.step_repeat_rate is None else f"{r.step_repeat_rate:.2f}"
+        lines.append(
+            f"| {r.allocator} | {r.peak_reserved_bytes / MIB:,.2f} | {r.overhead_ratio:.3f} "
+            f"| {r.excess_bytes / MIB:,.2f} | {r.fragmentation:.3f} | {r.device_malloc_calls:,} "
+            f"| {r.device_free_calls:,} | {r.simulated_overhead_us / 1000:,.2f} | {rep} "
+            f"| {r.events_per_second:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    trace: str
+    allocator: str
+    within_5pct: bool
+    excess_vs_best: bool
+    calls_vs_pytorch: bool
+    overhead_vs_pytorch: bool
+    speed_ok: bool | None  # None: trace too small to time meaningfully
+    detail: str
+
+
+def check_targets(run: TraceRun, allocator: str) -> TargetCheck | None:
+    """The issue's targets for ``allocator`` on one trace (None if a needed row is missing)."""
+    me = run.result(allocator)
+    pt = run.result("pytorch")
+    best = best_caching_baseline(run)
+    if me is None or pt is None or best is None:
+        return None
+    slowest = min(r.events_per_second for r in run.results)
+    return TargetCheck(
+        trace=Path(run.path).name,
+        allocator=allocator,
+        within_5pct=me.peak_reserved_bytes <= 1.05 * run.peak_live_bytes,
+        excess_vs_best=3 * me.excess_bytes <= best.excess_bytes,
+        calls_vs_pytorch=(me.device_malloc_calls + me.device_free_calls)
+        <= (pt.device_malloc_calls + pt.device_free_calls),
+        overhead_vs_pytorch=me.simulated_overhead_us <= pt.simulated_overhead_us,
+        speed_ok=None if run.events < MIN_TIMED_EVENTS else slowest >= 500_000,
+        detail=(
+            f"excess {me.excess_bytes / MIB:.2f} MiB vs best caching baseline "
+            f"{best.allocator} {best.excess_bytes / MIB:.2f} MiB"
+        ),
+    )
+
+
+def targets_table(runs: Sequence[TraceRun], allocators: Sequence[str]) -> str:
+    def mark(ok: bool | None) -> str:
+        if ok is None:
+            return "n/a (tiny trace)"
+        return "yes" if ok else "**no**"
+
+    lines = [
+        "| trace | allocator | reserved <= 1.05 x live | excess <= 1/3 best baseline "
+        "| calls <= pytorch | overhead <= pytorch | all allocators >= 500k ev/s | detail |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        for name in allocators:
+            c = check_targets(run, name)
+            if c is None:
+                continue
+            lines.append(
+                f"| {c.trace} | {c.allocator} | {mark(c.within_5pct)} | {mark(c.excess_vs_best)} "
+                f"| {mark(c.calls_vs_pytorch)} | {mark(c.overhead_vs_pytorch)} "
+                f"| {mark(c.speed_ok)} | {c.detail} |"
+            )
+    return "\n".join(lines)
