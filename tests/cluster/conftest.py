@@ -78,10 +78,13 @@ def installed(kubectl: Kubectl) -> Kubectl:
 
 
 @pytest.fixture
-def namespace(installed: Kubectl) -> str:
+def namespace(installed: Kubectl) -> Iterator[str]:
+    """A fresh namespace; its InferenceModels are deleted afterwards so that they stop taking
+    GPU capacity (namespaces themselves never finish deleting without a controller-manager)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     installed.run("create", "namespace", name)
-    return name
+    yield name
+    installed.run("delete", "inferencemodels", "--all", "-n", name, "--wait=false")
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "") -> Any:
