@@ -91,6 +91,19 @@ def test_example_is_placed_scaled_and_removed(installed, fleet, operator, namesp
         what="one placement in status",
     )
 
+    # a spec update (a tighter SLO) is re-planned: smaller batches, newer generation
+    batch = _status(installed, namespace, "convnet")["capacity"]["batchSize"]
+    installed.run("patch", "-n", namespace, "im/convnet", "--type=merge",
+                  "-p", '{"spec": {"slo": {"latencyMs": 10}}}')  # fmt: skip
+    status = wait(
+        lambda: (
+            (s := _status(installed, namespace, "convnet")).get("observedGeneration") == 3 and s
+        ),
+        what="observedGeneration 3 after the SLO change",
+    )
+    assert status["capacity"]["batchSize"] < batch
+    assert status["capacity"]["dutyCycleMs"] + status["capacity"]["busyMs"] <= 10
+
     events = installed.json("get", "events", "-n", namespace)["items"]
     assert any(e["reason"] == "Placed" and e["involvedObject"]["name"] == "convnet"
                for e in events)  # fmt: skip
