@@ -134,3 +134,19 @@ def test_unplaceable_replica_is_a_condition_and_a_warning():
     assert status.conditions[0].status == api.ConditionStatus.FALSE
     assert status.conditions[0].reason == "MemoryExceedsEveryGPU"
     assert [e.type for e in desired.events] == ["Warning"]
+
+
+def test_a_node_whose_agent_went_silent_offers_no_gpus():
+    from datetime import UTC, datetime
+
+    fresh, silent = node("fresh"), node("silent")
+    fresh = fresh.model_copy(
+        update={"status": fresh.status.model_copy(update={"heartbeat": "2026-01-01T00:09:30Z"})}
+    )
+    silent = silent.model_copy(
+        update={"status": silent.status.model_copy(update={"heartbeat": "2026-01-01T00:00:00Z"})}
+    )
+    now = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
+    # 30 s and 600 s since the last heartbeat; the limit is 120 s
+    problem = inventory.problem([model()], [fresh, silent], now=now, stale_after_s=120)
+    assert {g.node for g in problem.gpus} == {"fresh"}

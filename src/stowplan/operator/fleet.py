@@ -17,6 +17,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from stowplan import placement
 from stowplan.operator import inventory, kube, reconcile
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 class FleetSettings:
     solver_time_limit_s: float = 0.0  # 0: best-fit only (milliseconds)
     memory_reserve_mib: int = 0
+    stale_after_s: float = 120.0  # a node's agent silent this long loses its replicas
     debounce_s: float = 0.2
     resync_s: float = 30.0
     retry_s: float = 2.0
@@ -49,7 +51,13 @@ class PassResult:
 async def reconcile_once(settings: FleetSettings) -> PassResult:
     models = await kube.list_models()
     nodes = await kube.list_nodes()
-    problem = inventory.problem(models, nodes, memory_reserve_mib=settings.memory_reserve_mib)
+    problem = inventory.problem(
+        models,
+        nodes,
+        memory_reserve_mib=settings.memory_reserve_mib,
+        now=datetime.now(UTC),
+        stale_after_s=settings.stale_after_s,
+    )
     started = time.monotonic()
     plan = await asyncio.to_thread(
         placement.plan, problem, time_limit_s=settings.solver_time_limit_s

@@ -24,6 +24,7 @@ def _settings_from_env() -> fleet.FleetSettings:
         solver_time_limit_s=float(os.environ.get("STOWPLAN_SOLVER_TIME_LIMIT_S", "0")),
         memory_reserve_mib=int(os.environ.get("STOWPLAN_MEMORY_RESERVE_MIB", "0")),
         resync_s=float(os.environ.get("STOWPLAN_RESYNC_S", "30")),
+        stale_after_s=float(os.environ.get("STOWPLAN_NODE_STALE_AFTER_S", "120")),
     )
 
 

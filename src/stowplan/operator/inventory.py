@@ -10,6 +10,7 @@ wrote before), so a re-plan keeps running replicas where they are. No I/O.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from stowplan import api, placement
 
@@ -39,6 +40,14 @@ def demand(im: api.InferenceModel) -> placement.ModelDemand:
         node_selector=dict(spec.node_selector),
         gpu_type=spec.gpu_type,
     )
+
+
+def is_stale(node: api.GPUNode, now: datetime, stale_after_s: float) -> bool:
+    """True when the node's agent stopped heartbeating (a node without heartbeat is trusted)."""
+    if node.status is None or node.status.heartbeat is None:
+        return False
+    beat = datetime.fromisoformat(node.status.heartbeat.replace("Z", "+00:00"))
+    return (now - beat).total_seconds() > stale_after_s
 
 
 def gpus(nodes: Iterable[api.GPUNode]) -> tuple[placement.Gpu, ...]:
@@ -92,8 +101,14 @@ def problem(
     nodes: Iterable[api.GPUNode],
     *,
     memory_reserve_mib: int = 0,
+    now: datetime | None = None,
+    stale_after_s: float = float("inf"),
 ) -> placement.Problem:
+    """The placement problem; nodes whose heartbeat is older than ``stale_after_s`` at ``now``
+    offer no GPUs, so their replicas are re-placed elsewhere."""
     node_list = list(nodes)
+    if now is not None:
+        node_list = [n for n in node_list if not is_stale(n, now, stale_after_s)]
     demands = tuple(sorted((demand(im) for im in models), key=lambda d: d.name))
     inventory = gpus(node_list)
     return placement.Problem(
