@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+from itertools import pairwise
 
 import pytest
 
@@ -144,7 +145,7 @@ def test_eviction_makes_a_contiguous_hole_when_free_space_is_fragmented() -> Non
     assert not rm.is_resident("e")
     res = rm.acquire("e")
     assert res.offloaded == ("b",)  # b (LRU, never used) merges the two holes
-    assert rm.stats().largest_free_block_bytes == 0
+    assert rm.stats().largest_free_block_bytes == 25 * MIB  # what is left of the merged hole
 
 
 def test_offload_explicitly() -> None:
@@ -179,7 +180,7 @@ def test_random_operations_keep_the_books_consistent() -> None:
         spans = sorted(
             (r.offset or 0, (r.offset or 0) + r.weights_bytes + r.workspace_bytes) for r in rows
         )
-        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        for (_, end), (start, _) in pairwise(spans):
             assert end <= start  # resident blocks never overlap
         assert all(end <= 256 * MIB for _, end in spans)
         for r in rm.snapshot():
