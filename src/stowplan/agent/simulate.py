@@ -163,10 +163,8 @@ def simulate(
         idle = [
             lane
             for lane in sched.lanes.values()
-            if (mode == "threads"
-            and lane.name not in {j.lane.name for j in running})
-            or (mode == "sliced"
-            and not running)
+            if (mode == "threads" and lane.name not in {j.lane.name for j in running})
+            or (mode == "sliced" and not running)
         ]
         t_ready = min(
             (max(lane.queue.ready_at_s(), now) for lane in idle if len(lane.queue)),

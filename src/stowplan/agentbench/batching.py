@@ -66,6 +66,15 @@ def workloads(
         yield f"{name} {int(frac * 100)}%", scale_trace(arr, capacity * frac, duration_s)
 
 
+def fixed(cap: int, wait_s: float) -> Callable[[], BatchPolicy]:
+    return lambda: FixedPolicy(cap, wait_s)
+
+
+def aimd_policy(max_batch: int, slo_ms: float, wait_s: float) -> Callable[[], BatchPolicy]:
+    """AIMD with default knobs: step 1, x0.9, target derived from the SLO."""
+    return lambda: AimdController(max_batch, derive_target_ms(slo_ms), max_wait_s=wait_s)
+
+
 def run(
     duration_s: float = 20.0,
     max_queue_delay_ms: float | None = None,
@@ -93,18 +102,11 @@ def run(
             return run_sim([m], seed=seed)["m"]
 
         for label, arr in workloads(capacity, duration_s, seed, quick):
-            none = sim(arr, lambda: FixedPolicy(1, 0.0))
-            sweep = {
-                b: sim(arr, lambda b=b: FixedPolicy(b, wait_s)) for b in static_sizes(max_batch)
-            }
+            none = sim(arr, fixed(1, 0.0))
+            sweep = {b: sim(arr, fixed(b, wait_s)) for b in static_sizes(max_batch)}
             best_b = max(sweep, key=lambda b: (sweep[b].goodput, -b))
-            triton = sim(arr, lambda mb=max_batch: FixedPolicy(mb, wait_s))
-            aimd = sim(
-                arr,
-                lambda mb=max_batch, s=slo: AimdController(
-                    mb, derive_target_ms(s), max_wait_s=wait_s
-                ),
-            )
+            triton = sim(arr, fixed(max_batch, wait_s))
+            aimd = sim(arr, aimd_policy(max_batch, slo, wait_s))
             rows.append(
                 Row(
                     f"{fit.label}, SLO {slo:g} ms",
