@@ -70,7 +70,6 @@ def run_trace(
     progress: Callable[[str], None] | None = None,
 ) -> TraceRun:
     trace = load_trace(path)
-    ops, _ = trace.replay_ops()
     main = trace.main_allocator()
     idx = trace.allocator_names.index(main) if main in trace.allocator_names else -1
     kinds, slots = trace.kinds, trace.slots
