@@ -1,0 +1,379 @@
+"""The agent's cached device allocator: model residency in one device-memory pool.
+
+A :class:`ResidencyManager` owns a pool of ``pool_bytes`` reserved once (the agent reserves it
+from the CUDA arena at start-up; this module only keeps the books). Each registered model needs
+one contiguous block of ``weights_bytes + workspace_bytes`` carved from the pool while it is
+*resident*. ``acquire(model)`` makes a model resident (prefetching it back from host memory if it
+was offloaded), evicting least recently used **idle** models to host memory (offload) when the
+block does not fit, and marks it busy (a refcount, so concurrent batches may share it);
+``release(model)`` marks one use done. When even evicting every idle model cannot make room,
+``acquire`` raises :class:`MemoryPoolExhausted` and changes nothing.
+
+Placement inside the pool is best fit over the free ranges (lowest offset among equal sizes),
+with free ranges coalesced, the same policy as the allocator lab's best-fit family
+(:mod:`stowplan.memlab`). All state changes happen under one lock; time comes from the injected
+clock. Callers: :mod:`stowplan.agent.serving` (the ``Residency`` seam) and the GPUNode status
+sync (via :meth:`ResidencyManager.snapshot` and :meth:`ResidencyManager.stats`).
+
+Pure Python bookkeeping: this module must not import onnxruntime, placement or kopf, and does
+no I/O; applying an offload/prefetch to a runtime session is the caller's job.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left, insort
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stowplan.agent.errors import AgentError
+
+DEFAULT_ALIGNMENT_BYTES = 256  # cudaMalloc alignment; every block starts on this boundary
+
+
+class ResidencyError(AgentError):
+    """Base of the residency manager's errors (part of the agent's exception tree)."""
+
+    status_code = 503
+
+
+class MemoryPoolExhausted(ResidencyError):
+    """The model cannot be made resident, even after offloading every idle model."""
+
+
+class UnknownModelError(ResidencyError):
+    """``acquire``/``release``/``unregister`` of a model that is not registered."""
+
+    status_code = 404
+
+
+class ModelBusyError(ResidencyError):
+    """The model is in use (refcount > 0): it cannot be unregistered or re-registered."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Residency(_Frozen):
+    """What :meth:`ResidencyManager.acquire` did: where the model is and what it cost."""
+
+    model: str
+    offset: int = Field(ge=0)
+    size_bytes: int = Field(ge=0)
+    prefetched: bool  # it had to be brought in (first load or back from host memory)
+    offloaded: tuple[str, ...] = ()  # idle models offloaded to make room, LRU first
+
+
+class ModelResidency(_Frozen):
+    """One model's row in :meth:`ResidencyManager.snapshot` (what GPUNode.status shows)."""
+
+    name: str
+    state: Literal["resident", "offloaded"]
+    weights_bytes: int = Field(ge=0)
+    workspace_bytes: int = Field(ge=0)
+    offset: int | None  # None while offloaded
+    last_used: float | None  # clock time of the last acquire/release; None if never used
+    refcount: int = Field(default=0, ge=0)
+
+
+class PoolStats(_Frozen):
+    """Pool-level numbers for metrics and GPUNode.status."""
+
+    reserved_bytes: int
+    used_bytes: int
+    free_bytes: int
+    largest_free_block_bytes: int
+    resident_models: int
+    offloaded_models: int
+    offloads: int  # resident -> host memory evictions so far
+    prefetches: int  # host memory -> resident transfers so far (not counting first loads)
+    loads: int  # first residencies
+
+
+class _Model:
+    __slots__ = (
+        "last_used",
+        "loaded",
+        "name",
+        "offset",
+        "refcount",
+        "size",
+        "weights",
+        "workspace",
+    )
+
+    def __init__(self, name: str, weights: int, workspace: int, size: int) -> None:
+        self.name = name
+        self.weights = weights
+        self.workspace = workspace
+        self.size = size
+        self.offset: int | None = None
+        self.refcount = 0
+        self.last_used: float | None = None
+        self.loaded = False  # has been resident at least once
+
+
+class _FreeList:
+    """Free ranges of the pool: sorted (size, offset) keys for best fit, maps for coalescing."""
+
+    def __init__(self, size: int) -> None:
+        self.keys: list[tuple[int, int]] = []
+        self.at: dict[int, int] = {}
+        self.end: dict[int, int] = {}
+        if size > 0:
+            self.insert(0, size)
+
+    def copy(self) -> _FreeList:
+        other = _FreeList(0)
+        other.keys = list(self.keys)
+        other.at = dict(self.at)
+        other.end = dict(self.end)
+        return other
+
+    def insert(self, off: int, size: int) -> None:
+        insort(self.keys, (size, off))
+        self.at[off] = size
+        self.end[off + size] = off
+
+    def remove(self, off: int, size: int) -> None:
+        del self.keys[bisect_left(self.keys, (size, off))]
+        del self.at[off]
+        del self.end[off + size]
+
+    def take(self, size: int) -> int | None:
+        i = bisect_left(self.keys, (size, -1))
+        if i == len(self.keys):
+            return None
+        block, off = self.keys[i]
+        self.remove(off, block)
+        if block > size:
+            self.insert(off + size, block - size)
+        return off
+
+    def give(self, off: int, size: int) -> None:
+        nxt = self.at.get(off + size)
+        if nxt is not None:
+            self.remove(off + size, nxt)
+            size += nxt
+        prev = self.end.get(off)
+        if prev is not None:
+            self.remove(prev, off - prev)
+            size += off - prev
+            off = prev
+        self.insert(off, size)
+
+    def largest(self) -> int:
+        return self.keys[-1][0] if self.keys else 0
+
+    def total(self) -> int:
+        return sum(self.at.values())
+
+
+class ResidencyManager:
+    """Model residency in a device-memory pool reserved once (see the module docstring)."""
+
+    def __init__(
+        self,
+        pool_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
+        alignment_bytes: int = DEFAULT_ALIGNMENT_BYTES,
+    ) -> None:
+        if pool_bytes < 0:
+            raise ValueError("pool_bytes must be >= 0")
+        if alignment_bytes <= 0:
+            raise ValueError("alignment_bytes must be > 0")
+        self.pool_bytes = pool_bytes
+        self.clock = clock
+        self.alignment_bytes = alignment_bytes
+        self._free = _FreeList(pool_bytes)
+        self._models: dict[str, _Model] = {}
+        self._lock = threading.RLock()
+        self._offloads = 0
+        self._prefetches = 0
+        self._loads = 0
+
+    # -- registration -------------------------------------------------------------------------
+    def register(self, model: str, weights_bytes: int, workspace_bytes: int) -> None:
+        """Add a model (offloaded, then made resident at once if it fits without evicting).
+
+        Raises :class:`MemoryPoolExhausted` if the model alone is larger than the pool, and
+        :class:`ModelBusyError` when re-registering a model that is in use. Re-registering an
+        idle model replaces it.
+        """
+        if weights_bytes < 0 or workspace_bytes < 0:
+            raise ValueError("sizes must be >= 0")
+        a = self.alignment_bytes
+        size = -(-(weights_bytes + workspace_bytes) // a) * a
+        if size > self.pool_bytes:
+            raise MemoryPoolExhausted(
+                f"{model}: needs {size} bytes (weights {weights_bytes} + workspace "
+                f"{workspace_bytes}), the pool has {self.pool_bytes}"
+            )
+        with self._lock:
+            old = self._models.get(model)
+            if old is not None:
+                if old.refcount:
+                    raise ModelBusyError(f"{model} is in use; release it before re-registering")
+                self._drop(old)
+            m = _Model(model, weights_bytes, workspace_bytes, size)
+            self._models[model] = m
+            off = self._free.take(size) if size else 0
+            if off is not None:
+                m.offset = off
+                m.loaded = True
+                self._loads += 1
+
+    def unregister(self, model: str) -> None:
+        """Forget a model and free its block. Raises :class:`ModelBusyError` while in use."""
+        with self._lock:
+            m = self._get(model)
+            if m.refcount:
+                raise ModelBusyError(f"{model} is in use (refcount {m.refcount})")
+            self._drop(m)
+
+    # -- use ----------------------------------------------------------------------------------
+    def acquire(self, model: str) -> Residency:
+        """Make ``model`` resident (offloading LRU idle models if needed) and mark it busy."""
+        with self._lock:
+            m = self._get(model)
+            now = self.clock()
+            if m.offset is not None:
+                m.refcount += 1
+                m.last_used = now
+                return Residency(model=model, offset=m.offset, size_bytes=m.size, prefetched=False)
+            victims = self._plan_evictions(m)
+            for v in victims:
+                assert v.offset is not None
+                if v.size:
+                    self._free.give(v.offset, v.size)
+                v.offset = None
+                self._offloads += 1
+            off = self._free.take(m.size) if m.size else 0
+            assert off is not None  # _plan_evictions guaranteed room
+            m.offset = off
+            if m.loaded:
+                self._prefetches += 1
+            else:
+                m.loaded = True
+                self._loads += 1
+            m.refcount += 1
+            m.last_used = now
+            return Residency(
+                model=model,
+                offset=off,
+                size_bytes=m.size,
+                prefetched=True,
+                offloaded=tuple(v.name for v in victims),
+            )
+
+    def release(self, model: str) -> None:
+        """One use of ``model`` is done (it stays resident, now idle if the refcount is 0)."""
+        with self._lock:
+            m = self._get(model)
+            if m.refcount <= 0:
+                raise ResidencyError(f"{model} released more often than acquired")
+            m.refcount -= 1
+            m.last_used = self.clock()
+
+    def offload(self, model: str) -> bool:
+        """Evict an idle resident model to host memory now; False if busy or not resident."""
+        with self._lock:
+            m = self._get(model)
+            if m.offset is None or m.refcount:
+                return False
+            if m.size:
+                self._free.give(m.offset, m.size)
+            m.offset = None
+            self._offloads += 1
+            return True
+
+    # -- views --------------------------------------------------------------------------------
+    def snapshot(self) -> list[ModelResidency]:
+        """Every registered model, resident ones first by offset, then offloaded by name."""
+        with self._lock:
+            rows = [
+                ModelResidency(
+                    name=m.name,
+                    state="resident" if m.offset is not None else "offloaded",
+                    weights_bytes=m.weights,
+                    workspace_bytes=m.workspace,
+                    offset=m.offset,
+                    last_used=m.last_used,
+                    refcount=m.refcount,
+                )
+                for m in self._models.values()
+            ]
+        return sorted(rows, key=lambda r: (r.offset is None, r.offset or 0, r.name))
+
+    def stats(self) -> PoolStats:
+        with self._lock:
+            free = self._free.total()
+            resident = sum(1 for m in self._models.values() if m.offset is not None)
+            return PoolStats(
+                reserved_bytes=self.pool_bytes,
+                used_bytes=self.pool_bytes - free,
+                free_bytes=free,
+                largest_free_block_bytes=self._free.largest(),
+                resident_models=resident,
+                offloaded_models=len(self._models) - resident,
+                offloads=self._offloads,
+                prefetches=self._prefetches,
+                loads=self._loads,
+            )
+
+    def is_resident(self, model: str) -> bool:
+        with self._lock:
+            return self._get(model).offset is not None
+
+    # -- internals ----------------------------------------------------------------------------
+    def _get(self, model: str) -> _Model:
+        m = self._models.get(model)
+        if m is None:
+            raise UnknownModelError(f"model {model!r} is not registered")
+        return m
+
+    def _drop(self, m: _Model) -> None:
+        if m.offset is not None and m.size:
+            self._free.give(m.offset, m.size)
+        m.offset = None
+        del self._models[m.name]
+
+    def _plan_evictions(self, m: _Model) -> list[_Model]:
+        """The shortest LRU-ordered prefix of idle resident models whose eviction makes room."""
+        if m.size == 0 or self._free.largest() >= m.size:
+            return []
+        idle = sorted(
+            (x for x in self._models.values() if x.offset is not None and x.refcount == 0),
+            key=lambda x: (x.last_used is not None, x.last_used or 0.0, x.name),
+        )
+        trial = self._free.copy()
+        victims: list[_Model] = []
+        for v in idle:
+            assert v.offset is not None
+            if v.size:
+                trial.give(v.offset, v.size)
+            victims.append(v)
+            if trial.largest() >= m.size:
+                return victims
+        busy = sum(x.size for x in self._models.values() if x.refcount and x.offset is not None)
+        raise MemoryPoolExhausted(
+            f"{m.name}: needs {m.size} contiguous bytes; pool {self.pool_bytes}, "
+            f"{busy} bytes held by busy models, largest block after offloading every idle "
+            f"model {trial.largest()}"
+        )
+
+
+__all__ = [
+    "MemoryPoolExhausted",
+    "ModelBusyError",
+    "ModelResidency",
+    "PoolStats",
+    "Residency",
+    "ResidencyError",
+    "ResidencyManager",
+    "UnknownModelError",
+]
