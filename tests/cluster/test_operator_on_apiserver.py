@@ -32,14 +32,23 @@ def _register_node(kubectl, name: str, gpus: int, labels: dict[str, str] | None 
     )  # fmt: skip
 
 
+def _create_k8s_node(kubectl, name: str) -> None:
+    """A core/v1 Node object (no kubelet behind it) so that annotations can be checked."""
+    node = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"nvidia.com/gpu.present": "true"}}}  # fmt: skip
+    kubectl.run("apply", "-f", "-", input_=yaml.safe_dump(node))
+
+
 @pytest.fixture(scope="module")
 def fleet(installed, operator):
     """Two GPU nodes with one 80 GB GPU each; removed at the end."""
     nodes = ["gpu-node-a", "gpu-node-b"]
     for name in nodes:
+        _create_k8s_node(installed, name)
         _register_node(installed, name, gpus=1)
     yield nodes
     installed.run("delete", "gpunode", *nodes, "--ignore-not-found")
+    installed.run("delete", "node", *nodes, "--ignore-not-found")
 
 
 def _status(kubectl, ns: str, name: str) -> dict:
@@ -166,3 +175,53 @@ def test_restarted_operator_changes_nothing(installed, fleet, operator, namespac
     passes = operator.passes()
     wait(lambda: operator.passes() >= passes + 2, timeout_s=30, what="passes after restart")
     assert versions() == before, operator.log_tail()
+
+
+SCALE_DOWN_DISABLED = "cluster-autoscaler.kubernetes.io/scale-down-disabled"
+
+
+def _capacity_pods(kubectl) -> list[dict]:
+    return kubectl.json(
+        "get", "pods", "-n", "stowplan-system", "-l", "stowplan.io/capacity-request=true"
+    )["items"]
+
+
+def _protected(kubectl, node: str) -> bool:
+    annotations = kubectl.json("get", f"node/{node}")["metadata"].get("annotations") or {}
+    return annotations.get(SCALE_DOWN_DISABLED) == "true"
+
+
+def test_waiting_replicas_ask_the_cluster_autoscaler_for_gpus(
+    installed, fleet, operator, namespace, wait
+):
+    doc = yaml.safe_load((REPO / "manifests" / "examples" / "mlp.yaml").read_text())
+    doc["spec"]["replicas"] = 3  # replicas go on distinct GPUs and there are two
+    installed.run("apply", "-n", namespace, "-f", "-", input_=yaml.safe_dump(doc))
+    key = f"{namespace}/mlp"
+    pods = wait(
+        lambda: [p for p in _capacity_pods(installed)
+                 if p["metadata"]["annotations"]["stowplan.io/model"] == key],
+        what="a capacity-request pod",
+    )  # fmt: skip
+    assert len(pods) == 1
+    resources = pods[0]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["nvidia.com/gpu"] == "1"
+    assert pods[0]["spec"]["nodeSelector"]["nvidia.com/gpu.present"] == "true"
+    # both existing nodes host replicas now: protected from scale-down
+    wait(lambda: all(_protected(installed, n) for n in fleet), what="scale-down protection")
+
+    # "the autoscaler adds a node": its agent registers; the replica lands, the pod goes
+    _create_k8s_node(installed, "gpu-node-c")
+    _register_node(installed, "gpu-node-c", gpus=1)
+    try:
+        wait(lambda: len(_assignments(installed, key)) == 3, what="third replica placed")
+        wait(
+            lambda: not [p for p in _capacity_pods(installed)
+                         if p["metadata"]["annotations"]["stowplan.io/model"] == key],
+            what="capacity-request pod removed",
+        )  # fmt: skip
+        wait(lambda: _protected(installed, "gpu-node-c"), what="new node protected")
+        installed.run("delete", "-n", namespace, "im/mlp")
+        wait(lambda: not _protected(installed, "gpu-node-c"), what="emptied node unprotected")
+    finally:
+        installed.run("delete", "gpunode/gpu-node-c", "node/gpu-node-c", "--ignore-not-found")

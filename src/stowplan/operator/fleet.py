@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from stowplan import placement
-from stowplan.operator import inventory, kube, reconcile
+from stowplan.operator import autoscaling, inventory, kube, reconcile
 from stowplan.operator.errors import OperatorError, PlanRejected
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ class FleetSettings:
     solver_time_limit_s: float = 0.0  # 0: best-fit only (milliseconds)
     memory_reserve_mib: int = 0
     stale_after_s: float = 120.0  # a node's agent silent this long loses its replicas
+    namespace: str = "stowplan-system"  # where capacity-request pods go
+    autoscaling: bool = True
     debounce_s: float = 0.2
     resync_s: float = 30.0
     retry_s: float = 2.0
@@ -85,6 +87,8 @@ async def reconcile_once(settings: FleetSettings) -> PassResult:
     uids = {(im.metadata.namespace, im.metadata.name): im.metadata.uid for im in models}
     for event in desired.events:
         await kube.post_event(event, uids.get((event.namespace, event.name)))
+    if settings.autoscaling:
+        await _sync_autoscaler(settings, problem, plan, [n.metadata.name for n in nodes])
     return PassResult(
         nodes_patched=nodes_patched,
         models_patched=models_patched,
@@ -93,6 +97,26 @@ async def reconcile_once(settings: FleetSettings) -> PassResult:
         replicas_unplaced=len(plan.unplaced),
         plan_seconds=plan_seconds,
     )
+
+
+async def _sync_autoscaler(
+    settings: FleetSettings,
+    problem: placement.Problem,
+    plan: placement.Plan,
+    node_names: list[str],
+) -> None:
+    """Placeholder pods for replicas waiting for capacity; scale-down protection for nodes
+    that host replicas. See :mod:`.autoscaling`."""
+    wanted = autoscaling.capacity_requests(problem, plan)
+    existing = await kube.list_capacity_pods(settings.namespace)
+    create, delete = autoscaling.diff_pods(wanted, existing)
+    for request in create:
+        await kube.create_pod(autoscaling.placeholder_pod(request, settings.namespace))
+    for name in delete:
+        await kube.delete_pod(settings.namespace, name)
+    busy = autoscaling.busy_nodes(plan)
+    for node in node_names:
+        await kube.set_scale_down_disabled(node, node in busy)
 
 
 class FleetLoop:

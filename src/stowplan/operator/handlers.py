@@ -25,6 +25,8 @@ def _settings_from_env() -> fleet.FleetSettings:
         memory_reserve_mib=int(os.environ.get("STOWPLAN_MEMORY_RESERVE_MIB", "0")),
         resync_s=float(os.environ.get("STOWPLAN_RESYNC_S", "30")),
         stale_after_s=float(os.environ.get("STOWPLAN_NODE_STALE_AFTER_S", "120")),
+        namespace=os.environ.get("STOWPLAN_NAMESPACE", "stowplan-system"),
+        autoscaling=os.environ.get("STOWPLAN_AUTOSCALING", "true").lower() == "true",
     )
 
 

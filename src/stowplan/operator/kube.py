@@ -1,9 +1,11 @@
 """The operator's only door to the API server (besides kopf's own watches).
 
 Callers: :mod:`stowplan.operator.fleet`. Lists InferenceModels and GPUNodes as parsed API types,
-writes ``GPUNode.spec.assignments`` and ``InferenceModel.status`` with JSON merge patches, and
-posts core/v1 Events. The blocking ``kubernetes`` client runs in worker threads. Objects that do
-not parse (which the CRD schema should make impossible) are logged and skipped, never fatal.
+writes ``GPUNode.spec.assignments`` and ``InferenceModel.status`` with JSON merge patches,
+posts core/v1 Events, and keeps the Cluster Autoscaler's view (placeholder pods, the
+scale-down-disabled annotation on Nodes) in step with the plan. The blocking ``kubernetes``
+client runs in worker threads. Objects that do not parse (which the CRD schema should make
+impossible) are logged and skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pydantic import ValidationError
 from stowplan import api
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
-from stowplan.operator import reconcile
+from stowplan.operator import autoscaling, reconcile
 from stowplan.operator.errors import ApiUnavailable
 
 log = logging.getLogger(__name__)
@@ -149,3 +151,56 @@ async def post_event(event_: reconcile.Event, uid: str | None) -> None:
             event_.name,
             err,
         )
+
+
+async def list_capacity_pods(namespace: str) -> list[str]:
+    pods = await _call(
+        kubernetes.client.CoreV1Api().list_namespaced_pod,
+        namespace,
+        label_selector=f"{autoscaling.CAPACITY_LABEL}=true",
+    )
+    return [p.metadata.name for p in pods.items]
+
+
+async def create_pod(body: dict[str, Any]) -> None:
+    try:
+        await _call(
+            kubernetes.client.CoreV1Api().create_namespaced_pod,
+            body["metadata"]["namespace"],
+            body,
+        )
+    except ApiException as err:
+        if err.status != 409:  # already there
+            raise ApiUnavailable(f"create pod: {err.status} {err.reason}: {err.body}") from err
+
+
+async def delete_pod(namespace: str, name: str) -> None:
+    try:
+        await _call(
+            kubernetes.client.CoreV1Api().delete_namespaced_pod, name, namespace,
+            grace_period_seconds=0,
+        )  # fmt: skip
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+async def set_scale_down_disabled(node: str, disabled: bool) -> bool:
+    """Set or clear the autoscaler's scale-down-disabled annotation on a Node.
+
+    Returns False when the Node does not exist (a GPUNode registered by hand) or already has the
+    wanted value; reads first so that an unchanged node is never written."""
+    try:
+        current = await _call(kubernetes.client.CoreV1Api().read_node, node)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    annotations = current.metadata.annotations or {}
+    has = annotations.get(autoscaling.SCALE_DOWN_DISABLED) == "true"
+    if has == disabled:
+        return False
+    value = "true" if disabled else None
+    body = {"metadata": {"annotations": {autoscaling.SCALE_DOWN_DISABLED: value}}}
+    await _call(kubernetes.client.CoreV1Api().patch_node, node, body)
+    return True

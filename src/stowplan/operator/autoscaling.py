@@ -1,0 +1,120 @@
+"""What the Kubernetes Cluster Autoscaler should see, derived from a plan (pure).
+
+The Cluster Autoscaler adds nodes for pods that cannot be scheduled and removes nodes that are
+under-used. stowplan's replicas are not pods (the agent runs them), so the operator speaks the
+autoscaler's language instead (DESIGN §6):
+
+- every replica left unplaced for lack of capacity (``NoCapacity`` or ``NoMatchingNode``)
+  becomes one *capacity request*: a pending placeholder pod that asks for one GPU with the
+  model's node selector; the autoscaler scales a GPU node group up for it; once the replica is
+  placed the pod is deleted;
+- every node that hosts a replica is protected from scale-down with the autoscaler's
+  ``cluster-autoscaler.kubernetes.io/scale-down-disabled`` annotation; a node that no longer
+  hosts any loses the annotation, so consolidation can remove it.
+
+Callers: :mod:`stowplan.operator.fleet`. No I/O: :mod:`.kube` turns these into API objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stowplan import placement
+
+SCALE_DOWN_DISABLED = "cluster-autoscaler.kubernetes.io/scale-down-disabled"
+CAPACITY_LABEL = "stowplan.io/capacity-request"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_NODE_LABEL = "nvidia.com/gpu.present"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+PRIORITY_CLASS = "stowplan-capacity-request"
+
+_NEEDS_NODES = {placement.UnplacedReason.NO_CAPACITY, placement.UnplacedReason.NO_MATCHING_NODE}
+
+
+@dataclass(frozen=True)
+class CapacityRequest:
+    """One GPU that an unplaced replica is waiting for."""
+
+    model: str
+    replica: int
+    node_selector: Mapping[str, str]
+
+    @property
+    def pod_name(self) -> str:
+        digest = hashlib.sha256(f"{self.model}#{self.replica}".encode()).hexdigest()[:10]
+        return f"capacity-{digest}"
+
+
+def capacity_requests(problem: placement.Problem, plan: placement.Plan) -> list[CapacityRequest]:
+    selectors = {m.name: m.node_selector for m in problem.models}
+    return sorted(
+        (
+            CapacityRequest(u.model, u.replica, dict(selectors.get(u.model, {})))
+            for u in plan.unplaced
+            if u.reason in _NEEDS_NODES
+        ),
+        key=lambda r: (r.model, r.replica),
+    )
+
+
+def busy_nodes(plan: placement.Plan) -> set[str]:
+    """Nodes that host at least one replica (to be protected from scale-down)."""
+    return {a.node for a in plan.assignments}
+
+
+def placeholder_pod(request: CapacityRequest, namespace: str) -> dict[str, Any]:
+    """A pending pod that asks the autoscaler for one GPU node; compliant with the restricted
+    Pod Security Standard; low priority and never preempting, so it only ever waits."""
+    restricted = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": request.pod_name,
+            "namespace": namespace,
+            "labels": {CAPACITY_LABEL: "true", "app.kubernetes.io/part-of": "stowplan"},
+            "annotations": {
+                "stowplan.io/model": request.model,
+                "stowplan.io/replica": str(request.replica),
+            },
+        },
+        "spec": {
+            "priorityClassName": PRIORITY_CLASS,
+            "nodeSelector": {GPU_NODE_LABEL: "true", **request.node_selector},
+            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            "automountServiceAccountToken": False,
+            "terminationGracePeriodSeconds": 0,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65535,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "reserve-gpu",
+                    "image": PAUSE_IMAGE,
+                    "resources": {
+                        "requests": {GPU_RESOURCE: "1", "cpu": "10m", "memory": "16Mi"},
+                        "limits": {GPU_RESOURCE: "1", "memory": "16Mi"},
+                    },
+                    "securityContext": restricted,
+                }
+            ],
+        },
+    }
+
+
+def diff_pods(
+    wanted: Sequence[CapacityRequest], existing: Sequence[str]
+) -> tuple[list[CapacityRequest], list[str]]:
+    """(requests to create, pod names to delete)."""
+    want = {r.pod_name: r for r in wanted}
+    have = set(existing)
+    return [r for name, r in sorted(want.items()) if name not in have], sorted(have - set(want))
