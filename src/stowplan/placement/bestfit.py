@@ -17,17 +17,26 @@ from stowplan.placement.packing import PackIndex, PackState, Replica
 
 def choose_gpu(state: PackState, mi: int) -> int | None:
     """The best-fit GPU for one replica of model ``mi``, or None if none fits."""
-    cand = np.flatnonzero(state.index.eligible[mi] & ~state.holds[mi])
-    if cand.size == 0:
-        return None
-    load = state.loads(mi, cand).min(axis=1)
-    finite = np.isfinite(load)
-    used = state.count[cand] > 0
-    for group in (used & finite, ~used & finite):
-        idx = np.flatnonzero(group)
+    index = state.index
+    ok = index.eligible[mi] & ~state.holds[mi] & state.prefilter(mi)
+    busy = state.count > 0
+    for cand in (np.flatnonzero(ok & busy), _first_empty_per_class(state, ok & ~busy)):
+        if cand.size == 0:
+            continue
+        load = state.loads(mi, cand).min(axis=1)
+        idx = np.flatnonzero(np.isfinite(load))
         if idx.size:
             return int(cand[idx[np.argmax(load[idx])]])
     return None
+
+
+def _first_empty_per_class(state: PackState, mask: np.ndarray) -> np.ndarray:
+    """Empty GPUs are interchangeable within a class: try the first of each class only."""
+    cand = np.flatnonzero(mask)
+    if cand.size <= 1:
+        return cand
+    _, first = np.unique(state.index.gpu_class[cand], return_index=True)
+    return cand[np.sort(first)]
 
 
 def decreasing_order(index: PackIndex, replicas: Iterable[Replica]) -> list[Replica]:

@@ -4,14 +4,21 @@ Each replica has a smallest possible GPU time share (its best duty-cycle level, 
 smallest memory footprint; on any GPU the shares of the residents sum to at most 1 whatever the
 shared duty cycle is, so one-dimensional bin-packing bounds over these sizes are valid:
 the volume bound, the "items above one half need a GPU each" count and Martello-Toth's L2. Replicas
-of one model need distinct GPUs, so the largest replica count is a bound too. Callers: planner,
-bench_placement. Pure; numbers in, an int out.
+of one model need distinct GPUs, so the largest replica count is a bound too.
+
+The squishy part makes those weak: replicas with a smallest share above one third can never be
+three on a GPU, and two of them fit together only if some common duty-cycle level has room for
+both. So GPUs >= |big| - (max number of compatible pairs), with the pairs bounded by a fractional
+b-matching (a max flow on the bipartite double cover, ``cpsat.fractional_matching``). Callers:
+planner, bench_placement. Pure; numbers in, an int out.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+import numpy as np
 
 _EPS = 1e-9
 
@@ -50,3 +57,31 @@ def gpu_lower_bound(
         martello_toth_l2(memory_fractions),
         max(replicas_per_model, default=0),
     )
+
+
+def big_pairs(
+    busy_ms: np.ndarray,
+    memory_mib: np.ndarray,
+    ok: np.ndarray,
+    levels_ms: np.ndarray,
+    cap_mib: np.ndarray,
+) -> list[tuple[int, int]]:
+    """Pairs (i < j) of models whose replicas can share one GPU at some common level.
+
+    Rows are models (costs over levels), ``cap_mib[i]`` the largest memory any GPU eligible to
+    model i offers (the pair uses the smaller of the two: a cheap, valid over-approximation).
+    """
+    pairs: list[tuple[int, int]] = []
+    n = busy_ms.shape[0]
+    for i in range(n - 1):
+        j = np.arange(i + 1, n)
+        fits = ok[i] & ok[j] & (busy_ms[i] + busy_ms[j] <= levels_ms * (1 + 1e-9))
+        fits &= memory_mib[i] + memory_mib[j] <= np.minimum(cap_mib[i], cap_mib[j])[:, None]
+        pairs += [(i, int(k)) for k in j[fits.any(axis=1)]]
+    return pairs
+
+
+def matching_bound(counts: Sequence[int], max_pairs: float) -> int:
+    """GPUs needed by items of which no three fit together: every GPU holds one or two, so
+    GPUs >= items - (number of pairs), and ``max_pairs`` bounds the pairs from above."""
+    return max(0, sum(counts) - math.floor(max_pairs + 1e-9))

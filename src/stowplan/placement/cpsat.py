@@ -15,10 +15,11 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from ortools.sat.python import cp_model
 
 from stowplan.placement.errors import SolverFailed
-from stowplan.placement.packing import LEVELS, PackState, Replica
+from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
 from stowplan.placement.tracesim import MILLI, NodeRow, PodRow
 
 GPU_WEIGHT = 10_000  # one GPU saved is worth more than any number of moves in a neighbourhood
@@ -162,3 +163,74 @@ def trace_upper_bound(
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return 1.0
     return min(1.0, solver.best_objective_bound / capacity)
+
+
+def fractional_matching(counts: Sequence[int], pairs: Sequence[tuple[int, int]]) -> float:
+    """Max fractional b-matching (``counts`` per node, edges ``pairs``): an upper bound on the
+    number of disjoint compatible pairs, = max flow on the bipartite double cover / 2."""
+    from ortools.graph.python import max_flow
+
+    n = len(counts)
+    if not pairs:
+        return 0.0
+    flow = max_flow.SimpleMaxFlow()
+    src, dst = 2 * n, 2 * n + 1
+    for i, c in enumerate(counts):
+        flow.add_arc_with_capacity(src, i, c)
+        flow.add_arc_with_capacity(n + i, dst, c)
+    big = max(counts)
+    for i, j in pairs:
+        flow.add_arc_with_capacity(i, n + j, big)
+        flow.add_arc_with_capacity(j, n + i, big)
+    if flow.solve(src, dst) != flow.OPTIMAL:
+        raise SolverFailed("max flow failed on the matching bound")
+    return flow.optimal_flow() / 2.0
+
+
+def level_bound(state_index: PackIndex, models: Sequence[int], time_limit_s: float = 5.0) -> int:
+    """Lower bound on GPUs from the level-aggregated relaxation (valid for any plan).
+
+    Every GPU runs one duty-cycle level. Aggregate the GPUs of level l into ``z[l]`` and let
+    ``n[i, l]`` replicas of model i sit at level l (only levels its SLO allows). Then, per level:
+    the time shares and memory fractions of its replicas sum to at most ``z[l]``, replicas whose
+    share there exceeds one half need a GPU each, and one model puts at most one replica per GPU.
+    Minimising sum z is a relaxation; CP-SAT's proven bound is returned (rounded up).
+    """
+    index = state_index
+    scale = 10_000
+    model = cp_model.CpModel()
+    n_lv = len(LEVELS)
+    total = sum(index.models[mi].replicas for mi in models)
+    z = [model.new_int_var(0, total, f"z_{li}") for li in range(n_lv)]
+    time_terms: list[list[tuple[int, cp_model.IntVar]]] = [[] for _ in range(n_lv)]
+    mem_terms: list[list[tuple[int, cp_model.IntVar]]] = [[] for _ in range(n_lv)]
+    big_terms: list[list[cp_model.IntVar]] = [[] for _ in range(n_lv)]
+    for mi in models:
+        c = index.costs[mi]
+        reps = index.models[mi].replicas
+        cap = float(index.cap_mib[index.eligible[mi]].max())
+        vs = []
+        for li in np.flatnonzero(c.ok).tolist():
+            v = model.new_int_var(0, reps, f"n_{mi}_{li}")
+            vs.append(v)
+            share = float(c.busy_ms[li]) / float(LEVELS[li])
+            time_terms[li].append((math.ceil(share * scale - 1e-6), v))
+            mem_terms[li].append((math.ceil(float(c.memory_mib[li]) / cap * scale - 1e-6), v))
+            if share > 0.5 + 1e-9:
+                big_terms[li].append(v)
+            model.add(v <= z[li])  # one replica of a model per GPU
+        model.add(sum(vs) == reps)
+    for li in range(n_lv):
+        if time_terms[li]:
+            model.add(sum(w * v for w, v in time_terms[li]) <= scale * z[li])
+            model.add(sum(w * v for w, v in mem_terms[li]) <= scale * z[li])
+        if big_terms[li]:
+            model.add(sum(big_terms[li]) <= z[li])
+    model.minimize(sum(z))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit_s
+    solver.parameters.num_workers = 1
+    status = solver.solve(model)
+    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return 0
+    return math.ceil(solver.best_objective_bound - 1e-6)

@@ -1,14 +1,43 @@
-"""Large-neighbourhood search over a best-fit plan (placeholder until the CP-SAT LNS lands).
+"""Large-neighbourhood search: repack a few GPUs at a time with CP-SAT (DESIGN §4).
 
-Callers: planner (when ``time_limit_s > 0``). Must never return a plan worse than its input.
+Starting from the best-fit plan, repeatedly free a small neighbourhood (a lightly loaded GPU
+plus a few others its replicas may use), re-solve it exactly with ``cpsat.repack`` (hinted
+with the incoming assignment) and keep the result only when it is strictly better: fewer GPUs,
+more replicas placed, or fewer moves against ``problem.current``. So the plan never gets worse
+than best-fit. GPUs that hold pinned replicas are never part of a neighbourhood. Callers:
+planner (``time_limit_s > 0``). Pure; the clock is injected.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
+import numpy as np
+
+from stowplan.placement.cpsat import GPU_WEIGHT, PLACE_WEIGHT, repack
 from stowplan.placement.models import Problem
-from stowplan.placement.packing import PackState, Replica
+from stowplan.placement.packing import LEVELS, PackState, Replica
+
+MAX_STEP_S = 1.0  # CP-SAT budget of one neighbourhood
+MAX_OPTIONAL = 12  # unplaced replicas offered to one neighbourhood
+
+
+def gpu_loads(state: PackState) -> np.ndarray:
+    """Load of every GPU at its best level (max of time and memory share); 0 when empty."""
+    loads = np.zeros(len(state.count))
+    for g in np.flatnonzero(state.count > 0).tolist():
+        lv = state.best_level(g)
+        loads[g] = max(state.busy[g, lv] / LEVELS[lv], state.mem[g, lv] / state.index.cap_mib[g])
+    return loads
+
+
+def _objective(
+    assign: dict[Replica, int], current: dict[Replica, int], optional: list[Replica]
+) -> int:
+    moves = sum(1 for rep, g in current.items() if rep in assign and assign[rep] != g)
+    placed = sum(1 for rep in optional if rep in assign)
+    return GPU_WEIGHT * len(set(assign.values())) + moves - PLACE_WEIGHT * placed
 
 
 def improve(
@@ -21,4 +50,63 @@ def improve(
     clock: Callable[[], float],
 ) -> tuple[PackState, list[Replica]]:
     """Return ``(state, left)`` improved within the deadline; never worse than the input."""
-    return state, left
+    index = state.index
+    rng = random.Random(seed)
+    best = state.copy()
+    left = list(left)
+    current: dict[Replica, int] = {}
+    for a in problem.current:
+        mi, g = index.model_pos.get(a.model), index.gpu_pos.get(a.gpu_key)
+        if mi is not None and g is not None and a.replica < index.models[mi].replicas:
+            current[(mi, a.replica)] = g
+    pinned = {(index.model_pos[name], r) for name, r in problem.pinned if name in index.model_pos}
+    frozen = {best.where[rep] for rep in pinned if rep in best.where}
+    size = 4
+    stale = 0
+    while True:
+        remaining = deadline - clock()
+        if remaining < 0.05:
+            break
+        used = [g for g in np.flatnonzero(best.count > 0).tolist() if g not in frozen]
+        if len(used) < 2 and not left:
+            break
+        loads = gpu_loads(best)
+        # the seed GPU: lightly loaded ones first (they are the ones worth emptying)
+        weights = np.asarray([1.0 - loads[g] + 0.05 for g in used]) ** 3
+        g0 = rng.choices(used, weights=weights.tolist())[0] if used else None
+        pool = [g for g in used if g != g0]
+        chosen = [g0] if g0 is not None else []
+        if pool:
+            models0 = {mi for mi, _ in best.residents[g0]} if g0 is not None else set()
+            compatible = [g for g in pool if all(index.eligible[mi, g] for mi in models0)] or pool
+            chosen += rng.sample(compatible, min(size - 1, len(compatible)))
+        if left:  # an empty GPU of the right kind lets unplaced replicas in
+            empties = np.flatnonzero(best.count == 0)
+            if empties.size:
+                chosen.append(int(empties[rng.randrange(empties.size)]))
+        reps = [rep for g in chosen for rep in best.residents[g]]
+        optional = rng.sample(left, min(MAX_OPTIONAL, len(left)))
+        old = {rep: best.where[rep] for rep in reps}
+        cur = {rep: g for rep, g in current.items() if rep in old}
+        res = repack(
+            best,
+            chosen,
+            reps,
+            cur,
+            min(MAX_STEP_S, remaining - 0.02),
+            rng.randrange(1 << 30),
+            optional,
+        )
+        if res is not None and _objective(res, cur, optional) < _objective(old, cur, []):
+            for rep in reps:
+                best.remove(rep)
+            for rep, g in res.items():
+                best.add(rep, g)
+            left = [rep for rep in left if rep not in res]
+            stale = 0
+        else:
+            stale += 1
+            if stale >= 8 and size < 10:
+                size += 1
+                stale = 0
+    return best, left

@@ -35,6 +35,9 @@ class PackIndex:
     costs: tuple[LevelCosts, ...]
     eligible: npt.NDArray[np.bool_]  # (models, gpus)
     cap_mib: npt.NDArray[np.float64]  # (gpus,) memory minus reserve
+    min_share: npt.NDArray[np.float64]  # (models,) smallest time share over levels
+    min_mem: npt.NDArray[np.float64]  # (models,) smallest memory over levels
+    gpu_class: npt.NDArray[np.int64]  # (gpus,) GPUs with equal memory, type and labels
 
     @staticmethod
     def build(problem: Problem) -> PackIndex:
@@ -47,15 +50,29 @@ class PackIndex:
             else:
                 eligible[i, :] = [gpu_admits(g, m) for g in gpus]
         cap = np.asarray([g.memory_mib - problem.memory_reserve_mib for g in gpus], dtype=float)
+        costs = tuple(level_costs(m) for m in models)
+        classes: dict[tuple[object, ...], int] = {}
+        gpu_class = np.asarray(
+            [
+                classes.setdefault(
+                    (g.memory_mib, g.gpu_type, tuple(sorted(g.labels.items()))), len(classes)
+                )
+                for g in gpus
+            ],
+            dtype=np.int64,
+        )
         return PackIndex(
             problem=problem,
             gpus=gpus,
             gpu_pos={g.key: i for i, g in enumerate(gpus)},
             models=models,
             model_pos={m.name: i for i, m in enumerate(models)},
-            costs=tuple(level_costs(m) for m in models),
+            costs=costs,
             eligible=eligible,
             cap_mib=cap,
+            min_share=np.asarray([c.min_share() for c in costs]),
+            min_mem=np.asarray([c.min_memory_mib() for c in costs]),
+            gpu_class=gpu_class,
         )
 
     def size(self, mi: int) -> float:
@@ -79,6 +96,7 @@ class PackState:
     holds: npt.NDArray[np.bool_] = field(init=False)  # (models, gpus)
     residents: list[set[Replica]] = field(init=False)
     where: dict[Replica, int] = field(init=False)
+    slack: npt.NDArray[np.float64] = field(init=False)  # (gpus,) best free time share
 
     def __post_init__(self) -> None:
         g, n_levels = len(self.index.gpus), len(LEVELS)
@@ -89,6 +107,7 @@ class PackState:
         self.holds = np.zeros((len(self.index.models), g), dtype=bool)
         self.residents = [set() for _ in range(g)]
         self.where = {}
+        self.slack = np.ones(g)
 
     def copy(self) -> PackState:
         new = PackState(self.index)
@@ -99,7 +118,19 @@ class PackState:
         new.holds = self.holds.copy()
         new.residents = [set(s) for s in self.residents]
         new.where = dict(self.where)
+        new.slack = self.slack.copy()
         return new
+
+    def _update_slack(self, g: int) -> None:
+        free = np.where(self.blocked[g] == 0, 1.0 - self.busy[g] / LEVELS, -1.0)
+        self.slack[g] = float(free.max()) if self.count[g] else 1.0
+
+    def prefilter(self, mi: int) -> npt.NDArray[np.bool_]:
+        """GPUs that may fit a replica of model ``mi`` (cheap necessary conditions only):
+        free time share at least its smallest share, memory at the lowest level fits."""
+        return (self.slack >= self.index.min_share[mi] - 1e-9) & (
+            self.mem[:, 0] + self.index.min_mem[mi] <= self.index.cap_mib + EPS
+        )
 
     def add(self, rep: Replica, g: int) -> None:
         c = self.index.costs[rep[0]]
@@ -110,6 +141,7 @@ class PackState:
         self.holds[rep[0], g] = True
         self.residents[g].add(rep)
         self.where[rep] = g
+        self._update_slack(g)
 
     def remove(self, rep: Replica) -> int:
         g = self.where.pop(rep)
@@ -123,6 +155,7 @@ class PackState:
         if self.count[g] == 0:  # wipe float drift
             self.busy[g] = 0.0
             self.mem[g] = 0.0
+        self._update_slack(g)
         return g
 
     def loads(self, mi: int, cand: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:

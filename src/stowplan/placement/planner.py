@@ -20,7 +20,7 @@ from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
 from stowplan.placement.bounds import gpu_lower_bound
 from stowplan.placement.errors import InvalidProblem
 from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason
-from stowplan.placement.packing import PackIndex, PackState, Replica
+from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
 
 Clock = Callable[[], float]
 
@@ -99,6 +99,41 @@ def lower_bound(index: PackIndex, placeable: list[int]) -> int:
         shares += [c.min_share()] * n
         mems += [c.min_memory_mib() / cap] * n
     return gpu_lower_bound(shares, mems, [index.models[mi].replicas for mi in placeable])
+
+
+def tight_lower_bound(problem: Problem) -> int:
+    """``lower_bound`` plus the pair-matching bound (imports OR-Tools; tens of ms at 1,000
+    replicas). Used by ``plan`` when it has a time budget, and by the benchmark."""
+    index = PackIndex.build(problem)
+    placeable = [mi for mi in range(len(index.models)) if unplaceable_reason(index, mi) is None]
+    return max(_tight(index, placeable), _level(index, placeable, 5.0))
+
+
+def _tight(index: PackIndex, placeable: list[int]) -> int:
+    from stowplan.placement.bounds import big_pairs, matching_bound
+    from stowplan.placement.cpsat import fractional_matching
+
+    base = lower_bound(index, placeable)
+    big = [mi for mi in placeable if index.min_share[mi] > 1 / 3 + 1e-9]
+    if len(big) < 2:
+        return base
+    costs = [index.costs[mi] for mi in big]
+    caps = np.asarray([float(index.cap_mib[index.eligible[mi]].max()) for mi in big])
+    pairs = big_pairs(
+        np.stack([c.busy_ms for c in costs]),
+        np.stack([c.memory_mib for c in costs]),
+        np.stack([c.ok for c in costs]),
+        LEVELS,
+        caps,
+    )
+    counts = [index.models[mi].replicas for mi in big]
+    return max(base, matching_bound(counts, fractional_matching(counts, pairs)))
+
+
+def _level(index: PackIndex, placeable: list[int], time_limit_s: float) -> int:
+    from stowplan.placement.cpsat import level_bound
+
+    return max(lower_bound(index, placeable), level_bound(index, placeable, time_limit_s))
 
 
 def _keep_current(state: PackState, problem: Problem) -> None:
@@ -225,7 +260,7 @@ def plan(
         assignments=tuple(assignments),
         unplaced=tuple(sorted(unplaced, key=lambda u: (u.model, u.replica))),
         gpus_used=state.used(),
-        lower_bound=lower_bound(index, placeable),
+        lower_bound=_tight(index, placeable) if time_limit_s > 0 else lower_bound(index, placeable),
         solve_seconds=max(0.0, clock() - start),
         moves=moves,
     )
