@@ -87,6 +87,7 @@ class CoalescingHeap:
         self._insert_free(base, seg)
 
     def malloc(self, request: int) -> int:
+        """Best fit for ``request`` (already rounded by the caller). Hot path: inlined."""
         keys = self.keys
         i = bisect_left(keys, (request, 0))
         if i == len(keys):
@@ -95,9 +96,13 @@ class CoalescingHeap:
         size, addr = keys[i]
         del keys[i]
         del self.free_at[addr]
-        del self.free_end[addr + size]
+        end = addr + size
+        del self.free_end[end]
         if size > request and self.should_split(size, request):
-            self._insert_free(addr + request, size - request)
+            rest = addr + request
+            insort(keys, (size - request, rest))
+            self.free_at[rest] = size - request
+            self.free_end[end] = rest
             size = request
         self.used[addr] = size
         self.allocated_bytes += size
@@ -108,16 +113,23 @@ class CoalescingHeap:
         if size is None:
             raise InvalidFreeError(f"free of unknown address {addr:#x}")
         self.allocated_bytes -= size
-        nxt = self.free_at.get(addr + size)
+        keys = self.keys
+        free_at = self.free_at
+        free_end = self.free_end
+        end = addr + size
+        nxt = free_at.pop(end, None)
         if nxt is not None:
-            self._remove_free(addr + size, nxt)
-            size += nxt
-        prev = self.free_end.get(addr)
+            del keys[bisect_left(keys, (nxt, end))]
+            end += nxt
+            del free_end[end]
+        prev = free_end.pop(addr, None)
         if prev is not None:
-            self._remove_free(prev, addr - prev)
-            size += addr - prev
+            del keys[bisect_left(keys, (addr - prev, prev))]
+            del free_at[prev]
             addr = prev
-        self._insert_free(addr, size)
+        insort(keys, (end - addr, addr))
+        free_at[addr] = end - addr
+        free_end[end] = addr
 
     def adopt(self, base: int, size: int) -> None:
         """Add a range the caller reserved itself (never released by this heap)."""
