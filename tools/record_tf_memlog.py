@@ -4,9 +4,9 @@ NEEDS TensorFlow, which is NOT a stowplan dependency: install it in a separate v
 the repository, e.g.::
 
     python3.11 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu==2.21.0
-    /tmp/tfvenv/bin/python tools/record_tf_memlog.py densenet121 8 /tmp/memlogs/densenet121_bs8.log.gz
+    /tmp/tfvenv/bin/python tools/record_tf_memlog.py densenet121 8 /tmp/memlogs/dn121_bs8.log.gz
 
-then replay it with ``stowplan memsim /tmp/memlogs/densenet121_bs8.log.gz``. Logs are big: keep
+then replay it with ``stowplan memsim /tmp/memlogs/dn121_bs8.log.gz``. Logs are big: keep
 them outside the repository.
 
 How: the script re-runs itself as a child process with ``TF_CPP_MIN_LOG_LEVEL=0`` and
@@ -51,9 +51,9 @@ def mark(msg: str) -> None:
 
 
 def child(model_name: str, batch: int, steps: int) -> None:
+    import keras
     import numpy as np
     import tensorflow as tf
-    import keras
 
     mark(f"args model={model_name} batch={batch} mode=infer steps={steps}")
     mark(
@@ -125,8 +125,17 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="log_memory=2")
     raw = args.out.with_suffix("") if args.out.suffix == ".gz" else args.out
-    cmd = [sys.executable, "-u", __file__, args.model, str(args.batch), str(raw), "--child",
-           "--steps", str(args.steps)]
+    cmd = [
+        sys.executable,
+        "-u",
+        __file__,
+        args.model,
+        str(args.batch),
+        str(raw),
+        "--child",
+        "--steps",
+        str(args.steps),
+    ]
     with raw.open("wb") as log:
         rc = subprocess.run(cmd, env=env, stderr=log, stdout=subprocess.DEVNULL, check=False)
     if rc.returncode != 0:
