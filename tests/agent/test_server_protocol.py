@@ -67,7 +67,7 @@ def _with(**changes: Any) -> dict[str, Any]:
         pytest.param(_with(shape=[64]), 400, "rank 2", id="wrong-rank"),
         pytest.param(_with(shape=[2, 64]), 400, "needs 128 elements", id="too-few-elements"),
         pytest.param(_with(name="x"), 400, "unknown input", id="unknown-input"),
-        pytest.param(_with(data=["a"] * 64), 400, "not a FP32 tensor", id="strings"),
+        pytest.param(_with(data=["a"] * 64), 400, "must be numbers", id="strings"),
         pytest.param(_with(data=[None] * 64), 400, "must be numbers", id="nulls"),
         pytest.param(_with(data=[[1.0], [1.0, 2.0]]), 400, "input", id="ragged"),
         pytest.param({"inputs": []}, 400, "inputs", id="no-inputs"),
@@ -135,3 +135,21 @@ def test_metrics_use_triton_names(client: TestClient) -> None:
     ):
         assert name in text
     assert 'nv_inference_request_success_total{model="mlp",version="1"} 1.0' in text
+
+
+def test_integer_inputs_are_range_checked() -> None:
+    from stowplan.agent.errors import InvalidRequest
+    from stowplan.agent.protocol import RequestInput
+    from stowplan.agent.runtime import TensorSpec
+    from stowplan.agent.tensors import decode_inputs
+
+    spec = [TensorSpec("ids", "INT8", (-1, 2))]
+    ok, items = decode_inputs(
+        [RequestInput(name="ids", shape=[1, 2], datatype="INT8", data=[1, -3])], spec, 8
+    )
+    assert items == 1 and ok["ids"].dtype.name == "int8"
+    for data in ([1, 300], [1.5, 2]):
+        with pytest.raises(InvalidRequest):
+            decode_inputs(
+                [RequestInput(name="ids", shape=[1, 2], datatype="INT8", data=data)], spec, 8
+            )

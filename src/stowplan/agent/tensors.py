@@ -72,32 +72,26 @@ def _decode_one(t: RequestInput, spec: TensorSpec) -> np.ndarray:
             )
     count = math.prod(t.shape)
     dtype = V2_TO_NUMPY[spec.datatype]
+    ints_only = dtype.kind in "iub"
     try:
-        flat = np.array(t.data, dtype=dtype).reshape(-1)
-    except (ValueError, TypeError, OverflowError) as exc:
+        raw = np.asarray(t.data)  # numbers only give a numeric dtype; anything else: object/str
+    except (ValueError, TypeError, OverflowError):
         raise InvalidRequest(
-            f"input {t.name!r}: data is not a {spec.datatype} tensor: {exc}"
+            f"input {t.name!r}: data is not a {spec.datatype} tensor (ragged or mixed nesting)"
         ) from None
-    if flat.size != count:
-        raise InvalidRequest(
-            f"input {t.name!r}: shape {t.shape} needs {count} elements, got {flat.size}"
-        )
-    if not _all_numbers(t.data, ints_only=dtype.kind in "iub"):
-        kind = "integers" if dtype.kind in "iub" else "numbers"
+    if raw.dtype.kind not in ("iub" if ints_only else "iubf") or raw.dtype.kind == "O":
+        kind = "integers" if ints_only else "numbers"
         raise InvalidRequest(f"input {t.name!r}: {spec.datatype} data must be {kind}")
+    if raw.size != count:
+        raise InvalidRequest(
+            f"input {t.name!r}: shape {t.shape} needs {count} elements, got {raw.size}"
+        )
+    if ints_only and dtype.kind != "b" and raw.size:
+        info = np.iinfo(dtype)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise InvalidRequest(f"input {t.name!r}: values out of range for {spec.datatype}")
+    flat = raw.astype(dtype, copy=False).reshape(-1)
     return flat.reshape(t.shape)
-
-
-def _all_numbers(data: list[object], ints_only: bool) -> bool:
-    allowed: tuple[type, ...] = (int, bool) if ints_only else (int, bool, float)
-    stack: list[object] = list(data)
-    while stack:
-        v = stack.pop()
-        if isinstance(v, list):
-            stack.extend(v)
-        elif not isinstance(v, allowed):
-            return False
-    return True
 
 
 def encode_output(name: str, arr: np.ndarray) -> ResponseOutput:

@@ -1,0 +1,292 @@
+"""Benchmark: the real agent over HTTP (``stowplan bench http``).
+
+Starts ``stowplan up`` in a subprocess serving one real ONNX model (built by
+:mod:`stowplan.models`) on the CPU with a given batching policy, drives it with an open-loop
+Poisson load generator (asyncio + httpx, requests sent on schedule whether or not earlier ones
+answered), and reports throughput, p50/p99 latency and SLO attainment per policy and rate. The
+agent's overhead per request is the p50 latency at a low rate minus the p50 of a direct ONNX
+Runtime call on the same input. Client and server share this machine's cores, so the numbers
+include the load generator's own CPU use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from stowplan.models import EXAMPLES, build_example
+
+YAML = """\
+apiVersion: stowplan.io/v1alpha1
+kind: InferenceModel
+metadata: {{name: bench}}
+spec:
+  model: {{uri: "file://{path}"}}
+  slo: {{latencyMs: {slo}, targetQPS: {qps}}}
+  profile:
+    latencyMs: {{base: 0.5, perItem: 0.1}}
+    memoryMiB: {{weights: 10, perItem: 1}}
+    maxBatch: {max_batch}
+  batching: {batching}
+"""
+
+POLICIES = {
+    "none": "{policy: none}",
+    "static-8": "{policy: static, staticBatchSize: 8, maxQueueDelayMs: 2}",
+    "aimd": "{policy: aimd, maxQueueDelayMs: 2}",
+}
+
+
+@dataclass(frozen=True)
+class HttpRow:
+    policy: str
+    rate: float
+    sent: int
+    ok: int
+    errors: int
+    duration_s: float
+    p50_ms: float
+    p99_ms: float
+    within_slo: int
+    mean_batch: float
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.duration_s
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serve(workdir: Path, policy: str, model_path: Path, slo_ms: float) -> Iterator[str]:
+    """Run ``stowplan up`` on one model in a subprocess; yield its base URL."""
+    d = workdir / policy
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "bench.yaml").write_text(
+        YAML.format(path=model_path, slo=slo_ms, qps=100, max_batch=32, batching=POLICIES[policy])
+    )
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stowplan",
+            "up",
+            str(d),
+            "--port",
+            str(port),
+            "--no-nvml",
+            "--sim-devices",
+            "1",
+            "--cache-dir",
+            str(workdir / "cache"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"agent exited: {proc.stderr.read().decode()[-2000:]}"
+                    if proc.stderr
+                    else "agent exited"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("agent did not become ready within 60 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _body(model: str, seed: int = 0) -> bytes:
+    import json
+
+    shape = {"mlp": [1, 64], "convnet": [1, 3, 32, 32], "mlp-wide": [1, 256]}[model]
+    x = np.random.default_rng(seed).standard_normal(int(np.prod(shape))).astype(np.float32)
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": shape,
+                    "datatype": "FP32",
+                    "data": [round(float(v), 4) for v in x],
+                }
+            ]
+        }
+    ).encode()
+
+
+async def _open_loop(
+    url: str, body: bytes, rate: float, duration_s: float, seed: int
+) -> tuple[list[float], int, int, float]:
+    rng = np.random.default_rng(seed)
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+
+        async def one() -> None:
+            nonlocal errors
+            t0 = time.monotonic()
+            try:
+                r = await client.post(
+                    "/v2/models/bench/infer",
+                    content=body,
+                    headers={"content-type": "application/json"},
+                )
+                if r.status_code == 200:
+                    latencies.append((time.monotonic() - t0) * 1000.0)
+                else:
+                    errors += 1
+            except httpx.HTTPError:
+                errors += 1
+
+        tasks = []
+        start = time.monotonic()
+        next_t = start
+        while next_t < start + duration_s:
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+            sent += 1
+            next_t += float(rng.exponential(1.0 / rate))
+        await asyncio.gather(*tasks)
+        elapsed = time.monotonic() - start
+    return latencies, errors, sent, elapsed
+
+
+def _mean_batch(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    vals = {}
+    for line in text.splitlines():
+        for key in ("nv_inference_count_total", "nv_inference_exec_count_total"):
+            if line.startswith(key + "{") and 'model="bench"' in line:
+                vals[key] = float(line.rsplit(" ", 1)[1])
+    execs = vals.get("nv_inference_exec_count_total", 0.0)
+    return vals.get("nv_inference_count_total", 0.0) / execs if execs else 0.0
+
+
+def direct_p50_ms(model_path: Path, model: str, n: int = 500) -> float:
+    """p50 of a direct ONNX Runtime call (batch 1), the floor the agent adds overhead to."""
+    import json
+
+    from stowplan.agent.runtime import OnnxModel
+
+    m = OnnxModel(model_path, intra_op_threads=1)
+    req = json.loads(_body(model))["inputs"][0]
+    x = np.asarray(req["data"], np.float32).reshape(req["shape"])
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        m.run({"input": x})
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(np.percentile(times, 50))
+
+
+def run(
+    model: str = "mlp",
+    rates: tuple[float, ...] = (25, 50, 100),
+    policies: tuple[str, ...] = ("none", "static-8", "aimd"),
+    duration_s: float = 10.0,
+    slo_ms: float = 50.0,
+    seed: int = 0,
+    progress: Callable[[], None] | None = None,
+) -> tuple[list[HttpRow], float]:
+    if model not in EXAMPLES:
+        raise ValueError(f"unknown example model {model!r}; choose from {sorted(EXAMPLES)}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stowplan-bench-http-") as tmp:
+        work = Path(tmp)
+        path = build_example(model, work / "models")
+        direct = direct_p50_ms(path, model)
+        body = _body(model, seed)
+        for policy in policies:
+            with serve(work, policy, path, slo_ms) as url:
+                asyncio.run(_open_loop(url, body, 50, 1.0, seed))  # warm-up
+                base = _mean_batch(url)
+                for rate in rates:
+                    lats, errors, sent, elapsed = asyncio.run(
+                        _open_loop(url, body, rate, duration_s, seed)
+                    )
+                    arr = np.asarray(lats) if lats else np.asarray([np.nan])
+                    rows.append(
+                        HttpRow(
+                            policy,
+                            rate,
+                            sent,
+                            len(lats),
+                            errors,
+                            elapsed,
+                            float(np.percentile(arr, 50)),
+                            float(np.percentile(arr, 99)),
+                            int((arr <= slo_ms).sum()),
+                            _mean_batch(url) if base >= 0 else 0.0,
+                        )
+                    )
+                    if progress:
+                        progress()
+    return rows, direct
+
+
+def table(rows: list[HttpRow], direct_ms: float, slo_ms: float) -> str:
+    out = [
+        f"| policy | offered req/s | answered req/s | errors | p50 ms | p99 ms "
+        f"| within {slo_ms:g} ms SLO | mean batch (cumulative) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r.policy} | {r.rate:.0f} | {r.throughput:.0f} | {r.errors} | {r.p50_ms:.2f} "
+            f"| {r.p99_ms:.2f} | {r.within_slo / max(r.sent, 1) * 100:.1f}% "
+            f"| {r.mean_batch:.2f} |"
+        )
+    low = [r for r in rows if r.rate == min(x.rate for x in rows)]
+    if low:
+        p50 = min(r.p50_ms for r in low)
+        out.append("")
+        load1, load5, _ = os.getloadavg()
+        out.append(
+            f"Machine: {os.cpu_count()} cores, load average {load1:.1f} (1 min) / "
+            f"{load5:.1f} (5 min) at the end of the run; client and agent share it."
+        )
+        out.append("")
+        out.append(
+            f"Direct ONNX Runtime call (batch 1) p50: {direct_ms:.3f} ms; agent p50 at "
+            f"{low[0].rate:.0f} req/s: {p50:.2f} ms; overhead per request "
+            f"≈ {p50 - direct_ms:.2f} ms (HTTP + JSON + queue + executor hop)."
+        )
+    return "\n".join(out)
