@@ -61,6 +61,9 @@ class HttpRow:
     p99_ms: float
     within_slo: int
     mean_batch: float
+    agent_ms: float  # mean request time inside the agent (parse to response), from /metrics
+    queue_ms: float
+    compute_ms: float
 
     @property
     def throughput(self) -> float:
@@ -189,15 +192,25 @@ async def _open_loop(
     return latencies, errors, sent, elapsed
 
 
-def _mean_batch(url: str) -> float:
+_COUNTERS = (
+    "nv_inference_count_total",
+    "nv_inference_exec_count_total",
+    "nv_inference_request_success_total",
+    "nv_inference_request_duration_us_total",
+    "nv_inference_queue_duration_us_total",
+    "nv_inference_compute_infer_duration_us_total",
+)
+
+
+def _counters(url: str) -> dict[str, float]:
+    """The agent's own Triton-named counters for the bench model (cumulative)."""
     text = httpx.get(f"{url}/metrics", timeout=5).text
-    vals = {}
+    vals = dict.fromkeys(_COUNTERS, 0.0)
     for line in text.splitlines():
-        for key in ("nv_inference_count_total", "nv_inference_exec_count_total"):
-            if line.startswith(key + "{") and 'model="bench"' in line:
-                vals[key] = float(line.rsplit(" ", 1)[1])
-    execs = vals.get("nv_inference_exec_count_total", 0.0)
-    return vals.get("nv_inference_count_total", 0.0) / execs if execs else 0.0
+        key = line.split("{", 1)[0]
+        if key in vals and 'model="bench"' in line:
+            vals[key] = float(line.rsplit(" ", 1)[1])
+    return vals
 
 
 def direct_p50_ms(model_path: Path, model: str, n: int = 500) -> float:
@@ -237,12 +250,16 @@ def run(
         for policy in policies:
             with serve(work, policy, path, slo_ms) as url:
                 asyncio.run(_open_loop(url, body, 50, 1.0, seed))  # warm-up
-                base = _mean_batch(url)
                 for rate in rates:
+                    before = _counters(url)
                     lats, errors, sent, elapsed = asyncio.run(
                         _open_loop(url, body, rate, duration_s, seed)
                     )
                     arr = np.asarray(lats) if lats else np.asarray([np.nan])
+                    after = _counters(url)
+                    d = {k: after[k] - before[k] for k in _COUNTERS}
+                    ok = max(d["nv_inference_request_success_total"], 1.0)
+                    execs = max(d["nv_inference_exec_count_total"], 1.0)
                     rows.append(
                         HttpRow(
                             policy,
@@ -254,7 +271,10 @@ def run(
                             float(np.percentile(arr, 50)),
                             float(np.percentile(arr, 99)),
                             int((arr <= slo_ms).sum()),
-                            _mean_batch(url) if base >= 0 else 0.0,
+                            d["nv_inference_count_total"] / execs,
+                            d["nv_inference_request_duration_us_total"] / ok / 1000.0,
+                            d["nv_inference_queue_duration_us_total"] / ok / 1000.0,
+                            d["nv_inference_compute_infer_duration_us_total"] / ok / 1000.0,
                         )
                     )
                     if progress:
@@ -265,14 +285,14 @@ def run(
 def table(rows: list[HttpRow], direct_ms: float, slo_ms: float) -> str:
     out = [
         f"| policy | offered req/s | answered req/s | errors | p50 ms | p99 ms "
-        f"| within {slo_ms:g} ms SLO | mean batch (cumulative) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| within {slo_ms:g} ms SLO | mean batch | in agent ms (queue / compute) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         out.append(
             f"| {r.policy} | {r.rate:.0f} | {r.throughput:.0f} | {r.errors} | {r.p50_ms:.2f} "
             f"| {r.p99_ms:.2f} | {r.within_slo / max(r.sent, 1) * 100:.1f}% "
-            f"| {r.mean_batch:.2f} |"
+            f"| {r.mean_batch:.2f} | {r.agent_ms:.2f} ({r.queue_ms:.2f} / {r.compute_ms:.2f}) |"
         )
     low = [r for r in rows if r.rate == min(x.rate for x in rows)]
     if low:
