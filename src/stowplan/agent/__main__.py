@@ -1,0 +1,118 @@
+"""``python -m stowplan.agent`` / ``stowplan-agent``: the per-node agent in cluster mode.
+
+Serves the Open Inference Protocol on HOST:PORT and keeps this node's ``GPUNode`` in step
+(register, watch own object, load/unload to match ``spec.assignments``, write ``status``).
+Configuration comes from flags or the environment (``STOWPLAN_NODE_NAME`` from the downward
+API, ``KUBECONFIG`` outside a cluster). Ctrl-C / SIGTERM stop cleanly. For one machine without a
+cluster use ``stowplan up`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from stowplan.agent.config import AgentSettings
+
+
+@click.command(name="stowplan-agent")
+@click.option(
+    "--node",
+    envvar="STOWPLAN_NODE_NAME",
+    required=True,
+    help="This node's name (the GPUNode it owns). Env: STOWPLAN_NODE_NAME.",
+)
+@click.option(
+    "--kubeconfig",
+    envvar="KUBECONFIG",
+    default=None,
+    help="Kubeconfig file (default: in-cluster config). Env: KUBECONFIG.",
+)
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--models-dir",
+    type=click.Path(path_type=Path),
+    default=Path("/tmp/stowplan-models"),
+    show_default=True,
+    help="Cache for models fetched over http(s).",
+)
+@click.option(
+    "--endpoint",
+    envvar="STOWPLAN_ENDPOINT",
+    default=None,
+    help="URL reported in GPUNode.status.endpoint (default http://$POD_IP:PORT).",
+)
+@click.option(
+    "--status-interval",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.2, 3600),
+    help="Seconds between status updates.",
+)
+@click.option(
+    "--sim-devices",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Simulated devices when NVML finds no GPU.",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
+)
+def main(
+    node: str,
+    kubeconfig: str | None,
+    host: str,
+    port: int,
+    models_dir: Path,
+    endpoint: str | None,
+    status_interval: float,
+    sim_devices: int,
+    log_level: str,
+) -> None:
+    """Run the stowplan agent for NODE: serve models and sync the node's GPUNode."""
+    import uvicorn
+
+    from stowplan.agent import cluster
+    from stowplan.agent.server import create_app
+    from stowplan.agent.serving import Agent
+    from stowplan.agent.telemetry import detect
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.setswitchinterval(0.001)  # hand the GIL to executor threads quickly
+    settings = AgentSettings(node_name=node, host=host, port=port, cache_dir=models_dir)
+    agent = Agent(settings, detect(simulated_devices=sim_devices))
+    url = endpoint or f"http://{os.environ.get('POD_IP', host)}:{port}"
+    try:
+        api, labels = cluster.kube_api(kubeconfig)
+        sync = cluster.GpuNodeSync(
+            agent, api, node, url, models_dir, status_interval, node_labels=lambda: labels(node)
+        )
+        sync.start()
+    except Exception as exc:
+        agent.close()
+        raise click.ClickException(f"cannot reach the Kubernetes API: {exc}") from None
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(agent), host=host, port=port, log_level="warning", access_log=False
+        )
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sync.stop()
+        agent.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,326 @@
+"""Cluster mode: keep this node's ``GPUNode`` in step with the agent.
+
+* **register**: create the cluster-scoped ``GPUNode`` named after the node if it is missing
+  (labels copied from the Node when the agent may read it); never touch ``spec`` otherwise.
+* **watch**: stream ONLY that object (``fieldSelector=metadata.name=<node>``) and, on every
+  change, load / reload / unload models so the agent serves exactly ``spec.assignments``.
+* **status**: every few seconds patch ``status`` (GPUs, utilisation, per-model state, qps, p99,
+  batch size, heartbeat) through the status subresource. The agent never writes ``spec``.
+
+The translation (:func:`desired_configs`, :func:`reconcile`, :func:`build_status`) is pure and
+unit-tested; :class:`GpuNodeSync` is the only code that talks to the API server, through the
+``kubernetes`` client's CustomObjectsApi (or a test double with the same methods). Callers:
+:mod:`stowplan.agent.__main__`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+import stowplan
+from stowplan.agent.config import BatchingConfig, ModelConfig, Policy
+from stowplan.agent.serving import Agent, ModelState
+from stowplan.agent.telemetry import DeviceSample
+from stowplan.api import gpunode
+from stowplan.api.gpunode import GpuInfo, GPUNodeSpec, GPUNodeStatus, ResidentModel
+from stowplan.api.inferencemodel import GROUP, VERSION
+from stowplan.api.meta import Condition
+
+log = logging.getLogger("stowplan.agent.cluster")
+MIB = 1024 * 1024
+
+
+class CustomObjects(Protocol):
+    """The subset of ``kubernetes.client.CustomObjectsApi`` the agent uses."""
+
+    def get_cluster_custom_object(
+        self, group: str, version: str, plural: str, name: str
+    ) -> Any: ...
+
+    def create_cluster_custom_object(
+        self, group: str, version: str, plural: str, body: Any
+    ) -> Any: ...
+
+    def patch_cluster_custom_object_status(
+        self, group: str, version: str, plural: str, name: str, body: Any
+    ) -> Any: ...
+
+    def list_cluster_custom_object(
+        self, group: str, version: str, plural: str, **kw: Any
+    ) -> Any: ...
+
+
+def served_name(model: str, replica: int, replicas_here: int) -> str:
+    """OIP model name for an assignment: ``namespace/name`` -> ``namespace.name`` (a URL path
+    segment), with ``.r<replica>`` appended when this node holds several replicas of it."""
+    base = model.replace("/", ".")
+    return f"{base}.r{replica}" if replicas_here > 1 else base
+
+
+def desired_configs(
+    spec: GPUNodeSpec, cache_dir: Path | None = None
+) -> dict[str, tuple[ModelConfig, gpunode.Assignment]]:
+    """What the agent should serve for ``spec``, keyed by served name."""
+    counts: dict[str, int] = {}
+    for a in spec.assignments:
+        counts[a.model] = counts.get(a.model, 0) + 1
+    out: dict[str, tuple[ModelConfig, gpunode.Assignment]] = {}
+    for a in spec.assignments:
+        name = served_name(a.model, a.replica, counts[a.model])
+        b = a.batching
+        cfg = ModelConfig(
+            name=name,
+            uri=a.source.uri,
+            slo_ms=a.slo_ms,
+            max_batch=a.max_batch,
+            batching=BatchingConfig(
+                policy=Policy(b.policy.value),
+                max_queue_delay_ms=b.max_queue_delay_ms,
+                additive_step=b.additive_step,
+                multiplicative_decrease=b.multiplicative_decrease,
+                static_batch_size=b.static_batch_size,
+            ),
+            device=a.gpu,
+            duty_cycle_ms=a.duty_cycle_ms,
+            busy_ms=a.busy_ms,
+            base_dir=cache_dir,
+        )
+        out[name] = (cfg, a)
+    return out
+
+
+def reconcile(
+    current: dict[str, ModelConfig], desired: Iterable[ModelConfig]
+) -> tuple[list[ModelConfig], list[str]]:
+    """(configs to load or reload, names to unload) so that current becomes desired."""
+    want = {c.name: c for c in desired}
+    load = [c for name, c in want.items() if current.get(name) != c]
+    unload = [name for name in current if name not in want]
+    return load, unload
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_status(
+    agent: Agent,
+    assignments: dict[str, gpunode.Assignment],
+    samples: list[DeviceSample],
+    endpoint: str,
+    now: str | None = None,
+) -> GPUNodeStatus:
+    """The GPUNode status the agent reports (pure given its inputs)."""
+    gpus = [
+        GpuInfo(
+            index=max(s.index, 0),
+            uuid=s.uuid,
+            name=s.name,
+            memory_total_mib=s.memory_total_bytes // MIB,
+            memory_used_mib=s.memory_used_bytes // MIB,
+            utilization_percent=round(min(100.0, s.utilization * 100.0), 1),
+            simulated=s.simulated,
+        )
+        for s in samples
+    ]
+    rows = {r["name"]: r for r in agent.model_rows()}
+    models = []
+    for name, a in sorted(assignments.items()):
+        served = agent.models.get(name)
+        row = rows.get(name, {})
+        state = (
+            "Loading"
+            if served is None
+            else {
+                ModelState.READY: "Ready",
+                ModelState.FAILED: "Failed",
+                ModelState.LOADING: "Loading",
+                ModelState.UNLOADED: "Loading",
+            }[served.state]
+        )
+        models.append(
+            ResidentModel(
+                model=a.model,
+                replica=a.replica,
+                gpu=a.gpu,
+                state=state,
+                reason=served.reason if served else "",
+                qps=row.get("qps", 0.0),
+                p99_ms=row.get("p99_ms"),
+                batch_size=row.get("mean_batch"),
+            )
+        )
+    ready = sum(1 for m in models if m.state == "Ready")
+    at = now or _now()
+    cond = Condition(
+        type="Ready",
+        status="True" if ready == len(models) else "False",
+        reason="AllModelsReady" if ready == len(models) else "ModelsNotReady",
+        message=f"{ready}/{len(models)} assigned replicas ready",
+        last_transition_time=at,
+    )
+    return GPUNodeStatus(
+        gpus=gpus,
+        gpu_count=len(gpus),
+        models=models,
+        ready_models=ready,
+        heartbeat=at,
+        agent_version=stowplan.__version__,
+        endpoint=endpoint,
+        conditions=[cond],
+    )
+
+
+class GpuNodeSync:
+    """Registers, watches and reports this node's GPUNode. Runs in background threads."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        api: CustomObjects,
+        node: str,
+        endpoint: str,
+        cache_dir: Path | None = None,
+        status_interval_s: float = 10.0,
+        node_labels: Callable[[], dict[str, str]] | None = None,
+    ) -> None:
+        self.agent = agent
+        self.api = api
+        self.node = node
+        self.endpoint = endpoint
+        self.cache_dir = cache_dir
+        self.status_interval_s = status_interval_s
+        self.node_labels = node_labels or dict
+        self.assignments: dict[str, gpunode.Assignment] = {}
+        self._configs: dict[str, ModelConfig] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- pieces (each callable from tests) -----------------------------------------------
+    def register(self) -> dict[str, Any]:
+        try:
+            obj: dict[str, Any] = self.api.get_cluster_custom_object(
+                GROUP, VERSION, gpunode.PLURAL, self.node
+            )
+            return obj
+        except Exception as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": gpunode.KIND,
+            "metadata": {"name": self.node, "labels": self.node_labels()},
+            "spec": {"assignments": []},
+        }
+        log.info("creating GPUNode %s", self.node)
+        created: dict[str, Any] = self.api.create_cluster_custom_object(
+            GROUP, VERSION, gpunode.PLURAL, body
+        )
+        return created
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        """Make the agent serve what ``obj['spec']`` assigns (loads are synchronous)."""
+        spec = GPUNodeSpec.model_validate(obj.get("spec") or {})
+        desired = desired_configs(spec, self.cache_dir)
+        with self._lock:
+            load, unload = reconcile(self._configs, [c for c, _ in desired.values()])
+            for name in unload:
+                log.info("unloading %s", name)
+                self.agent.unload(name)
+                self._configs.pop(name, None)
+            for cfg in load:
+                log.info("loading %s from %s on device %d", cfg.name, cfg.uri, cfg.device)
+                self.agent.load(cfg)
+                self._configs[cfg.name] = cfg
+            self.assignments = {name: a for name, (_, a) in desired.items()}
+
+    def report(self) -> GPUNodeStatus:
+        with self._lock:
+            assignments = dict(self.assignments)
+        status = build_status(self.agent, assignments, self.agent.device_samples(), self.endpoint)
+        self.api.patch_cluster_custom_object_status(
+            GROUP, VERSION, gpunode.PLURAL, self.node, {"status": status.wire()}
+        )
+        return status
+
+    # -- loops ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self.apply(self.register())
+        self.report()
+        for target, name in ((self._watch_loop, "watch"), (self._status_loop, "status")):
+            t = threading.Thread(target=target, name=f"gpunode-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2.0)
+
+    def _status_loop(self) -> None:
+        while not self._stop.wait(self.status_interval_s):
+            try:
+                self.report()
+            except Exception:  # the API server being away must not kill the agent
+                log.exception("status update failed; retrying")
+
+    def _watch_loop(self) -> None:
+        from kubernetes import watch  # the kubernetes client is loaded only in cluster mode
+
+        backoff = 1.0
+        while not self._stop.is_set():
+            w = watch.Watch()
+            try:
+                for event in w.stream(
+                    self.api.list_cluster_custom_object,
+                    GROUP,
+                    VERSION,
+                    gpunode.PLURAL,
+                    field_selector=f"metadata.name={self.node}",
+                    timeout_seconds=60,
+                ):
+                    if self._stop.is_set():
+                        break
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self.apply(event["object"])
+                    elif event["type"] == "DELETED":
+                        self.apply(self.register())
+                backoff = 1.0
+            except Exception:
+                log.exception("watch of GPUNode %s failed; retrying in %.0f s", self.node, backoff)
+                self._stop.wait(backoff)
+                backoff = min(30.0, backoff * 2)
+            finally:
+                w.stop()
+
+
+def kube_api(
+    kubeconfig: str | None = None,
+) -> tuple[CustomObjects, Callable[[str], dict[str, str]]]:
+    """A CustomObjectsApi from in-cluster config or ``kubeconfig``, and a Node-label reader."""
+    from kubernetes import client, config
+
+    if kubeconfig:
+        config.load_kube_config(kubeconfig)
+    else:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+    core = client.CoreV1Api()
+
+    def labels(node: str) -> dict[str, str]:
+        try:
+            meta = core.read_node(node).metadata
+            return dict(meta.labels or {}) if meta is not None else {}
+        except Exception:  # no Node (tests) or no RBAC for nodes: register without labels
+            return {}
+
+    api = cast(CustomObjects, client.CustomObjectsApi())
+    return api, labels

@@ -1,0 +1,146 @@
+"""Cluster mode without a cluster: GPUNode registration, applying assignments (load, reload,
+unload) and the status the agent writes, against an in-memory CustomObjectsApi double."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stowplan.agent.cluster import GpuNodeSync, build_status, desired_configs, reconcile
+from stowplan.agent.config import AgentSettings
+from stowplan.agent.serving import Agent
+from stowplan.agent.telemetry import SimulatedTelemetry
+from stowplan.api.gpunode import GPUNodeSpec, GPUNodeStatus
+
+
+class ApiError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class FakeCustomObjects:
+    def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.status_patches: list[dict[str, Any]] = []
+
+    def get_cluster_custom_object(self, group: str, version: str, plural: str, name: str) -> Any:
+        if name not in self.objects:
+            raise ApiError(404)
+        return self.objects[name]
+
+    def create_cluster_custom_object(self, group: str, version: str, plural: str, body: Any) -> Any:
+        assert (group, version, plural) == ("stowplan.io", "v1alpha1", "gpunodes")
+        self.objects[body["metadata"]["name"]] = body
+        return body
+
+    def patch_cluster_custom_object_status(
+        self, group: str, version: str, plural: str, name: str, body: Any
+    ) -> Any:
+        assert set(body) == {"status"}  # the agent never writes spec
+        self.status_patches.append(body)
+        return body
+
+    def list_cluster_custom_object(self, group: str, version: str, plural: str, **kw: Any) -> Any:
+        return {"items": list(self.objects.values())}
+
+
+def _assignment(
+    model: str, uri: str, replica: int = 0, gpu: int = 0, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "replica": replica,
+        "gpu": gpu,
+        "source": {"uri": uri},
+        "batchSize": 4,
+        "maxBatch": 16,
+        "dutyCycleMs": 20,
+        "busyMs": 5,
+        "memoryMiB": 100,
+        "sloMs": 100,
+        "latencyMs": {"base": 1, "perItem": 0.1},
+        **extra,
+    }
+
+
+def test_desired_configs_and_reconcile(model_dir: Path) -> None:
+    mlp = f"file://{model_dir / 'mlp.onnx'}"
+    spec = GPUNodeSpec.model_validate(
+        {
+            "assignments": [
+                _assignment("default/a", mlp),
+                _assignment("default/b", mlp, replica=0),
+                _assignment("default/b", mlp, replica=1, gpu=1),
+            ]
+        }
+    )
+    desired = desired_configs(spec)
+    assert sorted(desired) == ["default.a", "default.b.r0", "default.b.r1"]
+    cfg, _ = desired["default.b.r1"]
+    assert (cfg.device, cfg.duty_cycle_ms, cfg.busy_ms, cfg.slo_ms) == (1, 20, 5, 100)
+    current = {"default.a": desired["default.a"][0], "gone": cfg}
+    load, unload = reconcile(current, [c for c, _ in desired.values()])
+    assert sorted(c.name for c in load) == ["default.b.r0", "default.b.r1"]
+    assert unload == ["gone"]
+
+
+@pytest.fixture
+def sync_agent(tmp_path: Path) -> Any:
+    agent = Agent(AgentSettings(cache_dir=tmp_path), SimulatedTelemetry(2))
+    yield agent
+    agent.close()
+
+
+def test_register_apply_and_report(sync_agent: Agent, model_dir: Path) -> None:
+    api = FakeCustomObjects()
+    sync = GpuNodeSync(
+        sync_agent, api, "gpu-node-1", "http://10.0.0.5:8000", node_labels=lambda: {"gpu": "a100"}
+    )
+    obj = sync.register()
+    assert api.objects["gpu-node-1"]["metadata"]["labels"] == {"gpu": "a100"}
+    assert sync.register() is obj  # idempotent: an existing object is left alone
+
+    mlp = f"file://{model_dir / 'mlp.onnx'}"
+    obj = {
+        **obj,
+        "spec": {
+            "assignments": [
+                _assignment("ns/good", mlp),
+                _assignment("ns/bad", "file:///missing.onnx", gpu=1),
+            ]
+        },
+    }
+    sync.apply(obj)
+    assert sync_agent.models["ns.good"].state.value == "Ready"
+    assert sync_agent.models["ns.bad"].state.value == "Failed"
+
+    status = sync.report()
+    wire = api.status_patches[-1]["status"]
+    GPUNodeStatus.model_validate(wire)  # what we write is a valid status
+    assert status.gpu_count == 2 and all(g.simulated for g in status.gpus)
+    states = {(m.model, m.state) for m in status.models}
+    assert states == {("ns/good", "Ready"), ("ns/bad", "Failed")}
+    assert status.ready_models == 1 and status.conditions[0].status == "False"
+    assert status.heartbeat and status.endpoint == "http://10.0.0.5:8000"
+
+    # the operator moves "good" away: it is unloaded; "bad" stays as is
+    sync.apply({"spec": {"assignments": [_assignment("ns/bad", "file:///missing.onnx", gpu=1)]}})
+    assert "ns.good" not in sync_agent.models and "ns.bad" in sync_agent.models
+
+
+def test_status_reports_observed_stats(sync_agent: Agent, model_dir: Path) -> None:
+    sync = GpuNodeSync(sync_agent, FakeCustomObjects(), "n", "http://x")
+    sync.apply({"spec": {"assignments": [_assignment("ns/m", str(model_dir / "mlp.onnx"))]}})
+    served = sync_agent.models["ns.m"]
+    for ms in (10.0, 20.0, 30.0):
+        served.stats.request(ms)
+    served.stats.batch(3)
+    status = build_status(
+        sync_agent, sync.assignments, sync_agent.device_samples(), "u", now="2026-01-01T00:00:00Z"
+    )
+    (m,) = status.models
+    assert m.qps > 0 and m.p99_ms == pytest.approx(29.8) and m.batch_size == 3
+    assert status.heartbeat == "2026-01-01T00:00:00Z"
