@@ -143,6 +143,8 @@ def build_status(
                 ModelState.UNLOADED: "Loading",
             }[served.state]
         )
+        if state == "Ready" and row.get("resident") is False:
+            state = "Offloaded"  # registered but evicted to host memory; back on next request
         models.append(
             ResidentModel(
                 model=a.model,

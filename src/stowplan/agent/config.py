@@ -86,5 +86,8 @@ class AgentSettings(_Frozen):
     drop_expired: bool = True
     #: Where http(s) models are downloaded to.
     cache_dir: Path = Path.home() / ".cache" / "stowplan" / "models"
+    #: Share of each device's memory reserved once as the model pool (weights + workspaces are
+    #: carved from it; idle models are offloaded LRU when it is full). 0 disables residency.
+    memory_pool_fraction: float = Field(default=0.9, ge=0, le=1)
     #: ONNX Runtime intra-op threads per session (0: ORT default).
     intra_op_threads: int = Field(default=0, ge=0)

@@ -98,6 +98,7 @@ class ModelStatus(_Msg):
     policy: str
     batch_cap: int
     slo_ms: float
+    resident: bool | None = None  # in the device-memory pool (False: offloaded to host)
     qps: float
     p99_ms: float | None
     mean_batch: float | None

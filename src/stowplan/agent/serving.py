@@ -11,6 +11,7 @@ Callers: :mod:`stowplan.agent.server` (HTTP), :mod:`stowplan.agent.cluster`,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 import time
@@ -35,6 +36,7 @@ from stowplan.agent.errors import (
     Overloaded,
 )
 from stowplan.agent.executor import BatchRecord, DeviceExecutor
+from stowplan.agent.memory import ResidencyManager
 from stowplan.agent.metrics import AgentMetrics
 from stowplan.agent.protocol import InferenceRequest, InferenceResponse
 from stowplan.agent.runtime import OnnxModel
@@ -51,7 +53,8 @@ class ModelState(StrEnum):
 
 
 class Residency(Protocol):
-    """The seam for the memory engineer's ``ResidencyManager`` (agent/memory.py)."""
+    """What the agent needs from :class:`stowplan.agent.memory.ResidencyManager` (one per
+    device; tests may plug in their own)."""
 
     def register(self, model: str, weights_bytes: int, workspace_bytes: int) -> None: ...
 
@@ -60,6 +63,8 @@ class Residency(Protocol):
     def release(self, model: str) -> None: ...
 
     def unregister(self, model: str) -> None: ...
+
+    def is_resident(self, model: str) -> bool: ...
 
 
 class ModelStats:
@@ -137,7 +142,8 @@ class Agent:
         self.settings = settings or AgentSettings()
         self.telemetry = telemetry or SimulatedTelemetry()
         self.metrics = metrics or AgentMetrics()
-        self.residency = residency
+        self._residency_override = residency
+        self._residency: dict[int, Residency] = {}
         self.clock = clock
         self.devices: dict[int, DeviceSpec] = {d.index: d for d in self.telemetry.devices()}
         self.executors: dict[int, DeviceExecutor] = {}
@@ -155,6 +161,20 @@ class Agent:
                 ex.start()
                 self.executors[device] = ex
             return ex
+
+    def residency(self, device: int) -> Residency | None:
+        """The device's model-memory pool (created on first use), or None when disabled."""
+        if self._residency_override is not None:
+            return self._residency_override
+        fraction = self.settings.memory_pool_fraction
+        spec = self.devices.get(device)
+        if fraction <= 0 or spec is None:
+            return None
+        with self._lock:
+            if device not in self._residency:
+                pool = int(spec.memory_total_bytes * fraction)
+                self._residency[device] = ResidencyManager(pool, clock=self.clock)
+            return self._residency[device]
 
     def close(self) -> None:
         for name in list(self.models):
@@ -182,11 +202,12 @@ class Agent:
             served.state, served.reason = ModelState.FAILED, str(exc)
             return served
         served.runtime = runtime
-        if self.residency is not None:
+        residency = self.residency(config.device)
+        if residency is not None:
             workspace = int(config.per_item_memory_mib * config.max_batch * MIB)
             try:
-                self.residency.register(config.name, runtime.size_bytes, workspace)
-            except Exception as exc:  # the memory manager's own errors: the model cannot fit
+                residency.register(config.name, runtime.size_bytes, workspace)
+            except (AgentError, ValueError) as exc:  # the model can never fit the pool
                 served.state, served.reason = ModelState.FAILED, f"device memory: {exc}"
                 return served
         max_batch = served.max_items
@@ -222,8 +243,10 @@ class Agent:
         ex = self.executors.get(served.config.device)
         if ex is not None:
             ex.remove_lane(name)
-        if self.residency is not None and served.runtime is not None:
-            self.residency.unregister(name)
+        residency = self.residency(served.config.device)
+        if residency is not None and served.runtime is not None:
+            with contextlib.suppress(AgentError):  # never registered (it failed to fit)
+                residency.unregister(name)
         served.state = ModelState.UNLOADED
         self.metrics.set_ready(name, False)
 
@@ -281,7 +304,7 @@ class Agent:
     def _batch_fn(self, served: ServedModel) -> Callable[[list[Any]], Sequence[Any]]:
         runtime = served.runtime
         assert runtime is not None
-        residency = self.residency
+        residency = self.residency(served.config.device)
         out_names = [o.name for o in runtime.outputs]
 
         def run(batch: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -316,6 +339,9 @@ class Agent:
 
     # -- reporting -----------------------------------------------------------------------
     def memory_used_bytes(self, device: int) -> int:
+        pool = self._residency.get(device)
+        if isinstance(pool, ResidencyManager):
+            return pool.stats().used_bytes
         total = 0
         for m in self.models.values():
             if m.runtime is not None and m.config.device == device:
@@ -336,6 +362,12 @@ class Agent:
         rows = []
         for m in self.models.values():
             qps, p99, mean_batch = m.stats.snapshot()
+            pool = self._residency.get(m.config.device) or self._residency_override
+            resident = (
+                pool.is_resident(m.name)
+                if pool is not None and m.state is ModelState.READY
+                else None
+            )
             rows.append(
                 {
                     "name": m.name,
@@ -345,6 +377,7 @@ class Agent:
                     "policy": m.config.batching.policy.value,
                     "batch_cap": m.policy.cap if m.policy is not None else 0,
                     "slo_ms": m.config.slo_ms,
+                    "resident": resident,
                     "qps": round(qps, 3),
                     "p99_ms": None if p99 is None else round(p99, 3),
                     "mean_batch": None
