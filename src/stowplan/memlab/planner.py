@@ -16,12 +16,32 @@ from __future__ import annotations
 def plan_offsets(
     sizes: list[int], firsts: list[int], lasts: list[int], alignment: int = 256
 ) -> tuple[list[int], int]:
-    """Return (offset per tensor, arena size). Lifetimes are inclusive event ordinals."""
+    """Return (offset per tensor, arena size). Lifetimes are inclusive event ordinals.
+
+    Runs the greedy placement in three orders (largest first; by size x lifetime, largest
+    first; by allocation time, i.e. best fit with known lifetimes) and keeps the smallest arena:
+    no single order wins on every network (DenseNet's concatenations favour time order).
+    """
     n = len(sizes)
     rounded = [-(-s // alignment) * alignment for s in sizes]
     neighbours = _overlaps(firsts, lasts)
-    order = sorted(range(n), key=lambda i: (-rounded[i], firsts[i]))
-    offsets = [-1] * n
+    orders = (
+        sorted(range(n), key=lambda i: (-rounded[i], firsts[i])),
+        sorted(range(n), key=lambda i: (-rounded[i] * (lasts[i] - firsts[i] + 1), firsts[i])),
+        sorted(range(n), key=lambda i: (firsts[i], -rounded[i])),
+    )
+    best_offsets, best_arena = _place(orders[0], rounded, neighbours)
+    for order in orders[1:]:
+        offsets, arena = _place(order, rounded, neighbours)
+        if arena < best_arena:
+            best_offsets, best_arena = offsets, arena
+    return best_offsets, best_arena
+
+
+def _place(
+    order: list[int], rounded: list[int], neighbours: list[list[int]]
+) -> tuple[list[int], int]:
+    offsets = [-1] * len(rounded)
     arena = 0
     for i in order:
         size = rounded[i]
