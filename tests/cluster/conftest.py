@@ -113,7 +113,13 @@ class Operator:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "STOWPLAN_RESYNC_S": "2"}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "STOWPLAN_RESYNC_S": "2",
+            "STOWPLAN_LEASE_DURATION_S": "3",
+            "STOWPLAN_LEASE_RENEW_S": "0.5",
+        }
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
@@ -169,5 +175,13 @@ def operator(operator_kubeconfig: Path, tmp_path_factory: Any) -> Iterator[Opera
     """The operator running as its own ServiceAccount: RBAC gaps surface as failures."""
     op = Operator(operator_kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def standby_operator(operator_kubeconfig: Path, tmp_path: Path) -> Iterator[Operator]:
+    """A second operator replica (started by the test), stopped afterwards."""
+    op = Operator(operator_kubeconfig, tmp_path / "standby.log")
     yield op
     op.stop()

@@ -225,3 +225,23 @@ def test_waiting_replicas_ask_the_cluster_autoscaler_for_gpus(
         wait(lambda: not _protected(installed, "gpu-node-c"), what="emptied node unprotected")
     finally:
         installed.run("delete", "gpunode/gpu-node-c", "node/gpu-node-c", "--ignore-not-found")
+
+
+def test_a_standby_operator_takes_over_when_the_leader_stops(
+    installed, fleet, operator, standby_operator, namespace, wait
+):
+    standby = standby_operator
+    standby.start()
+    try:
+        installed.run("apply", "-n", namespace, "-f",
+                      str(REPO / "manifests" / "examples" / "mlp-wide-static.yaml"))  # fmt: skip
+        key = f"{namespace}/mlp-wide"
+        wait(lambda: len(_assignments(installed, key)) == 1, what="placed by the leader")
+        assert standby.passes() == 0, "a standby must not run passes while the leader lives"
+
+        operator.stop()
+        installed.run("scale", "-n", namespace, "im/mlp-wide", "--replicas=0")
+        wait(lambda: _assignments(installed, key) == [], timeout_s=30, what="standby took over")
+        wait(lambda: standby.passes() > 0, what="the standby's pass to complete")
+    finally:
+        operator.start()  # back to the fixture's operator for later tests

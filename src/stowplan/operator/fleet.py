@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -122,8 +123,9 @@ async def _sync_autoscaler(
 class FleetLoop:
     """Wakes on :meth:`poke` (debounced) or every ``resync_s`` and runs one pass at a time."""
 
-    def __init__(self, settings: FleetSettings) -> None:
+    def __init__(self, settings: FleetSettings, leader: Callable[[], bool] = lambda: True) -> None:
         self.settings = settings
+        self._leader = leader
         self._wake = asyncio.Event()
         self.passes = 0
 
@@ -136,6 +138,8 @@ class FleetLoop:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.settings.resync_s)
             await asyncio.sleep(self.settings.debounce_s)  # coalesce bursts of watch events
             self._wake.clear()
+            if not self._leader():
+                continue  # a standby replica keeps watching but never writes
             try:
                 result = await reconcile_once(self.settings)
             except OperatorError as err:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from typing import Any
 
 import kopf
 
 from stowplan import api
 from stowplan.api import gpunode, inferencemodel
-from stowplan.operator import fleet, kube
+from stowplan.operator import fleet, kube, leadership
 
 
 def _settings_from_env() -> fleet.FleetSettings:
@@ -36,14 +37,36 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.server_timeout = 300  # re-establish long watches (kopf#585)
     settings.posting.level = 20  # INFO and above become events
     kube.login()
-    memo.fleet = fleet.FleetLoop(_settings_from_env())
-    memo.fleet_task = asyncio.create_task(memo.fleet.run(), name="stowplan-fleet")
-    memo.fleet.poke()
+    fleet_settings = _settings_from_env()
+    memo.elector = leadership.Elector(
+        read=kube.read_lease,
+        write=kube.write_lease,
+        namespace=fleet_settings.namespace,
+        name="stowplan-operator",
+        identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        lease_duration_s=float(os.environ.get("STOWPLAN_LEASE_DURATION_S", "15")),
+        renew_s=float(os.environ.get("STOWPLAN_LEASE_RENEW_S", "5")),
+    )
+    memo.fleet = fleet.FleetLoop(fleet_settings, leader=lambda: memo.elector.is_leader)
+    memo.tasks = [
+        asyncio.create_task(memo.elector.run(), name="stowplan-leader-election"),
+        asyncio.create_task(memo.fleet.run(), name="stowplan-fleet"),
+        asyncio.create_task(_poke_on_leading(memo), name="stowplan-poke-on-leading"),
+    ]
+
+
+async def _poke_on_leading(memo: kopf.Memo) -> None:
+    while True:  # a new leader re-plans at once instead of waiting for the next event
+        await memo.elector.became_leader.wait()
+        memo.fleet.poke()
+        while memo.elector.is_leader:
+            await asyncio.sleep(1)
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    memo.fleet_task.cancel()
+    for task in memo.tasks:
+        task.cancel()
 
 
 @kopf.on.event(api.GROUP, api.VERSION, inferencemodel.PLURAL)

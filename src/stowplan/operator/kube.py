@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from stowplan import api
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
-from stowplan.operator import autoscaling, reconcile
+from stowplan.operator import autoscaling, leadership, reconcile
 from stowplan.operator.errors import ApiUnavailable
 
 log = logging.getLogger(__name__)
@@ -30,16 +30,30 @@ log = logging.getLogger(__name__)
 GROUP, VERSION = api.GROUP, api.VERSION
 
 
+_client: kubernetes.client.ApiClient | None = None
+
+
 def login() -> None:
-    """Load in-cluster credentials, else the kubeconfig (``$KUBECONFIG``)."""
+    """Load in-cluster credentials, else the kubeconfig (``$KUBECONFIG``); one shared client
+    (one connection pool) serves every call."""
+    global _client
     try:
         kubernetes.config.load_incluster_config()
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()
+    _client = kubernetes.client.ApiClient()
 
 
 def _custom() -> kubernetes.client.CustomObjectsApi:
-    return kubernetes.client.CustomObjectsApi()
+    return kubernetes.client.CustomObjectsApi(_client)
+
+
+def _core() -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(_client)
+
+
+def _coordination() -> kubernetes.client.CoordinationV1Api:
+    return kubernetes.client.CoordinationV1Api(_client)
 
 
 async def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -142,7 +156,7 @@ async def post_event(event_: reconcile.Event, uid: str | None) -> None:
         reporting_instance="stowplan-operator",
     )
     try:
-        await _call(kubernetes.client.CoreV1Api().create_namespaced_event, event_.namespace, body)
+        await _call(_core().create_namespaced_event, event_.namespace, body)
     except (ApiException, ApiUnavailable) as err:
         log.warning(
             "could not post event %s on %s/%s: %s",
@@ -155,7 +169,7 @@ async def post_event(event_: reconcile.Event, uid: str | None) -> None:
 
 async def list_capacity_pods(namespace: str) -> list[str]:
     pods = await _call(
-        kubernetes.client.CoreV1Api().list_namespaced_pod,
+        _core().list_namespaced_pod,
         namespace,
         label_selector=f"{autoscaling.CAPACITY_LABEL}=true",
     )
@@ -165,7 +179,7 @@ async def list_capacity_pods(namespace: str) -> list[str]:
 async def create_pod(body: dict[str, Any]) -> None:
     try:
         await _call(
-            kubernetes.client.CoreV1Api().create_namespaced_pod,
+            _core().create_namespaced_pod,
             body["metadata"]["namespace"],
             body,
         )
@@ -177,7 +191,7 @@ async def create_pod(body: dict[str, Any]) -> None:
 async def delete_pod(namespace: str, name: str) -> None:
     try:
         await _call(
-            kubernetes.client.CoreV1Api().delete_namespaced_pod, name, namespace,
+            _core().delete_namespaced_pod, name, namespace,
             grace_period_seconds=0,
         )  # fmt: skip
     except ApiException as err:
@@ -191,7 +205,7 @@ async def set_scale_down_disabled(node: str, disabled: bool) -> bool:
     Returns False when the Node does not exist (a GPUNode registered by hand) or already has the
     wanted value; reads first so that an unchanged node is never written."""
     try:
-        current = await _call(kubernetes.client.CoreV1Api().read_node, node)
+        current = await _call(_core().read_node, node)
     except ApiException as err:
         if err.status == 404:
             return False
@@ -202,5 +216,59 @@ async def set_scale_down_disabled(node: str, disabled: bool) -> bool:
         return False
     value = "true" if disabled else None
     body = {"metadata": {"annotations": {autoscaling.SCALE_DOWN_DISABLED: value}}}
-    await _call(kubernetes.client.CoreV1Api().patch_node, node, body)
+    await _call(_core().patch_node, node, body)
     return True
+
+
+async def read_lease(namespace: str, name: str) -> tuple[leadership.LeaseState | None, str | None]:
+    """The Lease's state and resourceVersion, or (None, None) when there is none."""
+    try:
+        lease = await _call(_coordination().read_namespaced_lease, name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None, None
+        raise
+    spec = lease.spec
+    state = leadership.LeaseState(
+        holder=spec.holder_identity,
+        renewed=spec.renew_time,
+        duration_s=float(spec.lease_duration_seconds or 0),
+    )
+    return state, lease.metadata.resource_version
+
+
+async def write_lease(
+    namespace: str,
+    name: str,
+    *,
+    holder: str,
+    duration_s: float,
+    now: datetime,
+    resource_version: str | None,
+    transition: bool,
+) -> None:
+    """Create the Lease, or replace it at ``resource_version`` (409 when someone was faster)."""
+    api_ = _coordination()
+    spec = kubernetes.client.V1LeaseSpec(
+        holder_identity=holder,
+        lease_duration_seconds=max(int(duration_s), 1),
+        renew_time=now,
+    )
+    if resource_version is None:
+        spec.acquire_time = now
+        spec.lease_transitions = 0
+        body = kubernetes.client.V1Lease(
+            metadata=kubernetes.client.V1ObjectMeta(name=name, namespace=namespace), spec=spec
+        )
+        await _call(api_.create_namespaced_lease, namespace, body)
+        return
+    current = await _call(api_.read_namespaced_lease, name, namespace)
+    spec.acquire_time = now if transition else current.spec.acquire_time
+    spec.lease_transitions = (current.spec.lease_transitions or 0) + (1 if transition else 0)
+    body = kubernetes.client.V1Lease(
+        metadata=kubernetes.client.V1ObjectMeta(
+            name=name, namespace=namespace, resource_version=resource_version
+        ),
+        spec=spec,
+    )
+    await _call(api_.replace_namespaced_lease, name, namespace, body)
