@@ -185,3 +185,13 @@ def standby_operator(operator_kubeconfig: Path, tmp_path: Path) -> Iterator[Oper
     op = Operator(operator_kubeconfig, tmp_path / "standby.log")
     yield op
     op.stop()
+
+
+@pytest.fixture(scope="session")
+def agent_kubeconfig(
+    installed: Kubectl, control_plane: controlplane.LocalControlPlane, tmp_path_factory: Any
+) -> Path:
+    return service_account_kubeconfig(
+        installed, control_plane, "stowplan-agent",
+        tmp_path_factory.mktemp("sa") / "agent.kubeconfig",
+    )  # fmt: skip
