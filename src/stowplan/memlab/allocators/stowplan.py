@@ -12,10 +12,11 @@ lifetimes (event ordinals) of the requests of >= ``PLAN_MIN_BYTES`` that a run m
   best-fit heap whose first segment is sized from the profile.
 * **Cold** (no profile, the first run ever): requests are served online from best-fit heaps with
   coalescing (small and large requests apart, so one long-lived scalar cannot pin a hole meant
-  for activations). At every step hint the requests that lived and died inside the finished step
-  are planned into an arena carved from the large heap (a free hole if one fits, otherwise after
-  releasing fully free segments); later steps take planned offsets as above, and a step whose
-  size multiset differs triggers a replan.
+  for activations; 2 MiB segment granule, like the best-fit baseline). At every step hint the
+  requests that lived and died inside the finished step are planned into an arena carved from a
+  free hole of the large heap (it never grows the heap for a plan, so planning cannot raise the
+  peak); later steps take planned offsets as above, and a step whose size multiset differs
+  triggers a replan.
 
 Anything without a free planned slot (a step that differs, a request that outlives its step)
 falls back to the online heaps, so the allocator stays correct on any sequence; only space and
@@ -35,7 +36,6 @@ from stowplan.memlab.planner import plan_offsets
 ALIGNMENT = 256
 PLAN_MIN_BYTES = 4096
 MAX_STEP_TENSORS = 20000
-GROWTH_FRACTION = 8  # cold large heap: grow by at least reserved / GROWTH_FRACTION
 SMALL_SEGMENT = 64 * 1024
 SEARCH_WINDOW = 8  # planned slots of the same size tried around the expected one
 LARGE_SEGMENT = 2 << 20  # cold large heap: smallest segment
@@ -90,8 +90,9 @@ class StowplanAllocator(Allocator):
     def _large_segment(self, request: int) -> int:
         if self.warm:  # the plan covers the expected load: grow only by what is missing
             return request
-        floor = max(self.device.reserved_bytes // GROWTH_FRACTION, min(LARGE_SEGMENT, 4 * request))
-        return max(request, -(-floor // ALIGNMENT) * ALIGNMENT)
+        if request < LARGE_SEGMENT:
+            return min(LARGE_SEGMENT, max(4 * request, SMALL_SEGMENT))
+        return -(-request // LARGE_SEGMENT) * LARGE_SEGMENT
 
     def _small_segment(self, request: int) -> int:
         first, self._small_first = self._small_first, 0
@@ -234,14 +235,16 @@ class StowplanAllocator(Allocator):
         if arena > self.arena_size:
             if self.live_starts:
                 return  # the old arena still holds live blocks; keep its plan
+            heap = self.large
             if self.arena_base >= 0:
-                self.large.free(self.arena_base)
+                heap.free(self.arena_base)  # the old arena merges back into its hole
                 self.arena_base = -1
                 self.arena_size = 0
-            keys = self.large.keys
-            if not keys or keys[-1][0] < arena:
-                self.large.release_free_segments()
-            self.arena_base = self.large.malloc(arena)
+                self.plan = {}
+                self.plan_signature = None
+            if not heap.keys or heap.keys[-1][0] < arena:
+                return  # no free hole holds the arena: stay online (never grow for a plan)
+            self.arena_base = heap.malloc(arena)
             self.arena_size = arena
         self._set_plan(sizes, firsts, offsets)
         self.plan_signature = signature
