@@ -32,7 +32,7 @@ def test_planner_never_overlaps_live_tensors_and_respects_the_lower_bound() -> N
 
 
 def identical_steps(n_steps: int) -> tuple[list[int], list[int]]:
-    pattern = [3 << 20, 1 << 20, 5000, 2 << 20, 700_000, 16]
+    pattern = [300_000, 100_000, 5000, 200_000, 70_000, 16]  # one 2 MiB segment holds a step
     sizes: list[int] = [10 << 20]
     ops: list[int] = [0]  # a weight
     for _ in range(n_steps):
