@@ -81,6 +81,10 @@ def test_example_is_placed_scaled_and_removed(installed, fleet, operator, namesp
     )  # fmt: skip
     assert status["replicas"] == 2 and len(status["placements"]) == 2
     assert status["observedGeneration"] == 1
+    # GitOps-friendly: the operator wrote status only; no spec change, finalizer or annotation
+    meta = installed.json("get", "-n", namespace, "im/convnet")["metadata"]
+    assert meta["generation"] == 1 and not meta.get("finalizers")
+    assert not [a for a in meta.get("annotations", {}) if "kopf" in a or "stowplan" in a]
     assert status["selector"] == "stowplan.io/model=convnet"
     # replicas of one model on distinct GPUs; the duty cycle and batch are shown
     assert len({(p["node"], p["gpu"]) for p in status["placements"]}) == 2
