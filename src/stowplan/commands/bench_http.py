@@ -1,6 +1,6 @@
 """``stowplan bench http``: open-loop load against the agent serving a real ONNX model on CPU.
 
-Thin shell over :mod:`stowplan.agentbench.http`; prints the Markdown table.
+Thin shell over :mod:`stowplan.agentbench.httpload`; prints the Markdown table.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def command(
     per request over a direct ONNX Runtime call. Starts `stowplan up` in a subprocess."""
     from tqdm import tqdm
 
-    from stowplan.agentbench import http
+    from stowplan.agentbench import httpload
 
     rates = rates or ((25.0,) if quick else (25.0, 50.0, 100.0))
     policies = policies or (("aimd",) if quick else ("none", "static-8", "aimd"))
@@ -62,7 +62,9 @@ def command(
         duration_s = min(duration_s, 3.0)
     with tqdm(total=len(rates) * len(policies), desc="runs", leave=False) as bar:
         try:
-            rows, direct = http.run(model, rates, policies, duration_s, slo_ms, seed, bar.update)
+            rows, direct = httpload.run(
+                model, rates, policies, duration_s, slo_ms, seed, bar.update
+            )
         except (RuntimeError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
-    click.echo(http.table(rows, direct, slo_ms))
+    click.echo(httpload.table(rows, direct, slo_ms))
