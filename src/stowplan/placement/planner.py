@@ -227,9 +227,15 @@ def plan(
 
     state = PackState(index)
     _keep_current(state, problem)
+    state_before = state.copy() if time_limit_s > 0 else state
     todo = [(mi, r) for mi in placeable for r in range(index.models[mi].replicas)]
     todo = [rep for rep in todo if rep not in state.where]
     left = best_fit(state, decreasing_order(index, todo))
+    if time_limit_s > 0:  # multi-start: the plain size order sometimes packs tighter
+        other = state_before.copy()
+        other_left = best_fit(other, decreasing_order(index, todo, by_slo=False))
+        if (len(other_left), other.used()) < (len(left), state.used()):
+            state, left = other, other_left
     pinned = {(index.model_pos[name], r) for name, r in problem.pinned if name in index.model_pos}
     if left and any(
         index.models[r[0]].priority > min(m.priority for m in index.models) for r in left

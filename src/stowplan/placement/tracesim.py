@@ -334,6 +334,75 @@ class Simulator:
         self.running.setdefault(i, []).append((pod, gpus))
 
     def _defrag(self, pod: PodRow) -> bool:
+        """Make room for a failed arrival: CPU first (move CPU-only pods off a node whose GPUs
+        could take it), then GPU (move fractional pods off one GPU)."""
+        return self._defrag_cpu(pod) or self._defrag_gpu(pod)
+
+    def _defrag_cpu(self, pod: PodRow) -> bool:
+        """Move at most ``defrag_moves`` CPU-only or fractional pods (CPU-only first, then the
+        most CPU-hungry) off a node that has the GPU room but not the CPU or memory for ``pod``
+        (GPUs stranded by CPU are a large share of the loss)."""
+        c = self.cluster
+        if pod.num_gpu == 0:
+            return False
+        room = self._spec(pod.gpu_spec).copy()
+        if pod.gpu_milli < MILLI:
+            room &= (c.left >= pod.gpu_milli).any(axis=1)
+        else:
+            room &= (c.left == MILLI).sum(axis=1) >= pod.num_gpu
+        need_cpu = np.maximum(0, pod.cpu_milli - c.cpu_left)
+        need_mem = np.maximum(0, pod.memory_mib - c.mem_left)
+        cand = np.flatnonzero(room & ((need_cpu > 0) | (need_mem > 0)))
+        if cand.size == 0:
+            return False
+        for i in cand[np.argsort(need_cpu[cand], kind="stable")][:32].tolist():
+            movable = sorted(
+                ((p, gs) for p, gs in self.running.get(i, []) if p.gpu_milli < MILLI),
+                key=lambda pg: (pg[0].num_gpu > 0, -pg[0].cpu_milli),
+            )
+            movers: list[tuple[PodRow, list[int]]] = []
+            got_cpu = got_mem = 0
+            for p, gs in movable:
+                if got_cpu >= need_cpu[i] and got_mem >= need_mem[i]:
+                    break
+                if len(movers) == self.defrag_moves:
+                    break
+                movers.append((p, gs))
+                got_cpu += p.cpu_milli
+                got_mem += p.memory_mib
+            if got_cpu < need_cpu[i] or got_mem < need_mem[i]:
+                continue
+            if self._move_out(i, movers, lambda i=i: c.feasible(pod, self._spec(pod.gpu_spec))[i]):
+                self._commit(i, pod, self._bestfit_gpus(i, pod))
+                return True
+        return False
+
+    def _move_out(
+        self, i: int, movers: list[tuple[PodRow, list[int]]], done: Callable[[], bool]
+    ) -> bool:
+        """Move ``movers`` off node ``i`` to other nodes; keep the moves only if ``done()``."""
+        c = self.cluster
+        moved: list[tuple[PodRow, list[int], int, list[int]]] = []
+        for p, gs in movers:
+            c.unplace(i, p, gs)
+            dest = self._choose(p, exclude=i)
+            if dest is None:
+                c.place(i, p, gs)
+                break
+            c.place(dest[0], p, dest[1])
+            moved.append((p, gs, dest[0], dest[1]))
+        if len(moved) == len(movers) and done():
+            for p, gs, j, gj in moved:
+                self.running[i].remove((p, gs))
+                self.running.setdefault(j, []).append((p, gj))
+            self.moves += len(moved)
+            return True
+        for p, gs, j, gj in reversed(moved):  # roll back
+            c.unplace(j, p, gj)
+            c.place(i, p, gs)
+        return False
+
+    def _defrag_gpu(self, pod: PodRow) -> bool:
         """Make room for a one-GPU pod by moving at most ``defrag_moves`` fractional pods off one
         GPU to other nodes (the moved pods must fit elsewhere; all-or-nothing)."""
         if pod.num_gpu != 1:
