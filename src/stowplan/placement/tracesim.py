@@ -372,7 +372,12 @@ class Simulator:
                 got_mem += p.memory_mib
             if got_cpu < need_cpu[i] or got_mem < need_mem[i]:
                 continue
-            if self._move_out(i, movers, lambda i=i: c.feasible(pod, self._spec(pod.gpu_spec))[i]):
+            node = i
+
+            def fits_now() -> bool:
+                return bool(c.feasible(pod, self._spec(pod.gpu_spec))[node])
+
+            if self._move_out(i, movers, fits_now):
                 self._commit(i, pod, self._bestfit_gpus(i, pod))
                 return True
         return False
