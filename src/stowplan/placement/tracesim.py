@@ -372,9 +372,8 @@ class Simulator:
                 got_mem += p.memory_mib
             if got_cpu < need_cpu[i] or got_mem < need_mem[i]:
                 continue
-            node = i
 
-            def fits_now() -> bool:
+            def fits_now(node: int = i) -> bool:
                 return bool(c.feasible(pod, self._spec(pod.gpu_spec))[node])
 
             if self._move_out(i, movers, fits_now):
