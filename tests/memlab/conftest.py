@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from stowplan.memlab.alloc_trace import Trace
 from stowplan.memlab.data import tf_memlogs_dir
 from stowplan.memlab.parser import load_trace
-from stowplan.memlab.trace import Trace
 
 _CACHE: dict[str, Trace] = {}
 

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from stowplan.memlab.alloc_trace import STEP_OP
 from stowplan.memlab.allocators import ALLOCATORS, allocator_class
 from stowplan.memlab.allocators.bfc import BFCAllocator
 from stowplan.memlab.allocators.buddy import BuddyAllocator
@@ -14,7 +15,6 @@ from stowplan.memlab.allocators.pytorch import PyTorchCachingAllocator
 from stowplan.memlab.device import CostModel, SimDevice
 from stowplan.memlab.errors import InvalidFreeError, UnknownAllocatorError
 from stowplan.memlab.simulate import replay_ops
-from stowplan.memlab.trace import STEP_OP
 
 MIB = 1 << 20
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from stowplan.memlab.trace import Trace
+from stowplan.memlab.alloc_trace import Trace
 
 # file: (alloc w/ buffer, w/o buffer, dealloc, matched, unmatched, output, other,
 #        total requested, peak live, distinct sizes, distinct kernel names)
@@ -58,7 +58,7 @@ def test_phase_markers_and_step_hints(parsed: Callable[[str], Trace]) -> None:
     assert names[:4] == ["build_model", "rematerialise_weights", "make_input", "step 1"]
     assert "step 3" in names and "teardown" in names
     ops, _ = t.replay_ops()
-    from stowplan.memlab.trace import STEP_OP
+    from stowplan.memlab.alloc_trace import STEP_OP
 
     assert ops.count(STEP_OP) == 5  # rematerialise, make_input, steps 1-3 (tf.function runs)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from stowplan.memlab.alloc_trace import ALLOC, FREE, load_compact, save_compact
 from stowplan.memlab.errors import TraceFileError
 from stowplan.memlab.parser import load_trace, parse_lines
-from stowplan.memlab.trace import ALLOC, FREE, load_compact, save_compact
 
 P = "I0000 00:00:1.0 1 log_memory.cc:34] __LOG_MEMORY__ "
 

@@ -8,12 +8,12 @@ from collections.abc import Callable
 
 import pytest
 
+from stowplan.memlab.alloc_trace import STEP_OP, Trace
 from stowplan.memlab.allocators.stowplan import StowplanAllocator
 from stowplan.memlab.device import SimDevice
 from stowplan.memlab.planner import plan_offsets, step_peak
 from stowplan.memlab.runner import check_targets, run_trace
 from stowplan.memlab.simulate import learn_profile, replay, replay_ops
-from stowplan.memlab.trace import STEP_OP, Trace
 
 
 def test_planner_never_overlaps_live_tensors_and_respects_the_lower_bound() -> None:

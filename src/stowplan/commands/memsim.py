@@ -90,9 +90,10 @@ def command(
 
     Example: stowplan memsim ../shared/data/tf-memlogs/*.log.gz --report docs/memlab
     """
+    from stowplan.memlab.alloc_trace import COMPACT_SUFFIX
+    from stowplan.memlab.alloc_trace import save_compact as save
     from stowplan.memlab.parser import load_trace
     from stowplan.memlab.runner import markdown_table, resolve_allocators, run_trace, targets_table
-    from stowplan.memlab.trace import COMPACT_SUFFIX, save_compact as save
 
     cost_model = _cost_model(cost)
     try:

@@ -13,10 +13,10 @@ Callers: :mod:`stowplan.memlab.report`. Pure functions over replay op lists.
 
 from __future__ import annotations
 
+from stowplan.memlab.alloc_trace import STEP_OP
 from stowplan.memlab.allocators.base import CoalescingHeap
 from stowplan.memlab.device import SimDevice
 from stowplan.memlab.planner import plan_offsets
-from stowplan.memlab.trace import STEP_OP
 
 ALIGNMENT = 256
 _ARENA = 1 << 46

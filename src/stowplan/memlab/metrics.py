@@ -23,7 +23,7 @@ from itertools import pairwise
 
 from pydantic import BaseModel, ConfigDict
 
-from stowplan.memlab.trace import STEP_OP
+from stowplan.memlab.alloc_trace import STEP_OP
 
 
 class SimResult(BaseModel):

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stowplan.memlab.errors import TraceFileError
-from stowplan.memlab.trace import (
+from stowplan.memlab.alloc_trace import (
     ALLOC,
     COMPACT_SUFFIX,
     FREE,
@@ -32,6 +31,7 @@ from stowplan.memlab.trace import (
     Trace,
     load_compact,
 )
+from stowplan.memlab.errors import TraceFileError
 
 MARKER = "__LOG_MEMORY__ "
 PHASE_PREFIX = "#### tftrace phase "

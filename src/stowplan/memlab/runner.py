@@ -11,13 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from stowplan.memlab.alloc_trace import ALLOC, FREE, Trace
 from stowplan.memlab.allocators import ALLOCATORS, CACHING_BASELINES
 from stowplan.memlab.allocators.stowplan import Profile
 from stowplan.memlab.device import CostModel
 from stowplan.memlab.metrics import SimResult
 from stowplan.memlab.parser import load_trace
 from stowplan.memlab.simulate import learn_profile, replay
-from stowplan.memlab.trace import ALLOC, FREE, Trace
 
 MIB = 1 << 20
 MIN_TIMED_EVENTS = 1000  # below this, events/s is timer noise

@@ -1,7 +1,7 @@
 """Replay a trace through an allocator on a simulated device and measure it.
 
 The hot loop is plain Python over lists of ints (no objects per event): an op ``slot >= 0``
-allocates ``sizes[slot]``, ``~slot`` frees it, :data:`~stowplan.memlab.trace.STEP_OP` passes a
+allocates ``sizes[slot]``, ``~slot`` frees it, :data:`~stowplan.memlab.alloc_trace.STEP_OP` passes a
 step hint. ``check=True`` additionally verifies that no two live blocks overlap (slow; tests).
 Callers: the ``memsim`` command, the report and tests. Must not print or parse.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from bisect import bisect_left
 
+from stowplan.memlab.alloc_trace import STEP_OP, Trace
 from stowplan.memlab.allocators import allocator_class
 from stowplan.memlab.allocators.base import Allocator
 from stowplan.memlab.allocators.stowplan import Profile, StowplanAllocator, StowplanWarmAllocator
 from stowplan.memlab.device import CostModel, SimDevice
 from stowplan.memlab.errors import MemlabError
 from stowplan.memlab.metrics import SimResult, fragmentation, step_repeat_rate
-from stowplan.memlab.trace import STEP_OP, Trace
 
 
 class OverlapError(MemlabError):
