@@ -25,6 +25,7 @@ import yaml
 
 from stowplan import placement
 from stowplan.agent.config import AgentSettings, BatchingConfig, ModelConfig, Policy
+from stowplan.agent.errors import AgentError
 from stowplan.agent.serving import Agent, ServedModel
 from stowplan.agent.telemetry import SimulatedTelemetry, Telemetry, detect
 from stowplan.api.inferencemodel import InferenceModel
@@ -53,6 +54,7 @@ class Deployment:
     plan: placement.Plan
     built: list[Path] = field(default_factory=list)
     best_effort: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def read_manifests(directory: Path) -> list[Manifest]:
@@ -206,9 +208,9 @@ def up(
                 if not trial.unplaced:
                     break
     the_plan = placement.plan(make_problem(manifests, telemetry), time_limit_s=time_limit_s)
-    first: dict[str, placement.Assignment] = {}
+    by_model: dict[str, list[placement.Assignment]] = {}
     for a in sorted(the_plan.assignments, key=lambda a: a.replica):
-        first.setdefault(a.model, a)
+        by_model.setdefault(a.model, []).append(a)
     agent = Agent(settings, telemetry)
     dep = Deployment(agent, manifests, the_plan)
     for m in manifests:
@@ -216,9 +218,16 @@ def up(
         uri, built = resolve_model_file(m.model.spec.model.uri, m.path.parent, settings.cache_dir)
         if built is not None:
             dep.built.append(built)
-        if name not in first:
+        replicas = by_model.get(name, [])
+        if not replicas:
             dep.best_effort.append(name)
-        agent.load(model_config(m, uri, first.get(name)))
+        served = agent.load(model_config(m, uri, replicas[0] if replicas else None))
+        for a in replicas[1:]:
+            if served.state.value == "Ready" and a.gpu not in served.lanes:
+                try:
+                    agent.add_replica(name, a.gpu, a.duty_cycle_ms, a.busy_ms)
+                except (AgentError, ValueError) as exc:
+                    dep.warnings.append(f"{name} replica {a.replica} on device {a.gpu}: {exc}")
     return dep
 
 
@@ -249,6 +258,7 @@ def describe(dep: Deployment, url: str) -> str:
         lines.append(f"{u.model:<14} {u.replica:>7}   - unplaced: {u.reason.value} {u.message}")
     if dep.best_effort:
         lines.append(f"not placed, served best-effort on device 0: {', '.join(dep.best_effort)}")
+    lines += [f"warning: {w}" for w in dep.warnings]
     for name, served in dep.agent.models.items():
         lines.append(_model_line(name, served, url))
     lines.append(f"metrics: {url}/metrics   model index: {url}/v2/models   docs: {url}/docs")
@@ -256,11 +266,12 @@ def describe(dep: Deployment, url: str) -> str:
 
 
 def _model_line(name: str, served: ServedModel, url: str) -> str:
-    if served.runtime is None:
+    if served.runtime is None or served.state.value != "Ready":
         return f"  {name}: {served.state.value}: {served.reason}"
     ins = ", ".join(f"{t.name} {t.datatype}{list(t.shape)}" for t in served.runtime.inputs)
+    devices = ",".join(str(d) for d in sorted(served.lanes)) or str(served.config.device)
     return (
         f"  {name}: {served.state.value} ({served.config.batching.policy.value}, "
-        f"SLO {served.config.slo_ms:g} ms, device {served.config.device}) "
+        f"SLO {served.config.slo_ms:g} ms, device {devices}, {served.runtime.path}) "
         f"POST {url}/v2/models/{name}/infer  inputs: {ins}"
     )

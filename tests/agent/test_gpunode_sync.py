@@ -144,3 +144,12 @@ def test_status_reports_observed_stats(sync_agent: Agent, model_dir: Path) -> No
     (m,) = status.models
     assert m.qps > 0 and m.p99_ms == pytest.approx(29.8) and m.batch_size == 3
     assert status.heartbeat == "2026-01-01T00:00:00Z"
+
+
+def test_condition_transition_time_moves_only_on_change(sync_agent: Agent) -> None:
+    first = build_status(sync_agent, {}, [], "u", now="2026-01-01T00:00:00Z")
+    later = build_status(
+        sync_agent, {}, [], "u", now="2026-01-01T00:05:00Z", previous=first.conditions[0]
+    )
+    assert later.conditions[0].last_transition_time == "2026-01-01T00:00:00Z"
+    assert later.heartbeat == "2026-01-01T00:05:00Z"

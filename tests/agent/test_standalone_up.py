@@ -111,3 +111,30 @@ def test_up_check_and_models_build_cli(tmp_path: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "a: Ready" in res.output
+
+
+def test_replicas_on_several_devices_share_the_load(tmp_path: Path) -> None:
+    (tmp_path / "m.yaml").write_text(
+        MODEL_YAML.format(name="a", uri="file://models/mlp.onnx").replace(
+            "slo: {latencyMs: 100", "replicas: 2\n  slo: {latencyMs: 100"
+        )
+    )
+    dep = standalone.up(
+        tmp_path, AgentSettings(cache_dir=tmp_path / "cache"), SimulatedTelemetry(2)
+    )
+    try:
+        served = dep.agent.models["a"]
+        placed = sorted(a.gpu for a in dep.plan.assignments)
+        assert sorted(served.lanes) == placed == [0, 1]  # one lane per replica's device
+        assert "device 0,1" in standalone.describe(dep, "http://x")
+        with TestClient(create_app(dep.agent)) as c:
+            body = {
+                "inputs": [
+                    {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}
+                ]
+            }
+            for _ in range(4):
+                assert c.post("/v2/models/a/infer", json=body).status_code == 200
+            assert c.get("/v2/models").json()["models"][0]["devices"] == [0, 1]
+    finally:
+        dep.agent.close()

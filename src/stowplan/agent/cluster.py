@@ -114,6 +114,7 @@ def build_status(
     samples: list[DeviceSample],
     endpoint: str,
     now: str | None = None,
+    previous: Condition | None = None,
 ) -> GPUNodeStatus:
     """The GPUNode status the agent reports (pure given its inputs)."""
     gpus = [
@@ -166,6 +167,9 @@ def build_status(
         message=f"{ready}/{len(models)} assigned replicas ready",
         last_transition_time=at,
     )
+    if previous is not None and previous.status == cond.status:
+        # metav1.Condition: the transition time moves only when the status does
+        cond = cond.model_copy(update={"last_transition_time": previous.last_transition_time})
     return GPUNodeStatus(
         gpus=gpus,
         gpu_count=len(gpus),
@@ -203,6 +207,7 @@ class GpuNodeSync:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._condition: Condition | None = None
 
     # -- pieces (each callable from tests) -----------------------------------------------
     def register(self) -> dict[str, Any]:
@@ -245,7 +250,14 @@ class GpuNodeSync:
     def report(self) -> GPUNodeStatus:
         with self._lock:
             assignments = dict(self.assignments)
-        status = build_status(self.agent, assignments, self.agent.device_samples(), self.endpoint)
+        status = build_status(
+            self.agent,
+            assignments,
+            self.agent.device_samples(),
+            self.endpoint,
+            previous=self._condition,
+        )
+        self._condition = status.conditions[0] if status.conditions else None
         self.api.patch_cluster_custom_object_status(
             GROUP, VERSION, gpunode.PLURAL, self.node, {"status": status.wire()}
         )

@@ -136,6 +136,15 @@ class DeviceExecutor:
         self._busy_marks: list[tuple[float, float]] = []  # (end time, busy seconds)
 
     # -- configuration -------------------------------------------------------------------
+    @property
+    def cycle_ms(self) -> float:
+        return self._sched.cycle_s * 1000.0
+
+    def queued_items(self, name: str) -> int:
+        """Items waiting in ``name``'s lane (0 if it has none); a hint, read without the lock."""
+        lane = self._sched.lanes.get(name)
+        return lane.queue.items if lane is not None else 0
+
     def set_cycle_ms(self, cycle_ms: float) -> None:
         with self._cond:
             self._sched.cycle_s = cycle_ms / 1000.0

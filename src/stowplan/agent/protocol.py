@@ -95,6 +95,7 @@ class ModelStatus(_Msg):
     state: str
     reason: str = ""
     device: int
+    devices: list[int] = Field(default_factory=list)  # one per replica on this machine
     policy: str
     batch_cap: int
     slo_ms: float

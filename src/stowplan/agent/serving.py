@@ -114,8 +114,12 @@ class ServedModel:
     state: ModelState = ModelState.LOADING
     reason: str = ""
     runtime: OnnxModel | None = None
-    policy: BatchPolicy | None = None
+    policy: BatchPolicy | None = None  # the first replica's (reported as the model's cap)
     stats: ModelStats = field(default_factory=ModelStats)
+    #: device -> the batch policy of this model's lane there (one lane per replica/device)
+    lanes: dict[int, BatchPolicy] = field(default_factory=dict)
+    #: device -> ONNX Runtime session (simulated devices share the CPU session)
+    runtimes: dict[int, OnnxModel] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -202,51 +206,76 @@ class Agent:
             served.state, served.reason = ModelState.FAILED, str(exc)
             return served
         served.runtime = runtime
-        residency = self.residency(config.device)
-        if residency is not None:
-            workspace = int(config.per_item_memory_mib * config.max_batch * MIB)
-            try:
-                residency.register(config.name, runtime.size_bytes, workspace)
-            except (AgentError, ValueError) as exc:  # the model can never fit the pool
-                served.state, served.reason = ModelState.FAILED, f"device memory: {exc}"
-                return served
-        max_batch = served.max_items
-        cfg = config
-        if not runtime.batched and config.batching.policy is not Policy.NONE:
-            cfg = config.model_copy(
-                update={"batching": config.batching.model_copy(update={"policy": Policy.NONE})}
+        served.runtimes[config.device] = runtime
+        try:
+            served.policy = self._attach(
+                served, config.device, config.duty_cycle_ms, config.busy_ms
             )
-        served.policy = make_policy(
-            cfg.batching, max_batch, cfg.slo_ms, cfg.duty_cycle_ms, cfg.busy_ms
-        )
-        ex = self.executor(config.device)
-        if config.duty_cycle_ms > 0:
-            ex.set_cycle_ms(max(config.duty_cycle_ms, ex._sched.cycle_s * 1000.0))
-        ex.add_lane(
-            config.name,
-            served.policy,
-            config.slo_ms,
-            self._batch_fn(served),
-            self._observer(served),
-            budget_ms=config.busy_ms,
-            priority=config.priority,
-            max_requests=self.settings.max_queue_requests,
-        )
+        except (AgentError, ValueError) as exc:  # the model can never fit the device's pool
+            served.state, served.reason = ModelState.FAILED, f"device memory: {exc}"
+            return served
         served.state = ModelState.READY
         self.metrics.set_ready(config.name, True)
         return served
+
+    def add_replica(
+        self, name: str, device: int, duty_cycle_ms: float = 0.0, busy_ms: float = 0.0
+    ) -> None:
+        """Serve a loaded model on one more device too (another replica on this machine);
+        requests go to the replica with the fewest queued items. Raises AgentError."""
+        served = self.get(name)
+        if served.state is not ModelState.READY or served.runtime is None:
+            raise ModelNotReady(f"model {name!r} is {served.state.value}")
+        if device in served.lanes:
+            return
+        runtime = served.runtime
+        if self._is_gpu(device):
+            runtime = OnnxModel(served.runtime.path, device, self.settings.intra_op_threads)
+        served.runtimes[device] = runtime
+        self._attach(served, device, duty_cycle_ms, busy_ms)
+
+    def _attach(
+        self, served: ServedModel, device: int, duty_cycle_ms: float, busy_ms: float
+    ) -> BatchPolicy:
+        """Register the model in the device's memory pool and give it a lane there."""
+        config = served.config
+        runtime = served.runtimes[device]
+        residency = self.residency(device)
+        if residency is not None:
+            workspace = int(config.per_item_memory_mib * config.max_batch * MIB)
+            residency.register(config.name, runtime.size_bytes, workspace)
+        batching = config.batching
+        if not runtime.batched and batching.policy is not Policy.NONE:
+            batching = batching.model_copy(update={"policy": Policy.NONE})
+        policy = make_policy(batching, served.max_items, config.slo_ms, duty_cycle_ms, busy_ms)
+        ex = self.executor(device)
+        if duty_cycle_ms > 0:
+            ex.set_cycle_ms(max(duty_cycle_ms, ex.cycle_ms))
+        ex.add_lane(
+            config.name,
+            policy,
+            config.slo_ms,
+            self._batch_fn(served, device),
+            self._observer(served),
+            budget_ms=busy_ms,
+            priority=config.priority,
+            max_requests=self.settings.max_queue_requests,
+        )
+        served.lanes[device] = policy
+        return policy
 
     def unload(self, name: str) -> None:
         served = self.models.pop(name, None)
         if served is None:
             return
-        ex = self.executors.get(served.config.device)
-        if ex is not None:
-            ex.remove_lane(name)
-        residency = self.residency(served.config.device)
-        if residency is not None and served.runtime is not None:
-            with contextlib.suppress(AgentError):  # never registered (it failed to fit)
-                residency.unregister(name)
+        for device in served.lanes or [served.config.device]:
+            ex = self.executors.get(device)
+            if ex is not None:
+                ex.remove_lane(name)
+            residency = self.residency(device)
+            if residency is not None and served.runtime is not None:
+                with contextlib.suppress(AgentError):  # never registered (it failed to fit)
+                    residency.unregister(name)
         served.state = ModelState.UNLOADED
         self.metrics.set_ready(name, False)
 
@@ -281,7 +310,8 @@ class Agent:
         if bad:
             raise InvalidRequest(f"unknown output(s) {bad}; the model has {sorted(known)}")
         try:
-            fut = self.executor(served.config.device).submit(name, arrays, items)
+            device = min(served.lanes, key=lambda d: self.executor(d).queued_items(name))
+            fut = self.executor(device).submit(name, arrays, items)
             outputs: dict[str, np.ndarray] = await asyncio.wrap_future(fut)
         except Overloaded:
             self.metrics.observe_request(name, 0.0, ok=False, reason="overloaded")
@@ -301,10 +331,9 @@ class Agent:
             outputs=[tensors.encode_output(n, outputs[n]) for n in names],
         )
 
-    def _batch_fn(self, served: ServedModel) -> Callable[[list[Any]], Sequence[Any]]:
-        runtime = served.runtime
-        assert runtime is not None
-        residency = self.residency(served.config.device)
+    def _batch_fn(self, served: ServedModel, device: int) -> Callable[[list[Any]], Sequence[Any]]:
+        runtime = served.runtimes[device]
+        residency = self.residency(device)
         out_names = [o.name for o in runtime.outputs]
 
         def run(batch: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
@@ -344,7 +373,7 @@ class Agent:
             return pool.stats().used_bytes
         total = 0
         for m in self.models.values():
-            if m.runtime is not None and m.config.device == device:
+            if m.runtime is not None and device in m.lanes:
                 total += m.runtime.size_bytes
                 total += int(m.config.per_item_memory_mib * m.config.max_batch * MIB)
         return total
@@ -374,6 +403,7 @@ class Agent:
                     "state": m.state.value,
                     "reason": m.reason,
                     "device": m.config.device,
+                    "devices": sorted(m.lanes) or [m.config.device],
                     "policy": m.config.batching.policy.value,
                     "batch_cap": m.policy.cap if m.policy is not None else 0,
                     "slo_ms": m.config.slo_ms,
