@@ -91,3 +91,28 @@ def test_errors_are_one_line_not_tracebacks(tmp_path: Path) -> None:
     assert res.exit_code != 0 and "unknown allocator" in res.output
     res = runner.invoke(command, [str(bad), "--cost", "warp=1"])
     assert res.exit_code != 0 and "unknown cost parameter" in res.output
+
+
+def test_trace_allocator_selects_one_allocator_name(tmp_path: Path) -> None:
+    p = "I0000 00:00:1.0 1 log_memory.cc:34] __LOG_MEMORY__ "
+    lines = []
+    for aid, (name, size) in enumerate(
+        [("cpu", 100), ("cpu", 100), ("GPU_0_bfc", 4096), ("cpu", 100)], start=1
+    ):
+        lines.append(
+            p + 'MemoryLogTensorAllocation { step_id: 1 kernel_name: "k" tensor { dtype: '
+            f"DT_FLOAT allocation_description {{ requested_bytes: {size} allocated_bytes: "
+            f'{size} allocator_name: "{name}" allocation_id: {aid} }} }} }}'
+        )
+    log = tmp_path / "two.log"
+    log.write_text("\n".join(lines) + "\n")
+    runner = CliRunner()
+    res = runner.invoke(command, [str(log), "--allocator", "naive", "--json"])
+    assert json.loads(res.stdout)["traces"][0]["peak_live_bytes"] == 300  # cpu: most records
+    res = runner.invoke(
+        command, [str(log), "--allocator", "naive", "--json", "--trace-allocator", "GPU_0_bfc"]
+    )
+    t = json.loads(res.stdout)["traces"][0]
+    assert t["peak_live_bytes"] == 4096 and t["trace_allocator"] == "GPU_0_bfc"
+    res = runner.invoke(command, [str(log), "--trace-allocator", "GPU_1_bfc"])
+    assert res.exit_code != 0 and "no allocator named" in res.output

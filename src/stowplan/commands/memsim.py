@@ -71,6 +71,12 @@ def _cost_model(settings: tuple[str, ...]) -> CostModel:
     "(default: a first replay of the same trace).",
 )
 @click.option(
+    "--trace-allocator",
+    metavar="NAME",
+    help="Replay the records of this TF allocator name (e.g. GPU_0_bfc); default: the one "
+    "with the most allocations (cpu in the shared logs).",
+)
+@click.option(
     "--save-compact",
     type=click.Path(file_okay=False),
     help="Also write each parsed trace to DIR/<name>.stwtrace.npz (reload it much faster).",
@@ -83,6 +89,7 @@ def command(
     cost: tuple[str, ...],
     profile_from: str | None,
     save_compact: str | None,
+    trace_allocator: str | None,
 ) -> None:
     """Replay TensorFlow __LOG_MEMORY__ traces (.log, .log.gz or .stwtrace.npz) through
     simulated allocators on a simulated cudaMalloc/cudaFree device and compare peak reserved
@@ -104,7 +111,12 @@ def command(
         with bar:
             for path in traces:
                 run = run_trace(
-                    path, names, cost_model, profile_from=source, progress=bar.set_postfix_str
+                    path,
+                    names,
+                    cost_model,
+                    profile_from=source,
+                    progress=bar.set_postfix_str,
+                    trace_allocator=trace_allocator,
                 )
                 bar.update(len(names))
                 runs.append(run)

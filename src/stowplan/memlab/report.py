@@ -43,7 +43,7 @@ def _stem(run: TraceRun) -> str:
 
 def _memory_plot(run: TraceRun, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 3.6), dpi=DPI)
-    live = run.trace.live_curve()
+    live = run.trace.live_curve(run.trace_allocator)
     step = max(1, len(live) // 2000)
     ax.plot(
         range(0, len(live), step),
@@ -178,7 +178,7 @@ def write_report(
         "|---|---:|---:|---:|",
     ]
     for run in runs:
-        ops, sizes = run.trace.replay_ops()
+        ops, sizes = run.trace.replay_ops(run.trace_allocator)
         off = offline_floor(ops, sizes)
         onl = online_high_water(ops, sizes)
         lb = max(1, run.peak_live_bytes)

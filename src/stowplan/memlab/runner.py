@@ -15,6 +15,7 @@ from stowplan.memlab.alloc_trace import ALLOC, FREE, Trace
 from stowplan.memlab.allocators import ALLOCATORS, CACHING_BASELINES
 from stowplan.memlab.allocators.stowplan import Profile
 from stowplan.memlab.device import CostModel
+from stowplan.memlab.errors import MemlabError
 from stowplan.memlab.metrics import SimResult
 from stowplan.memlab.parser import load_trace
 from stowplan.memlab.simulate import learn_profile, replay
@@ -29,6 +30,7 @@ class TraceRun:
 
     path: str
     trace: Trace
+    trace_allocator: str  # the allocator name whose records were replayed
     events: int
     allocations: int
     deallocations: int
@@ -45,6 +47,7 @@ class TraceRun:
             "allocations": self.allocations,
             "deallocations": self.deallocations,
             "peak_live_bytes": self.peak_live_bytes,
+            "trace_allocator": self.trace_allocator,
             "malformed_records": self.trace.stats.malformed_records,
             "results": [r.summary() for r in self.results],
         }
@@ -68,9 +71,14 @@ def run_trace(
     cost: CostModel | None = None,
     profile_from: Trace | None = None,
     progress: Callable[[str], None] | None = None,
+    trace_allocator: str | None = None,
 ) -> TraceRun:
+    """Load ``path`` and replay the records of one allocator name (default: the busiest one)."""
     trace = load_trace(path)
-    main = trace.main_allocator()
+    if trace_allocator is not None and trace_allocator not in trace.allocator_names:
+        known = ", ".join(trace.allocator_names) or "none"
+        raise MemlabError(f"{path}: no allocator named {trace_allocator!r} (found: {known})")
+    main = trace_allocator or trace.main_allocator()
     idx = trace.allocator_names.index(main) if main in trace.allocator_names else -1
     kinds, slots = trace.kinds, trace.slots
     mine = (slots >= 0) & (trace.slot_allocator[slots.clip(0)] == idx)
@@ -84,14 +92,15 @@ def run_trace(
     for name in allocators:
         if progress:
             progress(f"{Path(path).name}: {name}")
-        results.append(replay(trace, name, cost=cost, profile=profile))
+        results.append(replay(trace, name, cost=cost, allocator_filter=main, profile=profile))
     return TraceRun(
         path=path,
         trace=trace,
+        trace_allocator=main,
         events=n_alloc + n_free,
         allocations=n_alloc,
         deallocations=n_free,
-        peak_live_bytes=trace.peak_live_bytes(),
+        peak_live_bytes=trace.peak_live_bytes(main),
         results=tuple(results),
     )
 
