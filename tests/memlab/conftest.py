@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def logs_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def parsed(logs_dir: Path):  # type: ignore[no-untyped-def]
+def parsed(logs_dir: Path) -> Callable[[str], Trace]:
     def get(name: str) -> Trace:
         if name not in _CACHE:
             _CACHE[name] = load_trace(logs_dir / name)
