@@ -130,3 +130,13 @@ def test_requests_that_cannot_finish_in_time_are_dropped_early() -> None:
     lane.queue.push(Pending("fine", 1, arrival_s=0.040, deadline_s=0.140))
     dropped = [p.payload for _, p in s.expire(now_s=0.080)]  # 0.080 + 0.030 > 0.100
     assert dropped == ["tight"]
+
+
+def test_a_model_slower_than_its_slo_still_answers() -> None:
+    s = SliceScheduler()
+    lane = _lane("slow", slo_s=0.010)
+    s.lanes = {"slow": lane}
+    s.charge(lane, 0.050)  # its batches take 50 ms, five times the SLO
+    lane.queue.push(Pending("fresh", 1, arrival_s=1.0, deadline_s=1.010))
+    assert s.expire(now_s=1.0) == []  # not refused up front...
+    assert s.pick(1.0)[0] is lane  # ...it runs, and answers late

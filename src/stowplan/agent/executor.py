@@ -69,7 +69,9 @@ class SliceScheduler:
         return [
             (lane, p)
             for lane in self.lanes.values()
-            for p in lane.queue.expire(now_s + lane.est_batch_s)
+            # capped at half the SLO so a fresh request is never dropped: a model slower than
+            # its SLO still answers (late) instead of refusing everything forever
+            for p in lane.queue.expire(now_s + min(lane.est_batch_s, 0.5 * lane.slo_s))
         ]
 
     def pick(self, now_s: float) -> tuple[Lane | None, float]:
