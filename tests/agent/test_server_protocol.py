@@ -153,3 +153,24 @@ def test_integer_inputs_are_range_checked() -> None:
             decode_inputs(
                 [RequestInput(name="ids", shape=[1, 2], datatype="INT8", data=data)], spec, 8
             )
+
+
+def test_outputs_filter_and_unknown_output(client: TestClient) -> None:
+    body = _mlp_request()
+    body["outputs"] = [{"name": "logits"}]
+    resp = client.post("/v2/models/mlp/infer", json=body)
+    assert resp.status_code == 200 and [o["name"] for o in resp.json()["outputs"]] == ["logits"]
+    body["outputs"] = [{"name": "nope"}]
+    resp = client.post("/v2/models/mlp/infer", json=body)
+    assert resp.status_code == 400 and "unknown output" in resp.json()["error"]
+
+
+def test_curl_style_form_content_type_is_parsed_as_json(client: TestClient) -> None:
+    import json
+
+    resp = client.post(
+        "/v2/models/mlp/infer",
+        content=json.dumps(_mlp_request()),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert resp.status_code == 200, resp.text
