@@ -117,3 +117,35 @@ def test_warm_stowplan_meets_the_space_and_call_targets(
     c = check_targets(run, "stowplan-warm")
     assert c is not None
     assert c.within_5pct and c.excess_vs_best and c.calls_vs_pytorch and c.overhead_vs_pytorch
+
+
+def test_align_repeated_steps_keeps_the_plan_valid_and_repeats_offsets() -> None:
+    from stowplan.memlab.planner import _overlaps, align_repeated_steps
+
+    rng = random.Random(11)
+    pattern = [rng.choice([256, 4096, 65536, 1 << 20]) for _ in range(40)]
+    durations = [rng.randint(1, 6) for _ in pattern]  # identical steps
+    sizes: list[int] = []
+    firsts: list[int] = []
+    lasts: list[int] = []
+    steps: list[list[int]] = []
+    t = 0
+    for _ in range(3):
+        idx = []
+        for s, dur in zip(pattern, durations, strict=True):
+            sizes.append(s)
+            firsts.append(t)
+            lasts.append(t + dur)
+            idx.append(len(sizes) - 1)
+            t += 1
+        t += 10  # steps do not overlap in time
+        steps.append(idx)
+    offsets, arena = plan_offsets(sizes, firsts, lasts, 256)
+    align_repeated_steps(offsets, sizes, firsts, lasts, steps, 256)
+    nb = _overlaps(firsts, lasts)
+    for i, js in enumerate(nb):
+        for j in js:
+            assert offsets[i] + sizes[i] <= offsets[j] or offsets[j] + sizes[j] <= offsets[i]
+    assert max(o + s for o, s in zip(offsets, sizes, strict=True)) <= arena
+    assert [offsets[i] for i in steps[0]] == [offsets[i] for i in steps[1]]
+    assert [offsets[i] for i in steps[1]] == [offsets[i] for i in steps[2]]

@@ -8,8 +8,11 @@ lifetimes (event ordinals) of the requests of >= ``PLAN_MIN_BYTES`` that a run m
   profiled tensor are planned up front (greedy by size, :mod:`stowplan.memlab.planner`) into one
   arena, reserved with a single exact-size cudaMalloc on first use. The k-th request of size s
   takes the planned offset of the k-th profiled tensor of size s, after a check that the range
-  is free (a sorted list of live arena blocks). Requests below ``PLAN_MIN_BYTES`` use a small
-  best-fit heap whose first segment is sized from the profile.
+  is free (a sorted list of live arena blocks). Tensors of a step that repeats the previous one
+  are given their twins' offsets where the plan allows (:func:`align_repeated_steps`), so a
+  steady-state step reuses its addresses. Requests below ``PLAN_MIN_BYTES`` use a small best-fit
+  heap whose first segment is sized from the profile, behind an exact-size LIFO cache of freed
+  small blocks (a repeated step gets them back in the same order).
 * **Cold** (no profile, the first run ever): requests are served online from best-fit heaps with
   coalescing (small and large requests apart, so one long-lived scalar cannot pin a hole meant
   for activations; 2 MiB segment granule, like the best-fit baseline). At every step hint the
@@ -28,10 +31,11 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import pairwise
 
 from stowplan.memlab.allocators.base import Allocator, CoalescingHeap
 from stowplan.memlab.device import SimDevice
-from stowplan.memlab.planner import plan_offsets
+from stowplan.memlab.planner import align_repeated_steps, plan_offsets
 
 ALIGNMENT = 256
 PLAN_MIN_BYTES = 4096
@@ -49,6 +53,7 @@ class Profile:
     firsts: tuple[int, ...]
     lasts: tuple[int, ...]
     small_peak_bytes: int
+    step_starts: tuple[int, ...] = ()  # index of the first request of each step (step hints)
 
 
 class StowplanAllocator(Allocator):
@@ -62,6 +67,7 @@ class StowplanAllocator(Allocator):
             self._small_first = -(-profile.small_peak_bytes // ALIGNMENT) * ALIGNMENT
         self.small = CoalescingHeap(device, self._small_segment, _split)
         self.small_live = 0
+        self.small_cache: dict[int, list[int]] = {}  # freed small blocks by size (LIFO)
         self.small_peak = 0
         self.t = 0
         # run-wide record of large requests
@@ -70,6 +76,7 @@ class StowplanAllocator(Allocator):
         self.rec_last: list[int] = []
         self.rec_at: dict[int, int] = {}
         self.step_start = 0  # index into rec_* where the current step began
+        self.step_starts: list[int] = []
         # the plan in force
         self.warm = profile is not None
         self.plan: dict[tuple[int, int], int] = {}
@@ -84,7 +91,7 @@ class StowplanAllocator(Allocator):
         self.planned_misses = 0
         self.plans_made = 0
         if profile is not None and profile.sizes:
-            self._install_plan(list(profile.sizes), list(profile.firsts), list(profile.lasts))
+            self._install_plan(profile)
 
     # -- growth policies -------------------------------------------------------------------
     def _large_segment(self, request: int) -> int:
@@ -113,6 +120,9 @@ class StowplanAllocator(Allocator):
             self.small_live = live
             if live > self.small_peak:
                 self.small_peak = live
+            stack = self.small_cache.get(r)
+            if stack:
+                return stack.pop()
             return self.small.malloc(r)
         addr = -1
         if self.plan:
@@ -201,9 +211,10 @@ class StowplanAllocator(Allocator):
         self.t = t + 1
         i = self.rec_at.pop(addr, None)
         if i is None:
-            size = self.small.used.get(addr, 0)
+            size = self.small.used[addr]
             self.small_live -= size
-            self.small.free(addr)
+            # exact-size LIFO cache: a repeated step gets its small blocks back in the same order
+            self.small_cache.setdefault(size, []).append(addr)
             return
         self.rec_last[i] = t
         if addr in self.live_end:
@@ -216,6 +227,7 @@ class StowplanAllocator(Allocator):
     # -- learning ----------------------------------------------------------------------------
     def step(self) -> None:
         begin, self.step_start = self.step_start, len(self.rec_size)
+        self.step_starts.append(self.step_start)
         if self.warm:
             return
         self.occ = {}
@@ -249,8 +261,12 @@ class StowplanAllocator(Allocator):
         self._set_plan(sizes, firsts, offsets)
         self.plan_signature = signature
 
-    def _install_plan(self, sizes: list[int], firsts: list[int], lasts: list[int]) -> None:
-        offsets, arena = plan_offsets(sizes, firsts, lasts, ALIGNMENT)
+    def _install_plan(self, profile: Profile) -> None:
+        sizes, firsts = list(profile.sizes), list(profile.firsts)
+        offsets, arena = plan_offsets(sizes, firsts, list(profile.lasts), ALIGNMENT)
+        bounds = [0, *profile.step_starts, len(sizes)]
+        steps = [list(range(a, b)) for a, b in pairwise(bounds) if b > a]
+        align_repeated_steps(offsets, sizes, firsts, list(profile.lasts), steps, ALIGNMENT)
         self.arena_pending = arena
         self.arena_size = arena
         self._set_plan(sizes, firsts, offsets)
@@ -274,6 +290,7 @@ class StowplanAllocator(Allocator):
             firsts=tuple(self.rec_first),
             lasts=tuple(now if b < 0 else b for b in self.rec_last),
             small_peak_bytes=self.small_peak,
+            step_starts=tuple(self.step_starts),
         )
 
 
