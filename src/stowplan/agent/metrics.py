@@ -3,9 +3,10 @@ and KEDA recipes work unchanged. Counters of durations are cumulative microsecon
 average batch size = nv_inference_count / nv_inference_exec_count.
 
 Extra stowplan series: ``stowplan_batch_cap`` (the AIMD cap), ``stowplan_model_ready``,
-``stowplan_request_latency_seconds`` (histogram, for p99 in PromQL) and
-``stowplan_request_dropped`` (early drops). Callers: serving (per batch / request) and the server
-(``/metrics``). Each Agent owns its own registry so tests and several agents never collide.
+``stowplan_request_latency_seconds`` (histogram, for p99 in PromQL), ``stowplan_batch_size``
+(histogram of items per batch) and ``stowplan_request_dropped`` (early drops).
+Callers: serving (per batch / request) and the server (``/metrics``). Each Agent owns its own
+registry so tests and several agents never collide.
 """
 
 from __future__ import annotations
@@ -69,6 +70,13 @@ class AgentMetrics:
             registry=r,
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
         )
+        self.batch_size = Histogram(
+            "stowplan_batch_size",
+            "Items per executed batch",
+            _M,
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+        )
         self.dropped = Counter(
             "stowplan_request_dropped", "Requests dropped past their SLO", _M, registry=r
         )
@@ -82,6 +90,7 @@ class AgentMetrics:
         self.queue_us.labels(*labels).inc(sum(queue_s) * 1e6)
         self.compute_us.labels(*labels).inc(compute_s * 1e6 * len(queue_s))
         self.cap.labels(*labels).set(cap)
+        self.batch_size.labels(*labels).observe(items)
 
     def observe_request(self, model: str, latency_s: float, ok: bool, reason: str = "") -> None:
         labels = (model, "1")

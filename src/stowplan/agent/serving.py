@@ -262,6 +262,7 @@ class Agent:
             max_requests=self.settings.max_queue_requests,
         )
         served.lanes[device] = policy
+        self.metrics.cap.labels(config.name, "1").set(policy.cap)
         return policy
 
     def unload(self, name: str) -> None:
