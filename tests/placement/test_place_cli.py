@@ -1,0 +1,97 @@
+"""``stowplan place``: table and JSON output, clear errors for bad input (no tracebacks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stowplan.cli import main
+from stowplan.placement import check_plan
+from stowplan.placement.instances import problem_from_json
+
+INSTANCES = Path(__file__).resolve().parents[2] / "placement" / "instances"
+
+
+@pytest.mark.parametrize("path", sorted(INSTANCES.glob("*.json")), ids=lambda p: p.name)
+def test_shipped_instances_solve(path: Path) -> None:
+    result = CliRunner().invoke(main, ["place", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert {"gpus_used", "lower_bound", "solve_seconds", "unplaced", "assignments"} <= set(out)
+    for a in out["assignments"]:
+        assert {"model", "replica", "node", "gpu", "batch_size", "duty_cycle_ms"} <= set(a)
+    per_gpu: dict[tuple[str, int], set[float]] = {}
+    for a in out["assignments"]:
+        per_gpu.setdefault((a["node"], a["gpu"]), set()).add(a["duty_cycle_ms"])
+    assert all(len(v) == 1 for v in per_gpu.values())
+
+
+def test_table_output_and_unplaced_reason() -> None:
+    result = CliRunner().invoke(main, ["place", str(INSTANCES / "small.json")])
+    assert result.exit_code == 0, result.output
+    assert "| model | replica |" in result.output
+    assert "too-fast/0: SLOBelowBaseLatency" in result.output
+
+
+def test_time_limit_option() -> None:
+    result = CliRunner().invoke(
+        main, ["place", str(INSTANCES / "small.json"), "--time-limit", "0.5", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    problem = problem_from_json(json.loads((INSTANCES / "small.json").read_text()))
+    assert data["gpus_used"] <= 3 and problem.models
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        pytest.param('{"gpus": [], "models": [], "extra": 1}', "extra", id="unknown top-level"),
+        pytest.param(
+            '{"gpus": [{"node": "n", "index": 0, "memory_mib": -5}], "models": []}',
+            "memory_mib",
+            id="negative memory",
+        ),
+        pytest.param('{"gpus": [],\n "models": [,]}', ":2:", id="bad json line"),
+        pytest.param(
+            '{"gpus": [], "models": [{"name": "m", "replicas": 1, "slo_ms": 10, "target_qps": 1,'
+            ' "latency_ms": {"base": 1, "per_item": 1, "bogus": 2},'
+            ' "memory_mib": {"weights": 1, "per_item": 1}, "max_batch": 1}]}',
+            "bogus",
+            id="unknown nested field",
+        ),
+        pytest.param(
+            '{"gpus": [{"node": "n", "index": 0, "memory_mib": 1},'
+            ' {"node": "n", "index": 0, "memory_mib": 1}], "models": []}',
+            "listed twice",
+            id="duplicate gpu",
+        ),
+    ],
+)
+def test_bad_input_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["place", str(path)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert needle in result.output
+    assert str(path) in result.output
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["place", str(tmp_path / "nope.json")])
+    assert result.exit_code == 1
+    assert "No such file" in result.output
+
+
+def test_plan_from_json_round_trip() -> None:
+    from stowplan.placement import plan
+    from stowplan.placement.instances import problem_to_json
+
+    problem = problem_from_json(json.loads((INSTANCES / "small.json").read_text()))
+    again = problem_from_json(problem_to_json(problem))
+    assert again == problem
+    assert check_plan(problem, plan(problem)) == []
