@@ -153,3 +153,10 @@ def test_condition_transition_time_moves_only_on_change(sync_agent: Agent) -> No
     )
     assert later.conditions[0].last_transition_time == "2026-01-01T00:00:00Z"
     assert later.heartbeat == "2026-01-01T00:05:00Z"
+
+
+def test_unparseable_spec_is_ignored(sync_agent: Agent, model_dir: Path) -> None:
+    sync = GpuNodeSync(sync_agent, FakeCustomObjects(), "n", "http://x")
+    sync.apply({"spec": {"assignments": [_assignment("ns/m", str(model_dir / "mlp.onnx"))]}})
+    sync.apply({"spec": {"assignments": [{"model": "ns/m"}]}})  # missing fields: ignored
+    assert sync_agent.models["ns.m"].state.value == "Ready" and "ns.m" in sync.assignments

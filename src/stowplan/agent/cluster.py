@@ -232,20 +232,26 @@ class GpuNodeSync:
         return created
 
     def apply(self, obj: dict[str, Any]) -> None:
-        """Make the agent serve what ``obj['spec']`` assigns (loads are synchronous)."""
-        spec = GPUNodeSpec.model_validate(obj.get("spec") or {})
+        """Make the agent serve what ``obj['spec']`` assigns. Loads run here, synchronously (in
+        the watch thread); status reports go on meanwhile and show new replicas as Loading.
+        A spec this agent cannot parse is logged and ignored (the operator owns spec)."""
+        try:
+            spec = GPUNodeSpec.model_validate(obj.get("spec") or {})
+        except ValueError as exc:
+            log.error("ignoring GPUNode %s spec: %s", self.node, exc)
+            return
         desired = desired_configs(spec, self.cache_dir)
         with self._lock:
-            load, unload = reconcile(self._configs, [c for c, _ in desired.values()])
-            for name in unload:
-                log.info("unloading %s", name)
-                self.agent.unload(name)
-                self._configs.pop(name, None)
-            for cfg in load:
-                log.info("loading %s from %s on device %d", cfg.name, cfg.uri, cfg.device)
-                self.agent.load(cfg)
-                self._configs[cfg.name] = cfg
             self.assignments = {name: a for name, (_, a) in desired.items()}
+        load, unload = reconcile(self._configs, [c for c, _ in desired.values()])
+        for name in unload:
+            log.info("unloading %s", name)
+            self.agent.unload(name)
+            self._configs.pop(name, None)
+        for cfg in load:
+            log.info("loading %s from %s on device %d", cfg.name, cfg.uri, cfg.device)
+            self.agent.load(cfg)
+            self._configs[cfg.name] = cfg
 
     def report(self) -> GPUNodeStatus:
         with self._lock:

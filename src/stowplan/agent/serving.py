@@ -292,7 +292,7 @@ class Agent:
         return served
 
     def ready(self) -> bool:
-        return all(m.state is not ModelState.LOADING for m in self.models.values())
+        return all(m.state is not ModelState.LOADING for m in list(self.models.values()))
 
     async def infer(self, name: str, request: InferenceRequest) -> InferenceResponse:
         start = self.clock()
@@ -373,7 +373,7 @@ class Agent:
         if isinstance(pool, ResidencyManager):
             return pool.stats().used_bytes
         total = 0
-        for m in self.models.values():
+        for m in list(self.models.values()):
             if m.runtime is not None and device in m.lanes:
                 total += m.runtime.size_bytes
                 total += int(m.config.per_item_memory_mib * m.config.max_batch * MIB)
@@ -390,7 +390,7 @@ class Agent:
 
     def model_rows(self) -> list[dict[str, Any]]:
         rows = []
-        for m in self.models.values():
+        for m in list(self.models.values()):
             qps, p99, mean_batch = m.stats.snapshot()
             pool = self._residency.get(m.config.device) or self._residency_override
             resident = (
