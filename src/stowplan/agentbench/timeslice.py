@@ -161,3 +161,161 @@ def table(rows: list[MixRow], interference: float = 0.1) -> str:
             f"| {r.sliced.p99_ms:.1f} / {r.threads.p99_ms:.1f} / {r.threads_ideal.p99_ms:.1f} |"
         )
     return "\n".join(out)
+
+
+# -- real sessions on this machine's CPU ---------------------------------------------------
+
+REAL_MIX = (("convnet", 10.0, 300.0), ("mlp-wide", 25.0, 300.0))  # (example, SLO ms, req/s)
+
+
+@dataclass(frozen=True)
+class RealRow:
+    mode: str
+    model: str
+    slo_ms: float
+    rate: float
+    sent: int
+    within_slo: int
+    dropped: int
+    p99_ms: float
+    mean_batch: float
+
+
+def run_real(
+    duration_s: float = 10.0,
+    scale: float = 1.0,
+    seed: int = 0,
+    progress: Callable[[], None] | None = None,
+) -> list[RealRow]:
+    """Two real ONNX models on the CPU, driven in-process (no HTTP) by open-loop Poisson load:
+    one device executor interleaving both (time-sliced, EDF) vs one executor per model
+    (unsynchronised threads whose ONNX Runtime calls contend for the same cores)."""
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    from stowplan.agent.config import AgentSettings, BatchingConfig, ModelConfig
+    from stowplan.agent.errors import AgentError
+    from stowplan.agent.protocol import InferenceRequest
+    from stowplan.agent.serving import Agent
+    from stowplan.agent.telemetry import SimulatedTelemetry
+    from stowplan.models import build_example
+
+    rows: list[RealRow] = []
+    with tempfile.TemporaryDirectory(prefix="stowplan-timeslice-") as tmp:
+        paths = {name: build_example(name, Path(tmp)) for name, _, _ in REAL_MIX}
+        for mode in ("time-sliced", "threads"):
+            devices = 1 if mode == "time-sliced" else len(REAL_MIX)
+            agent = Agent(
+                AgentSettings(cache_dir=Path(tmp), memory_pool_fraction=0),
+                SimulatedTelemetry(devices),
+            )
+            reqs: dict[str, InferenceRequest] = {}
+            for i, (name, slo, _) in enumerate(REAL_MIX):
+                served = agent.load(
+                    ModelConfig(
+                        name=name,
+                        uri=str(paths[name]),
+                        slo_ms=slo,
+                        max_batch=32,
+                        device=0 if devices == 1 else i,
+                        batching=BatchingConfig(max_queue_delay_ms=1.0),
+                    )
+                )
+                assert served.runtime is not None, served.reason
+                spec = served.runtime.inputs[0]
+                shape = [1, *spec.shape[1:]]
+                reqs[name] = InferenceRequest.model_validate(
+                    {
+                        "inputs": [
+                            {
+                                "name": spec.name,
+                                "shape": shape,
+                                "datatype": "FP32",
+                                "data": np.zeros(int(np.prod(shape)), np.float32).tolist(),
+                            }
+                        ]
+                    }
+                )
+
+            async def drive(
+                agent: Agent = agent,
+                reqs: dict[str, InferenceRequest] = reqs,
+            ) -> dict[str, list[float | None]]:
+                rng = np.random.default_rng(seed)
+                out: dict[str, list[float | None]] = {n: [] for n, _, _ in REAL_MIX}
+                loop = asyncio.get_running_loop()
+
+                async def one(name: str) -> None:
+                    t0 = loop.time()
+                    try:
+                        await agent.infer(name, reqs[name])
+                        out[name].append((loop.time() - t0) * 1000.0)
+                    except AgentError:
+                        out[name].append(None)
+
+                events = sorted(
+                    (float(t), name)
+                    for name, _, rate in REAL_MIX
+                    for t in np.cumsum(
+                        rng.exponential(1 / (rate * scale), int(rate * scale * duration_s * 1.3))
+                    )
+                    if t < duration_s
+                )
+                start = loop.time()
+                tasks = []
+                for t, name in events:
+                    delay = start + t - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    tasks.append(asyncio.create_task(one(name)))
+                await asyncio.gather(*tasks)
+                return out
+
+            asyncio.run(drive())  # warm-up pass (ORT allocations, AIMD caps settle)
+            results = asyncio.run(drive())
+            stats = {r["name"]: r for r in agent.model_rows()}
+            agent.close()
+            for name, slo, rate in REAL_MIX:
+                lats = results[name]
+                ok = [x for x in lats if x is not None]
+                rows.append(
+                    RealRow(
+                        mode,
+                        name,
+                        slo,
+                        rate * scale,
+                        len(lats),
+                        sum(1 for x in ok if x <= slo),
+                        len(lats) - len(ok),
+                        float(np.percentile(ok, 99)) if ok else float("nan"),
+                        float(stats[name]["mean_batch"] or 0.0),
+                    )
+                )
+            if progress:
+                progress()
+    return rows
+
+
+def real_table(rows: list[RealRow]) -> str:
+    import os
+
+    out = [
+        "| mode | model | SLO ms | offered req/s | within SLO | dropped | p99 ms | mean batch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r.mode} | {r.model} | {r.slo_ms:g} | {r.rate:.0f} "
+            f"| {r.within_slo / max(r.sent, 1) * 100:.1f}% | {r.dropped} | {r.p99_ms:.1f} "
+            f"| {r.mean_batch:.1f} |"
+        )
+    load1, load5, _ = os.getloadavg()
+    out.append("")
+    out.append(
+        f"Machine: {os.cpu_count()} cores, load average {load1:.1f} / {load5:.1f} "
+        "(1 / 5 min) at the end of the run."
+    )
+    return "\n".join(out)

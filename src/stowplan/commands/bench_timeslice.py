@@ -33,7 +33,15 @@ import click
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="2- and 3-model mixes, 5 s each.")
-def command(duration_s: float, load: float, interference: float, seed: int, quick: bool) -> None:
+@click.option(
+    "--real",
+    is_flag=True,
+    help="Also run two real ONNX models on this CPU (in-process, no HTTP): one "
+    "time-sliced executor vs one executor thread per model.",
+)
+def command(
+    duration_s: float, load: float, interference: float, seed: int, quick: bool, real: bool
+) -> None:
     """SLO attainment per model, 2 to 4 models with different SLOs on one simulated A100.
 
     Batch times follow published fits from ../shared/data/gpu-inference-latency; loads and
@@ -53,3 +61,8 @@ def command(duration_s: float, load: float, interference: float, seed: int, quic
     except (DataMissing, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(timeslice.table(rows, interference))
+    if real:
+        with tqdm(total=2, desc="real", leave=False) as bar:
+            real_rows = timeslice.run_real(min(duration_s, 10.0), 1.0, seed, bar.update)
+        click.echo()
+        click.echo(timeslice.real_table(real_rows))
