@@ -135,17 +135,44 @@ def test_snapshot_fields_and_last_used_from_injected_clock() -> None:
     assert b.offset is not None and b.offset % 256 == 0  # aligned carve
 
 
-def test_eviction_makes_a_contiguous_hole_when_free_space_is_fragmented() -> None:
-    rm, _ = make()
+def fragmented(relocate: bool) -> ResidencyManager:
+    """a, b, c, d of 25 MiB each; a and c gone: 50 MiB free in two 25 MiB holes."""
+    rm = ResidencyManager(100 * MIB, clock=FakeClock(), relocate=relocate)
     for name in ("a", "b", "c", "d"):
         rm.register(name, 25 * MIB, 0)
     rm.unregister("a")
-    rm.unregister("c")  # 50 MiB free but in two 25 MiB holes
+    rm.unregister("c")
     rm.register("e", 50 * MIB, 0)
     assert not rm.is_resident("e")
+    return rm
+
+
+def test_fragmented_pool_relocates_an_idle_model_instead_of_offloading() -> None:
+    rm = fragmented(relocate=True)
     res = rm.acquire("e")
-    assert res.offloaded == ("b",)  # b (LRU, never used) merges the two holes
+    assert res.offloaded == () and res.relocated == ("b",)
+    assert states(rm) == {"b": "resident", "d": "resident", "e": "resident"}
+    s = rm.stats()
+    assert s.relocations == 1 and s.offloads == 0 and s.free_bytes == 0
+
+
+def test_without_relocation_the_lru_idle_model_is_offloaded_to_merge_holes() -> None:
+    rm = fragmented(relocate=False)
+    res = rm.acquire("e")
+    assert res.offloaded == ("b",) and res.relocated == ()
     assert rm.stats().largest_free_block_bytes == 25 * MIB  # what is left of the merged hole
+
+
+def test_busy_models_are_never_relocated() -> None:
+    rm = fragmented(relocate=True)
+    rm.acquire("b")  # pinned at [25, 50) MiB: the only window is [50, 100), where d sits
+    res = rm.acquire("e")
+    assert res.relocated == ("d",) and res.offloaded == ()  # d moves into the [0, 25) hole
+    rm.acquire("d")
+    rm.register("f", 10 * MIB, 0)  # everything busy, the pool is full: f cannot come in
+    with pytest.raises(MemoryPoolExhausted):
+        rm.acquire("f")
+    assert next(r for r in rm.snapshot() if r.name == "b").offset == 25 * MIB
 
 
 def test_offload_explicitly() -> None:
@@ -158,9 +185,10 @@ def test_offload_explicitly() -> None:
     assert rm.offload("a") is False
 
 
-def test_random_operations_keep_the_books_consistent() -> None:
+@pytest.mark.parametrize("relocate", [True, False])
+def test_random_operations_keep_the_books_consistent(relocate: bool) -> None:
     rng = random.Random(7)
-    rm, _ = make(256)
+    rm = ResidencyManager(256 * MIB, clock=FakeClock(), relocate=relocate)
     sizes = {f"m{i}": rng.randint(1, 90) * MIB for i in range(12)}
     for name, size in sizes.items():
         rm.register(name, size, rng.randint(0, 8) * MIB)
@@ -171,11 +199,14 @@ def test_random_operations_keep_the_books_consistent() -> None:
             rm.release(name)
             held[name] -= 1
         else:
+            pinned = {r.name: r.offset for r in rm.snapshot() if held.get(r.name)}
             try:
                 rm.acquire(name)
                 held[name] = held.get(name, 0) + 1
             except MemoryPoolExhausted:
                 pass
+            after = {r.name: r.offset for r in rm.snapshot()}
+            assert all(after[n] == off for n, off in pinned.items())  # busy models never move
         rows = [r for r in rm.snapshot() if r.state == "resident"]
         spans = sorted(
             (r.offset or 0, (r.offset or 0) + r.weights_bytes + r.workspace_bytes) for r in rows
@@ -188,6 +219,8 @@ def test_random_operations_keep_the_books_consistent() -> None:
                 assert r.state == "resident"  # busy models stay put
         s = rm.stats()
         assert s.used_bytes + s.free_bytes == s.reserved_bytes
+        used = sum(r.weights_bytes + r.workspace_bytes for r in rows)
+        assert s.used_bytes >= used  # carves are aligned up, never smaller
 
 
 def test_thread_safety_of_acquire_release() -> None:

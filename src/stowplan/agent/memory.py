@@ -11,7 +11,11 @@ block does not fit, and marks it busy (a refcount, so concurrent batches may sha
 
 Placement inside the pool is best fit over the free ranges (lowest offset among equal sizes),
 with free ranges coalesced, the same policy as the allocator lab's best-fit family
-(:mod:`stowplan.memlab`). All state changes happen under one lock; time comes from the injected
+(:mod:`stowplan.memlab`). When the free bytes suffice but no single block does, idle resident
+models are *relocated* inside the pool (``Residency.relocated``; the caller copies them device
+to device, far cheaper than an offload and a later prefetch) before anything is offloaded, so a
+model is only offloaded when the pool's capacity, not its fragmentation, demands it; the agent's
+residency then agrees with placement, which counts bytes, not holes. Busy models never move. All state changes happen under one lock; time comes from the injected
 clock. Callers: :mod:`stowplan.agent.serving` (the ``Residency`` seam) and the GPUNode status
 sync (via :meth:`ResidencyManager.snapshot` and :meth:`ResidencyManager.stats`).
 
@@ -32,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from stowplan.agent.errors import AgentError
 
 DEFAULT_ALIGNMENT_BYTES = 256  # cudaMalloc alignment; every block starts on this boundary
+MAX_WINDOWS = 64  # candidate windows tried when relocating idle models to make room
 
 
 class ResidencyError(AgentError):
@@ -66,6 +71,7 @@ class Residency(_Frozen):
     size_bytes: int = Field(ge=0)
     prefetched: bool  # it had to be brought in (first load or back from host memory)
     offloaded: tuple[str, ...] = ()  # idle models offloaded to make room, LRU first
+    relocated: tuple[str, ...] = ()  # idle resident models moved inside the pool (D2D copies)
 
 
 class ModelResidency(_Frozen):
@@ -92,6 +98,7 @@ class PoolStats(_Frozen):
     offloads: int  # resident -> host memory evictions so far
     prefetches: int  # host memory -> resident transfers so far (not counting first loads)
     loads: int  # first residencies
+    relocations: int = 0  # idle models moved inside the pool to merge free space
 
 
 class _Model:
@@ -181,6 +188,7 @@ class ResidencyManager:
         pool_bytes: int,
         clock: Callable[[], float] = time.monotonic,
         alignment_bytes: int = DEFAULT_ALIGNMENT_BYTES,
+        relocate: bool = True,
     ) -> None:
         if pool_bytes < 0:
             raise ValueError("pool_bytes must be >= 0")
@@ -189,12 +197,14 @@ class ResidencyManager:
         self.pool_bytes = pool_bytes
         self.clock = clock
         self.alignment_bytes = alignment_bytes
+        self.relocate = relocate
         self._free = _FreeList(pool_bytes)
         self._models: dict[str, _Model] = {}
         self._lock = threading.RLock()
         self._offloads = 0
         self._prefetches = 0
         self._loads = 0
+        self._relocations = 0
 
     # -- registration -------------------------------------------------------------------------
     def register(self, model: str, weights_bytes: int, workspace_bytes: int) -> None:
@@ -245,15 +255,26 @@ class ResidencyManager:
                 m.refcount += 1
                 m.last_used = now
                 return Residency(model=model, offset=m.offset, size_bytes=m.size, prefetched=False)
-            victims = self._plan_evictions(m)
+            victims, layout = self._plan_room(m)
             for v in victims:
                 assert v.offset is not None
                 if v.size:
                     self._free.give(v.offset, v.size)
                 v.offset = None
                 self._offloads += 1
-            off = self._free.take(m.size) if m.size else 0
-            assert off is not None  # _plan_evictions guaranteed room
+            moved: list[str] = []
+            if layout is None:
+                off = self._free.take(m.size) if m.size else 0
+                assert off is not None  # _plan_room guaranteed room
+            else:
+                off = layout.pop(m.name)
+                for x in self._models.values():
+                    if x.name in layout and x.offset != layout[x.name]:
+                        x.offset = layout[x.name]
+                        moved.append(x.name)
+                self._relocations += len(moved)
+                m.offset = off
+                self._rebuild_free()
             m.offset = off
             if m.loaded:
                 self._prefetches += 1
@@ -268,6 +289,7 @@ class ResidencyManager:
                 size_bytes=m.size,
                 prefetched=True,
                 offloaded=tuple(v.name for v in victims),
+                relocated=tuple(sorted(moved)),
             )
 
     def release(self, model: str) -> None:
@@ -323,6 +345,7 @@ class ResidencyManager:
                 offloads=self._offloads,
                 prefetches=self._prefetches,
                 loads=self._loads,
+                relocations=self._relocations,
             )
 
     def is_resident(self, model: str) -> bool:
@@ -342,29 +365,121 @@ class ResidencyManager:
         m.offset = None
         del self._models[m.name]
 
-    def _plan_evictions(self, m: _Model) -> list[_Model]:
-        """The shortest LRU-ordered prefix of idle resident models whose eviction makes room."""
+    def _plan_room(self, m: _Model) -> tuple[list[_Model], dict[str, int] | None]:
+        """Fewest LRU idle models to offload so that ``m`` fits, and a new layout if needed.
+
+        For k = 0, 1, ... offloaded models (least recently used first): if a free block fits
+        once they are gone, no layout is needed; otherwise, with ``relocate``, idle resident
+        models may be moved inside the pool (busy ones are pinned) to merge free space. A move
+        is a device-to-device copy, far cheaper than an offload plus a later prefetch, so it is
+        preferred to one more offload. Returns (victims, layout or None: name -> offset,
+        ``m`` included).
+        """
         if m.size == 0 or self._free.largest() >= m.size:
-            return []
+            return [], None
         idle = sorted(
             (x for x in self._models.values() if x.offset is not None and x.refcount == 0),
             key=lambda x: (x.last_used is not None, x.last_used or 0.0, x.name),
         )
+        busy = [x for x in self._models.values() if x.offset is not None and x.refcount > 0]
         trial = self._free.copy()
-        victims: list[_Model] = []
-        for v in idle:
-            assert v.offset is not None
-            if v.size:
-                trial.give(v.offset, v.size)
-            victims.append(v)
-            if trial.largest() >= m.size:
-                return victims
-        busy = sum(x.size for x in self._models.values() if x.refcount and x.offset is not None)
+        for k in range(len(idle) + 1):
+            if k:
+                v = idle[k - 1]
+                assert v.offset is not None
+                if v.size:
+                    trial.give(v.offset, v.size)
+                if trial.largest() >= m.size:
+                    return idle[:k], None
+            if self.relocate:
+                layout = self._pack(busy, idle[k:], m)
+                if layout is not None:
+                    return idle[:k], layout
+        held = sum(x.size for x in busy)
         raise MemoryPoolExhausted(
             f"{m.name}: needs {m.size} contiguous bytes; pool {self.pool_bytes}, "
-            f"{busy} bytes held by busy models, largest block after offloading every idle "
+            f"{held} bytes held by busy models, largest block after offloading every idle "
             f"model {trial.largest()}"
         )
+
+    def _pack(
+        self, pinned: list[_Model], movable: list[_Model], m: _Model
+    ) -> dict[str, int] | None:
+        """A layout with the pinned models in place and ``m`` plus every movable model placed.
+
+        Prefers the window for ``m`` that displaces the fewest movable bytes (fewest copies):
+        candidate windows start at free-block and model boundaries; displaced models are
+        re-placed best fit into the space left. Falls back to packing everything best fit,
+        largest first. None if nothing works.
+        """
+        total = sum(x.size for x in pinned) + sum(x.size for x in movable) + m.size
+        if total > self.pool_bytes:
+            return None
+        fixed = [(x.offset or 0, x.size) for x in pinned]
+        starts = {0}
+        for x in (*pinned, *movable):
+            starts.add(x.offset or 0)
+            starts.add((x.offset or 0) + x.size)
+        candidates = []
+        for w in starts:
+            end = w + m.size
+            if end > self.pool_bytes or any(o < end and w < o + sz for o, sz in fixed):
+                continue
+            hit = [x for x in movable if (x.offset or 0) < end and w < (x.offset or 0) + x.size]
+            candidates.append((sum(x.size for x in hit), w, hit))
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        for _, w, hit in candidates[:MAX_WINDOWS]:
+            kept = [x for x in movable if x not in hit]
+            taken = [*fixed, *((x.offset or 0, x.size) for x in kept), (w, m.size)]
+            placed = _best_fit_into(_gaps(taken, self.pool_bytes), hit)
+            if placed is not None:
+                layout = {x.name: x.offset or 0 for x in kept}
+                layout.update(placed)
+                layout[m.name] = w
+                return layout
+        return _best_fit_into(_gaps(fixed, self.pool_bytes), [m, *movable])
+
+    def _rebuild_free(self) -> None:
+        """Recompute the free list from the resident models (after a relocation)."""
+        free = _FreeList(0)
+        cursor = 0
+        for off, size in sorted(
+            (x.offset, x.size) for x in self._models.values() if x.offset is not None and x.size
+        ):
+            if off > cursor:
+                free.insert(cursor, off - cursor)
+            cursor = max(cursor, off + size)
+        if cursor < self.pool_bytes:
+            free.insert(cursor, self.pool_bytes - cursor)
+        self._free = free
+
+
+def _gaps(taken: list[tuple[int, int]], limit: int) -> list[list[int]]:
+    """Free [start, end) ranges of [0, limit) around the (offset, size) blocks in ``taken``."""
+    gaps: list[list[int]] = []
+    cursor = 0
+    for off, size in sorted(taken):
+        if off > cursor:
+            gaps.append([cursor, off])
+        cursor = max(cursor, off + size)
+    if cursor < limit:
+        gaps.append([cursor, limit])
+    return gaps
+
+
+def _best_fit_into(gaps: list[list[int]], items: list[_Model]) -> dict[str, int] | None:
+    """Place ``items`` largest first, each into the smallest gap that holds it (mutates gaps)."""
+    layout: dict[str, int] = {}
+    for x in sorted(items, key=lambda x: (-x.size, x.name)):
+        best = -1
+        for g, (start, end) in enumerate(gaps):
+            if end - start >= x.size and (best < 0 or end - start < gaps[best][1] - gaps[best][0]):
+                best = g
+        if best < 0:
+            return None
+        layout[x.name] = gaps[best][0]
+        gaps[best][0] += x.size
+    return layout
 
 
 __all__ = [
