@@ -73,3 +73,11 @@ def test_profile_prints_a_profile_block(model_dir: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     assert "latencyMs: {base:" in res.output and "maxBatch: 8" in res.output
+
+
+@pytest.mark.slow
+def test_real_timeslice_runs() -> None:
+    from stowplan.agentbench import timeslice
+
+    rows = timeslice.run_real(duration_s=1.0, scale=0.2)
+    assert {r.mode for r in rows} == {"time-sliced", "threads"} and all(r.sent > 0 for r in rows)
