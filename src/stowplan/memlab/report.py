@@ -143,7 +143,9 @@ def write_report(
         f"{platform.system()} {platform.machine()}, Python {platform.python_version()} "
         "(events/s are best of 3 replays on a shared 2-core machine; noisy).",
         "",
-        "Each trace's tensor allocations (allocator `cpu`) are replayed in file order through "
+        "Each trace's tensor allocations (allocator "
+        + ", ".join(sorted({f"`{r.trace_allocator}`" for r in runs}))
+        + ") are replayed in file order through "
         "each allocator on a simulated device. Lower bound = peak live requested bytes. "
         "`stowplan` is cold (first run of a model, learns steps inside the trace); "
         "`stowplan-warm` starts from the profile a cold run learned on an earlier run of the "
