@@ -15,7 +15,8 @@ with free ranges coalesced, the same policy as the allocator lab's best-fit fami
 models are *relocated* inside the pool (``Residency.relocated``; the caller copies them device
 to device, far cheaper than an offload and a later prefetch) before anything is offloaded, so a
 model is only offloaded when the pool's capacity, not its fragmentation, demands it; the agent's
-residency then agrees with placement, which counts bytes, not holes. Busy models never move. All state changes happen under one lock; time comes from the injected
+residency then agrees with placement, which counts bytes, not holes. Busy models never move.
+All state changes happen under one lock; time comes from the injected
 clock. Callers: :mod:`stowplan.agent.serving` (the ``Residency`` seam) and the GPUNode status
 sync (via :meth:`ResidencyManager.snapshot` and :meth:`ResidencyManager.stats`).
 
