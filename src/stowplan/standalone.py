@@ -18,7 +18,6 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import pydantic
 import yaml
@@ -29,7 +28,7 @@ from stowplan.agent.errors import AgentError
 from stowplan.agent.serving import Agent, ServedModel
 from stowplan.agent.telemetry import SimulatedTelemetry, Telemetry, detect
 from stowplan.api.inferencemodel import InferenceModel
-from stowplan.models import EXAMPLES, build_example
+from stowplan.models import materialize
 
 NODE = "local"
 
@@ -105,25 +104,6 @@ def _read_file(path: Path) -> list[Manifest]:
     finally:
         loader.dispose()
     return out
-
-
-def resolve_model_file(uri: str, base_dir: Path, cache_dir: Path) -> tuple[str, Path | None]:
-    """Return (uri to load, path of a model built just now or None). Relative ``file://`` URIs
-    are made absolute against ``base_dir``; missing example models are built into cache_dir."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("file", ""):
-        return uri, None
-    raw = Path(unquote(parsed.netloc + parsed.path) if parsed.scheme else uri)
-    path = raw if raw.is_absolute() else base_dir / raw
-    if path.is_file():
-        return str(path), None
-    recipe = next((r for r in EXAMPLES.values() if r.filename == path.name), None)
-    if recipe is None:
-        return str(path), None  # the agent marks it Failed with "not found"
-    built = cache_dir / "examples" / recipe.filename
-    existed = built.is_file()
-    build_example(recipe.name, built.parent)
-    return str(built), None if existed else built
 
 
 def make_problem(manifests: list[Manifest], telemetry: Telemetry) -> placement.Problem:
@@ -215,7 +195,7 @@ def up(
     dep = Deployment(agent, manifests, the_plan)
     for m in manifests:
         name = m.model.metadata.name
-        uri, built = resolve_model_file(m.model.spec.model.uri, m.path.parent, settings.cache_dir)
+        uri, built = materialize(m.model.spec.model.uri, m.path.parent, settings.cache_dir)
         if built is not None:
             dep.built.append(built)
         replicas = by_model.get(name, [])

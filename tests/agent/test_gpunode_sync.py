@@ -160,3 +160,10 @@ def test_unparseable_spec_is_ignored(sync_agent: Agent, model_dir: Path) -> None
     sync.apply({"spec": {"assignments": [_assignment("ns/m", str(model_dir / "mlp.onnx"))]}})
     sync.apply({"spec": {"assignments": [{"model": "ns/m"}]}})  # missing fields: ignored
     assert sync_agent.models["ns.m"].state.value == "Ready" and "ns.m" in sync.assignments
+
+
+def test_example_models_are_built_on_the_node(sync_agent: Agent, tmp_path: Path) -> None:
+    sync = GpuNodeSync(sync_agent, FakeCustomObjects(), "n", "http://x", cache_dir=tmp_path)
+    sync.apply({"spec": {"assignments": [_assignment("ns/m", "file://models/convnet.onnx")]}})
+    assert sync_agent.models["ns.m"].state.value == "Ready"
+    assert (tmp_path / "examples" / "convnet.onnx").is_file()

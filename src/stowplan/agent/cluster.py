@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import stowplan
+from stowplan import models
 from stowplan.agent.config import BatchingConfig, ModelConfig, Policy
 from stowplan.agent.serving import Agent, ModelState
 from stowplan.agent.telemetry import DeviceSample
@@ -250,8 +251,22 @@ class GpuNodeSync:
             self._configs.pop(name, None)
         for cfg in load:
             log.info("loading %s from %s on device %d", cfg.name, cfg.uri, cfg.device)
-            self.agent.load(cfg)
-            self._configs[cfg.name] = cfg
+            self.agent.load(self._materialize(cfg))
+            self._configs[cfg.name] = cfg  # as assigned, so the next diff compares like with like
+
+    def _materialize(self, cfg: ModelConfig) -> ModelConfig:
+        """Relative ``file://`` URIs resolve against the models dir; the shipped example models
+        are built there when missing, so the examples also run on a fresh cluster."""
+        if self.cache_dir is None:
+            return cfg
+        try:
+            uri, built = models.materialize(cfg.uri, self.cache_dir, self.cache_dir)
+        except OSError as exc:  # read-only or full models dir: let the load report the file
+            log.warning("cannot build example model for %s: %s", cfg.name, exc)
+            return cfg
+        if built is not None:
+            log.info("built example model %s", built)
+        return cfg.model_copy(update={"uri": uri}) if uri != cfg.uri else cfg
 
     def report(self) -> GPUNodeStatus:
         with self._lock:

@@ -4,6 +4,12 @@ Callers: ``stowplan models build``, ``stowplan up`` (builds missing example mode
 the agent tests and benchmarks. Only :mod:`stowplan.models.builders` imports ``onnx``.
 """
 
-from stowplan.models.builders import EXAMPLES, ExampleModel, build_all, build_example
+from stowplan.models.builders import (
+    EXAMPLES,
+    ExampleModel,
+    build_all,
+    build_example,
+    materialize,
+)
 
-__all__ = ["EXAMPLES", "ExampleModel", "build_all", "build_example"]
+__all__ = ["EXAMPLES", "ExampleModel", "build_all", "build_example", "materialize"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import onnx
@@ -165,3 +166,27 @@ def build_example(name: str, directory: Path, seed: int = 0, overwrite: bool = F
 def build_all(directory: Path, seed: int = 0, overwrite: bool = False) -> list[Path]:
     """Build every example model into ``directory``."""
     return [build_example(name, directory, seed, overwrite) for name in EXAMPLES]
+
+
+def materialize(uri: str, base_dir: Path, cache_dir: Path) -> tuple[str, Path | None]:
+    """Resolve a model URI for loading: return (uri to load, path built just now or None).
+
+    Relative ``file://`` URIs (and plain relative paths) are made absolute against
+    ``base_dir``; a missing file whose name is a shipped example (``mlp.onnx``, ...) is built
+    into ``cache_dir/examples`` so the examples run anywhere with no downloads. Other URIs pass
+    through untouched (the agent's model store fetches them or reports them missing).
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("file", ""):
+        return uri, None
+    raw = Path(unquote(parsed.netloc + parsed.path) if parsed.scheme else uri)
+    path = raw if raw.is_absolute() else base_dir / raw
+    if path.is_file():
+        return str(path), None
+    recipe = next((r for r in EXAMPLES.values() if r.filename == path.name), None)
+    if recipe is None:
+        return str(path), None
+    built = cache_dir / "examples" / recipe.filename
+    existed = built.is_file()
+    build_example(recipe.name, built.parent)
+    return str(built), None if existed else built
