@@ -138,3 +138,60 @@ def test_replicas_on_several_devices_share_the_load(tmp_path: Path) -> None:
             assert c.get("/v2/models").json()["models"][0]["devices"] == [0, 1]
     finally:
         dep.agent.close()
+
+
+@pytest.mark.slow
+def test_up_serves_and_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    (tmp_path / "a.yaml").write_text(MODEL_YAML.format(name="a", uri="file://models/mlp.onnx"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stowplan",
+            "up",
+            str(tmp_path),
+            "--port",
+            str(port),
+            "--no-nvml",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "agent did not start"
+            time.sleep(0.2)
+        body = {
+            "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]
+        }
+        resp = httpx.post(f"http://127.0.0.1:{port}/v2/models/a/infer", json=body)
+        assert resp.status_code == 200
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "serving on" in text and "stopped" in text and "Traceback" not in text
