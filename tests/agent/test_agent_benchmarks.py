@@ -63,7 +63,7 @@ def test_simulated_benchmarks_quick(bench: str) -> None:
 def test_http_benchmark_quick() -> None:
     res = CliRunner().invoke(main, ["bench", "http", "--quick"])
     assert res.exit_code == 0, res.output
-    assert "| aimd | 25 |" in res.output and "overhead per request" in res.output
+    assert "| aimd | 100 |" in res.output and "overhead per request" in res.output
 
 
 def test_profile_prints_a_profile_block(model_dir: Path) -> None:
