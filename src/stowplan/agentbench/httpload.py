@@ -273,7 +273,7 @@ def direct_p50_ms(model_path: Path, model: str, n: int = 500) -> float:
 
 def run(
     model: str = "mlp-wide",
-    rates: tuple[float, ...] = (200, 600, 1000),
+    rates: tuple[float, ...] = (150, 300, 600),
     policies: tuple[str, ...] = ("none", "static-8", "aimd"),
     duration_s: float = 10.0,
     slo_ms: float = 50.0,

@@ -21,7 +21,7 @@ import click
     "rates",
     multiple=True,
     type=click.FloatRange(1, 100_000),
-    help="Offered request rate (repeatable; default 200, 600, 1000).",
+    help="Offered request rate (repeatable; default 150, 300, 600).",
 )
 @click.option(
     "--policy",
@@ -56,7 +56,7 @@ def command(
 
     from stowplan.agentbench import httpload
 
-    rates = rates or ((100.0,) if quick else (200.0, 600.0, 1000.0))
+    rates = rates or ((100.0,) if quick else (150.0, 300.0, 600.0))
     policies = policies or (("aimd",) if quick else ("none", "static-8", "aimd"))
     if quick:
         duration_s = min(duration_s, 3.0)
