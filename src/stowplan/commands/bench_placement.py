@@ -48,7 +48,7 @@ def load_fits(path: Path) -> list[LatencyFit]:
 
 
 def _budget(replicas: int) -> float:
-    return 10.0 if replicas <= 1000 else (30.0 if replicas <= 3000 else 50.0)
+    return 10.0 if replicas <= 1000 else (30.0 if replicas <= 3000 else 40.0)
 
 
 @click.command(name="placement")
@@ -61,7 +61,7 @@ def _budget(replicas: int) -> float:
     type=click.FloatRange(min=0),
     default=None,
     help="Engine budget per instance (default: 10 s up to 1,000 replicas, 30 s up "
-    "to 3,000, 50 s above).",
+    "to 3,000, 40 s above).",
 )
 @click.option(
     "--reference-s",

@@ -1,11 +1,13 @@
-"""Large-neighbourhood search: repack a few GPUs at a time with CP-SAT (DESIGN §4).
+"""Large-neighbourhood search: repack a few GPUs at a time (DESIGN §4).
 
-Starting from the best-fit plan, repeatedly free a small neighbourhood (a lightly loaded GPU
-plus a few others its replicas may use), re-solve it exactly with ``cpsat.repack`` (hinted
-with the incoming assignment) and keep the result only when it is strictly better: fewer GPUs,
-more replicas placed, or fewer moves against ``problem.current``. So the plan never gets worse
-than best-fit. GPUs that hold pinned replicas are never part of a neighbourhood. Callers:
-planner (``time_limit_s > 0``). Pure; the clock is injected.
+Starting from the best-fit plan, repeatedly free a neighbourhood (a lightly loaded GPU plus a
+few with a similar duty cycle) and rebuild it: mostly by ruin-and-recreate (best-fit
+re-insertion with the seed GPU forbidden, kept when the lexicographic objective unplaced, GPUs,
+moves, -sum(load^2) does not get worse, so GPUs drain towards empty), and every 25th step
+exactly with ``cpsat.repack`` (hinted with the incoming assignment, kept only when strictly
+better: fewer GPUs, more replicas placed, or fewer moves against ``problem.current``). So the
+plan never gets worse than best-fit. GPUs that hold pinned replicas are never part of a
+neighbourhood. Callers: planner (``time_limit_s > 0``). Pure; the clock is injected.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from stowplan.placement.bestfit import choose_gpu, decreasing_order
+from stowplan.placement.capacity import EPS
 from stowplan.placement.cpsat import GPU_WEIGHT, PLACE_WEIGHT, repack
 from stowplan.placement.models import Problem
 from stowplan.placement.packing import LEVELS, PackState, Replica
@@ -25,11 +29,88 @@ MAX_OPTIONAL = 12  # unplaced replicas offered to one neighbourhood
 
 def gpu_loads(state: PackState) -> np.ndarray:
     """Load of every GPU at its best level (max of time and memory share); 0 when empty."""
-    loads = np.zeros(len(state.count))
-    for g in np.flatnonzero(state.count > 0).tolist():
-        lv = state.best_level(g)
-        loads[g] = max(state.busy[g, lv] / LEVELS[lv], state.mem[g, lv] / state.index.cap_mib[g])
-    return loads
+    cap = state.index.cap_mib[:, None]
+    ok = (state.blocked == 0) & (state.busy <= LEVELS * (1 + EPS)) & (state.mem <= cap + EPS)
+    load = np.maximum(state.busy / LEVELS, state.mem / cap)
+    load[~ok] = np.inf
+    best = load.min(axis=1)
+    best[state.count == 0] = 0.0
+    return np.where(np.isfinite(best), best, 1.0)
+
+
+def _score(state: PackState, left: list[Replica], current: dict[Replica, int]) -> tuple[float, ...]:
+    """Lexicographic objective: unplaced, GPUs, moves, then fuller GPUs (-sum of load^2)."""
+    moves = sum(1 for rep, g in current.items() if state.where.get(rep, g) != g)
+    loads = gpu_loads(state)
+    return (len(left), state.used(), moves, -float((loads**2).sum()))
+
+
+def _ruin_recreate(
+    best: PackState,
+    left: list[Replica],
+    current: dict[Replica, int],
+    frozen: set[int],
+    rng: random.Random,
+    size: int,
+) -> tuple[list[Replica], bool]:
+    """Empty a lightly loaded GPU and a few similar ones, re-insert their replicas by best fit
+    (the seed GPU last), keep the change when the objective does not get worse."""
+    index = best.index
+    used = [g for g in np.flatnonzero(best.count > 0).tolist() if g not in frozen]
+    if not used:
+        return left, False
+    before = _score(best, left, current)
+    loads = gpu_loads(best)
+    weights = (1.0 - loads[used] + 0.02) ** 4
+    g0 = rng.choices(used, weights=weights.tolist())[0]
+    lv0 = best.best_level(g0)
+    pool = [g for g in used if g != g0 and abs(best.best_level(g) - lv0) <= 2] or [
+        g for g in used if g != g0
+    ]
+    chosen = [g0, *rng.sample(pool, min(size, len(pool)))]
+    log: list[tuple[Replica, int]] = []
+    for g in chosen:
+        for rep in list(best.residents[g]):
+            best.remove(rep)
+            log.append((rep, g))
+    extra = rng.sample(left, min(4, len(left)))
+    todo = [rep for rep, _ in log] + extra
+    order = decreasing_order(index, todo)
+    if rng.random() < 0.5:  # perturb: swap a few neighbours in the order
+        for _ in range(max(1, len(order) // 4)):
+            i = rng.randrange(len(order))
+            j = min(len(order) - 1, i + 1)
+            order[i], order[j] = order[j], order[i]
+    best.holds[:, g0] = True  # try to empty the seed GPU
+    placed: list[Replica] = []
+    failed: list[Replica] = []
+    for rep in order:
+        target = choose_gpu(best, rep[0])
+        if target is None:
+            failed.append(rep)
+        else:
+            best.add(rep, target)
+            placed.append(rep)
+    best.holds[:, g0] = False
+    for mi, _ in best.residents[g0]:
+        best.holds[mi, g0] = True
+    still: list[Replica] = []
+    for rep in failed:
+        dest = choose_gpu(best, rep[0])
+        if dest is None:
+            still.append(rep)
+        else:
+            best.add(rep, dest)
+            placed.append(rep)
+    must = {rep for rep, _ in log}
+    new_left = [rep for rep in left if rep not in best.where]
+    if not (must & set(still)) and _score(best, new_left, current) <= before:
+        return new_left, True
+    for rep in placed:  # undo
+        best.remove(rep)
+    for rep, g in log:
+        best.add(rep, g)
+    return left, False
 
 
 def _objective(
@@ -63,10 +144,15 @@ def improve(
     frozen = {best.where[rep] for rep in pinned if rep in best.where}
     size = 12
     stale = 0
+    step = 0
     while True:
         remaining = deadline - clock()
         if remaining < 0.05:
             break
+        step += 1
+        if step % 25 or remaining < 1.0:  # mostly cheap ruin-and-recreate steps
+            left, _ = _ruin_recreate(best, left, current, frozen, rng, rng.randint(1, 4))
+            continue
         used = [g for g in np.flatnonzero(best.count > 0).tolist() if g not in frozen]
         if len(used) < 2 and not left:
             break
