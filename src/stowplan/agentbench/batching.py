@@ -58,7 +58,7 @@ def static_sizes(max_batch: int) -> list[int]:
 def workloads(
     capacity: float, duration_s: float, seed: int, quick: bool
 ) -> Iterator[tuple[str, list[float]]]:
-    for frac in (0.5, 0.8):
+    for frac in (0.5, 0.8, 1.5):
         yield f"Poisson {int(frac * 100)}%", poisson_arrivals(capacity * frac, duration_s, seed)
     traces = (("azure-conv", 0.7),) if quick else (("azure-conv", 0.7), ("azure-code", 0.3))
     for name, frac in traces:

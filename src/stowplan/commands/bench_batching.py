@@ -39,7 +39,7 @@ def command(duration_s: float, max_queue_delay_ms: float | None, seed: int, quic
 
     if quick:
         duration_s = min(duration_s, 5.0)
-    total = 3 if quick else 12
+    total = 4 if quick else 15
     try:
         with tqdm(total=total, desc="workloads", file=None, leave=False) as bar:
             rows = batching.run(duration_s, max_queue_delay_ms, seed, quick, bar.update)
