@@ -70,3 +70,14 @@ def test_agent_serves_a_model_over_http_uri(
         assert agent.models["m"].state.value == "Ready"
     finally:
         agent.close()
+
+
+def test_corrupt_model_file_is_failed_with_reason(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    agent = Agent(AgentSettings(cache_dir=tmp_path))
+    try:
+        served = agent.load(ModelConfig(name="bad", uri=str(bad)))
+        assert served.state.value == "Failed" and "cannot open" in served.reason
+    finally:
+        agent.close()
