@@ -107,7 +107,7 @@ def load_published(path: Path, column: str) -> dict[tuple[str, str], float]:
     default=130,
     show_default=True,
     type=click.IntRange(1, 130),
-    help="Arrived GPU request (%% of capacity) at which allocation is reported.",
+    help="Arrived GPU request (% of capacity) at which allocation is reported.",
 )
 @click.option("--quick", is_flag=True, help="1 seed, default workload, no defrag (< 1 minute).")
 def command(seeds: int, workloads: str, defrag_moves: int, arrived: int, quick: bool) -> None:
