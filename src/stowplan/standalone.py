@@ -23,8 +23,7 @@ import pydantic
 import yaml
 
 from stowplan import placement
-from stowplan.agent.config import AgentSettings, BatchingConfig, ModelConfig, Policy
-from stowplan.agent.errors import AgentError
+from stowplan.agent.config import AgentSettings, BatchingConfig, ModelConfig, Policy, ReplicaSlot
 from stowplan.agent.serving import Agent, ServedModel
 from stowplan.agent.telemetry import SimulatedTelemetry, Telemetry, detect
 from stowplan.api.inferencemodel import InferenceModel
@@ -141,7 +140,18 @@ def make_problem(manifests: list[Manifest], telemetry: Telemetry) -> placement.P
     return placement.Problem(gpus=gpus, models=models)
 
 
-def model_config(m: Manifest, uri: str, assignment: placement.Assignment | None) -> ModelConfig:
+def model_config(m: Manifest, uri: str, replicas: list[placement.Assignment]) -> ModelConfig:
+    """The agent config for one manifest; ``replicas`` are its placed replicas here (the first
+    one's device is primary, replicas on other devices become extra lanes)."""
+    assignment = replicas[0] if replicas else None
+    seen = {assignment.gpu} if assignment else set()
+    extra = []
+    for a in replicas[1:]:
+        if a.gpu not in seen:
+            seen.add(a.gpu)
+            extra.append(
+                ReplicaSlot(device=a.gpu, duty_cycle_ms=a.duty_cycle_ms, busy_ms=a.busy_ms)
+            )
     spec = m.model.spec
     b = spec.batching
     return ModelConfig(
@@ -161,6 +171,7 @@ def model_config(m: Manifest, uri: str, assignment: placement.Assignment | None)
         busy_ms=assignment.busy_ms if assignment else 0.0,
         priority=spec.priority,
         per_item_memory_mib=spec.profile.memory_mib.per_item_mib,
+        replicas=tuple(extra),
         base_dir=m.path.parent,
     )
 
@@ -201,13 +212,9 @@ def up(
         replicas = by_model.get(name, [])
         if not replicas:
             dep.best_effort.append(name)
-        served = agent.load(model_config(m, uri, replicas[0] if replicas else None))
-        for a in replicas[1:]:
-            if served.state.value == "Ready" and a.gpu not in served.lanes:
-                try:
-                    agent.add_replica(name, a.gpu, a.duty_cycle_ms, a.busy_ms)
-                except (AgentError, ValueError) as exc:
-                    dep.warnings.append(f"{name} replica {a.replica} on device {a.gpu}: {exc}")
+        served = agent.load(model_config(m, uri, replicas))
+        if served.state.value == "Ready" and served.reason:
+            dep.warnings.append(f"{name}: {served.reason}")
     return dep
 
 

@@ -72,19 +72,42 @@ def test_desired_configs_and_reconcile(model_dir: Path) -> None:
         {
             "assignments": [
                 _assignment("default/a", mlp),
+                _assignment("default/b", mlp, replica=1, gpu=1, busyMs=7),
                 _assignment("default/b", mlp, replica=0),
-                _assignment("default/b", mlp, replica=1, gpu=1),
             ]
         }
     )
     desired = desired_configs(spec)
-    assert sorted(desired) == ["default.a", "default.b.r0", "default.b.r1"]
-    cfg, _ = desired["default.b.r1"]
-    assert (cfg.device, cfg.duty_cycle_ms, cfg.busy_ms, cfg.slo_ms) == (1, 20, 5, 100)
+    assert sorted(desired) == ["default.a", "default.b"]  # replicas of b share one name
+    cfg, group = desired["default.b"]
+    assert [a.replica for a in group] == [0, 1]
+    assert (cfg.device, cfg.duty_cycle_ms, cfg.busy_ms, cfg.slo_ms) == (0, 20, 5, 100)
+    assert [(r.device, r.busy_ms) for r in cfg.replicas] == [(1, 7)]
     current = {"default.a": desired["default.a"][0], "gone": cfg}
     load, unload = reconcile(current, [c for c, _ in desired.values()])
-    assert sorted(c.name for c in load) == ["default.b.r0", "default.b.r1"]
+    assert [c.name for c in load] == ["default.b"]
     assert unload == ["gone"]
+
+
+def test_two_replicas_on_one_node_serve_under_one_name(sync_agent: Agent, model_dir: Path) -> None:
+    mlp = str(model_dir / "mlp.onnx")
+    sync = GpuNodeSync(sync_agent, FakeCustomObjects(), "n", "http://x")
+    sync.apply(
+        {
+            "spec": {
+                "assignments": [
+                    _assignment("ns/m", mlp, replica=0, gpu=0),
+                    _assignment("ns/m", mlp, replica=1, gpu=1),
+                ]
+            }
+        }
+    )
+    assert sorted(sync_agent.models["ns.m"].lanes) == [0, 1]
+    status = sync.report()
+    assert [(m.replica, m.gpu, m.state) for m in status.models] == [
+        (0, 0, "Ready"),
+        (1, 1, "Ready"),
+    ]
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_lru_offload_and_prefetch_through_the_agent(model_dir: Path, tmp_path: P
                 ]
             }
         )
-        status = build_status(agent, {"wide": spec.assignments[0]}, agent.device_samples(), "u")
+        status = build_status(agent, {"wide": [spec.assignments[0]]}, agent.device_samples(), "u")
         assert status.models[0].state == "Offloaded"
 
         asyncio.run(agent.infer("wide", _req(256)))  # prefetched back on demand

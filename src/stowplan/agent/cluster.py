@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast
 
 import stowplan
 from stowplan import models
-from stowplan.agent.config import BatchingConfig, ModelConfig, Policy
+from stowplan.agent.config import BatchingConfig, ModelConfig, Policy, ReplicaSlot
 from stowplan.agent.serving import Agent, ModelState
 from stowplan.agent.telemetry import DeviceSample
 from stowplan.api import gpunode
@@ -56,29 +56,37 @@ class CustomObjects(Protocol):
     ) -> Any: ...
 
 
-def served_name(model: str, replica: int, replicas_here: int) -> str:
-    """OIP model name for an assignment: ``namespace/name`` -> ``namespace.name`` (a URL path
-    segment), with ``.r<replica>`` appended when this node holds several replicas of it."""
-    base = model.replace("/", ".")
-    return f"{base}.r{replica}" if replicas_here > 1 else base
+def served_name(model: str) -> str:
+    """OIP model name for ``namespace/name``: ``namespace.name`` (one URL path segment)."""
+    return model.replace("/", ".")
 
 
 def desired_configs(
     spec: GPUNodeSpec, cache_dir: Path | None = None
-) -> dict[str, tuple[ModelConfig, gpunode.Assignment]]:
-    """What the agent should serve for ``spec``, keyed by served name."""
-    counts: dict[str, int] = {}
-    for a in spec.assignments:
-        counts[a.model] = counts.get(a.model, 0) + 1
-    out: dict[str, tuple[ModelConfig, gpunode.Assignment]] = {}
-    for a in spec.assignments:
-        name = served_name(a.model, a.replica, counts[a.model])
-        b = a.batching
+) -> dict[str, tuple[ModelConfig, list[gpunode.Assignment]]]:
+    """What the agent should serve for ``spec``, keyed by served name. Several replicas of one
+    model on this node are one served model with a lane per GPU (the lowest replica's GPU is
+    primary); requests go to the least-queued lane."""
+    grouped: dict[str, list[gpunode.Assignment]] = {}
+    for a in sorted(spec.assignments, key=lambda a: (a.model, a.replica)):
+        grouped.setdefault(a.model, []).append(a)
+    out: dict[str, tuple[ModelConfig, list[gpunode.Assignment]]] = {}
+    for model, replicas in grouped.items():
+        first = replicas[0]
+        seen = {first.gpu}
+        extra = []
+        for r in replicas[1:]:
+            if r.gpu not in seen:
+                seen.add(r.gpu)
+                extra.append(
+                    ReplicaSlot(device=r.gpu, duty_cycle_ms=r.duty_cycle_ms, busy_ms=r.busy_ms)
+                )
+        b = first.batching
         cfg = ModelConfig(
-            name=name,
-            uri=a.source.uri,
-            slo_ms=a.slo_ms,
-            max_batch=a.max_batch,
+            name=served_name(model),
+            uri=first.source.uri,
+            slo_ms=first.slo_ms,
+            max_batch=first.max_batch,
             batching=BatchingConfig(
                 policy=Policy(b.policy.value),
                 max_queue_delay_ms=b.max_queue_delay_ms,
@@ -86,12 +94,13 @@ def desired_configs(
                 multiplicative_decrease=b.multiplicative_decrease,
                 static_batch_size=b.static_batch_size,
             ),
-            device=a.gpu,
-            duty_cycle_ms=a.duty_cycle_ms,
-            busy_ms=a.busy_ms,
+            device=first.gpu,
+            duty_cycle_ms=first.duty_cycle_ms,
+            busy_ms=first.busy_ms,
+            replicas=tuple(extra),
             base_dir=cache_dir,
         )
-        out[name] = (cfg, a)
+        out[cfg.name] = (cfg, replicas)
     return out
 
 
@@ -111,7 +120,7 @@ def _now() -> str:
 
 def build_status(
     agent: Agent,
-    assignments: dict[str, gpunode.Assignment],
+    assignments: dict[str, list[gpunode.Assignment]],
     samples: list[DeviceSample],
     endpoint: str,
     now: str | None = None,
@@ -132,8 +141,13 @@ def build_status(
     ]
     rows = {r["name"]: r for r in agent.model_rows()}
     models = []
-    for name, a in sorted(assignments.items()):
+    pairs = sorted(
+        ((n, a) for n, group in assignments.items() for a in group),
+        key=lambda pair: (pair[0], pair[1].replica),
+    )
+    for name, a in pairs:
         served = agent.models.get(name)
+        share = 1 / max(1, len(assignments[name]))  # stats are per model; split across replicas
         row = rows.get(name, {})
         state = (
             "Loading"
@@ -145,7 +159,10 @@ def build_status(
                 ModelState.UNLOADED: "Loading",
             }[served.state]
         )
-        if state == "Ready" and row.get("resident") is False:
+        reason = served.reason if served else ""
+        if state == "Ready" and served is not None and a.gpu not in served.lanes:
+            state = "Failed"  # this replica's lane could not be added (see reason)
+        elif state == "Ready" and row.get("resident") is False:
             state = "Offloaded"  # registered but evicted to host memory; back on next request
         models.append(
             ResidentModel(
@@ -153,8 +170,8 @@ def build_status(
                 replica=a.replica,
                 gpu=a.gpu,
                 state=state,
-                reason=served.reason if served else "",
-                qps=row.get("qps", 0.0),
+                reason=reason,
+                qps=round(row.get("qps", 0.0) * share, 3),
                 p99_ms=row.get("p99_ms"),
                 batch_size=row.get("mean_batch"),
             )
@@ -203,7 +220,7 @@ class GpuNodeSync:
         self.cache_dir = cache_dir
         self.status_interval_s = status_interval_s
         self.node_labels = node_labels or dict
-        self.assignments: dict[str, gpunode.Assignment] = {}
+        self.assignments: dict[str, list[gpunode.Assignment]] = {}
         self._configs: dict[str, ModelConfig] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -243,7 +260,7 @@ class GpuNodeSync:
             return
         desired = desired_configs(spec, self.cache_dir)
         with self._lock:
-            self.assignments = {name: a for name, (_, a) in desired.items()}
+            self.assignments = {name: group for name, (_, group) in desired.items()}
         load, unload = reconcile(self._configs, [c for c, _ in desired.values()])
         for name in unload:
             log.info("unloading %s", name)

@@ -37,6 +37,14 @@ class BatchingConfig(_Frozen):
     target_batch_ms: float | None = Field(default=None, gt=0)
 
 
+class ReplicaSlot(_Frozen):
+    """One more replica of a model on another device of this machine (from placement)."""
+
+    device: int = Field(ge=-1)
+    duty_cycle_ms: float = Field(default=0.0, ge=0)
+    busy_ms: float = Field(default=0.0, ge=0)
+
+
 class ModelConfig(_Frozen):
     """One model (one replica) this agent serves on one device."""
 
@@ -53,6 +61,8 @@ class ModelConfig(_Frozen):
     priority: int = 0
     #: Device memory the model needs besides its weights, per batch item (for residency).
     per_item_memory_mib: float = Field(default=0.0, ge=0)
+    #: Further replicas on other devices, served under the same name (least-queued routing).
+    replicas: tuple[ReplicaSlot, ...] = ()
     #: Directory that relative file:// URIs are resolved against (the manifest's folder).
     base_dir: Path | None = None
 

@@ -216,6 +216,11 @@ class Agent:
             return served
         served.state = ModelState.READY
         self.metrics.set_ready(config.name, True)
+        for slot in config.replicas:
+            try:
+                self.add_replica(config.name, slot.device, slot.duty_cycle_ms, slot.busy_ms)
+            except (AgentError, ValueError) as exc:  # the model still serves on its other lanes
+                served.reason = f"replica on device {slot.device} not loaded: {exc}"
         return served
 
     def add_replica(
