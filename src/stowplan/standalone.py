@@ -150,7 +150,12 @@ def model_config(m: Manifest, uri: str, replicas: list[placement.Assignment]) ->
         if a.gpu not in seen:
             seen.add(a.gpu)
             extra.append(
-                ReplicaSlot(device=a.gpu, duty_cycle_ms=a.duty_cycle_ms, busy_ms=a.busy_ms)
+                ReplicaSlot(
+                    device=a.gpu,
+                    duty_cycle_ms=a.duty_cycle_ms,
+                    busy_ms=a.busy_ms,
+                    planned_memory_mib=a.memory_mib,
+                )
             )
     spec = m.model.spec
     b = spec.batching
@@ -171,6 +176,8 @@ def model_config(m: Manifest, uri: str, replicas: list[placement.Assignment]) ->
         busy_ms=assignment.busy_ms if assignment else 0.0,
         priority=spec.priority,
         per_item_memory_mib=spec.profile.memory_mib.per_item_mib,
+        planned_memory_mib=assignment.memory_mib if assignment else 0.0,
+        weights_memory_mib=spec.profile.memory_mib.weights_mib,
         replicas=tuple(extra),
         base_dir=m.path.parent,
     )

@@ -79,7 +79,12 @@ def desired_configs(
             if r.gpu not in seen:
                 seen.add(r.gpu)
                 extra.append(
-                    ReplicaSlot(device=r.gpu, duty_cycle_ms=r.duty_cycle_ms, busy_ms=r.busy_ms)
+                    ReplicaSlot(
+                        device=r.gpu,
+                        duty_cycle_ms=r.duty_cycle_ms,
+                        busy_ms=r.busy_ms,
+                        planned_memory_mib=r.memory_mib,
+                    )
                 )
         b = first.batching
         cfg = ModelConfig(
@@ -97,6 +102,8 @@ def desired_configs(
             device=first.gpu,
             duty_cycle_ms=first.duty_cycle_ms,
             busy_ms=first.busy_ms,
+            planned_memory_mib=first.memory_mib,
+            weights_memory_mib=first.weights_mib,
             replicas=tuple(extra),
             base_dir=cache_dir,
         )

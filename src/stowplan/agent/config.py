@@ -43,6 +43,8 @@ class ReplicaSlot(_Frozen):
     device: int = Field(ge=-1)
     duty_cycle_ms: float = Field(default=0.0, ge=0)
     busy_ms: float = Field(default=0.0, ge=0)
+    #: Memory placement planned for this replica (0: none planned; see ModelConfig).
+    planned_memory_mib: float = Field(default=0.0, ge=0)
 
 
 class ModelConfig(_Frozen):
@@ -61,6 +63,10 @@ class ModelConfig(_Frozen):
     priority: int = 0
     #: Device memory the model needs besides its weights, per batch item (for residency).
     per_item_memory_mib: float = Field(default=0.0, ge=0)
+    #: From placement: the memory planned for the primary replica and the weights' share of
+    #: it. When set, the residency pool reserves exactly this, so placement and agent agree.
+    planned_memory_mib: float = Field(default=0.0, ge=0)
+    weights_memory_mib: float = Field(default=0.0, ge=0)
     #: Further replicas on other devices, served under the same name (least-queued routing).
     replicas: tuple[ReplicaSlot, ...] = ()
     #: Directory that relative file:// URIs are resolved against (the manifest's folder).

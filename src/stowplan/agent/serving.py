@@ -25,7 +25,7 @@ import numpy as np
 
 from stowplan.agent import modelstore, tensors
 from stowplan.agent.batching import BatchPolicy, make_policy
-from stowplan.agent.config import AgentSettings, DeviceSpec, ModelConfig, Policy
+from stowplan.agent.config import AgentSettings, DeviceSpec, ModelConfig, Policy, ReplicaSlot
 from stowplan.agent.errors import (
     AgentError,
     ExecutionError,
@@ -132,6 +132,29 @@ class ServedModel:
         return self.config.max_batch
 
 
+def primary_slot(config: ModelConfig) -> ReplicaSlot:
+    """The replica a config names first, as a slot like its extra replicas."""
+    return ReplicaSlot(
+        device=config.device,
+        duty_cycle_ms=config.duty_cycle_ms,
+        busy_ms=config.busy_ms,
+        planned_memory_mib=config.planned_memory_mib,
+    )
+
+
+def reserved_bytes(
+    config: ModelConfig, file_size_bytes: int, slot: ReplicaSlot | None = None
+) -> tuple[int, int]:
+    """(weights, workspace) bytes a replica takes in its device's pool: exactly what placement
+    planned for it (split by ``weights_memory_mib``) when there is a plan, else the model
+    file's size plus per-item memory at the largest batch."""
+    planned = (slot or primary_slot(config)).planned_memory_mib
+    if planned > 0:
+        weights = int(config.weights_memory_mib * MIB)
+        return weights, max(int(planned * MIB) - weights, 0)
+    return file_size_bytes, int(config.per_item_memory_mib * config.max_batch * MIB)
+
+
 class Agent:
     """Owns the models and the per-device executors of one node (or one standalone process)."""
 
@@ -208,9 +231,7 @@ class Agent:
         served.runtime = runtime
         served.runtimes[config.device] = runtime
         try:
-            served.policy = self._attach(
-                served, config.device, config.duty_cycle_ms, config.busy_ms
-            )
+            served.policy = self._attach(served, primary_slot(config))
         except (AgentError, ValueError) as exc:  # the model can never fit the device's pool
             served.state, served.reason = ModelState.FAILED, f"device memory: {exc}"
             return served
@@ -218,16 +239,15 @@ class Agent:
         self.metrics.set_ready(config.name, True)
         for slot in config.replicas:
             try:
-                self.add_replica(config.name, slot.device, slot.duty_cycle_ms, slot.busy_ms)
+                self.add_replica(config.name, slot)
             except (AgentError, ValueError) as exc:  # the model still serves on its other lanes
                 served.reason = f"replica on device {slot.device} not loaded: {exc}"
         return served
 
-    def add_replica(
-        self, name: str, device: int, duty_cycle_ms: float = 0.0, busy_ms: float = 0.0
-    ) -> None:
+    def add_replica(self, name: str, slot: ReplicaSlot) -> None:
         """Serve a loaded model on one more device too (another replica on this machine);
         requests go to the replica with the fewest queued items. Raises AgentError."""
+        device = slot.device
         served = self.get(name)
         if served.state is not ModelState.READY or served.runtime is None:
             raise ModelNotReady(f"model {name!r} is {served.state.value}")
@@ -237,18 +257,16 @@ class Agent:
         if self._is_gpu(device):
             runtime = OnnxModel(served.runtime.path, device, self.settings.intra_op_threads)
         served.runtimes[device] = runtime
-        self._attach(served, device, duty_cycle_ms, busy_ms)
+        self._attach(served, slot)
 
-    def _attach(
-        self, served: ServedModel, device: int, duty_cycle_ms: float, busy_ms: float
-    ) -> BatchPolicy:
+    def _attach(self, served: ServedModel, slot: ReplicaSlot) -> BatchPolicy:
         """Register the model in the device's memory pool and give it a lane there."""
         config = served.config
+        device, duty_cycle_ms, busy_ms = slot.device, slot.duty_cycle_ms, slot.busy_ms
         runtime = served.runtimes[device]
         residency = self.residency(device)
         if residency is not None:
-            workspace = int(config.per_item_memory_mib * config.max_batch * MIB)
-            residency.register(config.name, runtime.size_bytes, workspace)
+            residency.register(config.name, *reserved_bytes(config, runtime.size_bytes, slot))
         batching = config.batching
         if not runtime.batched and batching.policy is not Policy.NONE:
             batching = batching.model_copy(update={"policy": Policy.NONE})
@@ -380,8 +398,7 @@ class Agent:
         total = 0
         for m in list(self.models.values()):
             if m.runtime is not None and device in m.lanes:
-                total += m.runtime.size_bytes
-                total += int(m.config.per_item_memory_mib * m.config.max_batch * MIB)
+                total += sum(reserved_bytes(m.config, m.runtime.size_bytes))
         return total
 
     def device_samples(self) -> list[DeviceSample]:

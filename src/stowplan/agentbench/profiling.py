@@ -5,7 +5,7 @@ takes the median latency per batch size, and fits latency(b) = base + perItem * 
 squares (the same linear model placement uses). Weights memory is the model file's size;
 per-item memory is the process's resident-set growth between the smallest and largest batch
 divided by the batch difference (a CPU stand-in for device memory; on GPU nodes read it from
-NVML instead). Callers: :mod:`stowplan.commands.profile`.
+NVML instead). Callers: :mod:`stowplan.commands.profile_model`.
 """
 
 from __future__ import annotations

@@ -34,7 +34,12 @@ class Assignment(WireModel):
     max_batch: int = Field(alias="maxBatch", ge=1, description="Largest batch the model takes.")
     duty_cycle_ms: float = Field(alias="dutyCycleMs", gt=0, description="GPU duty cycle, in ms.")
     busy_ms: float = Field(alias="busyMs", ge=0, description="GPU time per cycle, in ms.")
-    memory_mib: float = Field(alias="memoryMiB", ge=0, description="Planned device memory.")
+    memory_mib: float = Field(
+        alias="memoryMiB", ge=0, description="Planned device memory: weights + workspace, MiB."
+    )
+    weights_mib: float = Field(
+        default=0, alias="weightsMiB", ge=0, description="The weights' share of memoryMiB."
+    )
     slo_ms: float = Field(alias="sloMs", gt=0, description="p99 latency target, in ms.")
     latency_ms: LatencyProfileSpec = Field(alias="latencyMs", description="Latency profile.")
     batching: Batching = Field(default_factory=Batching, description="Batching policy.")

@@ -90,6 +90,7 @@ def desired_state(
                 duty_cycle_ms=a.duty_cycle_ms,
                 busy_ms=round(a.busy_ms, 6),
                 memory_mib=round(a.memory_mib, 6),
+                weights_mib=im.spec.profile.memory_mib.weights_mib,
                 slo_ms=im.spec.slo.latency_ms,
                 latency_ms=im.spec.profile.latency_ms,
                 batching=im.spec.batching,
