@@ -29,23 +29,28 @@ def volume_bound(sizes: Sequence[float]) -> int:
 
 
 def martello_toth_l2(sizes: Sequence[float]) -> int:
-    """Martello & Toth's L2 bound for bins of capacity 1 (>= the volume bound)."""
-    items = sorted((s for s in sizes if s > _EPS), reverse=True)
-    if not items:
+    """Martello & Toth's L2 bound for bins of capacity 1 (>= the volume bound).
+
+    Every alpha (each item size up to one half, and 0) is tried; with the sizes sorted and
+    prefix sums, each alpha costs a few binary searches (O(n log n) in all, 10,000 items in ms).
+    """
+    arr = np.sort(np.asarray([s for s in sizes if s > _EPS], dtype=float))
+    if arr.size == 0:
         return 0
-    best = volume_bound(items)
-    alphas = sorted({s for s in items if s <= 0.5 + _EPS} | {0.0})
-    n = len(items)
-    for alpha in alphas:
-        j1 = sum(1 for s in items if s > 1 - alpha + _EPS)
-        j2 = [s for s in items if 0.5 + _EPS < s <= 1 - alpha + _EPS]
-        j3 = sum(s for s in items if alpha - _EPS <= s <= 0.5 + _EPS)
-        free = len(j2) - sum(j2)
-        bound = j1 + len(j2) + max(0, math.ceil(j3 - free - 1e-7))
-        best = max(best, bound)
-        if n > 2000 and alpha > 0:  # keep it O(n) per alpha for huge fleets: a few alphas suffice
-            break
-    return best
+    best = volume_bound(arr.tolist())
+    prefix = np.concatenate(([0.0], np.cumsum(arr)))
+    alphas = np.unique(np.concatenate(([0.0], arr[arr <= 0.5 + _EPS])))
+    hi = np.searchsorted(arr, 1 - alphas + _EPS, side="right")  # items <= 1 - alpha + eps
+    half = int(np.searchsorted(arr, 0.5 + _EPS, side="right"))  # items <= 0.5 + eps
+    lo = np.searchsorted(arr, alphas - _EPS, side="left")  # items >= alpha - eps from here
+    n = arr.size
+    j1 = n - hi
+    n2 = np.maximum(0, hi - half)
+    sum2 = prefix[np.maximum(hi, half)] - prefix[half]
+    j3 = prefix[half] - prefix[np.minimum(lo, half)]
+    free = n2 - sum2
+    bounds = j1 + n2 + np.maximum(0, np.ceil(j3 - free - 1e-7))
+    return max(best, int(bounds.max()))
 
 
 def gpu_lower_bound(

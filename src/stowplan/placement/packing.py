@@ -9,13 +9,14 @@ never leaves ``plan()``, which returns frozen values. No I/O, no solver.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from stowplan.placement.capacity import DUTY_LEVELS_MS, EPS, LevelCosts, level_costs
+from stowplan.placement.capacity import DUTY_LEVELS_MS, EPS, LevelCosts, level_costs_many
 from stowplan.placement.models import Assignment, Gpu, ModelDemand, Problem
 from stowplan.placement.verify import gpu_admits
 
@@ -34,23 +35,38 @@ class PackIndex:
     model_pos: dict[str, int]
     costs: tuple[LevelCosts, ...]
     eligible: npt.NDArray[np.bool_]  # (models, gpus)
+    restricted: npt.NDArray[np.bool_]  # (models,) False: every GPU is eligible
     cap_mib: npt.NDArray[np.float64]  # (gpus,) memory minus reserve
     min_share: npt.NDArray[np.float64]  # (models,) smallest time share over levels
     min_mem: npt.NDArray[np.float64]  # (models,) smallest memory over levels
     gpu_class: npt.NDArray[np.int64]  # (gpus,) GPUs with equal memory, type and labels
+    ok_levels: tuple[npt.NDArray[np.intp], ...]  # per model: the levels it allows
+    slack_floor: float  # a GPU with less free time share can take no replica at all
+    max_cap_mib: npt.NDArray[np.float64]  # (models,) largest eligible capacity, -inf if none
+    # per model, at its allowed levels only: busy ms, memory MiB, level ms (best-fit hot path)
+    lv_busy: tuple[npt.NDArray[np.float64], ...]
+    lv_mem: tuple[npt.NDArray[np.float64], ...]
+    lv_ms: tuple[npt.NDArray[np.float64], ...]
 
     @staticmethod
     def build(problem: Problem) -> PackIndex:
         gpus = problem.gpus
         models = problem.models
-        eligible = np.zeros((len(models), len(gpus)), dtype=bool)
-        for i, m in enumerate(models):
-            if not m.gpu_type and not m.node_selector:
-                eligible[i, :] = True
-            else:
-                eligible[i, :] = [gpu_admits(g, m) for g in gpus]
+        eligible = np.ones((len(models), len(gpus)), dtype=bool)
+        restricted = np.zeros(len(models), dtype=bool)
+        admits: dict[tuple[object, ...], npt.NDArray[np.bool_]] = {}
         cap = np.asarray([g.memory_mib - problem.memory_reserve_mib for g in gpus], dtype=float)
-        costs = tuple(level_costs(m) for m in models)
+        max_cap = np.full(len(models), float(cap.max()) if len(gpus) else -math.inf)
+        for i, m in enumerate(models):
+            if m.gpu_type or m.node_selector:
+                restricted[i] = True
+                key = (m.gpu_type, tuple(sorted(m.node_selector.items())))
+                if key not in admits:
+                    admits[key] = np.asarray([gpu_admits(g, m) for g in gpus], dtype=bool)
+                eligible[i, :] = admits[key]
+                max_cap[i] = float(cap[admits[key]].max(initial=-math.inf))
+        costs = level_costs_many(models)
+        min_share = np.asarray([c.min_share() for c in costs], dtype=float)
         classes: dict[tuple[object, ...], int] = {}
         gpu_class = np.asarray(
             [
@@ -69,19 +85,24 @@ class PackIndex:
             model_pos={m.name: i for i, m in enumerate(models)},
             costs=costs,
             eligible=eligible,
+            restricted=restricted,
             cap_mib=cap,
-            min_share=np.asarray([c.min_share() for c in costs]),
+            min_share=min_share,
             min_mem=np.asarray([c.min_memory_mib() for c in costs]),
             gpu_class=gpu_class,
+            ok_levels=tuple(np.flatnonzero(c.ok) for c in costs),
+            slack_floor=float(min_share.min(initial=1.0)) - 1e-6,
+            max_cap_mib=max_cap,
+            lv_busy=tuple(c.busy_ms[c.ok] for c in costs),
+            lv_mem=tuple(c.memory_mib[c.ok] for c in costs),
+            lv_ms=tuple(LEVELS[c.ok] for c in costs),
         )
 
     def size(self, mi: int) -> float:
         """Best-fit-decreasing key: the larger of a replica's smallest time and memory share."""
-        c = self.costs[mi]
-        elig = self.eligible[mi]
-        if not c.feasible or not elig.any():
+        if not math.isfinite(self.min_share[mi]) or self.max_cap_mib[mi] == -math.inf:
             return math.inf
-        return max(c.min_share(), c.min_memory_mib() / float(self.cap_mib[elig].max()))
+        return max(float(self.min_share[mi]), float(self.min_mem[mi] / self.max_cap_mib[mi]))
 
 
 @dataclass
@@ -97,6 +118,14 @@ class PackState:
     residents: list[set[Replica]] = field(init=False)
     where: dict[Replica, int] = field(init=False)
     slack: npt.NDArray[np.float64] = field(init=False)  # (gpus,) best free time share
+    # per GPU class: a min-heap of GPU indices that may be empty (stale entries are skipped)
+    empty_heaps: list[list[int]] = field(init=False)
+    _busy_ids: npt.NDArray[np.intp] | None = field(init=False, default=None)
+    open_slack: npt.NDArray[np.float64] = field(init=False)  # slack of used GPUs, -1 if empty
+    mem_free0: npt.NDArray[np.float64] = field(init=False)  # (gpus,) cap - memory at level 0
+    # used GPUs that may still take the smallest replica (a superset, unsorted; see ``active``)
+    _active: npt.NDArray[np.intp] | None = field(init=False, default=None)
+    _appended: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         g, n_levels = len(self.index.gpus), len(LEVELS)
@@ -108,6 +137,12 @@ class PackState:
         self.residents = [set() for _ in range(g)]
         self.where = {}
         self.slack = np.ones(g)
+        self.open_slack = np.full(g, -1.0)
+        self.mem_free0 = self.index.cap_mib.copy()
+        n_classes = int(self.index.gpu_class.max()) + 1 if g else 0
+        self.empty_heaps = [[] for _ in range(n_classes)]
+        for i, k in enumerate(self.index.gpu_class.tolist()):
+            self.empty_heaps[k].append(i)  # ascending: already a heap
 
     def copy(self) -> PackState:
         new = PackState(self.index)
@@ -119,11 +154,40 @@ class PackState:
         new.residents = [set(s) for s in self.residents]
         new.where = dict(self.where)
         new.slack = self.slack.copy()
+        new.open_slack = self.open_slack.copy()
+        new.mem_free0 = self.mem_free0.copy()
+        new._active, new._appended = self._active, self._appended
+        new.empty_heaps = [list(h) for h in self.empty_heaps]
+        new._busy_ids = self._busy_ids
         return new
 
+    def busy_ids(self) -> npt.NDArray[np.intp]:
+        """Indices of the GPUs in use, ascending (cached until a GPU opens or empties)."""
+        if self._busy_ids is None:
+            self._busy_ids = np.flatnonzero(self.count > 0)
+        return self._busy_ids
+
+    def active(self) -> npt.NDArray[np.intp]:
+        """Used GPUs that may still take the smallest replica of any model (a superset:
+        GPUs that filled up since the last rebuild stay until the next one), unsorted."""
+        if self._active is None or self._appended > 64:
+            self._active = np.flatnonzero(self.open_slack >= self.index.slack_floor)
+            self._appended = 0
+        return self._active
+
+    def first_empty(self, k: int) -> int | None:
+        """The lowest-index empty GPU of class ``k`` (None if the class is full)."""
+        heap = self.empty_heaps[k]
+        while heap and self.count[heap[0]] > 0:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
     def _update_slack(self, g: int) -> None:
-        free = np.where(self.blocked[g] == 0, 1.0 - self.busy[g] / LEVELS, -1.0)
-        self.slack[g] = float(free.max()) if self.count[g] else 1.0
+        if self.count[g]:
+            free = np.where(self.blocked[g] == 0, 1.0 - self.busy[g] / LEVELS, -1.0)
+            self.slack[g] = self.open_slack[g] = float(free.max())
+        else:
+            self.slack[g], self.open_slack[g] = 1.0, -1.0
 
     def prefilter(self, mi: int) -> npt.NDArray[np.bool_]:
         """GPUs that may fit a replica of model ``mi`` (cheap necessary conditions only):
@@ -138,10 +202,16 @@ class PackState:
         self.mem[g] += c.memory_mib
         self.blocked[g] += ~c.ok
         self.count[g] += 1
+        if self.count[g] == 1:
+            self._busy_ids = None
+            if self._active is not None:
+                self._active = np.append(self._active, g)
+                self._appended += 1
         self.holds[rep[0], g] = True
         self.residents[g].add(rep)
         self.where[rep] = g
         self._update_slack(g)
+        self.mem_free0[g] = self.index.cap_mib[g] - self.mem[g, 0]
 
     def remove(self, rep: Replica) -> int:
         g = self.where.pop(rep)
@@ -152,10 +222,14 @@ class PackState:
         self.count[g] -= 1
         self.holds[rep[0], g] = False
         self.residents[g].discard(rep)
+        self._active = None  # the GPU's slack grew: it may be active again
         if self.count[g] == 0:  # wipe float drift
             self.busy[g] = 0.0
             self.mem[g] = 0.0
+            self._busy_ids = None
+            heapq.heappush(self.empty_heaps[int(self.index.gpu_class[g])], g)
         self._update_slack(g)
+        self.mem_free0[g] = self.index.cap_mib[g] - self.mem[g, 0]
         return g
 
     def loads(self, mi: int, cand: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
@@ -186,15 +260,23 @@ class PackState:
 
     def assignments(self) -> list[Assignment]:
         out: list[Assignment] = []
-        for g in np.flatnonzero(self.count > 0):
-            gi = int(g)
-            lv = self.best_level(gi)
+        used = np.flatnonzero(self.count > 0)
+        if used.size == 0:
+            return out
+        cap = self.index.cap_mib[used][:, None]
+        busy, mem = self.busy[used], self.mem[used]
+        ok = (self.blocked[used] == 0) & (busy <= LEVELS * (1 + EPS)) & (mem <= cap + EPS)
+        load = np.maximum(busy / LEVELS, mem / cap)
+        load[~ok] = np.inf
+        best = load.argmin(axis=1)  # == best_level(g) for every used GPU
+        build = Assignment
+        for gi, lv in zip(used.tolist(), best.tolist(), strict=True):
             gpu = self.index.gpus[gi]
             d = float(LEVELS[lv])
             for mi, r in sorted(self.residents[gi]):
                 c = self.index.costs[mi]
                 out.append(
-                    Assignment(
+                    build(
                         model=self.index.models[mi].name,
                         replica=r,
                         node=gpu.node,

@@ -72,14 +72,13 @@ def unplaceable_reason(index: PackIndex, mi: int) -> Unplaced | None:
             f"one replica cannot serve {qps:.1f} qps within {m.slo_ms} ms (max_batch "
             f"{m.max_batch}) even on a GPU of its own; add replicas",
         )
-    elig = index.eligible[mi]
-    if not elig.any():
+    biggest = float(index.max_cap_mib[mi])
+    if biggest == -math.inf:
         return out(
             UnplacedReason.NO_MATCHING_NODE,
             f"no GPU matches gpu_type={m.gpu_type!r} node_selector={dict(m.node_selector)}",
         )
-    need = c.min_memory_mib()
-    biggest = float(index.cap_mib[elig].max())
+    need = float(index.min_mem[mi])
     if need > biggest:
         return out(
             UnplacedReason.MEMORY_EXCEEDS_EVERY_GPU,
@@ -93,11 +92,9 @@ def lower_bound(index: PackIndex, placeable: list[int]) -> int:
     shares: list[float] = []
     mems: list[float] = []
     for mi in placeable:
-        c = index.costs[mi]
-        cap = float(index.cap_mib[index.eligible[mi]].max())
         n = index.models[mi].replicas
-        shares += [c.min_share()] * n
-        mems += [c.min_memory_mib() / cap] * n
+        shares += [float(index.min_share[mi])] * n
+        mems += [float(index.min_mem[mi] / index.max_cap_mib[mi])] * n
     return gpu_lower_bound(shares, mems, [index.models[mi].replicas for mi in placeable])
 
 
