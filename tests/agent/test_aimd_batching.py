@@ -76,7 +76,8 @@ def test_make_policy_per_kind() -> None:
     assert make_policy(BatchingConfig(policy=Policy.NONE), 32, 100).cap == 1
     assert make_policy(BatchingConfig(policy=Policy.TRITON), 32, 100).cap == 32
     aimd = make_policy(BatchingConfig(), 32, 100)
-    assert isinstance(aimd, AimdController) and aimd.target_ms == 50
+    # (SLO - default 5 ms bounded wait) / 2
+    assert isinstance(aimd, AimdController) and aimd.target_ms == 47.5
 
 
 def _q(cap: int, wait_s: float, max_requests: int = 100) -> BatchQueue[int]:

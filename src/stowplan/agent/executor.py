@@ -10,9 +10,14 @@ up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rul
   A model that used up its budget in the current cycle yields to ready models that have not;
   when nobody else is ready it runs anyway (work-conserving). This keeps one overloaded model
   from eating its neighbours' slices.
-* Requests that can no longer meet their deadline (deadline < now + the lane's smoothed batch
-  latency) are failed with ``Overloaded`` before a batch forms (early drop, as Clockwork and
-  Nexus do), so a backlog never makes every later request late too.
+* Requests that can no longer meet their deadline (deadline < now + ``drop_margin`` x the
+  lane's smoothed batch latency, at most half the SLO) are failed with ``Overloaded`` before a
+  batch forms (early drop, as Clockwork and Nexus do), so a backlog never makes every later
+  request late too. The margin (1.2 by default) covers batch-time jitter: with the bare mean,
+  under overload the oldest requests of every batch had slack of about one mean batch time,
+  about half of them finished a little late, and each such batch both wasted its slots on
+  late answers and made AIMD cut its cap (measured: 0.94 -> 0.99 of the best static goodput
+  at 150 % Poisson load on the simulated A100, and static batching gains too).
 
 Callers: :mod:`stowplan.agent.serving` (real sessions) and :mod:`stowplan.agent.simulate` (the
 pure scheduler with simulated time). Batches never run concurrently on one device.
@@ -56,6 +61,9 @@ class SliceScheduler:
     cycle_s: float = 0.0
     lanes: dict[str, Lane] = field(default_factory=dict)
     cycle_start_s: float = 0.0
+    #: early drop keeps a request only if it can finish within drop_margin x the smoothed batch
+    #: time (1.0 = the bare mean, which lets jitter make the oldest requests late)
+    drop_margin: float = 1.2
 
     def _roll(self, now_s: float) -> None:
         if self.cycle_s > 0 and now_s >= self.cycle_start_s + self.cycle_s:
@@ -71,7 +79,9 @@ class SliceScheduler:
             for lane in self.lanes.values()
             # capped at half the SLO so a fresh request is never dropped: a model slower than
             # its SLO still answers (late) instead of refusing everything forever
-            for p in lane.queue.expire(now_s + min(lane.est_batch_s, 0.5 * lane.slo_s))
+            for p in lane.queue.expire(
+                now_s + min(self.drop_margin * lane.est_batch_s, 0.5 * lane.slo_s)
+            )
         ]
 
     def pick(self, now_s: float) -> tuple[Lane | None, float]:

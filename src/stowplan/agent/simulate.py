@@ -89,12 +89,13 @@ def simulate(
     jitter: float = 0.05,
     seed: int = 0,
     drop_expired: bool = True,
+    drop_margin: float = 1.2,
 ) -> dict[str, SimResult]:
     """Run every model's arrivals through the device; return per-model results."""
     if mode not in ("sliced", "threads"):
         raise ValueError(f"unknown mode {mode!r}")
     rng = np.random.default_rng(seed)
-    sched = SliceScheduler(cycle_s=cycle_ms / 1000.0)
+    sched = SliceScheduler(cycle_s=cycle_ms / 1000.0, drop_margin=drop_margin)
     specs = {m.name: m for m in models}
     results = {m.name: SimResult(m.name, len(m.arrivals_s)) for m in models}
     for m in models:

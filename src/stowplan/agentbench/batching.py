@@ -71,8 +71,10 @@ def fixed(cap: int, wait_s: float) -> Callable[[], BatchPolicy]:
 
 
 def aimd_policy(max_batch: int, slo_ms: float, wait_s: float) -> Callable[[], BatchPolicy]:
-    """AIMD with default knobs: step 1, x0.9, target derived from the SLO."""
-    return lambda: AimdController(max_batch, derive_target_ms(slo_ms), max_wait_s=wait_s)
+    """AIMD with default knobs: step 1, x0.9, target derived from the SLO and the bounded wait
+    (as :func:`stowplan.agent.batching.make_policy` does for a served model)."""
+    target = derive_target_ms(slo_ms, max_wait_ms=wait_s * 1000.0)
+    return lambda: AimdController(max_batch, target, max_wait_s=wait_s)
 
 
 def run(

@@ -107,7 +107,7 @@ def run(
             a = by_model.get(fit.label)
             busy = a.busy_ms if a else 0.0
             qps = BASE_QPS[i] * factor * load
-            target = derive_target_ms(slo, cycle, busy)
+            target = derive_target_ms(slo, cycle, busy, max_wait_ms=1.0)
 
             def make(mb: int = mb, target: float = target) -> BatchPolicy:
                 return AimdController(mb, target, max_wait_s=0.001)
