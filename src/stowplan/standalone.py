@@ -23,7 +23,7 @@ import pydantic
 import yaml
 
 from stowplan import placement
-from stowplan.agent.config import AgentSettings, BatchingConfig, ModelConfig, Policy, ReplicaSlot
+from stowplan.agent.config import AgentSettings, ModelConfig, batching_config, extra_slots
 from stowplan.agent.serving import Agent, ServedModel
 from stowplan.agent.telemetry import SimulatedTelemetry, Telemetry, detect
 from stowplan.api.inferencemodel import InferenceModel
@@ -144,33 +144,13 @@ def model_config(m: Manifest, uri: str, replicas: list[placement.Assignment]) ->
     """The agent config for one manifest; ``replicas`` are its placed replicas here (the first
     one's device is primary, replicas on other devices become extra lanes)."""
     assignment = replicas[0] if replicas else None
-    seen = {assignment.gpu} if assignment else set()
-    extra = []
-    for a in replicas[1:]:
-        if a.gpu not in seen:
-            seen.add(a.gpu)
-            extra.append(
-                ReplicaSlot(
-                    device=a.gpu,
-                    duty_cycle_ms=a.duty_cycle_ms,
-                    busy_ms=a.busy_ms,
-                    planned_memory_mib=a.memory_mib,
-                )
-            )
     spec = m.model.spec
-    b = spec.batching
     return ModelConfig(
         name=m.model.metadata.name,
         uri=uri,
         slo_ms=spec.slo.latency_ms,
         max_batch=spec.profile.max_batch,
-        batching=BatchingConfig(
-            policy=Policy(b.policy.value),
-            max_queue_delay_ms=b.max_queue_delay_ms,
-            additive_step=b.additive_step,
-            multiplicative_decrease=b.multiplicative_decrease,
-            static_batch_size=b.static_batch_size,
-        ),
+        batching=batching_config(spec.batching),
         device=assignment.gpu if assignment else 0,
         duty_cycle_ms=assignment.duty_cycle_ms if assignment else 0.0,
         busy_ms=assignment.busy_ms if assignment else 0.0,
@@ -178,7 +158,7 @@ def model_config(m: Manifest, uri: str, replicas: list[placement.Assignment]) ->
         per_item_memory_mib=spec.profile.memory_mib.per_item_mib,
         planned_memory_mib=assignment.memory_mib if assignment else 0.0,
         weights_memory_mib=spec.profile.memory_mib.weights_mib,
-        replicas=tuple(extra),
+        replicas=extra_slots(replicas),
         base_dir=m.path.parent,
     )
 

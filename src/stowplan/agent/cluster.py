@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast
 
 import stowplan
 from stowplan import models
-from stowplan.agent.config import BatchingConfig, ModelConfig, Policy, ReplicaSlot
+from stowplan.agent.config import ModelConfig, batching_config, extra_slots
 from stowplan.agent.serving import Agent, ModelState
 from stowplan.agent.telemetry import DeviceSample
 from stowplan.api import gpunode
@@ -73,38 +73,18 @@ def desired_configs(
     out: dict[str, tuple[ModelConfig, list[gpunode.Assignment]]] = {}
     for model, replicas in grouped.items():
         first = replicas[0]
-        seen = {first.gpu}
-        extra = []
-        for r in replicas[1:]:
-            if r.gpu not in seen:
-                seen.add(r.gpu)
-                extra.append(
-                    ReplicaSlot(
-                        device=r.gpu,
-                        duty_cycle_ms=r.duty_cycle_ms,
-                        busy_ms=r.busy_ms,
-                        planned_memory_mib=r.memory_mib,
-                    )
-                )
-        b = first.batching
         cfg = ModelConfig(
             name=served_name(model),
             uri=first.source.uri,
             slo_ms=first.slo_ms,
             max_batch=first.max_batch,
-            batching=BatchingConfig(
-                policy=Policy(b.policy.value),
-                max_queue_delay_ms=b.max_queue_delay_ms,
-                additive_step=b.additive_step,
-                multiplicative_decrease=b.multiplicative_decrease,
-                static_batch_size=b.static_batch_size,
-            ),
+            batching=batching_config(first.batching),
             device=first.gpu,
             duty_cycle_ms=first.duty_cycle_ms,
             busy_ms=first.busy_ms,
             planned_memory_mib=first.memory_mib,
             weights_memory_mib=first.weights_mib,
-            replicas=tuple(extra),
+            replicas=extra_slots(replicas),
             base_dir=cache_dir,
         )
         out[cfg.name] = (cfg, replicas)

@@ -7,10 +7,14 @@ InferenceModel / GPUNode objects into them. Data only; no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from stowplan.api.inferencemodel import Batching
 
 
 class _Frozen(BaseModel):
@@ -107,3 +111,45 @@ class AgentSettings(_Frozen):
     memory_pool_fraction: float = Field(default=0.9, ge=0, le=1)
     #: ONNX Runtime intra-op threads per session (0: ORT default).
     intra_op_threads: int = Field(default=0, ge=0)
+
+
+class PlacedReplica(Protocol):
+    """What the agent needs of a placed replica (placement's Assignment or GPUNode's)."""
+
+    @property
+    def gpu(self) -> int: ...
+    @property
+    def duty_cycle_ms(self) -> float: ...
+    @property
+    def busy_ms(self) -> float: ...
+    @property
+    def memory_mib(self) -> float: ...
+
+
+def extra_slots(replicas: Sequence[PlacedReplica]) -> tuple[ReplicaSlot, ...]:
+    """Slots for the replicas after the first, one per device other than the first's."""
+    seen = {replicas[0].gpu} if replicas else set()
+    slots = []
+    for r in replicas[1:]:
+        if r.gpu not in seen:
+            seen.add(r.gpu)
+            slots.append(
+                ReplicaSlot(
+                    device=r.gpu,
+                    duty_cycle_ms=r.duty_cycle_ms,
+                    busy_ms=r.busy_ms,
+                    planned_memory_mib=r.memory_mib,
+                )
+            )
+    return tuple(slots)
+
+
+def batching_config(spec: Batching) -> BatchingConfig:
+    """The agent's batching settings from an InferenceModel's ``spec.batching``."""
+    return BatchingConfig(
+        policy=Policy(spec.policy.value),
+        max_queue_delay_ms=spec.max_queue_delay_ms,
+        additive_step=spec.additive_step,
+        multiplicative_decrease=spec.multiplicative_decrease,
+        static_batch_size=spec.static_batch_size,
+    )
