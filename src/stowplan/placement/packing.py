@@ -47,6 +47,7 @@ class PackIndex:
     lv_busy: tuple[npt.NDArray[np.float64], ...]
     lv_mem: tuple[npt.NDArray[np.float64], ...]
     lv_ms: tuple[npt.NDArray[np.float64], ...]
+    not_ok: tuple[npt.NDArray[np.int64], ...]  # per model: 1 at the levels it forbids
 
     @staticmethod
     def build(problem: Problem) -> PackIndex:
@@ -96,6 +97,7 @@ class PackIndex:
             lv_busy=tuple(c.busy_ms[c.ok] for c in costs),
             lv_mem=tuple(c.memory_mib[c.ok] for c in costs),
             lv_ms=tuple(LEVELS[c.ok] for c in costs),
+            not_ok=tuple((~c.ok).astype(np.int64) for c in costs),
         )
 
     def size(self, mi: int) -> float:
@@ -184,7 +186,8 @@ class PackState:
 
     def _update_slack(self, g: int) -> None:
         if self.count[g]:
-            free = np.where(self.blocked[g] == 0, 1.0 - self.busy[g] / LEVELS, -1.0)
+            free = 1.0 - self.busy[g] / LEVELS
+            free[self.blocked[g] != 0] = -1.0
             self.slack[g] = self.open_slack[g] = float(free.max())
         else:
             self.slack[g], self.open_slack[g] = 1.0, -1.0
@@ -200,7 +203,7 @@ class PackState:
         c = self.index.costs[rep[0]]
         self.busy[g] += c.busy_ms
         self.mem[g] += c.memory_mib
-        self.blocked[g] += ~c.ok
+        self.blocked[g] += self.index.not_ok[rep[0]]
         self.count[g] += 1
         if self.count[g] == 1:
             self._busy_ids = None
@@ -218,7 +221,7 @@ class PackState:
         c = self.index.costs[rep[0]]
         self.busy[g] -= c.busy_ms
         self.mem[g] -= c.memory_mib
-        self.blocked[g] -= ~c.ok
+        self.blocked[g] -= self.index.not_ok[rep[0]]
         self.count[g] -= 1
         self.holds[rep[0], g] = False
         self.residents[g].discard(rep)
