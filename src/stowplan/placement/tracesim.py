@@ -250,8 +250,8 @@ class Simulator:
         self.running: dict[int, list[tuple[PodRow, list[int]]]] = {}
         self.moves = 0
         # stowplan's score: sigmoid of the fragmentation decrease over this many milli,
-        # truncated to an integer (as FGD's); equal scores go to the tightest GPU in the node
-        self.scale_milli = 1000.0
+        # truncated to an integer (FGD: over 1,000); equal scores go to the tightest GPU in a node
+        self.scale_milli = 300.0  # finer than FGD: +0.05 to +0.08 on seeds 42-43
         self.gpu_tiebreak = True
         # node tie-break among equal scores: least free GPU milli plus this weight times free
         # CPU left after placing. CPU counts for whole-GPU and CPU-only pods (packing CPU
