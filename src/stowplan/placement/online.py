@@ -21,7 +21,12 @@ from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
 from stowplan.placement.lns import gpu_loads
 from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason
 from stowplan.placement.packing import PackIndex, PackState, Replica
-from stowplan.placement.planner import lower_bound, unplaceable_reason, validate
+from stowplan.placement.planner import (
+    lower_bound,
+    split_placeable,
+    unplaceable_reason,
+    validate,
+)
 
 
 def _state_from_current(index: PackIndex, problem: Problem) -> PackState:
@@ -72,14 +77,7 @@ def place_arrivals(problem: Problem, *, clock: Callable[[], float] = time.monoto
     start = clock()
     validate(problem)
     index = PackIndex.build(problem)
-    unplaced: list[Unplaced] = []
-    placeable: list[int] = []
-    for mi, m in enumerate(index.models):
-        why = unplaceable_reason(index, mi)
-        if why is None:
-            placeable.append(mi)
-        else:
-            unplaced += [why.model_copy(update={"replica": r}) for r in range(m.replicas)]
+    placeable, unplaced = split_placeable(index)
     state = _state_from_current(index, problem)
     todo = [(mi, r) for mi in placeable for r in range(index.models[mi].replicas)]
     left = best_fit(state, decreasing_order(index, [t for t in todo if t not in state.where]))

@@ -50,6 +50,19 @@ def validate(problem: Problem) -> None:
         seen.add(a.replica_key)
 
 
+def split_placeable(index: PackIndex) -> tuple[list[int], list[Unplaced]]:
+    """(indices of models some GPU can take, an Unplaced for every replica of the others)."""
+    unplaced: list[Unplaced] = []
+    placeable: list[int] = []
+    for mi, m in enumerate(index.models):
+        why = unplaceable_reason(index, mi)
+        if why is None:
+            placeable.append(mi)
+        else:
+            unplaced += [why.model_copy(update={"replica": r}) for r in range(m.replicas)]
+    return placeable, unplaced
+
+
 def unplaceable_reason(index: PackIndex, mi: int) -> Unplaced | None:
     """Why no GPU could host a replica of model ``mi`` even alone (None: some GPU can)."""
     m = index.models[mi]
@@ -213,14 +226,7 @@ def plan(
         raise InvalidProblem(f"time_limit_s must be a finite number >= 0, got {time_limit_s}")
     validate(problem)
     index = PackIndex.build(problem)
-    unplaced: list[Unplaced] = []
-    placeable: list[int] = []
-    for mi, m in enumerate(index.models):
-        why = unplaceable_reason(index, mi)
-        if why is None:
-            placeable.append(mi)
-        else:
-            unplaced += [why.model_copy(update={"replica": r}) for r in range(m.replicas)]
+    placeable, unplaced = split_placeable(index)
 
     state = PackState(index)
     _keep_current(state, problem)
