@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import kubernetes
 from kubernetes.client.rest import ApiException
@@ -28,6 +28,7 @@ from stowplan.operator.errors import ApiUnavailable
 log = logging.getLogger(__name__)
 
 GROUP, VERSION = api.GROUP, api.VERSION
+_W = TypeVar("_W", bound=api.WireModel)
 
 
 _client: kubernetes.client.ApiClient | None = None
@@ -74,38 +75,29 @@ def _parse_status(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "status": status or None}
 
 
-async def list_models() -> list[api.InferenceModel]:
-    raw = await _call(_custom().list_cluster_custom_object, GROUP, VERSION, imapi.PLURAL)
+async def _list(plural: str, kind: type[_W]) -> list[_W]:
+    """Every object of ``plural`` that parses and is not being deleted (its replicas are
+    released now); one that does not parse is logged and skipped."""
+    raw = await _call(_custom().list_cluster_custom_object, GROUP, VERSION, plural)
     out = []
     for item in raw.get("items", []):
-        if item.get("metadata", {}).get("deletionTimestamp"):
-            continue  # being deleted: its replicas are released now
+        meta = item.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            continue
         try:
-            out.append(api.InferenceModel.model_validate(_parse_status(item)))
+            out.append(kind.model_validate(_parse_status(item)))
         except ValidationError as err:
-            meta = item.get("metadata", {})
-            log.warning(
-                "skipping invalid InferenceModel %s/%s: %s",
-                meta.get("namespace"),
-                meta.get("name"),
-                err,
-            )
+            where = "/".join(filter(None, (meta.get("namespace"), meta.get("name"))))
+            log.warning("skipping invalid %s %s: %s", kind.__name__, where, err)
     return out
+
+
+async def list_models() -> list[api.InferenceModel]:
+    return await _list(imapi.PLURAL, api.InferenceModel)
 
 
 async def list_nodes() -> list[api.GPUNode]:
-    raw = await _call(_custom().list_cluster_custom_object, GROUP, VERSION, gn.PLURAL)
-    out = []
-    for item in raw.get("items", []):
-        if item.get("metadata", {}).get("deletionTimestamp"):
-            continue
-        try:
-            out.append(api.GPUNode.model_validate(_parse_status(item)))
-        except ValidationError as err:
-            log.warning(
-                "skipping invalid GPUNode %s: %s", item.get("metadata", {}).get("name"), err
-            )
-    return out
+    return await _list(gn.PLURAL, api.GPUNode)
 
 
 async def set_assignments(node: str, assignments: list[gn.Assignment]) -> None:
