@@ -461,30 +461,17 @@ class Simulator:
             tried += 1
             if tried > 32:
                 break
-            done: list[tuple[PodRow, list[int], int, list[int]]] = []
-            for p, gs in movers:
-                c.unplace(i, p, gs)
-                dest = self._choose(p, exclude=i)
-                if dest is None:
-                    c.place(i, p, gs)
-                    break
-                c.place(dest[0], p, dest[1])
-                done.append((p, gs, dest[0], dest[1]))
-            if (
-                len(done) == len(movers)
-                and c.left[i, g] >= pod.gpu_milli
-                and c.cpu_left[i] >= pod.cpu_milli
-                and c.mem_left[i] >= pod.memory_mib
-            ):
-                for p, gs, j, gj in done:
-                    self.running[i].remove((p, gs))
-                    self.running.setdefault(j, []).append((p, gj))
-                self.moves += len(done)
+
+            def fits(i: int = i, g: int = g) -> bool:
+                return bool(
+                    c.left[i, g] >= pod.gpu_milli
+                    and c.cpu_left[i] >= pod.cpu_milli
+                    and c.mem_left[i] >= pod.memory_mib
+                )
+
+            if self._move_out(i, movers, fits):
                 self._commit(i, pod, [g])
                 return True
-            for p, gs, j, gj in reversed(done):  # roll back
-                c.unplace(j, p, gj)
-                c.place(i, p, gs)
         return False
 
     def _movers(
