@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Frozen(BaseModel):
@@ -32,6 +32,16 @@ class Gpu(_Frozen):
     @property
     def key(self) -> tuple[str, int]:
         return (self.node, self.index)
+
+
+class NodeResources(_Frozen):
+    """CPU and host memory of one node, shared by every replica on any of its GPUs.
+
+    A node not listed in ``Problem.nodes`` has no CPU/memory limit."""
+
+    node: str = Field(min_length=1)
+    cpu_milli: int = Field(ge=0)
+    memory_mib: int = Field(ge=0)
 
 
 class LatencyProfile(_Frozen):
@@ -65,6 +75,23 @@ class ModelDemand(_Frozen):
     # thousandths of every duty cycle whatever the cycle length, needs no batching and holds
     # memory.weights_mib; latency, slo_ms and max_batch are then ignored.
     gpu_milli: int = Field(default=0, ge=0, le=1000)
+    # Node resources of each replica (counted once per replica against the node of its GPUs;
+    # checked only on nodes listed in ``Problem.nodes``).
+    cpu_milli: int = Field(default=0, ge=0)
+    host_memory_mib: int = Field(default=0, ge=0)
+    # > 1: each replica is a gang of that many whole GPUs of ONE node, each used exclusively
+    # (no other replica on them); requires gpu_milli == 1000. memory.weights_mib is then the
+    # device memory taken on EACH GPU of the gang.
+    gpus_per_replica: int = Field(default=1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _gang_is_whole_gpus(self) -> ModelDemand:
+        if self.gpus_per_replica > 1 and self.gpu_milli != 1000:
+            raise ValueError(
+                f"gpus_per_replica={self.gpus_per_replica} needs gpu_milli=1000 (whole GPUs), "
+                f"got gpu_milli={self.gpu_milli}"
+            )
+        return self
 
 
 class Assignment(_Frozen):
@@ -72,6 +99,9 @@ class Assignment(_Frozen):
 
     ``duty_cycle_ms`` is the same for every replica on one GPU; ``busy_ms`` is the time this
     replica's batch of ``batch_size`` takes per cycle, so its GPU share is busy_ms / duty_cycle_ms.
+    A multi-GPU replica (``ModelDemand.gpus_per_replica > 1``) holds ``gpu`` plus
+    ``extra_gpus`` (other indices of the same node), each exclusively; ``busy_ms`` and
+    ``memory_mib`` are then per GPU.
     """
 
     model: str
@@ -82,10 +112,21 @@ class Assignment(_Frozen):
     duty_cycle_ms: float = Field(gt=0)
     busy_ms: float = Field(ge=0)
     memory_mib: float = Field(ge=0)
+    extra_gpus: tuple[int, ...] = ()
 
     @property
     def gpu_key(self) -> tuple[str, int]:
         return (self.node, self.gpu)
+
+    @property
+    def gpu_keys(self) -> tuple[tuple[str, int], ...]:
+        """Every GPU this replica holds (``gpu_key`` first, then the extra GPUs)."""
+        return ((self.node, self.gpu), *((self.node, i) for i in self.extra_gpus))
+
+    @property
+    def placement_key(self) -> tuple[str, frozenset[int]]:
+        """Where the replica runs, for move counting: its node and set of GPU indices."""
+        return (self.node, frozenset((self.gpu, *self.extra_gpus)))
 
     @property
     def replica_key(self) -> tuple[str, int]:
@@ -99,6 +140,9 @@ class UnplacedReason(StrEnum):
     MEMORY_EXCEEDS_EVERY_GPU = "MemoryExceedsEveryGPU"
     NO_MATCHING_NODE = "NoMatchingNode"
     NO_CAPACITY = "NoCapacity"
+    # CPU/host memory larger than every eligible node, or more GPUs per replica than any
+    # eligible node has (NoCapacity when it would fit an empty node but the fleet is full)
+    RESOURCES_EXCEED_EVERY_NODE = "ResourcesExceedEveryNode"
 
 
 class Unplaced(_Frozen):
@@ -117,6 +161,16 @@ class Problem(_Frozen):
     current: tuple[Assignment, ...] = ()
     pinned: frozenset[tuple[str, int]] = frozenset()
     memory_reserve_mib: int = Field(default=0, ge=0)
+    nodes: tuple[NodeResources, ...] = ()
+
+    @field_validator("nodes")
+    @classmethod
+    def _unique_node_names(cls, nodes: tuple[NodeResources, ...]) -> tuple[NodeResources, ...]:
+        names = [n.node for n in nodes]
+        if len(names) != len(set(names)):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"node {dup!r} is listed twice in nodes")
+        return nodes
 
     @field_validator("models")
     @classmethod

@@ -3,7 +3,10 @@
 The oracle of the property tests, and the last step before the operator applies a plan. It
 recomputes the DESIGN §3 constraints from the raw ``Problem`` fields and the numbers written in
 each ``Assignment`` (it does not call the capacity module or any solver), so a bug in the packing
-code cannot hide itself. Returns values (``Violation``), never raises for a bad plan.
+code cannot hide itself; plus the fixed demands: per-node CPU and host-memory sums on the nodes
+of ``Problem.nodes``, and multi-GPU replicas holding exactly ``gpus_per_replica`` distinct GPUs
+of one node, none shared with another replica. Returns values (``Violation``), never raises for
+a bad plan.
 """
 
 from __future__ import annotations
@@ -12,7 +15,15 @@ import math
 from collections import defaultdict
 
 from stowplan.placement.capacity import DUTY_LEVELS_MS, replica_capacity
-from stowplan.placement.models import Assignment, Gpu, ModelDemand, Plan, Problem, _Frozen
+from stowplan.placement.models import (
+    Assignment,
+    Gpu,
+    ModelDemand,
+    NodeResources,
+    Plan,
+    Problem,
+    _Frozen,
+)
 
 _TOL = 1e-6  # relative tolerance for float comparisons
 
@@ -82,10 +93,19 @@ def _check_assignment(a: Assignment, m: ModelDemand, gpu: Gpu) -> list[Violation
     return out
 
 
-def _could_stay(m: ModelDemand, gpu: Gpu, reserve_mib: int) -> bool:
-    """Whether a pinned replica could stay alone on its GPU (else the planner may move it)."""
-    if not gpu_admits(gpu, m):
+def _could_stay(m: ModelDemand, gpus: list[Gpu | None], reserve_mib: int) -> bool:
+    """Whether a pinned replica could stay alone on its GPUs (else the planner may move it)."""
+    if len(gpus) != m.gpus_per_replica or len(set(map(id, gpus))) != len(gpus):
         return False
+    for gpu in gpus:
+        if gpu is None or not gpu_admits(gpu, m):
+            return False
+        if not _could_stay_one(m, gpu, reserve_mib):
+            return False
+    return True
+
+
+def _could_stay_one(m: ModelDemand, gpu: Gpu, reserve_mib: int) -> bool:
     for d in DUTY_LEVELS_MS:
         cap = replica_capacity(m, d)
         if cap is not None and _le(cap.memory_mib, gpu.memory_mib - reserve_mib):
@@ -100,6 +120,7 @@ def check_plan(problem: Problem, plan: Plan) -> list[Violation]:
     gpus = {g.key: g for g in problem.gpus}
     seen: set[tuple[str, int]] = set()
     per_gpu: dict[tuple[str, int], list[Assignment]] = defaultdict(list)
+    per_node: dict[str, list[tuple[Assignment, ModelDemand]]] = defaultdict(list)
 
     for a in plan.assignments:
         m = models.get(a.model)
@@ -123,12 +144,13 @@ def check_plan(problem: Problem, plan: Plan) -> list[Violation]:
                 )
             )
         seen.add(a.replica_key)
-        gpu = gpus.get(a.gpu_key)
-        if gpu is None:
+        unknown = [k for k in a.gpu_keys if k not in gpus]
+        if unknown:
             out.append(
                 Violation(
                     code="UnknownGpu",
-                    message=f"{a.model}/{a.replica} on unknown GPU {a.node}:{a.gpu}",
+                    message=f"{a.model}/{a.replica} on unknown GPU "
+                    + ", ".join(f"{n}:{i}" for n, i in unknown),
                     model=a.model,
                     replica=a.replica,
                 )
@@ -144,8 +166,24 @@ def check_plan(problem: Problem, plan: Plan) -> list[Violation]:
                 )
             )
             continue
-        per_gpu[a.gpu_key].append(a)
-        out.extend(_check_assignment(a, m, gpu))
+        n_gpus = len(a.gpu_keys)
+        if n_gpus != m.gpus_per_replica or len(set(a.gpu_keys)) != n_gpus:
+            out.append(
+                Violation(
+                    code="GangSize",
+                    message=f"{a.model}/{a.replica} holds GPUs {a.gpu} + {list(a.extra_gpus)} "
+                    f"of {a.node}; the model needs {m.gpus_per_replica} distinct GPUs",
+                    model=a.model,
+                    replica=a.replica,
+                    node=a.node,
+                    gpu=a.gpu,
+                )
+            )
+        for k in dict.fromkeys(a.gpu_keys):
+            per_gpu[k].append(a)
+            out.extend(_check_assignment(a, m, gpus[k]))
+        if a.extra_gpus or m.cpu_milli or m.host_memory_mib:
+            per_node[a.node].append((a, m))
 
     for u in plan.unplaced:
         m = models.get(u.model)
@@ -214,6 +252,19 @@ def check_plan(problem: Problem, plan: Plan) -> list[Violation]:
                     gpu=key[1],
                 )
             )
+        gangs = [a for a in members if a.extra_gpus]
+        if gangs and len(members) > 1:
+            out.append(
+                Violation(
+                    code="GangShared",
+                    message=f"{where}: held by multi-GPU replica {gangs[0].model}/"
+                    f"{gangs[0].replica} and {len(members) - 1} other replica(s)",
+                    model=gangs[0].model,
+                    replica=gangs[0].replica,
+                    node=key[0],
+                    gpu=key[1],
+                )
+            )
         names = [a.model for a in members]
         for name in {n for n in names if names.count(n) > 1}:
             out.append(
@@ -226,6 +277,8 @@ def check_plan(problem: Problem, plan: Plan) -> list[Violation]:
                 )
             )
 
+    out.extend(_check_nodes(problem, per_node))
+
     if plan.gpus_used != len(per_gpu):
         out.append(
             Violation(
@@ -234,19 +287,22 @@ def check_plan(problem: Problem, plan: Plan) -> list[Violation]:
             )
         )
 
-    placed = {a.replica_key: a.gpu_key for a in plan.assignments}
+    placed = {a.replica_key: a.placement_key for a in plan.assignments}
+    limits = {n.node: n for n in problem.nodes}
     moves = 0
     for c in problem.current:
         new = placed.get(c.replica_key)
-        if new is not None and new != c.gpu_key:
+        if new is not None and new != c.placement_key:
             moves += 1
         if (
             c.replica_key in problem.pinned
-            and new != c.gpu_key
+            and new != c.placement_key
             and c.model in models
             and c.replica < models[c.model].replicas
-            and c.gpu_key in gpus
-            and _could_stay(models[c.model], gpus[c.gpu_key], problem.memory_reserve_mib)
+            and _could_stay(
+                models[c.model], [gpus.get(k) for k in c.gpu_keys], problem.memory_reserve_mib
+            )
+            and _node_could_hold(models[c.model], limits.get(c.node))
         ):
             out.append(
                 Violation(
@@ -262,4 +318,40 @@ def check_plan(problem: Problem, plan: Plan) -> list[Violation]:
                 code="Moves", message=f"plan.moves {plan.moves} but {moves} replicas changed GPU"
             )
         )
+    return out
+
+
+def _node_could_hold(m: ModelDemand, node: NodeResources | None) -> bool:
+    return node is None or (m.cpu_milli <= node.cpu_milli and m.host_memory_mib <= node.memory_mib)
+
+
+def _check_nodes(
+    problem: Problem, per_node: dict[str, list[tuple[Assignment, ModelDemand]]]
+) -> list[Violation]:
+    """Node CPU and host memory sums (listed nodes only) and one node per gang."""
+    out: list[Violation] = []
+    limits = {n.node: n for n in problem.nodes}
+    for node, members in per_node.items():
+        lim = limits.get(node)
+        if lim is None:
+            continue
+        cpu = sum(m.cpu_milli for _, m in members)
+        mem = sum(m.host_memory_mib for _, m in members)
+        if cpu > lim.cpu_milli:
+            out.append(
+                Violation(
+                    code="NodeCpu",
+                    message=f"node {node}: replicas request {cpu} CPU milli > {lim.cpu_milli}",
+                    node=node,
+                )
+            )
+        if mem > lim.memory_mib:
+            out.append(
+                Violation(
+                    code="NodeMemory",
+                    message=f"node {node}: replicas request {mem} MiB host memory "
+                    f"> {lim.memory_mib}",
+                    node=node,
+                )
+            )
     return out
