@@ -8,8 +8,14 @@ The instance format (issue 3)::
                  "memory_mib": {"weights": 500, "per_item": 20}, "max_batch": 128}, ...]}
 
 Optional keys: gpus ``labels``; models ``priority``, ``node_selector``, ``gpu_type``,
-``gpu_milli``; top level ``memory_reserve_mib``. Unknown keys are refused. Callers: the place CLI,
-the benchmarks, the tests. Pure: takes parsed JSON (dicts), never opens files.
+``gpu_milli`` (a fixed GPU fraction in thousandths), ``cpu_milli`` and ``host_memory_mib`` (per
+replica, counted against its node), ``gpus`` (whole GPUs per replica, one node; needs
+``gpu_milli: 1000``); top level ``memory_reserve_mib`` and ``nodes``
+(``[{"node", "cpu_milli", "memory_mib"}]``: CPU and host memory of a node; a node not listed has
+no limit). Unknown keys and negative numbers are refused with the field path. The ``--json``
+output lists ``extra_gpus`` (the other GPU indices of a multi-GPU replica) only where non-empty.
+Callers: the place CLI, the benchmarks, the tests. Pure: takes parsed JSON (dicts), never opens
+files.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from stowplan.placement.errors import InvalidProblem
 from stowplan.placement.models import (
@@ -25,6 +31,7 @@ from stowplan.placement.models import (
     LatencyProfile,
     MemoryProfile,
     ModelDemand,
+    NodeResources,
     Plan,
     Problem,
     _Frozen,
@@ -61,12 +68,28 @@ class _ModelIn(_Frozen):
     node_selector: dict[str, str] = Field(default_factory=dict)
     gpu_type: str = ""
     gpu_milli: int = Field(default=0, ge=0, le=1000)
+    cpu_milli: int = Field(default=0, ge=0)
+    host_memory_mib: int = Field(default=0, ge=0)
+    gpus: int = Field(default=1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _gang_is_whole_gpus(self) -> _ModelIn:
+        if self.gpus > 1 and self.gpu_milli != 1000:
+            raise ValueError(f"gpus={self.gpus} needs gpu_milli=1000 (whole GPUs)")
+        return self
+
+
+class _NodeIn(_Frozen):
+    node: str = Field(min_length=1)
+    cpu_milli: int = Field(ge=0)
+    memory_mib: int = Field(ge=0)
 
 
 class _InstanceIn(_Frozen):
     gpus: list[_GpuIn]
     models: list[_ModelIn]
     memory_reserve_mib: int = Field(default=0, ge=0)
+    nodes: list[_NodeIn] = Field(default_factory=list)
 
 
 def problem_from_json(data: Any) -> Problem:
@@ -101,10 +124,17 @@ def problem_from_json(data: Any) -> Problem:
                     node_selector=m.node_selector,
                     gpu_type=m.gpu_type,
                     gpu_milli=m.gpu_milli,
+                    cpu_milli=m.cpu_milli,
+                    host_memory_mib=m.host_memory_mib,
+                    gpus_per_replica=m.gpus,
                 )
                 for m in inst.models
             ),
             memory_reserve_mib=inst.memory_reserve_mib,
+            nodes=tuple(
+                NodeResources(node=n.node, cpu_milli=n.cpu_milli, memory_mib=n.memory_mib)
+                for n in inst.nodes
+            ),
         )
     except ValidationError as exc:
         parts = [
@@ -132,6 +162,16 @@ def problem_to_json(problem: Problem) -> dict[str, Any]:
         **(
             {"memory_reserve_mib": problem.memory_reserve_mib} if problem.memory_reserve_mib else {}
         ),
+        **(
+            {
+                "nodes": [
+                    {"node": n.node, "cpu_milli": n.cpu_milli, "memory_mib": n.memory_mib}
+                    for n in problem.nodes
+                ]
+            }
+            if problem.nodes
+            else {}
+        ),
     }
 
 
@@ -153,6 +193,12 @@ def _model_json(m: ModelDemand) -> dict[str, Any]:
         out["gpu_type"] = m.gpu_type
     if m.gpu_milli:
         out["gpu_milli"] = m.gpu_milli
+    if m.cpu_milli:
+        out["cpu_milli"] = m.cpu_milli
+    if m.host_memory_mib:
+        out["host_memory_mib"] = m.host_memory_mib
+    if m.gpus_per_replica > 1:
+        out["gpus"] = m.gpus_per_replica
     return out
 
 
@@ -177,6 +223,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "duty_cycle_ms": a.duty_cycle_ms,
                 "busy_ms": round(a.busy_ms, 6),
                 "memory_mib": round(a.memory_mib, 3),
+                **({"extra_gpus": list(a.extra_gpus)} if a.extra_gpus else {}),
             }
             for a in plan.assignments
         ],
