@@ -3,7 +3,9 @@
 Reads ``../shared/data/alibaba-gpu-v2023`` and ``../shared/data/fgd-simulator-results`` (or
 ``$STOWPLAN_DATA``), runs our policies with ``stowplan.placement.tracesim`` and prints a
 Markdown table of the GPU allocation ratio at 130 % arrived (mean over seeds) beside the six
-published policies, plus an offline upper bound. Thin shell: file reading and printing only.
+published policies, plus two upper bounds (``stowplan.placement.tracebound``) and, with
+``--explain``, where the idle GPU capacity of the final state lies. Thin shell: file reading and
+printing only.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from stowplan.placement.tracesim import Cluster, NodeRow, PodRow, Simulator, arrivals
+from stowplan.placement.tracebound import trace_bounds
+from stowplan.placement.tracesim import Cluster, IdleBreakdown, NodeRow, PodRow, Simulator, arrivals
 
 PUBLISHED = ("01-Random", "02-DotProd", "03-GpuClustering", "04-GpuPacking", "05-BestFit", "06-FGD")
 DEFAULT_WORKLOADS = ("default", "gpushare100", "multigpu50", "gpuspec33")
@@ -109,11 +112,22 @@ def load_published(path: Path, column: str) -> dict[tuple[str, str], float]:
     type=click.IntRange(1, 130),
     help="Arrived GPU request (% of capacity) at which allocation is reported.",
 )
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Also print where the idle GPU capacity of each run's final state lies.",
+)
 @click.option("--quick", is_flag=True, help="1 seed, default workload, no defrag (< 1 minute).")
-def command(seeds: int, workloads: str, defrag_moves: int, arrived: int, quick: bool) -> None:
-    """GPU allocation ratio on the Alibaba GPU-sharing trace vs the six published policies."""
-    from stowplan.placement.cpsat import trace_upper_bound
+def command(
+    seeds: int, workloads: str, defrag_moves: int, arrived: int, explain: bool, quick: bool
+) -> None:
+    """GPU allocation ratio on the Alibaba GPU-sharing trace vs the six published policies.
 
+    Two bounds are printed beside them: the offline upper bound (no placement of the arrived pods
+    can allocate more: an LP over node classes) and the protocol bound (the same LP where the pods
+    that fit at their arrival whatever the policy did before must be placed: no policy that
+    places every arriving pod that fits, with or without moves, can exceed it).
+    """
     root = data_dir()
     trace = root / "alibaba-gpu-v2023"
     wls = [w.strip() for w in workloads.split(",") if w.strip()]
@@ -129,6 +143,8 @@ def command(seeds: int, workloads: str, defrag_moves: int, arrived: int, quick: 
     )
     results: dict[tuple[str, str], list[float]] = defaultdict(list)
     bounds: dict[str, list[float]] = defaultdict(list)
+    pbounds: dict[str, list[float]] = defaultdict(list)
+    idle: dict[tuple[str, str], list[IdleBreakdown]] = defaultdict(list)
     secs: dict[tuple[str, str], list[float]] = defaultdict(list)
     moves: dict[tuple[str, str], list[int]] = defaultdict(list)
     jobs = [(wl, seed, run) for wl in wls for seed in range(42, 42 + seeds) for run in runs]
@@ -137,13 +153,16 @@ def command(seeds: int, workloads: str, defrag_moves: int, arrived: int, quick: 
         pods = pods_by_wl[wl]
         seq = arrivals(pods, capacity, seed)
         if (policy, moves_k) == runs[0]:
-            cut = _prefix(seq, capacity, arrived)
-            bounds[wl].append(trace_upper_bound(nodes, cut) * 100)
+            offline, protocol = trace_bounds(nodes, seq, capacity, arrived)
+            bounds[wl].append(offline.ratio_pct)
+            pbounds[wl].append(protocol.ratio_pct)
         sim = Simulator(nodes, pods, policy, seed, defrag_moves=moves_k)
         res = sim.run(seq, wl, seed, time.monotonic)
         results[(wl, res.policy)].append(res.at(arrived))
         secs[(wl, res.policy)].append(res.seconds / max(1, len(seq)) * 1000)
         moves[(wl, res.policy)].append(res.moves)
+        if res.idle is not None:
+            idle[(wl, res.policy)].append(res.idle)
     names = [f"{p}+defrag{k}" if k else p for p, k in runs]
     click.echo(
         f"GPU allocation % at {arrived} % arrived, mean of {seeds} seed(s) (published: "
@@ -153,6 +172,7 @@ def command(seeds: int, workloads: str, defrag_moves: int, arrived: int, quick: 
         "workload",
         *[p.split("-", 1)[1] for p in PUBLISHED],
         *[f"ours {n}" for n in names],
+        "protocol bound",
         "offline upper bound",
     ]
     click.echo("| " + " | ".join(head) + " |")
@@ -160,6 +180,7 @@ def command(seeds: int, workloads: str, defrag_moves: int, arrived: int, quick: 
     for wl in wls:
         cells = [wl, *[_fmt(published.get((wl, p))) for p in PUBLISHED]]
         cells += [_fmt(statistics.fmean(results[(wl, n)])) for n in names]
+        cells.append(_fmt(statistics.fmean(pbounds[wl])))
         cells.append(_fmt(statistics.fmean(bounds[wl])))
         click.echo("| " + " | ".join(cells) + " |")
     click.echo("\nper-decision time (ms, mean) and defrag moves (total per run, mean):")
@@ -167,16 +188,56 @@ def command(seeds: int, workloads: str, defrag_moves: int, arrived: int, quick: 
         parts = [f"{n} {statistics.fmean(secs[(wl, n)]):.2f} ms" for n in names]
         parts += [f"{n} moves {statistics.fmean(moves[(wl, n)]):.0f}" for n in names if "+" in n]
         click.echo(f"- {wl}: " + ", ".join(parts))
+    if explain:
+        _print_idle(wls, names, idle, capacity)
 
 
-def _prefix(seq: list[PodRow], capacity: int, arrived: int) -> list[PodRow]:
-    total, out = 0, []
-    for p in seq:
-        total += p.gpu_request
-        if total * 100 > (arrived + 0.5) * capacity:
-            break
-        out.append(p)
-    return out
+def _print_idle(
+    wls: list[str],
+    names: list[str],
+    idle: dict[tuple[str, str], list[IdleBreakdown]],
+    capacity: int,
+) -> None:
+    """Mean idle GPUs of the final state (after the last arrival) by cause, per policy."""
+    click.echo(
+        "\nIdle GPUs in the final state (mean over seeds; GPUs = idle milli / 1000; % of "
+        "capacity in brackets):\n"
+    )
+    head = [
+        "workload",
+        "policy",
+        "GPUs with a >500-milli pod (count)",
+        "idle beside it",
+        "other partly used GPUs",
+        "free GPUs, node CPU/memory-stranded",
+        "free GPUs elsewhere",
+        "total idle",
+    ]
+    click.echo("| " + " | ".join(head) + " |")
+    click.echo("|" + "---|" * len(head))
+    for wl in wls:
+        for n in names:
+            rows = idle.get((wl, n))
+            if not rows:
+                continue
+
+            def cell(field: str, rows: list[IdleBreakdown] = rows) -> str:
+                v = statistics.fmean(getattr(r, field) for r in rows)
+                return f"{v / 1000:.1f} ({v * 100 / capacity:.2f} %)"
+
+            fields = (
+                "large_share_milli",
+                "other_partial_milli",
+                "stranded_free_milli",
+                "free_milli",
+            )
+            total = statistics.fmean(sum(getattr(r, f) for f in fields) for r in rows)
+            count = statistics.fmean(r.large_share_gpus for r in rows)
+            click.echo(
+                f"| {wl} | {n} | {count:.0f} | "
+                + " | ".join(cell(f) for f in fields)
+                + f" | {total / 1000:.1f} ({total * 100 / capacity:.2f} %) |"
+            )
 
 
 def _fmt(x: float | None) -> str:

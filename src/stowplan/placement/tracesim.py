@@ -211,6 +211,46 @@ class FragModel:
 Score = Callable[[Cluster, int, PodRow, list[int]], float]
 
 
+@dataclass(frozen=True)
+class IdleBreakdown:
+    """Where the idle GPU milli of a final state lies (sums to ``capacity - allocated``)."""
+
+    large_share_gpus: int  # GPUs holding a fractional pod of more than 500 milli
+    large_share_milli: int  # idle milli on those GPUs (the hole beside the large pod)
+    other_partial_milli: int  # idle milli on every other partly used GPU
+    stranded_free_milli: int  # whole free GPUs on nodes where no GPU pod kind fits CPU/memory
+    free_milli: int  # whole free GPUs elsewhere (no pod that arrived later fitted them)
+
+
+def idle_breakdown(
+    cluster: Cluster,
+    running: dict[int, list[tuple[PodRow, list[int]]]],
+    typical: Sequence[PodRow],
+) -> IdleBreakdown:
+    """Split the idle GPU capacity of ``cluster`` by the cause visible in the final state."""
+    large = np.zeros(cluster.left.shape, dtype=bool)
+    for i, pods in running.items():
+        for p, gs in pods:
+            if 500 < p.gpu_milli < MILLI:
+                large[i, gs[0]] = True
+    gpu_kinds = {(p.cpu_milli, p.memory_mib, p.gpu_spec) for p in typical if p.num_gpu > 0}
+    usable = np.zeros(len(cluster.nodes), dtype=bool)
+    for cpu, mem, spec in gpu_kinds:
+        spec_ok = cluster.spec_mask(spec)
+        usable |= spec_ok & (cluster.cpu_left >= cpu) & (cluster.mem_left >= mem)
+    exists = np.arange(MAX_GPUS)[None, :] < cluster.ngpu[:, None]
+    free = exists & (cluster.left == MILLI)
+    partial = exists & (cluster.left < MILLI)
+    stranded = free & ~usable[:, None]
+    return IdleBreakdown(
+        large_share_gpus=int(large.sum()),
+        large_share_milli=int(cluster.left[large].sum()),
+        other_partial_milli=int(cluster.left[partial & ~large].sum()),
+        stranded_free_milli=int(cluster.left[stranded].sum()),
+        free_milli=int(cluster.left[free & ~stranded].sum()),
+    )
+
+
 @dataclass
 class SimResult:
     workload: str
@@ -221,6 +261,7 @@ class SimResult:
     failed: int
     moves: int
     seconds: float
+    idle: IdleBreakdown | None = None  # of the final state
 
     def at(self, arrived_pct: int) -> float:
         return self.allocation_pct.get(arrived_pct, math.nan)
@@ -240,6 +281,7 @@ class Simulator:
         if policy not in ("bestfit", "fgd", "stowplan"):
             raise ValueError(f"unknown policy {policy!r}")
         self.cluster = Cluster(nodes)
+        self.typical = list(typical)
         self.policy = policy
         self.defrag_moves = defrag_moves
         self.frag = FragModel(typical, self.cluster.models)
@@ -519,4 +561,5 @@ class Simulator:
             failed=failed,
             moves=self.moves,
             seconds=clock() - start,
+            idle=idle_breakdown(self.cluster, self.running, self.typical),
         )

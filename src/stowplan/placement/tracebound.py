@@ -1,0 +1,201 @@
+"""Upper bounds on the GPU allocation ratio of the public GPU-sharing benchmark (FGD protocol).
+
+Two bounds on one arrival multiset (the pods arrived by the reported point, 130 %):
+
+- **offline**: what no placement of any subset of the arrived pods can exceed. A linear
+  relaxation over node classes (GPU model, GPU count, CPU, memory): per class, GPU count, CPU and
+  memory are summed over its nodes; a fractional pod of more than 500 milli takes a GPU of its own
+  (no two fit on one GPU) and leaves a hole of ``1000 - milli`` that only pods of at most that
+  size can use; smaller fractional pods share the remaining GPUs by milli; a whole-GPU pod takes
+  ``num_gpu`` GPUs and at most ``floor(gpus / m)`` pods of ``m`` or more GPUs fit on one node.
+  Every real placement satisfies these constraints, so the LP optimum bounds it from above.
+- **protocol**: the same LP where the pods that *provably fit at their arrival whatever happened
+  before* must be placed (the protocol's scheduler places every arriving pod that fits; moving
+  pods later never removes them). A pod is provably placed when the pods arrived before it cannot
+  block every node that could take it: blocking a node needs a pod on each of its GPUs (each with
+  more than ``1000 - milli`` milli) or the CPU or memory to leave less than the pod's request;
+  the budgets (GPU touches, milli, CPU, memory of the pods arrived so far) are spent greedily on
+  the cheapest nodes, one resource at a time, which overestimates how many nodes can be blocked.
+  This bound holds for any online policy, with or without moves, that never evicts a pod.
+
+CPU-only pods are left out of the LP (they only take room). Solved with OR-Tools GLOP. Pure: no
+I/O. Callers: ``stowplan bench fgd``, tests.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from ortools.linear_solver import pywraplp
+
+from stowplan.placement.errors import InvalidProblem, SolverFailed
+from stowplan.placement.tracesim import MILLI, NodeRow, PodRow
+
+Kind = tuple[int, int, int, int, str]  # cpu_milli, memory_mib, num_gpu, gpu_milli, gpu_spec
+NodeClass = tuple[str, int, int, int]  # model, gpus, cpu_milli, memory_mib
+HALF = 500
+
+
+def pod_kind(p: PodRow) -> Kind:
+    return (p.cpu_milli, p.memory_mib, p.num_gpu, p.gpu_milli, p.gpu_spec)
+
+
+@dataclass(frozen=True)
+class BoundResult:
+    allocated_milli: float  # LP optimum: GPU milli that can be allocated at most
+    capacity_milli: int
+    forced_pods: int  # pods required placed (0 for the offline bound)
+
+    @property
+    def ratio_pct(self) -> float:
+        return 100.0 * min(1.0, self.allocated_milli / self.capacity_milli)
+
+
+def _admits(spec: str, model: str) -> bool:
+    return not spec or model in spec.split("|")
+
+
+def upper_bound(
+    nodes: Sequence[NodeRow], pods: Sequence[PodRow], forced: Mapping[Kind, int] | None = None
+) -> BoundResult:
+    """LP bound on allocated GPU milli for ``pods`` (any subset placed; at least ``forced[k]``
+    pods of kind ``k`` placed). Raises ``SolverFailed`` if GLOP does not prove an optimum."""
+    forced = forced or {}
+    classes = Counter((n.model, n.gpus, n.cpu_milli, n.memory_mib) for n in nodes if n.gpus > 0)
+    capacity = sum(cls[1] * n * MILLI for cls, n in classes.items())
+    kinds = Counter(pod_kind(p) for p in pods if p.num_gpu > 0 and p.gpu_milli > 0)
+    for k, f in forced.items():
+        if f > kinds.get(k, 0):
+            raise InvalidProblem(f"forced {f} pods of kind {k} but only {kinds.get(k, 0)} arrived")
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    if solver is None:  # pragma: no cover - GLOP ships with ortools
+        raise SolverFailed("GLOP is not available")
+    inf = solver.infinity()
+    objective = solver.Objective()
+    large_sizes = sorted({k[3] for k in kinds if HALF < k[3] < MILLI})
+    per_kind: dict[Kind, list[pywraplp.Variable]] = {k: [] for k in kinds}
+    for c, (cls, n) in enumerate(classes.items()):
+        model, gpus, cpu, mem = cls
+        gpu_row = solver.Constraint(-inf, n * gpus)
+        cpu_row = solver.Constraint(-inf, n * cpu)
+        mem_row = solver.Constraint(-inf, n * mem)
+        # holes beside large fractional pods, one row per large size: fill <= hole * count
+        holes = {s: solver.Constraint(-inf, 0.0) for s in large_sizes}
+        multi = {
+            m: solver.Constraint(-inf, n * (gpus // m))
+            for m in sorted({k[2] for k in kinds if k[3] >= MILLI and k[2] >= 2})
+        }
+        for kind in kinds:
+            kcpu, kmem, num, milli, spec = kind
+            if not _admits(spec, model) or num > gpus or kcpu > cpu or kmem > mem:
+                continue
+            placements: list[tuple[pywraplp.Variable, float]] = []
+            if milli >= MILLI:
+                v = solver.NumVar(0, inf, f"w{c}_{len(per_kind[kind])}")
+                gpu_row.SetCoefficient(v, num)
+                for m, row in multi.items():
+                    if num >= m:
+                        row.SetCoefficient(v, 1)
+                placements.append((v, num * milli))
+            elif milli > HALF:
+                v = solver.NumVar(0, inf, f"l{c}_{len(per_kind[kind])}")
+                gpu_row.SetCoefficient(v, 1)
+                holes[milli].SetCoefficient(v, -(MILLI - milli) + holes[milli].GetCoefficient(v))
+                placements.append((v, milli))
+            else:
+                v = solver.NumVar(0, inf, f"s{c}_{len(per_kind[kind])}")
+                gpu_row.SetCoefficient(v, milli / MILLI)
+                placements.append((v, milli))
+                for s in large_sizes:
+                    if milli <= MILLI - s:
+                        y = solver.NumVar(0, inf, f"y{c}_{s}_{len(per_kind[kind])}")
+                        holes[s].SetCoefficient(y, milli)
+                        placements.append((y, milli))
+            for v, value in placements:
+                cpu_row.SetCoefficient(v, kcpu)
+                mem_row.SetCoefficient(v, kmem)
+                objective.SetCoefficient(v, value)
+                per_kind[kind].append(v)
+    for kind, count in kinds.items():
+        row = solver.Constraint(float(forced.get(kind, 0)), float(count))
+        for v in per_kind[kind]:
+            row.SetCoefficient(v, 1)
+    objective.SetMaximization()
+    if solver.Solve() != pywraplp.Solver.OPTIMAL:
+        raise SolverFailed("GLOP found no optimum for the trace bound")
+    return BoundResult(
+        allocated_milli=objective.Value(),
+        capacity_milli=capacity,
+        forced_pods=sum(forced.values()),
+    )
+
+
+def forced_kinds(nodes: Sequence[NodeRow], seq: Sequence[PodRow]) -> Counter[Kind]:
+    """Pods of ``seq`` (in arrival order) that fit at their arrival whatever placement of the
+    earlier pods the policy chose, counted by kind (see the module docstring)."""
+    gnodes = [n for n in nodes if n.gpus > 0]
+    gpus = np.asarray([n.gpus for n in gnodes], dtype=np.int64)
+    cpu = np.asarray([n.cpu_milli for n in gnodes], dtype=np.int64)
+    mem = np.asarray([n.memory_mib for n in gnodes], dtype=np.int64)
+    model = [n.model for n in gnodes]
+    cache: dict[Kind, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}
+    out: Counter[Kind] = Counter()
+    touches = milli_sum = cpu_sum = mem_sum = 0
+    for p in seq:
+        if p.num_gpu > 0 and p.gpu_milli > 0:
+            kind = pod_kind(p)
+            hit = cache.get(kind)
+            if hit is None:
+                ok = np.asarray([_admits(p.gpu_spec, m) for m in model])
+                ok &= (gpus >= p.num_gpu) & (cpu >= p.cpu_milli) & (mem >= p.memory_mib)
+                # fractional: a pod on every GPU; whole: fewer than num_gpu GPUs left free
+                gpu_cost = gpus[ok] if p.gpu_milli < MILLI else gpus[ok] - p.num_gpu + 1
+                hit = (
+                    int(ok.sum()),
+                    np.cumsum(np.sort(gpu_cost)),
+                    np.cumsum(np.sort(cpu[ok] - p.cpu_milli + 1)),
+                    np.cumsum(np.sort(mem[ok] - p.memory_mib + 1)),
+                )
+                cache[kind] = hit
+            eligible, gpu_cum, cpu_cum, mem_cum = hit
+            budget = touches
+            if p.gpu_milli < MILLI:  # each blocking touch carries more than 1000 - milli
+                budget = min(budget, milli_sum // (MILLI - p.gpu_milli + 1))
+            blocked = (
+                int(np.searchsorted(gpu_cum, budget, side="right"))
+                + int(np.searchsorted(cpu_cum, cpu_sum, side="right"))
+                + int(np.searchsorted(mem_cum, mem_sum, side="right"))
+            )
+            if blocked < eligible:
+                out[kind] += 1
+        touches += p.num_gpu if p.gpu_milli > 0 else 0
+        milli_sum += p.gpu_request
+        cpu_sum += p.cpu_milli
+        mem_sum += p.memory_mib
+    return out
+
+
+def prefix(seq: Sequence[PodRow], capacity_milli: int, arrived_pct: float) -> list[PodRow]:
+    """The pods arrived while the arrived GPU request is at most ``arrived_pct`` % of capacity."""
+    total, out = 0, []
+    for p in seq:
+        total += p.gpu_request
+        if total * 100 > arrived_pct * capacity_milli:
+            break
+        out.append(p)
+    return out
+
+
+def trace_bounds(
+    nodes: Sequence[NodeRow], seq: Sequence[PodRow], capacity_milli: int, arrived_pct: int
+) -> tuple[BoundResult, BoundResult]:
+    """(offline, protocol) bounds on the allocation reported at ``arrived_pct``: the mean over
+    the events whose arrived % rounds to it, so pods up to ``arrived_pct + 0.5`` % may be placed
+    and the provably placed ones are taken from those up to ``arrived_pct - 0.5`` %."""
+    avail = prefix(seq, capacity_milli, arrived_pct + 0.5)
+    offline = upper_bound(nodes, avail)
+    forced = forced_kinds(nodes, prefix(seq, capacity_milli, arrived_pct - 0.5))
+    return offline, upper_bound(nodes, avail, forced)
