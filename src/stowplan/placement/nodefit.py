@@ -1,0 +1,154 @@
+"""Node-level fixed demands: node CPU / host memory and multi-GPU replicas ("gangs").
+
+``NodeIndex`` holds, per problem, which node each GPU belongs to, each node's CPU and host
+memory (unlimited for a node not listed in ``Problem.nodes``), each model's CPU / host-memory
+request and GPUs per replica. ``PackIndex.build`` makes one only when the problem needs it (a
+multi-GPU model, or a model with a CPU/memory request and a listed node), so problems without
+fixed node demands keep the best-fit hot path unchanged. Functions here pick the GPUs of a gang
+(the tightest node with enough empty eligible GPUs and CPU/memory), filter candidate GPUs by the
+CPU/memory left on their node, and explain why a model fits no node at all
+(``ResourcesExceedEveryNode``). Callers: packing (PackState bookkeeping), bestfit, planner,
+online, lns. Pure: no I/O, mutates nothing but what it is given.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from stowplan.placement.models import Problem
+
+_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class NodeIndex:
+    """Per-problem node tables (read-only)."""
+
+    names: tuple[str, ...]  # nodes that host at least one GPU, in GPU order
+    gpu_node: npt.NDArray[np.intp]  # (gpus,) node index of each GPU
+    cpu_milli: npt.NDArray[np.float64]  # (nodes,) inf where the node is not listed
+    memory_mib: npt.NDArray[np.float64]  # (nodes,) host memory, inf where not listed
+    need_cpu: npt.NDArray[np.float64]  # (models,) CPU milli per replica
+    need_mem: npt.NDArray[np.float64]  # (models,) host memory MiB per replica
+    uses_node: npt.NDArray[np.bool_]  # (models,) requests CPU/memory and some node is limited
+    gang: npt.NDArray[np.int64]  # (models,) GPUs per replica
+    has_gangs: bool
+
+    @staticmethod
+    def build(problem: Problem) -> NodeIndex | None:
+        """The tables, or None when no model has a node demand that matters (fast path)."""
+        models = problem.models
+        has_gangs = any(m.gpus_per_replica > 1 for m in models)
+        if not has_gangs and not (
+            problem.nodes and any(m.cpu_milli or m.host_memory_mib for m in models)
+        ):
+            return None  # cheap exit: the common case must not slow best-fit down
+        gang = np.asarray([m.gpus_per_replica for m in models], dtype=np.int64)
+        need_cpu = np.asarray([m.cpu_milli for m in models], dtype=float)
+        need_mem = np.asarray([m.host_memory_mib for m in models], dtype=float)
+        names: dict[str, int] = {}
+        gpu_node = np.asarray(
+            [names.setdefault(g.node, len(names)) for g in problem.gpus], dtype=np.intp
+        )
+        cpu = np.full(len(names), math.inf)
+        mem = np.full(len(names), math.inf)
+        for n in problem.nodes:
+            k = names.get(n.node)
+            if k is not None:
+                cpu[k], mem[k] = float(n.cpu_milli), float(n.memory_mib)
+        limited = bool(np.isfinite(cpu).any() or np.isfinite(mem).any())
+        uses_node = ((need_cpu > 0) | (need_mem > 0)) & limited
+        if not has_gangs and not uses_node.any():
+            return None
+        return NodeIndex(
+            names=tuple(names),
+            gpu_node=gpu_node,
+            cpu_milli=cpu,
+            memory_mib=mem,
+            need_cpu=need_cpu,
+            need_mem=need_mem,
+            uses_node=uses_node,
+            gang=gang,
+            has_gangs=has_gangs,
+        )
+
+    def room(
+        self,
+        mi: int,
+        cpu_left: npt.NDArray[np.float64],
+        mem_left: npt.NDArray[np.float64],
+        nodes: npt.NDArray[np.intp],
+    ) -> npt.NDArray[np.bool_]:
+        """Whether each node of ``nodes`` has the CPU and host memory of a replica of ``mi``."""
+        return (cpu_left[nodes] >= self.need_cpu[mi] - _TOL) & (
+            mem_left[nodes] >= self.need_mem[mi] - _TOL
+        )
+
+
+def gang_candidates(
+    nodes: NodeIndex,
+    mi: int,
+    free: npt.NDArray[np.bool_],
+    cpu_left: npt.NDArray[np.float64],
+    mem_left: npt.NDArray[np.float64],
+) -> tuple[int, ...] | None:
+    """GPUs for one gang replica of model ``mi``: ``free`` marks the GPUs it may take (empty,
+    eligible, big enough, not reserved). The tightest node wins: fewest such GPUs, then least
+    CPU left, then least host memory left, then the first; on it the first GPUs by index."""
+    k = int(nodes.gang[mi])
+    ids = np.flatnonzero(free)
+    if ids.size < k:
+        return None
+    per_node = np.bincount(nodes.gpu_node[ids], minlength=len(nodes.names))
+    all_nodes = np.arange(len(nodes.names))
+    ok = (per_node >= k) & nodes.room(mi, cpu_left, mem_left, all_nodes)
+    cand = np.flatnonzero(ok)
+    if cand.size == 0:
+        return None
+    order = np.lexsort((cand, mem_left[cand], cpu_left[cand], per_node[cand]))
+    best = int(cand[order[0]])
+    on_node = ids[nodes.gpu_node[ids] == best]
+    return tuple(int(g) for g in on_node[:k])
+
+
+def first_free_per_class(
+    gpu_class: npt.NDArray[np.int64], free: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.intp]:
+    """The lowest-index GPU of each class among ``free`` (ascending)."""
+    ids = np.flatnonzero(free)
+    if ids.size == 0:
+        return ids
+    _, first = np.unique(gpu_class[ids], return_index=True)
+    return np.sort(ids[first])
+
+
+def resources_message(
+    nodes: NodeIndex, mi: int, gpu_ok: npt.NDArray[np.bool_], name: str
+) -> str | None:
+    """Why no single node can host one replica of ``mi`` even empty (None: one can).
+
+    ``gpu_ok`` marks the GPUs that admit the model (type, selector, GPU memory)."""
+    k = int(nodes.gang[mi])
+    per_node = np.bincount(nodes.gpu_node[gpu_ok], minlength=len(nodes.names))
+    eligible = per_node > 0
+    all_nodes = np.arange(len(nodes.names))
+    room = nodes.room(mi, nodes.cpu_milli, nodes.memory_mib, all_nodes)
+    if not eligible.any() or ((per_node >= k) & room).any():
+        return None
+    parts = []
+    if k > 1:
+        parts.append(f"{k} GPUs per replica (the most on one eligible node: {per_node.max()})")
+    if nodes.need_cpu[mi] > 0:
+        best_cpu = float(nodes.cpu_milli[eligible].max())
+        parts.append(f"{nodes.need_cpu[mi]:.0f} CPU milli (eligible nodes: at most {best_cpu:g})")
+    if nodes.need_mem[mi] > 0:
+        best_mem = float(nodes.memory_mib[eligible].max())
+        parts.append(
+            f"{nodes.need_mem[mi]:.0f} MiB host memory (eligible nodes: at most {best_mem:g})"
+        )
+    return f"{name} needs " + ", ".join(parts) + " together on one node; no eligible node has it"
+
