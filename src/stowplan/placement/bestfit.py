@@ -4,71 +4,102 @@ For each replica (in the caller's order; ``decreasing_order`` gives priority, th
 among the GPUs it may use, the already used GPU whose load after adding it is the highest (the
 tightest fit, at the best duty-cycle level for that GPU); open an empty GPU only when no used one
 fits, again the tightest. Callers: planner, online, lns. Pure; mutates only the PackState given.
+
+Speed (``plan`` calls this on every operator pass): a replica is tested only against the compact
+set of used GPUs that pass two cheap necessary conditions, with one gather per test (see
+``PackIndex.ev``); empty GPUs of a class are interchangeable, so only the first of each class is
+tried, with the model's load alone precomputed per capacity; consecutive replicas of one model
+(``best_fit``) are placed with one test: they cannot share a GPU and do not change the other
+GPUs, so they take the k tightest fits in order, then empty GPUs. Same plans as placing one
+replica at a time with ``choose_gpu`` (``tests/placement/test_bestfit_speed.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from stowplan.placement.capacity import EPS
-from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
+from stowplan.placement.packing import ROW, PackIndex, PackState, Replica
+
+_INF = np.inf
 
 
 def choose_gpu(state: PackState, mi: int) -> int | None:
-    """The best-fit GPU for one replica of model ``mi``, or None if none fits.
+    """The best-fit GPU for one replica of model ``mi``, or None if none fits."""
+    cand = used_candidates(state, mi)
+    if cand.size:
+        best = best_loads(state, mi, cand)
+        best[best == _INF] = -1.0  # loads are >= 0: a GPU that fits always wins over -1
+        i = int(np.argmax(best))
+        if not best[i] < 0:
+            return int(cand[i])
+    return choose_empty(state, mi)
 
-    Works on the compact list of used GPUs (cheap necessary conditions first, then the exact
-    load at the levels the model allows) and on the first empty GPU of each class, so that a
-    call costs tens of microseconds whatever the fleet size (10,000 replicas in well under 1 s).
-    """
+
+def used_candidates(state: PackState, mi: int) -> npt.NDArray[np.intp]:
+    """Used GPUs, ascending, passing cheap necessary conditions for a replica of ``mi`` (free
+    time share, free memory at the lowest level), not holding ``mi``, eligible (a superset of
+    those where it fits: ``best_loads`` is exact)."""
     index = state.index
-    # used GPUs passing cheap necessary conditions (a superset: ``_tightest`` is exact)
-    act = state.active()
-    ok = state.open_slack[act] >= index.min_share[mi] - 1e-9
-    ok &= state.mem_free0[act] >= index.min_mem[mi] - 1e-6
+    act, ascending = state.active()
+    ok = state.open_slack.take(act) >= index.min_share[mi] - 1e-9
+    ok &= state.mem_free0.take(act) >= index.min_mem[mi] - 1e-6
     cand = act[ok]
     if cand.size:
-        cand = np.sort(cand[~state.holds[mi, cand]])
+        held = state.holds[mi].take(cand)
+        if held.any():
+            cand = cand[~held]
         if index.restricted[mi]:
-            cand = cand[index.eligible[mi, cand]]
-        g = _tightest(state, mi, cand)
-        if g is not None:
-            return g
-    return _tightest(state, mi, _first_empty_per_class(state, mi))
+            cand = cand[index.elig_rows[index.elig_kind[mi]].take(cand)]
+        if not ascending:
+            cand.sort()
+    return cand
 
 
-def _tightest(state: PackState, mi: int, cand: npt.NDArray[np.intp]) -> int | None:
-    """The candidate with the highest load after adding a replica of ``mi`` (first on ties)."""
-    if cand.size == 0:
-        return None
+def best_loads(state: PackState, mi: int, cand: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
+    """(len(cand),) the load after adding a replica of ``mi`` to each candidate at its best
+    level (max of time and memory share; the lowest over the levels where it fits), inf where
+    it fits at no level. The same float operations as ``PackState.loads``."""
     index = state.index
-    lv = index.ok_levels[mi]
-    flat = (cand * len(LEVELS))[:, None] + lv
-    levels = index.lv_ms[mi]
-    t2 = state.busy.take(flat) + index.lv_busy[mi]
-    m2 = state.mem.take(flat) + index.lv_mem[mi]
-    cap = index.cap_mib[cand][:, None]
-    load = np.maximum(t2 / levels, m2 / cap)
-    fit = (state.blocked.take(flat) == 0) & (t2 <= levels * (1 + EPS)) & (m2 <= cap + EPS)
-    load[~fit] = np.inf
-    best = load.min(axis=1)
-    best[best == np.inf] = -1.0  # loads are >= 0: a GPU that fits always wins over -1
-    i = int(np.argmax(best))
-    if best[i] < 0:
-        return None
-    return int(cand[i])
+    ev = index.ev
+    s, e = ev.start[mi], ev.start[mi + 1]
+    k = e - s
+    if k == 0:
+        return np.full(cand.size, _INF)
+    a, b = 3 * s, 3 * e
+    x = state.rows.take((cand * ROW)[:, None] + ev.off[a:b])
+    x += ev.add[a:b]
+    if index.uniform_cap is not None:
+        fit = x <= ev.lim[a:b]
+        x /= ev.div[a:b]  # time share, memory share, forbidding residents (0 where it fits)
+        u = np.where(fit, x, _INF)
+        v = np.maximum(u[:, :k], u[:, k : 2 * k])
+        np.maximum(v, u[:, 2 * k :], out=v)
+        return v.min(axis=1)
+    t, m = x[:, :k], x[:, k : 2 * k]
+    cap = index.cap_mib.take(cand)[:, None]
+    fit = (t <= ev.lim[a : a + k]) & (m <= cap + EPS) & (x[:, 2 * k :] == 0)
+    load = np.maximum(t / ev.div[a : a + k], m / cap)
+    load[~fit] = _INF
+    return load.min(axis=1)
 
 
-def _first_empty_per_class(state: PackState, mi: int) -> npt.NDArray[np.intp]:
-    """Empty GPUs are interchangeable within a class: try the first of each class only."""
+def choose_empty(state: PackState, mi: int) -> int | None:
+    """The tightest empty GPU for a replica of ``mi`` (lowest index on ties), or None.
+
+    Empty GPUs of one class are interchangeable: only the first of each class is tried (or,
+    when the caller reserved it, the next one this model may use)."""
     index = state.index
-    out: list[int] = []
+    if not index.min_share[mi] <= 1.0 + 1e-9:
+        return None
+    elig = index.elig_rows[index.elig_kind[mi]] if index.restricted[mi] else None
+    best_g, best_load = -1, -1.0
     for k in range(len(state.empty_heaps)):
         g = state.first_empty(k)
-        if g is None or not index.eligible[mi, g]:
+        if g is None or (elig is not None and not elig[g]):
             continue
         if state.holds[mi, g]:  # a caller reserved this empty GPU: look further (rare)
             alt = np.flatnonzero(
@@ -77,9 +108,15 @@ def _first_empty_per_class(state: PackState, mi: int) -> npt.NDArray[np.intp]:
             if alt.size == 0:
                 continue
             g = int(alt[0])
-        if index.min_share[mi] <= 1.0 + 1e-9 and index.min_mem[mi] <= index.cap_mib[g] + EPS:
-            out.append(g)
-    return np.asarray(sorted(out), dtype=np.intp)
+        cap = float(index.cap_mib[g])
+        if not index.min_mem[mi] <= cap + EPS:
+            continue
+        load = float(index.empty_loads(cap)[mi])
+        if load < 0:
+            continue
+        if load > best_load or (load == best_load and g < best_g):
+            best_g, best_load = g, load
+    return best_g if best_g >= 0 else None
 
 
 def decreasing_order(
@@ -90,19 +127,54 @@ def decreasing_order(
     into a GPU shortens everyone's cycle and inflates their share: 447 vs 459 GPUs on the
     1,000-replica benchmark instance); then larger (time or memory share) first; then names."""
     reps = list(replicas)
-    mis = {r[0] for r in reps}
-    sizes = {mi: index.size(mi) for mi in mis}
-    top = {mi: int(index.ok_levels[mi].max(initial=0)) if by_slo else 0 for mi in mis}
-    return sorted(reps, key=lambda r: (-index.models[r[0]].priority, top[r[0]], -sizes[r[0]], r))
+    if not reps:
+        return []
+    arr = np.asarray(reps, dtype=np.intp).reshape(-1, 2)
+    mi, r = arr[:, 0], arr[:, 1]
+    top = index.top_level[mi] if by_slo else np.zeros_like(mi)
+    keys = (r, mi, -index.size_key[mi], top, -index.priority[mi])
+    return [reps[i] for i in np.lexsort(keys).tolist()]
 
 
 def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
-    """Place ``replicas`` in the given order; returns those that fit nowhere."""
+    """Place ``replicas`` in the given order; returns those that fit nowhere.
+
+    Same result as ``choose_gpu`` + ``add`` one replica at a time; a run of consecutive
+    replicas of one model is placed with one candidate test."""
+    reps = list(replicas)
     left: list[Replica] = []
-    for rep in replicas:
-        g = choose_gpu(state, rep[0])
+    i, n = 0, len(reps)
+    while i < n:
+        mi = reps[i][0]
+        j = i + 1
+        while j < n and reps[j][0] == mi:
+            j += 1
+        if j - i == 1:
+            g = choose_gpu(state, mi)
+            if g is None:
+                left.append(reps[i])
+            else:
+                state.add(reps[i], g)
+        else:
+            _place_run(state, mi, reps[i:j], left)
+        i = j
+    return left
+
+
+def _place_run(state: PackState, mi: int, run: Sequence[Replica], left: list[Replica]) -> None:
+    """Replicas of one model, in order: the tightest used GPUs that fit, then empty ones."""
+    chosen: list[int] = []
+    cand = used_candidates(state, mi)
+    if cand.size:
+        best = best_loads(state, mi, cand)
+        best[best == _INF] = -1.0
+        order = np.argsort(-best, kind="stable")[: len(run)]  # ties: lowest GPU index first
+        chosen = cand[order[best[order] >= 0]].tolist()
+        if chosen:
+            state.add_many(mi, run[: len(chosen)], chosen)
+    for rep in run[len(chosen) :]:
+        g = choose_empty(state, mi)
         if g is None:
             left.append(rep)
         else:
             state.add(rep, g)
-    return left

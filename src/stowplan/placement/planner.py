@@ -32,6 +32,16 @@ def validate(problem: Problem) -> None:
         dup = next(k for k in keys if keys.count(k) > 1)
         raise InvalidProblem(f"GPU {dup[0]}:{dup[1]} is listed twice")
     for m in problem.models:
+        quick = (
+            m.slo_ms
+            + m.target_qps
+            + m.latency.base_ms
+            + m.latency.per_item_ms
+            + m.memory.weights_mib
+            + m.memory.per_item_mib
+        )
+        if math.isfinite(quick):  # every term finite (an overflow to inf is checked below)
+            continue
         nums = {
             "slo_ms": m.slo_ms,
             "target_qps": m.target_qps,
@@ -53,14 +63,17 @@ def validate(problem: Problem) -> None:
 def split_placeable(index: PackIndex) -> tuple[list[int], list[Unplaced]]:
     """(indices of models some GPU can take, an Unplaced for every replica of the others)."""
     unplaced: list[Unplaced] = []
-    placeable: list[int] = []
-    for mi, m in enumerate(index.models):
+    maybe = index.mats.ok.any(axis=1) & (index.max_cap_mib > -math.inf)
+    maybe &= ~(index.min_mem > index.max_cap_mib)  # the cheap test behind unplaceable_reason
+    placeable: list[int] = np.flatnonzero(maybe).tolist()
+    for mi in np.flatnonzero(~maybe).tolist():
         why = unplaceable_reason(index, mi)
-        if why is None:
+        if why is None:  # cannot happen; stay exact anyway
             placeable.append(mi)
-        else:
-            unplaced += [why.model_copy(update={"replica": r}) for r in range(m.replicas)]
-    return placeable, unplaced
+            continue
+        reps = index.models[mi].replicas
+        unplaced += [why.model_copy(update={"replica": r}) for r in range(reps)]
+    return sorted(placeable), unplaced
 
 
 def unplaceable_reason(index: PackIndex, mi: int) -> Unplaced | None:
@@ -102,13 +115,11 @@ def unplaceable_reason(index: PackIndex, mi: int) -> Unplaced | None:
 
 def lower_bound(index: PackIndex, placeable: list[int]) -> int:
     """GPU lower bound over the replicas of the placeable models (see bounds.py)."""
-    shares: list[float] = []
-    mems: list[float] = []
-    for mi in placeable:
-        n = index.models[mi].replicas
-        shares += [float(index.min_share[mi])] * n
-        mems += [float(index.min_mem[mi] / index.max_cap_mib[mi])] * n
-    return gpu_lower_bound(shares, mems, [index.models[mi].replicas for mi in placeable])
+    pl = np.asarray(placeable, dtype=np.intp)
+    counts = np.asarray([index.models[mi].replicas for mi in placeable], dtype=np.intp)
+    shares = np.repeat(index.min_share[pl], counts)
+    mems = np.repeat(index.min_mem[pl] / index.max_cap_mib[pl], counts)
+    return gpu_lower_bound(shares.tolist(), mems.tolist(), counts.tolist())
 
 
 def tight_lower_bound(problem: Problem) -> int:
@@ -128,7 +139,9 @@ def _tight(index: PackIndex, placeable: list[int]) -> int:
     if len(big) < 2:
         return base
     costs = [index.costs[mi] for mi in big]
-    caps = np.asarray([float(index.cap_mib[index.eligible[mi]].max()) for mi in big])
+    caps = np.asarray(
+        [float(index.cap_mib[index.elig_rows[index.elig_kind[mi]]].max()) for mi in big]
+    )
     pairs = big_pairs(
         np.stack([c.busy_ms for c in costs]),
         np.stack([c.memory_mib for c in costs]),
@@ -162,7 +175,7 @@ def _keep_current(state: PackState, problem: Problem) -> None:
         g = index.gpu_pos.get(a.gpu_key)
         if mi is None or g is None or a.replica >= index.models[mi].replicas:
             continue
-        if not index.eligible[mi, g] or state.holds[mi, g] or (mi, a.replica) in state.where:
+        if not index.is_eligible(mi, g) or state.holds[mi, g] or (mi, a.replica) in state.where:
             continue
         if state.fits(mi, g):
             state.add((mi, a.replica), g)
@@ -178,7 +191,7 @@ def _preempt(state: PackState, left: list[Replica], pinned: set[Replica]) -> lis
         rep = queue.pop(0)
         mi = rep[0]
         placed = False
-        cand = np.flatnonzero(index.eligible[mi] & ~state.holds[mi])
+        cand = np.flatnonzero(index.elig_rows[index.elig_kind[mi]] & ~state.holds[mi])
         for g in cand.tolist():
             victims = sorted(
                 (v for v in state.residents[g] if prio[v[0]] < prio[mi] and v not in pinned),
