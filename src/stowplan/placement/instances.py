@@ -20,6 +20,7 @@ files.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -200,6 +201,20 @@ def _model_json(m: ModelDemand) -> dict[str, Any]:
     if m.gpus_per_replica > 1:
         out["gpus"] = m.gpus_per_replica
     return out
+
+
+def instance_text(problem: Problem) -> str:
+    """The instance JSON of ``problem`` as text, one GPU / model / node per line (small diffs,
+    readable files; what ``placement/instances/*.json`` use)."""
+    doc = problem_to_json(problem)
+    parts = []
+    for key, value in doc.items():
+        if isinstance(value, list):
+            rows = ",\n".join("  " + json.dumps(v) for v in value)
+            parts.append(f"{json.dumps(key)}: [\n{rows}\n ]" if value else f'"{key}": []')
+        else:
+            parts.append(f"{json.dumps(key)}: {json.dumps(value)}")
+    return "{" + ",\n ".join(parts) + "}\n"
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def alibaba_mix_problem(
     fits: Sequence[LatencyFit],
     *,
     seed: int = 1,
-    n_pods: int = 80,
+    n_pods: int = 70,
     n_slo_models: int = 20,
 ) -> Problem:
     """Trace pods with GPUs and SLO models on ~20 trace nodes (see module docstring).
