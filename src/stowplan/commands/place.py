@@ -28,9 +28,10 @@ from stowplan.placement.instances import plan_to_json, problem_from_json
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def command(instance: Path, time_limit_s: float, as_json: bool) -> None:
-    """Place the models of INSTANCE (JSON: gpus, models) and print the plan.
+    """Place the models of INSTANCE (JSON: gpus, models, optional nodes) and print the plan.
 
-    See placement/README.md for the instance format; examples are in placement/instances/.
+    A multi-GPU replica lists all its GPUs in the gpu column (JSON: gpu + extra_gpus). See
+    placement/README.md for the instance format; examples are in placement/instances/.
     """
     try:
         text = instance.read_text()
@@ -57,7 +58,8 @@ def command(instance: Path, time_limit_s: float, as_json: bool) -> None:
     click.echo("|---|---|---|---|---|---|---|---|")
     for a in result.assignments:
         click.echo(
-            f"| {a.model} | {a.replica} | {a.node} | {a.gpu} | {a.batch_size} | "
+            f"| {a.model} | {a.replica} | {a.node} | {','.join(map(str, (a.gpu, *a.extra_gpus)))} "
+            f"| {a.batch_size} | "
             f"{a.duty_cycle_ms:g} | {a.busy_ms:.2f} | {a.memory_mib:.0f} |"
         )
     for u in result.unplaced:
