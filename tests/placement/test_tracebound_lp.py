@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from stowplan.placement.tracebound import forced_kinds, pod_kind, trace_bounds, upper_bound
+from stowplan.placement.tracebound import (
+    forced_by_lp,
+    forced_kinds,
+    pod_kind,
+    trace_bounds,
+    upper_bound,
+)
 from stowplan.placement.tracesim import NodeRow, PodRow
 
 TWO_T4 = [NodeRow("a", 64000, 262144, 1, "T4"), NodeRow("b", 64000, 262144, 1, "T4")]
@@ -48,3 +54,16 @@ def test_forced_pods_fit_at_arrival_whatever_came_before() -> None:
     assert offline.ratio_pct == pytest.approx(90.5)
     assert protocol.ratio_pct == pytest.approx(81.0)
     assert protocol.forced_pods == 2
+
+
+def test_blocking_lp_sees_that_one_pod_cannot_block_two_nodes() -> None:
+    seq = [pod("a", 300), pod("b", 810), pod("c", 300), pod("d", 810)]
+    # b: one 300 pod arrived before, it can block (every GPU > 190 used) one node of two: fits.
+    # d: two 300 pods and an 810 could block both: not provably placed.
+    assert forced_by_lp(TWO_T4, seq, [pod_kind(seq[1])]) == {pod_kind(seq[1]): 1}
+    hog = PodRow("hog", 63500, 1024, 0, 0)  # CPU-only: 500 CPU left where it lands
+    seq = [hog, pod("e", 810)]
+    # the hog blocks one node by CPU (810 pod needs 1,000), the other node is free
+    assert forced_by_lp(TWO_T4, seq, [pod_kind(seq[1])]) == {pod_kind(seq[1]): 1}
+    seq = [hog, hog, pod("f", 810)]
+    assert forced_by_lp(TWO_T4, seq, [pod_kind(seq[2])]) == {pod_kind(seq[2]): 0}

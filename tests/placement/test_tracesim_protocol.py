@@ -62,9 +62,9 @@ def test_frag_model_counts_unusable_idle_gpu() -> None:
     typical = [pod("t", 600)]
     frag = FragModel(typical, ["T4"])
     # one GPU with 500 left (a 600 task cannot use it), one free GPU (usable): frag = 500
-    assert frag.frag((0, 16000, 500, 1000)) == pytest.approx(500)
+    assert frag.frag((0, 16000, 0, 500, 1000)) == pytest.approx(500)
     # no CPU left: nothing is usable, all 1,500 idle milli is fragment
-    assert frag.frag((0, 0, 500, 1000)) == pytest.approx(1500)
+    assert frag.frag((0, 0, 0, 500, 1000)) == pytest.approx(1500)
 
 
 @pytest.mark.parametrize("policy", ["bestfit", "fgd", "stowplan"])

@@ -11,11 +11,13 @@ Two bounds on one arrival multiset (the pods arrived by the reported point, 130 
   Every real placement satisfies these constraints, so the LP optimum bounds it from above.
 - **protocol**: the same LP where the pods that *provably fit at their arrival whatever happened
   before* must be placed (the protocol's scheduler places every arriving pod that fits; moving
-  pods later never removes them). A pod is provably placed when the pods arrived before it cannot
-  block every node that could take it: blocking a node needs a pod on each of its GPUs (each with
-  more than ``1000 - milli`` milli) or the CPU or memory to leave less than the pod's request;
-  the budgets (GPU touches, milli, CPU, memory of the pods arrived so far) are spent greedily on
-  the cheapest nodes, one resource at a time, which overestimates how many nodes can be blocked.
+  pods later never removes them). A pod provably fits when the pods arrived before it cannot
+  block every node that could take it; blocking a node needs a pod on each of its GPUs (with more
+  than ``1000 - milli`` milli on each), or the CPU or the memory left below the pod's request.
+  Two sufficient tests: a greedy one (each budget -- GPU touches, milli, CPU, memory arrived so
+  far -- spent on the cheapest nodes independently, ``forced_kinds``) and, for pods of more than
+  500 milli (the ones whose holes cost), a blocking LP (``BlockingLP``: the arrived pods assigned
+  to node classes and to one way of blocking each, and they must fit the nodes they block).
   This bound holds for any online policy, with or without moves, that never evicts a pod.
 
 CPU-only pods are left out of the LP (they only take room). Solved with OR-Tools GLOP. Pure: no
@@ -178,6 +180,95 @@ def forced_kinds(nodes: Sequence[NodeRow], seq: Sequence[PodRow]) -> Counter[Kin
     return out
 
 
+class BlockingLP:
+    """Can the pods arrived so far be placed so that no node fits ``target``? An LP relaxation:
+    ``b[c, w]`` nodes of class ``c`` blocked by way ``w`` (every GPU holds more than
+    ``1000 - milli`` milli, or the CPU, or the memory left is below the request), fed by
+    ``u[k, c, w]`` pods of kind ``k`` that must fit those nodes. When its optimum is below the
+    number of nodes that could take ``target``, no placement blocks them all: the pod fits."""
+
+    def __init__(self, nodes: Sequence[NodeRow], kinds: Sequence[Kind], target: Kind) -> None:
+        tcpu, tmem, tnum, tmilli, tspec = target
+        classes = Counter((n.model, n.gpus, n.cpu_milli, n.memory_mib) for n in nodes if n.gpus > 0)
+        eligible = {
+            cls: n
+            for cls, n in classes.items()
+            if _admits(tspec, cls[0]) and cls[1] >= tnum and cls[2] >= tcpu and cls[3] >= tmem
+        }
+        self.eligible = sum(eligible.values())
+        self.solver = pywraplp.Solver.CreateSolver("GLOP")
+        solver = self.solver
+        inf = solver.infinity()
+        count_rows = {k: solver.Constraint(0.0, 0.0) for k in kinds}
+        self.count_rows = count_rows
+        obj = solver.Objective()
+        for c, ((model, gpus, cpu, mem), n) in enumerate(eligible.items()):
+            bs = [solver.NumVar(0, inf, f"b{c}_{w}") for w in range(3)]
+            nodes_row = solver.Constraint(-inf, n)
+            for b in bs:
+                nodes_row.SetCoefficient(b, 1)
+                obj.SetCoefficient(b, 1)
+            # per way: (need rows: sum >= coef * b), (fit rows: sum <= cap * b)
+            if tmilli < MILLI:
+                gpu_need = [(0, gpus), (1, gpus * (MILLI - tmilli + 1))]
+            else:  # fewer than num_gpu GPUs left free: gpus - num + 1 of them used
+                gpu_need = [(0, gpus - tnum + 1)]
+            needs = [gpu_need, [(2, cpu - tcpu + 1)], [(3, mem - tmem + 1)]]
+            for w, b in enumerate(bs):
+                need_rows = []
+                for res, coef in needs[w]:
+                    row = solver.Constraint(0.0, inf)
+                    row.SetCoefficient(b, -coef)
+                    need_rows.append((res, row))
+                fit_rows = []
+                for res, cap in ((1, gpus * MILLI), (2, cpu), (3, mem)):
+                    row = solver.Constraint(-inf, 0.0)
+                    row.SetCoefficient(b, -cap)
+                    fit_rows.append((res, row))
+                for k in kinds:
+                    kcpu, kmem, num, milli, spec = k
+                    if num > 0 and (not _admits(spec, model) or num > gpus):
+                        continue
+                    if kcpu > cpu or kmem > mem:
+                        continue
+                    u = solver.NumVar(0, inf, "")
+                    count_rows[k].SetCoefficient(u, 1)
+                    touch = num if milli > 0 else 0
+                    amount = (touch, num * milli, kcpu, kmem)
+                    for res, row in need_rows + fit_rows:
+                        row.SetCoefficient(u, amount[res])
+        obj.SetMaximization()
+
+    def blocks_all(self, arrived: Mapping[Kind, int]) -> bool:
+        """Whether (by the relaxation) the ``arrived`` pods may block every eligible node."""
+        for k, row in self.count_rows.items():
+            row.SetBounds(0.0, float(arrived.get(k, 0)))
+        if self.solver.Solve() != pywraplp.Solver.OPTIMAL:
+            raise SolverFailed("GLOP found no optimum for the blocking LP")
+        return bool(self.solver.Objective().Value() >= self.eligible - 1e-6)
+
+
+def forced_by_lp(
+    nodes: Sequence[NodeRow], seq: Sequence[PodRow], targets: Sequence[Kind]
+) -> Counter[Kind]:
+    """For each kind in ``targets``: how many of its arrivals in ``seq`` provably fit, by the
+    blocking LP (fitting is monotone: once blockable, always blockable), by bisection."""
+    kinds = sorted({pod_kind(p) for p in seq})
+    out: Counter[Kind] = Counter()
+    for target in targets:
+        lp = BlockingLP(nodes, kinds, target)
+        positions = [t for t, p in enumerate(seq) if pod_kind(p) == target]
+        lo, hi = 0, len(positions)  # positions[:lo] forced, positions[hi:] not
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if lp.blocks_all(Counter(pod_kind(p) for p in seq[: positions[mid]])):
+                hi = mid
+            else:
+                lo = mid + 1
+        out[target] = lo
+    return out
+
+
 def prefix(seq: Sequence[PodRow], capacity_milli: int, arrived_pct: float) -> list[PodRow]:
     """The pods arrived while the arrived GPU request is at most ``arrived_pct`` % of capacity."""
     total, out = 0, []
@@ -197,5 +288,10 @@ def trace_bounds(
     and the provably placed ones are taken from those up to ``arrived_pct - 0.5`` %."""
     avail = prefix(seq, capacity_milli, arrived_pct + 0.5)
     offline = upper_bound(nodes, avail)
-    forced = forced_kinds(nodes, prefix(seq, capacity_milli, arrived_pct - 0.5))
+    early = prefix(seq, capacity_milli, arrived_pct - 0.5)
+    forced = forced_kinds(nodes, early)
+    # the blocking LP is tighter; it matters for the pods that leave a hole (above 500 milli)
+    large = sorted({pod_kind(p) for p in early if HALF < p.gpu_milli < MILLI})
+    for kind, n in forced_by_lp(nodes, early, large).items():
+        forced[kind] = max(forced[kind], n)
     return offline, upper_bound(nodes, avail, forced)
