@@ -10,7 +10,7 @@ defaults freely, but do not rename or remove them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -131,6 +131,20 @@ class Assignment(_Frozen):
     @property
     def replica_key(self) -> tuple[str, int]:
         return (self.model, self.replica)
+
+
+def count_moves(current: Sequence[Assignment], assignments: Iterable[Assignment]) -> int:
+    """Replicas of ``current`` that ``assignments`` place on other GPUs (a multi-GPU replica
+    moves when its node or set of GPUs changes; replicas no longer placed do not count)."""
+    if not current:
+        return 0
+    old = {a.replica_key: a.placement_key if a.extra_gpus else a.gpu_key for a in current}
+    moves = 0
+    for a in assignments:
+        before = old.get(a.replica_key)
+        if before is not None and before != (a.placement_key if a.extra_gpus else a.gpu_key):
+            moves += 1
+    return moves
 
 
 class UnplacedReason(StrEnum):
