@@ -16,6 +16,7 @@ replica at a time with ``choose_gpu`` (``tests/placement/test_bestfit_speed.py``
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -50,7 +51,7 @@ def used_candidates(state: PackState, mi: int) -> npt.NDArray[np.intp]:
     cand = act[ok]
     if cand.size:
         held = state.holds[mi].take(cand)
-        if held.any():
+        if np.count_nonzero(held):
             cand = cand[~held]
         if index.restricted[mi]:
             cand = cand[index.elig_rows[index.elig_kind[mi]].take(cand)]
@@ -69,19 +70,18 @@ def best_loads(state: PackState, mi: int, cand: npt.NDArray[np.intp]) -> npt.NDA
     k = e - s
     if k == 0:
         return np.full(cand.size, _INF)
-    a, b = 3 * s, 3 * e
+    a, b = 2 * s, 2 * e
     x = state.rows.take((cand * ROW)[:, None] + ev.off[a:b])
-    x += ev.add[a:b]
+    x += ev.add[a:b]  # busy (+inf where a resident forbids the level) | memory
     if index.uniform_cap is not None:
         fit = x <= ev.lim[a:b]
-        x /= ev.div[a:b]  # time share, memory share, forbidding residents (0 where it fits)
+        x /= ev.div[a:b]  # time share | memory share
         u = np.where(fit, x, _INF)
-        v = np.maximum(u[:, :k], u[:, k : 2 * k])
-        np.maximum(v, u[:, 2 * k :], out=v)
+        v = np.maximum(u[:, :k], u[:, k:])
         return v.min(axis=1)
-    t, m = x[:, :k], x[:, k : 2 * k]
+    t, m = x[:, :k], x[:, k:]
     cap = index.cap_mib.take(cand)[:, None]
-    fit = (t <= ev.lim[a : a + k]) & (m <= cap + EPS) & (x[:, 2 * k :] == 0)
+    fit = (t <= ev.lim[a : a + k]) & (m <= cap + EPS)
     load = np.maximum(t / ev.div[a : a + k], m / cap)
     load[~fit] = _INF
     return load.min(axis=1)
@@ -149,14 +149,7 @@ def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
         j = i + 1
         while j < n and reps[j][0] == mi:
             j += 1
-        if j - i == 1:
-            g = choose_gpu(state, mi)
-            if g is None:
-                left.append(reps[i])
-            else:
-                state.add(reps[i], g)
-        else:
-            _place_run(state, mi, reps[i:j], left)
+        _place_run(state, mi, reps[i:j], left)
         i = j
     return left
 
@@ -168,13 +161,53 @@ def _place_run(state: PackState, mi: int, run: Sequence[Replica], left: list[Rep
     if cand.size:
         best = best_loads(state, mi, cand)
         best[best == _INF] = -1.0
-        order = np.argsort(-best, kind="stable")[: len(run)]  # ties: lowest GPU index first
-        chosen = cand[order[best[order] >= 0]].tolist()
+        if len(run) == 1:
+            i = int(np.argmax(best))
+            if not best[i] < 0:
+                chosen = [int(cand[i])]
+        else:
+            order = np.argsort(-best, kind="stable")[: len(run)]  # ties: lowest index first
+            chosen = cand[order[best[order] >= 0]].tolist()
         if chosen:
             state.add_many(mi, run[: len(chosen)], chosen)
-    for rep in run[len(chosen) :]:
-        g = choose_empty(state, mi)
-        if g is None:
-            left.append(rep)
-        else:
-            state.add(rep, g)
+    if len(chosen) < len(run):
+        _open_empties(state, mi, run[len(chosen) :], left)
+
+
+def _open_empties(state: PackState, mi: int, run: Sequence[Replica], left: list[Replica]) -> None:
+    """Replicas of one model that no used GPU takes: each opens the tightest empty GPU."""
+    index = state.index
+    if len(state.empty_heaps) != 1:
+        for rep in run:
+            g = choose_empty(state, mi)
+            if g is None:
+                left.append(rep)
+            else:
+                state.add(rep, g)
+        return
+    # one class: every empty GPU has the same capacity and eligibility, so the replicas take
+    # the lowest-index empty GPUs this model does not hold (what ``choose_empty`` picks)
+    g0 = state.first_empty(0)
+    if (
+        g0 is None
+        or not index.opens_alone[mi]
+        or (index.restricted[mi] and not index.is_eligible(mi, g0))
+    ):
+        left.extend(run)
+        return
+    heap, count, holds = state.empty_heaps[0], state.count, state.holds[mi]
+    gs: list[int] = []
+    held: list[int] = []
+    while len(gs) < len(run) and heap:
+        g = heapq.heappop(heap)
+        if count[g] > 0 or (gs and g == gs[-1]):  # stale or a duplicate entry
+            continue
+        if holds[g]:  # a caller reserved this empty GPU for others: keep it in the heap
+            held.append(g)
+            continue
+        gs.append(g)
+    for g in held:
+        heapq.heappush(heap, g)
+    if gs:
+        state.open_many(mi, run[: len(gs)], gs)
+    left.extend(run[len(gs) :])

@@ -27,7 +27,7 @@ Clock = Callable[[], float]
 
 def validate(problem: Problem) -> None:
     """Raise ``InvalidProblem`` for what pydantic cannot see (duplicates, non-finite numbers)."""
-    keys = [g.key for g in problem.gpus]
+    keys = [(g.node, g.index) for g in problem.gpus]
     if len(keys) != len(set(keys)):
         dup = next(k for k in keys if keys.count(k) > 1)
         raise InvalidProblem(f"GPU {dup[0]}:{dup[1]} is listed twice")

@@ -1,0 +1,228 @@
+"""Best-fit fast paths give the plans of the plain definition.
+
+``bestfit.best_fit`` places a run of replicas of one model with one candidate test, scans only
+the compact set of used GPUs that pass cheap necessary conditions, tries only the first empty
+GPU of each class and builds Assignments without the validator. The reference below is the
+definition, straight over every GPU one replica at a time: among the used GPUs the model may
+use, the one with the highest load after adding the replica (at its best level, lowest index on
+ties); else the same over the empty GPUs. Both must agree replica for replica, also after
+removals (LNS) and with GPUs reserved through ``holds`` (online defragmentation)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
+from stowplan.placement.models import (
+    Assignment,
+    Gpu,
+    LatencyProfile,
+    MemoryProfile,
+    ModelDemand,
+    Problem,
+)
+from stowplan.placement.packing import PackIndex, PackState, Replica, trusted_assignment
+from stowplan.placement.planner import split_placeable
+from stowplan.placement.synth import LatencyFit, synthetic_problem
+
+FITS = [
+    LatencyFit("a", "A100-80GB", 1.2, 0.05, 128),
+    LatencyFit("b", "A100-80GB", 4.1, 0.5, 64),
+    LatencyFit("c", "A100-80GB", 0.3, 0.9, 32),
+    LatencyFit("d", "A100-80GB", 12.0, 0.02, 256),
+]
+
+
+def reference_choice(state: PackState, mi: int) -> int | None:
+    """The definition of the best-fit choice, over every GPU (no candidate sets, no heaps)."""
+    index = state.index
+    allowed = index.eligible[mi] & ~state.holds[mi]
+    for in_use in (True, False):
+        cand = np.flatnonzero(allowed & ((state.count > 0) == in_use))
+        if cand.size == 0:
+            continue
+        best = state.loads(mi, cand).min(axis=1)
+        if np.isfinite(best).any():
+            best[~np.isfinite(best)] = -1.0
+            return int(cand[int(np.argmax(best))])
+    return None
+
+
+def reference_best_fit(state: PackState, order: list[Replica]) -> list[Replica]:
+    left = []
+    for rep in order:
+        g = reference_choice(state, rep[0])
+        if g is None:
+            left.append(rep)
+        else:
+            state.add(rep, g)
+    return left
+
+
+def _mixed(base: Problem, seed: int, gpu_share: float) -> Problem:
+    """Three GPU classes (two capacities), type and zone selectors, priorities, a reserve."""
+    rng = random.Random(seed)
+    n = max(8, int(len(base.gpus) * gpu_share))
+    gpus = tuple(
+        Gpu(
+            node=f"h{i // 8}",
+            index=i % 8,
+            memory_mib=(40960, 81920, 81920)[i % 3],
+            gpu_type=("A100-40", "A100", "H100")[i % 3],
+            labels={"zone": f"z{(i // 8) % 2}"} if i % 3 == 2 else {},
+        )
+        for i in range(n)
+    )
+    models = []
+    for m in base.models:
+        x = rng.random()
+        upd: dict[str, object] = {"priority": rng.choice((0, 0, 0, 1, 2))}
+        if x < 0.1:
+            upd["gpu_type"] = "H100"
+        elif x < 0.15:
+            upd["node_selector"] = {"zone": "z1"}
+        models.append(m.model_copy(update=upd))
+    return Problem(gpus=gpus, models=tuple(models), memory_reserve_mib=512)
+
+
+def _fast_and_reference(problem: Problem) -> tuple[PackState, list[Replica], PackState, list]:
+    index = PackIndex.build(problem)
+    placeable, _ = split_placeable(index)
+    todo = [(mi, r) for mi in placeable for r in range(index.models[mi].replicas)]
+    order = decreasing_order(index, todo)
+    fast, ref = PackState(index), PackState(index)
+    return fast, best_fit(fast, order), ref, reference_best_fit(ref, order)
+
+
+def _same(a: PackState, b: PackState) -> None:
+    assert a.where == b.where
+    assert np.array_equal(a.rows, b.rows)
+    assert a.assignments() == b.assignments()
+
+
+def test_best_fit_equals_definition_on_synthetic_instances() -> None:
+    for n, seed in ((300, 1), (1000, 2)):
+        fast, left, ref, ref_left = _fast_and_reference(synthetic_problem(FITS, n, seed=seed))
+        assert left == ref_left == []
+        _same(fast, ref)
+
+
+def test_best_fit_equals_definition_on_mixed_fleets_short_of_capacity() -> None:
+    for share, seed in ((0.25, 3), (0.3, 4)):
+        problem = _mixed(synthetic_problem(FITS, 400, seed=seed), seed, share)
+        fast, left, ref, ref_left = _fast_and_reference(problem)
+        assert left == ref_left
+        assert left  # short of capacity: the no-fit paths run too
+        _same(fast, ref)
+
+
+def test_choices_agree_after_removals_and_reservations() -> None:
+    rng = random.Random(5)
+    for problem in (
+        synthetic_problem(FITS, 300, seed=6),
+        _mixed(synthetic_problem(FITS, 300, seed=7), 7, 0.5),
+    ):
+        fast, _, ref, _ = _fast_and_reference(problem)
+        n_models = len(problem.models)
+        for step in range(150):
+            placed = sorted(fast.where)
+            if placed and rng.random() < 0.5:  # LNS: take a replica out
+                rep = rng.choice(placed)
+                assert fast.remove(rep) == ref.remove(rep)
+            if step % 10 == 0 and placed:  # online defrag / LNS: reserve GPUs for nobody
+                g = fast.where[rng.choice(placed)]
+                empty = np.flatnonzero(fast.count == 0)
+                fast.holds[:, g] = ref.holds[:, g] = True
+                if empty.size:
+                    fast.holds[:, empty[0]] = ref.holds[:, empty[0]] = True
+            if step % 7 == 0:  # a run of replicas of one model through best_fit
+                mi = rng.randrange(n_models)
+                run = [
+                    (mi, r) for r in range(problem.models[mi].replicas) if (mi, r) not in fast.where
+                ]
+                assert best_fit(fast, run) == reference_best_fit(ref, run)
+                _same(fast, ref)
+            mi = rng.randrange(n_models)
+            free = [
+                (mi, r) for r in range(problem.models[mi].replicas) if (mi, r) not in fast.where
+            ]
+            g_fast, g_ref = choose_gpu(fast, mi), reference_choice(ref, mi)
+            assert g_fast == g_ref
+            if free and g_fast is not None and not fast.holds[mi, g_fast]:
+                fast.add(free[0], g_fast)
+                ref.add(free[0], g_ref)
+        copy = fast.copy()
+        assert copy.where == fast.where and choose_gpu(copy, 0) == choose_gpu(fast, 0)
+
+
+def test_trusted_assignment_equals_the_validated_one() -> None:
+    values = dict(
+        model="m1",
+        replica=2,
+        node="n3",
+        gpu=1,
+        batch_size=7,
+        duty_cycle_ms=12.0,
+        busy_ms=3.25,
+        memory_mib=1500.5,
+    )
+    fast, slow = trusted_assignment(**values), Assignment(**values)
+    assert fast == slow and hash(fast) == hash(slow)
+    assert fast.model_dump() == slow.model_dump()
+    assert list(fast.model_dump()) == list(slow.model_dump())  # field order (JSON output)
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_copy(update={"gpu": 4}) == Assignment(**{**values, "gpu": 4})
+    # and the ones a plan builds
+    problem = synthetic_problem(FITS, 50, seed=8)
+    state, _, _, _ = _fast_and_reference(problem)
+    for a in state.assignments():
+        assert Assignment(**a.model_dump()) == a
+
+
+@st.composite
+def small_problems(draw: st.DrawFn) -> Problem:
+    gpus = tuple(
+        Gpu(
+            node=f"n{i // 2}",
+            index=i % 2,
+            memory_mib=draw(st.sampled_from([8000, 16000, 81920])),
+            gpu_type=draw(st.sampled_from(["A100", "T4"])),
+            labels={"zone": draw(st.sampled_from(["a", "b"]))},
+        )
+        for i in range(draw(st.integers(1, 10)))
+    )
+    models = [
+        ModelDemand(
+            name=f"m{j}",
+            replicas=draw(st.integers(0, 4)),
+            slo_ms=draw(st.floats(2, 400)),
+            target_qps=draw(st.sampled_from([0.0, 5.0, 50.0, 400.0, 3000.0])),
+            latency=LatencyProfile(
+                base_ms=draw(st.floats(0, 20)), per_item_ms=draw(st.floats(0, 3))
+            ),
+            memory=MemoryProfile(
+                weights_mib=draw(st.floats(0, 20000)), per_item_mib=draw(st.floats(0, 50))
+            ),
+            max_batch=draw(st.integers(1, 256)),
+            priority=draw(st.integers(0, 2)),
+            gpu_type=draw(st.sampled_from(["", "", "A100", "T4"])),
+            node_selector=draw(st.sampled_from([{}, {}, {"zone": "a"}])),
+            gpu_milli=draw(st.sampled_from([0, 0, 0, 250, 1000])),
+        )
+        for j in range(draw(st.integers(0, 8)))
+    ]
+    return Problem(
+        gpus=gpus, models=tuple(models), memory_reserve_mib=draw(st.sampled_from([0, 512]))
+    )
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_problems())
+def test_best_fit_equals_definition_property(problem: Problem) -> None:
+    fast, left, ref, ref_left = _fast_and_reference(problem)
+    assert left == ref_left
+    _same(fast, ref)
