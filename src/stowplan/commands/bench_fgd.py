@@ -113,13 +113,26 @@ def load_published(path: Path, column: str) -> dict[tuple[str, str], float]:
     help="Arrived GPU request (% of capacity) at which allocation is reported.",
 )
 @click.option(
+    "--policies",
+    default="bestfit,stowplan,defrag",
+    show_default=True,
+    help="Comma-separated runs among bestfit, fgd (our FGD re-implementation), stowplan and "
+    "defrag (stowplan with --defrag-moves moves per arrival).",
+)
+@click.option(
     "--explain",
     is_flag=True,
     help="Also print where the idle GPU capacity of each run's final state lies.",
 )
 @click.option("--quick", is_flag=True, help="1 seed, default workload, no defrag (< 1 minute).")
 def command(
-    seeds: int, workloads: str, defrag_moves: int, arrived: int, explain: bool, quick: bool
+    seeds: int,
+    workloads: str,
+    defrag_moves: int,
+    arrived: int,
+    policies: str,
+    explain: bool,
+    quick: bool,
 ) -> None:
     """GPU allocation ratio on the Alibaba GPU-sharing trace vs the six published policies.
 
@@ -131,11 +144,19 @@ def command(
     root = data_dir()
     trace = root / "alibaba-gpu-v2023"
     wls = [w.strip() for w in workloads.split(",") if w.strip()]
-    runs: list[tuple[str, int]] = [("bestfit", 0), ("stowplan", 0)]
+    runs: list[tuple[str, int]] = []
+    for name in (p.strip() for p in policies.split(",") if p.strip()):
+        if name not in ("bestfit", "fgd", "stowplan", "defrag"):
+            raise click.BadParameter(f"unknown policy {name!r}", param_hint="--policies")
+        if name == "defrag":
+            if defrag_moves and not quick:
+                runs.append(("stowplan", defrag_moves))
+        else:
+            runs.append((name, 0))
+    if not runs:
+        raise click.BadParameter("no run selected", param_hint="--policies")
     if quick:
         seeds, wls = 1, ["default"]
-    elif defrag_moves:
-        runs.append(("stowplan", defrag_moves))
     nodes = load_nodes(trace / "openb_node_list_gpu_node.csv")
     capacity = Cluster(nodes).capacity_milli
     published = load_published(
@@ -188,6 +209,11 @@ def command(
         parts = [f"{n} {statistics.fmean(secs[(wl, n)]):.2f} ms" for n in names]
         parts += [f"{n} moves {statistics.fmean(moves[(wl, n)]):.0f}" for n in names if "+" in n]
         click.echo(f"- {wl}: " + ", ".join(parts))
+    click.echo("\nper seed (42..): allocation % of each run, then the protocol bound:")
+    for wl in wls:
+        for n in names:
+            click.echo(f"- {wl} {n}: " + " ".join(f"{v:.2f}" for v in results[(wl, n)]))
+        click.echo(f"- {wl} protocol bound: " + " ".join(f"{v:.2f}" for v in pbounds[wl]))
     if explain:
         _print_idle(wls, names, idle, capacity)
 

@@ -313,7 +313,7 @@ class Simulator:
         self.moves = 0
         # stowplan's score: sigmoid of the fragmentation decrease over this many milli,
         # truncated to an integer (FGD: over 1,000); equal scores go to the tightest GPU in a node
-        self.scale_milli = 300.0  # finer than FGD: +0.05 to +0.08 on seeds 42-43
+        self.scale_milli = 150.0  # finer than FGD; see the variants table in the README
         self.gpu_tiebreak = True
         # node tie-break among equal scores: least free GPU milli plus this weight times free
         # CPU left after placing. CPU counts for whole-GPU and CPU-only pods (packing CPU
@@ -323,6 +323,11 @@ class Simulator:
         self.cpu_weight_share = 0.0
         self.cpu_weight_cpu_only = 1.0
         self.spread_share = 0  # EXPERIMENT: fractional pods up to this milli open free GPUs
+        self.strand_weight = 0.0  # EXPERIMENT: tie-break penalty for CPU short of free GPUs
+        gpu_pods = [p for p in typical if p.num_gpu > 0]
+        self.cpu_per_gpu_milli = sum(p.cpu_milli for p in gpu_pods) / max(
+            1, sum(p.gpu_request for p in gpu_pods)
+        )
 
     def _spec(self, spec: str) -> np.ndarray:
         m = self.spec_cache.get(spec)
@@ -360,9 +365,12 @@ class Simulator:
                 hit = self._eval_state(i, pod)
                 per_state[key] = hit
             scores[k] = hit[0]
-            tieb[k] = (c.left[i].sum() - pod.gpu_request) / MAX_SPEC_GPU + w_cpu * (
-                c.cpu_left[i] - pod.cpu_milli
-            ) / MAX_SPEC_CPU
+            gpu_after = c.left[i].sum() - pod.gpu_request
+            cpu_after = c.cpu_left[i] - pod.cpu_milli
+            tieb[k] = gpu_after / MAX_SPEC_GPU + w_cpu * cpu_after / MAX_SPEC_CPU
+            if self.strand_weight:  # CPU short of what the free GPU milli typically needs
+                short = self.cpu_per_gpu_milli * gpu_after - cpu_after
+                tieb[k] += self.strand_weight * max(0.0, short) / MAX_SPEC_CPU
         if self.policy == "fgd":
             order = np.lexsort((self.rank[cand], -scores))
         else:  # fragmentation score, then the tightest node (best fit), then the fixed order
