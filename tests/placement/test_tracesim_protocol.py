@@ -62,9 +62,9 @@ def test_frag_model_counts_unusable_idle_gpu() -> None:
     typical = [pod("t", 600)]
     frag = FragModel(typical, ["T4"])
     # one GPU with 500 left (a 600 task cannot use it), one free GPU (usable): frag = 500
-    assert frag.frag((0, 16000, 0, 500, 1000)) == pytest.approx(500)
+    assert frag.frag((0, 16000, 500, 1000)) == pytest.approx(500)
     # no CPU left: nothing is usable, all 1,500 idle milli is fragment
-    assert frag.frag((0, 0, 0, 500, 1000)) == pytest.approx(1500)
+    assert frag.frag((0, 0, 500, 1000)) == pytest.approx(1500)
 
 
 @pytest.mark.parametrize("policy", ["bestfit", "fgd", "stowplan"])
@@ -111,3 +111,20 @@ def test_bench_placement_quick_smoke() -> None:
     )
     assert result.exit_code == 0, result.output
     assert "| 50 |" in result.output
+
+
+def test_defrag_clears_the_gpus_a_multi_gpu_pod_lacks() -> None:
+    whole, share = pod("x", 1000), pod("y", 300)
+    two = pod("two", 1000, num=2)
+    plain = Simulator(NODES, [two], "stowplan", seed=42)
+    plain._commit(0, whole, [0])
+    plain._commit(1, share, [0])
+    # each node has one free GPU: the 2-GPU pod fits nowhere
+    assert plain.run([two], "toy", 42, fake_clock).failed == 1
+    sim = Simulator(NODES, [two], "stowplan", seed=42, defrag_moves=1)
+    sim._commit(0, whole, [0])
+    sim._commit(1, share, [0])
+    res = sim.run([two], "toy", 42, fake_clock)
+    # one pod moves next to the other; its node's two GPUs take the 2-GPU pod
+    assert res.failed == 0 and res.moves == 1
+    assert sim.cluster.allocated_milli() == 3300

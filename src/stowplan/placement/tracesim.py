@@ -96,7 +96,6 @@ class Cluster:
     left: np.ndarray = field(init=False)  # (N, 8), 0 where the GPU does not exist
     ngpu: np.ndarray = field(init=False)
     state_key: list[tuple[int, ...]] = field(init=False)
-    key_memory: bool = False  # state keys carry memory left (else 0: more states share a key)
 
     def __post_init__(self) -> None:
         self.models = sorted({n.model for n in self.nodes})
@@ -118,13 +117,7 @@ class Cluster:
 
     def _key(self, i: int) -> tuple[int, ...]:
         g = int(self.ngpu[i])
-        mem = int(self.mem_left[i]) if self.key_memory else 0
-        return (
-            int(self.model_id[i]),
-            int(self.cpu_left[i]),
-            mem,
-            *sorted(self.left[i, :g].tolist()),
-        )
+        return (int(self.model_id[i]), int(self.cpu_left[i]), *sorted(self.left[i, :g].tolist()))
 
     def spec_mask(self, spec: str) -> np.ndarray:
         if not spec:
@@ -175,15 +168,11 @@ def gpu_choices(left: np.ndarray, n: int, pod: PodRow) -> list[list[int]]:
 class FragModel:
     """FGD's fragmentation measure of one node state against the task distribution."""
 
-    def __init__(
-        self, typical: Sequence[PodRow], models: list[str], use_memory: bool = False
-    ) -> None:
-        self.use_memory = use_memory
-        counts = Counter((*p.kind, p.memory_mib if use_memory else 0) for p in typical)
+    def __init__(self, typical: Sequence[PodRow], models: list[str]) -> None:
+        counts = Counter(p.kind for p in typical)
         total = sum(counts.values())
         kinds = [(k, c / total) for k, c in counts.items() if k[1] > 0]
         self.cpu = np.asarray([k[0] for k, _ in kinds])
-        self.mem = np.asarray([k[4] for k, _ in kinds])
         self.num = np.asarray([k[1] for k, _ in kinds])
         self.milli = np.asarray([k[2] for k, _ in kinds])
         self.pop = np.asarray([w for _, w in kinds])
@@ -194,18 +183,12 @@ class FragModel:
                 self.admits[:, j] = [m in allowed for m in models]
         self.cache: dict[tuple[int, ...], float] = {}
 
-    def reweight(self, weights: dict[int, float]) -> None:
-        """Multiply the popularity of the task kinds of these GPU milli (EXPERIMENT)."""
-        self.pop = self.pop * np.asarray([weights.get(int(m), 1.0) for m in self.milli])
-        self.cache.clear()
-
     def frag(self, key: tuple[int, ...]) -> float:
-        """Expected unusable idle GPU milli of a node state ``(model, cpu_left, mem_left,
-        *left)`` (memory is only looked at with ``use_memory``)."""
+        """Expected unusable idle GPU milli of a node state ``(model, cpu_left, *left)``."""
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        left = np.asarray(key[3:], dtype=np.int64)
+        left = np.asarray(key[2:], dtype=np.int64)
         idle = float(left.sum())
         if idle == 0:
             self.cache[key] = 0.0
@@ -220,8 +203,6 @@ class FragModel:
             (left == MILLI).sum() >= self.num,
         )
         fits &= self.admits[key[0]] & (key[1] >= self.cpu)
-        if self.use_memory:
-            fits &= key[2] >= self.mem
         value = float((self.pop * np.where(fits, partial, idle)).sum())
         self.cache[key] = value
         return value
@@ -296,15 +277,14 @@ class Simulator:
         policy: str,
         seed: int,
         defrag_moves: int = 0,
-        memory_aware: bool = False,
     ) -> None:
         if policy not in ("bestfit", "fgd", "stowplan"):
             raise ValueError(f"unknown policy {policy!r}")
-        self.cluster = Cluster(nodes, key_memory=memory_aware)
+        self.cluster = Cluster(nodes)
         self.typical = list(typical)
         self.policy = policy
         self.defrag_moves = defrag_moves
-        self.frag = FragModel(typical, self.cluster.models, use_memory=memory_aware)
+        self.frag = FragModel(typical, self.cluster.models)
         rank = list(range(len(nodes)))
         random.Random(seed * 7919 + 1).shuffle(rank)
         self.rank = np.asarray(rank)
@@ -322,12 +302,6 @@ class Simulator:
         self.cpu_weight = 1.0
         self.cpu_weight_share = 0.0
         self.cpu_weight_cpu_only = 1.0
-        self.spread_share = 0  # EXPERIMENT: fractional pods up to this milli open free GPUs
-        self.strand_weight = 0.0  # EXPERIMENT: tie-break penalty for CPU short of free GPUs
-        gpu_pods = [p for p in typical if p.num_gpu > 0]
-        self.cpu_per_gpu_milli = sum(p.cpu_milli for p in gpu_pods) / max(
-            1, sum(p.gpu_request for p in gpu_pods)
-        )
 
     def _spec(self, spec: str) -> np.ndarray:
         m = self.spec_cache.get(spec)
@@ -365,12 +339,9 @@ class Simulator:
                 hit = self._eval_state(i, pod)
                 per_state[key] = hit
             scores[k] = hit[0]
-            gpu_after = c.left[i].sum() - pod.gpu_request
-            cpu_after = c.cpu_left[i] - pod.cpu_milli
-            tieb[k] = gpu_after / MAX_SPEC_GPU + w_cpu * cpu_after / MAX_SPEC_CPU
-            if self.strand_weight:  # CPU short of what the free GPU milli typically needs
-                short = self.cpu_per_gpu_milli * gpu_after - cpu_after
-                tieb[k] += self.strand_weight * max(0.0, short) / MAX_SPEC_CPU
+            tieb[k] = (c.left[i].sum() - pod.gpu_request) / MAX_SPEC_GPU + w_cpu * (
+                c.cpu_left[i] - pod.cpu_milli
+            ) / MAX_SPEC_CPU
         if self.policy == "fgd":
             order = np.lexsort((self.rank[cand], -scores))
         else:  # fragmentation score, then the tightest node (best fit), then the fixed order
@@ -389,13 +360,7 @@ class Simulator:
             left = c.left[i, :n].copy()
             for g in gpus:
                 left[g] -= pod.gpu_milli
-            mem = int(c.mem_left[i]) - pod.memory_mib if c.key_memory else 0
-            key = (
-                int(c.model_id[i]),
-                int(c.cpu_left[i]) - pod.cpu_milli,
-                mem,
-                *sorted(left.tolist()),
-            )
+            key = (int(c.model_id[i]), int(c.cpu_left[i]) - pod.cpu_milli, *sorted(left.tolist()))
             delta = before - self.frag.frag(key)
             # FGD's integer score (sigmoid of the fragmentation decrease, truncated); the exact
             # delta measured worse (94.80 vs 95.20 % on seed 42): coarse scores leave room for
@@ -403,13 +368,6 @@ class Simulator:
             scale = self.scale_milli if self.policy == "stowplan" else 1000.0
             score = float(int(100.0 / (1.0 + math.exp(-delta / scale))))
             values = [int(c.left[i, g]) for g in gpus]
-            if (
-                self.spread_share
-                and 0 < pod.gpu_milli <= self.spread_share
-                and values
-                and values[0] == MILLI
-            ):
-                score += 1000.0
             if (
                 best is None
                 or score > best[0]
@@ -448,8 +406,9 @@ class Simulator:
 
     def _defrag(self, pod: PodRow) -> bool:
         """Make room for a failed arrival: CPU first (move CPU-only pods off a node whose GPUs
-        could take it), then GPU (move fractional pods off one GPU)."""
-        return self._defrag_cpu(pod) or self._defrag_gpu(pod)
+        could take it), then GPU (move the pods off one GPU, or off the GPUs a multi-GPU pod
+        lacks on one node)."""
+        return self._defrag_cpu(pod) or self._defrag_gpu(pod) or self._defrag_multi(pod)
 
     def _defrag_cpu(self, pod: PodRow) -> bool:
         """Move at most ``defrag_moves`` CPU-only or fractional pods (CPU-only first, then the
@@ -555,6 +514,43 @@ class Simulator:
 
             if self._move_out(i, movers, fits):
                 self._commit(i, pod, [g])
+                return True
+        return False
+
+    def _defrag_multi(self, pod: PodRow) -> bool:
+        """Make room for a pod of ``num_gpu`` >= 2 whole GPUs on one node: move every pod off the
+        used GPUs it lacks there (the GPUs with the fewest residents; at most ``defrag_moves``
+        pods in all, none spanning several GPUs) to other nodes."""
+        if pod.num_gpu < 2 or pod.gpu_milli < MILLI:
+            return False
+        c = self.cluster
+        ok = (c.cpu_left >= pod.cpu_milli) & (c.mem_left >= pod.memory_mib)
+        ok &= self._spec(pod.gpu_spec) & (c.ngpu >= pod.num_gpu)
+        options: list[tuple[int, int, int, list[tuple[PodRow, list[int]]]]] = []
+        for i in np.flatnonzero(ok).tolist():
+            n = int(c.ngpu[i])
+            lack = pod.num_gpu - int((c.left[i, :n] == MILLI).sum())
+            per_gpu: dict[int, list[tuple[PodRow, list[int]]]] = {}
+            for p, gs in self.running.get(i, []):
+                for g in gs:
+                    per_gpu.setdefault(g, []).append((p, gs))
+            clearable = sorted(
+                (len(res), sum(p.gpu_request for p, _ in res), g)
+                for g, res in per_gpu.items()
+                if all(len(gs) == 1 for _, gs in res)
+            )[:lack]
+            movers = [pg for _, _, g in clearable for pg in per_gpu[g]]
+            if len(clearable) == lack and len(movers) <= self.defrag_moves:
+                milli = sum(p.gpu_request for p, _ in movers)
+                options.append((len(movers), milli, i, movers))
+        options.sort(key=lambda o: o[:3])
+        for _, _, i, movers in options[:32]:
+
+            def fits(i: int = i) -> bool:
+                return bool(c.feasible(pod, self._spec(pod.gpu_spec))[i])
+
+            if self._move_out(i, movers, fits):
+                self._commit(i, pod, self._bestfit_gpus(i, pod))
                 return True
         return False
 
