@@ -128,3 +128,16 @@ def test_defrag_clears_the_gpus_a_multi_gpu_pod_lacks() -> None:
     # one pod moves next to the other; its node's two GPUs take the 2-GPU pod
     assert res.failed == 0 and res.moves == 1
     assert sim.cluster.allocated_milli() == 3300
+
+
+def test_defrag_fills_the_hole_beside_a_large_pod_with_a_small_pod_from_elsewhere() -> None:
+    nodes = [NodeRow("a", 16000, 65536, 1, "T4"), NodeRow("b", 16000, 65536, 2, "V100M16")]
+    small, large = pod("s", 160), pod("l", 810, spec="T4")
+    typical = [small, large, pod("w", 1000)]
+    sim = Simulator(nodes, typical, "stowplan", seed=42, defrag_moves=1)
+    sim._commit(1, small, [0])  # the 160 pod alone on a GPU of node b
+    res = sim.run([large], "toy", 42, fake_clock)
+    # the 810 pod takes node a's GPU (190 left); the 160 pod moves into that hole, which
+    # gives node b two whole GPUs again
+    assert res.moves == 1
+    assert sim.cluster.left[0, 0] == 30 and sim.cluster.left[1, :2].tolist() == [1000, 1000]

@@ -12,9 +12,11 @@ Policies: ``bestfit`` (the simulator's BestFit score, to check the protocol), ``
 re-implementation of fragmentation gradient descent), ``stowplan`` (our online mode: FGD's
 fragmentation score against the workload's task distribution, ties broken by best fit instead of
 at random: the tightest GPU in a node, the node with the least free GPU (plus free CPU, except
-for fractional pods)) and ``stowplan`` + ``defrag_moves`` > 0 (a failed arrival may move up to
-that many running fractional pods to other GPUs to make room). Callers: ``stowplan bench fgd``,
-tests.
+for fractional pods)) and ``stowplan`` + ``defrag_moves`` > 0: at most that many moves per
+arrival, either to make room for a failed arrival (CPU-only or fractional pods off a node short
+of CPU/memory, the pods off one GPU, or off the GPUs a multi-GPU pod lacks on one node) or,
+proactively, to fill the hole beside a just-placed pod of more than 500 milli with small pods
+from elsewhere when that lowers the fragmentation. Callers: ``stowplan bench fgd``, tests.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ MILLI = 1000
 MAX_SPEC_CPU = 128_000
 MAX_SPEC_GPU = 8_000
 MAX_GPUS = 8
+HALF_MILLI = 500  # two fractional pods above this never share a GPU
+HOLE_PODS_MILLI = 200  # pods this small fit beside the commonest large pod (810 milli)
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,8 @@ class Simulator:
         self.spec_cache: dict[str, np.ndarray] = {}
         self.running: dict[int, list[tuple[PodRow, list[int]]]] = {}
         self.moves = 0
+        # (node, GPU) -> its pods of at most HOLE_PODS_MILLI (the ones that fit beside a large pod)
+        self.small_at: dict[tuple[int, int], list[PodRow]] = {}
         # stowplan's score: sigmoid of the fragmentation decrease over this many milli,
         # truncated to an integer (FGD: over 1,000); equal scores go to the tightest GPU in a node
         self.scale_milli = 150.0  # finer than FGD; see the variants table in the README
@@ -403,6 +409,55 @@ class Simulator:
     def _commit(self, i: int, pod: PodRow, gpus: list[int]) -> None:
         self.cluster.place(i, pod, gpus)
         self.running.setdefault(i, []).append((pod, gpus))
+        self._track(i, pod, gpus, add=True)
+
+    def _track(self, i: int, pod: PodRow, gpus: list[int], add: bool) -> None:
+        if not 0 < pod.gpu_milli <= HOLE_PODS_MILLI:
+            return
+        at = self.small_at.setdefault((i, gpus[0]), [])
+        if add:
+            at.append(pod)
+        else:
+            at.remove(pod)
+            if not at:
+                del self.small_at[(i, gpus[0])]
+
+    def _fill_hole(self, i: int, g: int) -> None:
+        """Proactive defragmentation after a pod of more than 500 milli lands on GPU ``g`` of node
+        ``i``: move at most ``defrag_moves`` small pods from other nodes into the hole beside it,
+        each the move that lowers the fragmentation of both nodes most (if any lowers it)."""
+        c = self.cluster
+        for _ in range(self.defrag_moves):
+            hole = int(c.left[i, g])
+            before_i = self.frag.frag(c.state_key[i])
+            best: tuple[float, int, int, PodRow] | None = None
+            for (j, gj), pods in self.small_at.items():
+                if j == i:
+                    continue
+                for p in set(pods):
+                    if p.gpu_milli > hole or c.cpu_left[i] < p.cpu_milli:
+                        continue
+                    if c.mem_left[i] < p.memory_mib:
+                        continue
+                    gain = before_i + self.frag.frag(c.state_key[j])
+                    gain -= self.frag.frag(self._key_after(i, g, p, +1))
+                    gain -= self.frag.frag(self._key_after(j, gj, p, -1))
+                    if gain > 1.0 and (best is None or gain > best[0]):
+                        best = (gain, j, gj, p)
+            if best is None:
+                return
+            _, j, gj, p = best
+            c.unplace(j, p, [gj])
+            self.running[j].remove((p, [gj]))
+            self._track(j, p, [gj], add=False)
+            self._commit(i, p, [g])
+            self.moves += 1
+
+    def _key_after(self, i: int, g: int, p: PodRow, sign: int) -> tuple[int, ...]:
+        c = self.cluster
+        left = c.left[i, : int(c.ngpu[i])].tolist()
+        left[g] -= sign * p.gpu_milli
+        return (int(c.model_id[i]), int(c.cpu_left[i]) - sign * p.cpu_milli, *sorted(left))
 
     def _defrag(self, pod: PodRow) -> bool:
         """Make room for a failed arrival: CPU first (move CPU-only pods off a node whose GPUs
@@ -471,6 +526,8 @@ class Simulator:
             for p, gs, j, gj in moved:
                 self.running[i].remove((p, gs))
                 self.running.setdefault(j, []).append((p, gj))
+                self._track(i, p, gs, add=False)
+                self._track(j, p, gj, add=True)
             self.moves += len(moved)
             return True
         for p, gs, j, gj in reversed(moved):  # roll back
@@ -581,6 +638,8 @@ class Simulator:
             if choice is not None:
                 self._commit(choice[0], pod, choice[1])
                 placed += 1
+                if self.defrag_moves and HALF_MILLI < pod.gpu_milli < MILLI:
+                    self._fill_hole(choice[0], choice[1][0])
             elif self.defrag_moves and self._defrag(pod):
                 placed += 1
             else:
