@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
+from stowplan.placement.holds import Holds
 from stowplan.placement.models import (
     Assignment,
     Gpu,
@@ -226,3 +227,22 @@ def test_best_fit_equals_definition_property(problem: Problem) -> None:
     fast, left, ref, ref_left = _fast_and_reference(problem)
     assert left == ref_left
     _same(fast, ref)
+
+
+def test_holds_behaves_like_a_bool_matrix() -> None:
+    rng = random.Random(11)
+    n_models, n_gpus = 5, 7
+    h, ref = Holds(n_models, n_gpus), np.zeros((n_models, n_gpus), dtype=bool)
+    for _ in range(2000):
+        mi, g, value = rng.randrange(n_models), rng.randrange(n_gpus), rng.random() < 0.6
+        if rng.random() < 0.15:
+            h[:, g] = ref[:, g] = value
+        else:
+            h[mi, g] = ref[mi, g] = value
+        if rng.random() < 0.05:
+            h = h.copy()
+        gpus = np.asarray(rng.sample(range(n_gpus), 3), dtype=np.intp)
+        assert h[mi, g] == ref[mi, g]
+        assert np.array_equal(h[mi], ref[mi])
+        assert np.array_equal(h.closed(mi, gpus), ref[mi, gpus])
+        assert h.any_closed(mi) or not ref[mi].any()  # never misses one (may over-report)

@@ -50,9 +50,10 @@ def used_candidates(state: PackState, mi: int) -> npt.NDArray[np.intp]:
     ok &= state.mem_free0.take(act) >= index.min_mem[mi] - 1e-6
     cand = act[ok]
     if cand.size:
-        held = state.holds[mi].take(cand)
-        if np.count_nonzero(held):
-            cand = cand[~held]
+        if state.holds.any_closed(mi):
+            held = state.holds.closed(mi, cand)
+            if np.count_nonzero(held):
+                cand = cand[~held]
         if index.restricted[mi]:
             cand = cand[index.elig_rows[index.elig_kind[mi]].take(cand)]
         if not ascending:
@@ -101,9 +102,12 @@ def choose_empty(state: PackState, mi: int) -> int | None:
         g = state.first_empty(k)
         if g is None or (elig is not None and not elig[g]):
             continue
-        if state.holds[mi, g]:  # a caller reserved this empty GPU: look further (rare)
+        if state.holds.is_closed(mi, g):  # a caller reserved this empty GPU: look further
             alt = np.flatnonzero(
-                (index.gpu_class == k) & (state.count == 0) & ~state.holds[mi] & index.eligible[mi]
+                (index.gpu_class == k)
+                & (state.count == 0)
+                & ~state.holds.row(mi)
+                & index.elig_rows[index.elig_kind[mi]]
             )
             if alt.size == 0:
                 continue
@@ -195,14 +199,14 @@ def _open_empties(state: PackState, mi: int, run: Sequence[Replica], left: list[
     ):
         left.extend(run)
         return
-    heap, count, holds = state.empty_heaps[0], state.count, state.holds[mi]
+    heap, count, is_closed = state.empty_heaps[0], state.count, state.holds.is_closed
     gs: list[int] = []
     held: list[int] = []
     while len(gs) < len(run) and heap:
         g = heapq.heappop(heap)
         if count[g] > 0 or (gs and g == gs[-1]):  # stale or a duplicate entry
             continue
-        if holds[g]:  # a caller reserved this empty GPU for others: keep it in the heap
+        if is_closed(mi, g):  # a caller reserved this empty GPU for others: keep it in the heap
             held.append(g)
             continue
         gs.append(g)

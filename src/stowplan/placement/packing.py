@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,6 +31,7 @@ from stowplan.placement.capacity import (
     LevelMatrices,
     level_cost_matrices,
 )
+from stowplan.placement.holds import Holds
 from stowplan.placement.models import Assignment, Gpu, ModelDemand, Problem
 from stowplan.placement.verify import gpu_admits
 
@@ -287,8 +289,8 @@ class PackState:
     index: PackIndex
     rows: npt.NDArray[np.float64] = field(init=False)  # (gpus, ROW), see module docstring
     count: npt.NDArray[np.int64] = field(init=False)  # (gpus,)
-    holds: npt.NDArray[np.bool_] = field(init=False)  # (models, gpus)
-    residents: list[set[Replica]] = field(init=False)
+    holds: Holds = field(init=False)  # closed (model, GPU) pairs
+    residents: defaultdict[int, set[Replica]] = field(init=False)  # GPU -> its replicas
     where: dict[Replica, int] = field(init=False)
     # per GPU class: a min-heap of GPU indices that may be empty (stale entries are skipped);
     # every empty GPU is in its class's heap
@@ -308,8 +310,8 @@ class PackState:
         g = len(self.index.gpus)
         self.rows = np.zeros((g, ROW))
         self.count = np.zeros(g, dtype=np.int64)
-        self.holds = np.zeros((len(self.index.models), g), dtype=bool)
-        self.residents = [set() for _ in range(g)]
+        self.holds = Holds(len(self.index.models), g)
+        self.residents = defaultdict(set)
         self.where = {}
         self.open_slack = np.full(g, -1.0)
         self.mem_free0 = self.index.cap_mib.copy()
@@ -343,7 +345,7 @@ class PackState:
         new.rows = self.rows.copy()
         new.count = self.count.copy()
         new.holds = self.holds.copy()
-        new.residents = [set(s) for s in self.residents]
+        new.residents = defaultdict(set, {g: set(s) for g, s in self.residents.items() if s})
         new.where = dict(self.where)
         new.open_slack = self.open_slack.copy()
         new.mem_free0 = self.mem_free0.copy()
@@ -405,7 +407,7 @@ class PackState:
         c = self.count[g] = self.count[g] + 1
         if c == 1:
             self._opened(g)
-        self.holds[mi, g] = True
+        self.holds.close(mi, g)
         self.residents[g].add(rep)
         self.where[rep] = g
         self.open_slack[g] = 1.0 - (row[BUSYX:] / LEVELS).min()  # == max of 1 - share
@@ -422,9 +424,9 @@ class PackState:
         rows += self.index.inc[mi]
         self.rows[ga] = rows
         self.count[ga] += 1
-        self.holds[mi, ga] = True
-        where, residents = self.where, self.residents
+        where, residents, close = self.where, self.residents, self.holds.close
         for rep, g in zip(reps, gs, strict=True):
+            close(mi, g)
             residents[g].add(rep)
             where[rep] = g
         self.open_slack[ga] = 1.0 - (rows[:, BUSYX:] / LEVELS).min(axis=1)
@@ -435,13 +437,13 @@ class PackState:
         index = self.index
         inc = index.inc[mi]
         slack, mem0 = index.solo_slack[mi], inc[NL]  # == what ``add`` computes
-        rows, count, holds, cap = self.rows, self.count, self.holds[mi], index.cap_mib
+        rows, count, close, cap = self.rows, self.count, self.holds.close, index.cap_mib
         where, residents = self.where, self.residents
         for rep, g in zip(reps, gs, strict=True):
             row = rows[g]
             row += inc
             count[g] = 1
-            holds[g] = True
+            close(mi, g)
             self._opened(g)
             residents[g].add(rep)
             where[rep] = g
@@ -453,7 +455,7 @@ class PackState:
         row = self.rows[g]
         row[:BUSYX] -= self.index.inc[rep[0], :BUSYX]
         self.count[g] -= 1
-        self.holds[rep[0], g] = False
+        self.holds.open(rep[0], g)
         self.residents[g].discard(rep)
         self._act_stale = True  # the GPU's slack grew: it may be active again
         if self.count[g] == 0:  # wipe float drift

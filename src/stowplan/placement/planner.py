@@ -175,7 +175,11 @@ def _keep_current(state: PackState, problem: Problem) -> None:
         g = index.gpu_pos.get(a.gpu_key)
         if mi is None or g is None or a.replica >= index.models[mi].replicas:
             continue
-        if not index.is_eligible(mi, g) or state.holds[mi, g] or (mi, a.replica) in state.where:
+        if (
+            not index.is_eligible(mi, g)
+            or state.holds.is_closed(mi, g)
+            or (mi, a.replica) in state.where
+        ):
             continue
         if state.fits(mi, g):
             state.add((mi, a.replica), g)
@@ -191,7 +195,7 @@ def _preempt(state: PackState, left: list[Replica], pinned: set[Replica]) -> lis
         rep = queue.pop(0)
         mi = rep[0]
         placed = False
-        cand = np.flatnonzero(index.elig_rows[index.elig_kind[mi]] & ~state.holds[mi])
+        cand = np.flatnonzero(index.elig_rows[index.elig_kind[mi]] & ~state.holds.row(mi))
         for g in cand.tolist():
             victims = sorted(
                 (v for v in state.residents[g] if prio[v[0]] < prio[mi] and v not in pinned),
