@@ -191,12 +191,7 @@ def _open_empties(state: PackState, mi: int, run: Sequence[Replica], left: list[
         return
     # one class: every empty GPU has the same capacity and eligibility, so the replicas take
     # the lowest-index empty GPUs this model does not hold (what ``choose_empty`` picks)
-    g0 = state.first_empty(0)
-    if (
-        g0 is None
-        or not index.opens_alone[mi]
-        or (index.restricted[mi] and not index.is_eligible(mi, g0))
-    ):
+    if not index.opens_alone[mi] or (index.restricted[mi] and not index.is_eligible(mi, 0)):
         left.extend(run)
         return
     heap, count, is_closed = state.empty_heaps[0], state.count, state.holds.is_closed
