@@ -10,12 +10,17 @@ removals (LNS) and with GPUs reserved through ``holds`` (online defragmentation)
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 
 import numpy as np
+import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stowplan.cli import main
 from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
 from stowplan.placement.holds import Holds
 from stowplan.placement.models import (
@@ -246,3 +251,19 @@ def test_holds_behaves_like_a_bool_matrix() -> None:
         assert np.array_equal(h[mi], ref[mi])
         assert np.array_equal(h.closed(mi, gpus), ref[mi, gpus])
         assert h.any_closed(mi) or not ref[mi].any()  # never misses one (may over-report)
+
+
+DATA = Path(os.environ.get("STOWPLAN_DATA", Path.cwd().parent / "shared" / "data"))
+
+
+@pytest.mark.skipif(not (DATA / "gpu-inference-latency").exists(), reason="fits not present")
+def test_bench_bestfit_only_prints_the_speed_table() -> None:
+    args = ["bench", "placement", "--bestfit-only", "--sizes", "100,300", "--repeat", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("| 100 |")]
+    assert len(lines) == 1 and "| 300 |" in result.output
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert len(cells) == 7 and int(cells[2]) > 0 and float(cells[3]) <= float(cells[4])
+    bad = CliRunner().invoke(main, ["bench", "placement", "--bestfit-only", "--sizes", "0"])
+    assert bad.exit_code != 0 and "positive" in bad.output

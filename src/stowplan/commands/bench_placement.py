@@ -3,12 +3,17 @@
 Reads ``gpu-inference-latency/latency_vs_batch_linear_fits.csv`` (under ``../shared/data`` or
 ``$STOWPLAN_DATA``), builds instances with ``placement.synth`` and prints a Markdown table:
 GPUs used by best-fit and by the engine with a time budget, the lower bound, solve times, and
-time and memory per 1,000 replicas. Thin shell: reading, timing and printing only.
+time and memory per 1,000 replicas. ``--bestfit-only`` prints the best-fit speed table instead
+(``plan(problem)`` with no budget, what the operator runs on every pass): min and median
+seconds over ``--repeat`` runs, ms per 1,000 replicas and the peak Python heap of a separate,
+traced run. Thin shell: reading, timing and printing only.
 """
 
 from __future__ import annotations
 
 import csv
+import gc
+import statistics
 import time
 import tracemalloc
 from pathlib import Path
@@ -22,6 +27,7 @@ from stowplan.placement.planner import tight_lower_bound
 from stowplan.placement.synth import LatencyFit, synthetic_problem, usable_fits
 
 DEFAULT_SIZES = "50,200,1000,3000,10000"
+BESTFIT_SIZES = "1000,3000,10000"
 
 
 def load_fits(path: Path) -> list[LatencyFit]:
@@ -51,9 +57,73 @@ def _budget(replicas: int) -> float:
     return 10.0 if replicas <= 1000 else (30.0 if replicas <= 3000 else 40.0)
 
 
+def bestfit_speed(
+    fits: list[LatencyFit], ns: list[int], seed: int, repeat: int
+) -> list[tuple[int, int, int, float, float, float]]:
+    """Per size: (replicas, models, GPUs used, min s, median s, peak MiB) of best-fit
+    ``plan(problem)``; the peak comes from one more run under tracemalloc (not timed)."""
+    rows = []
+    for n in tqdm(ns, desc="best-fit", unit="instance", leave=False):
+        problem = synthetic_problem(fits, n, seed)
+        out = placement.plan(problem)  # warm-up (imports, caches), and the plan to check
+        bad = placement.check_plan(problem, out)
+        if bad:
+            raise click.ClickException(f"invalid best-fit plan at {n} replicas: {bad[0]}")
+        times = []
+        for _ in range(repeat):
+            gc.collect()  # each run starts from the same heap; the collector stays on
+            t0 = time.perf_counter()
+            placement.plan(problem)
+            times.append(time.perf_counter() - t0)
+        gc.collect()
+        tracemalloc.start()
+        placement.plan(problem)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        rows.append(
+            (
+                n,
+                len(problem.models),
+                out.gpus_used,
+                min(times),
+                statistics.median(times),
+                peak / 2**20,
+            )
+        )
+    return rows
+
+
+def _print_bestfit(rows: list[tuple[int, int, int, float, float, float]], repeat: int) -> None:
+    click.echo(
+        f"| replicas | models | GPUs used | best-fit min s | median s ({repeat} runs) | "
+        "ms / 1k replicas (min) | peak MiB (tracemalloc) |"
+    )
+    click.echo("|" + "---|" * 7)
+    for n, models, gpus, lo, med, peak in rows:
+        click.echo(
+            f"| {n} | {models} | {gpus} | {lo:.3f} | {med:.3f} | {lo * 1e6 / n:.1f} | {peak:.1f} |"
+        )
+
+
 @click.command(name="placement")
 @click.option(
-    "--sizes", default=DEFAULT_SIZES, show_default=True, help="Comma-separated replica counts."
+    "--sizes",
+    default=None,
+    help=f"Comma-separated replica counts [default: {DEFAULT_SIZES}; with --bestfit-only: "
+    f"{BESTFIT_SIZES}].",
+)
+@click.option(
+    "--bestfit-only",
+    is_flag=True,
+    help="Only time best-fit plan(problem) (no budget): min/median over --repeat runs, ms "
+    "per 1,000 replicas, peak heap. Seconds per size.",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Timed runs per size for --bestfit-only.",
 )
 @click.option(
     "--time-limit",
@@ -71,20 +141,41 @@ def _budget(replicas: int) -> float:
     help="Also run the engine this long on the 1,000-replica instance (e.g. 600).",
 )
 @click.option("--seed", default=1, show_default=True, help="Instance seed.")
-@click.option("--quick", is_flag=True, help="Sizes 50 and 200, 2 s budget (< 1 minute).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="Sizes 50 and 200, 2 s budget (< 1 minute); with --bestfit-only: 200 and 1,000, "
+    "at most 3 runs (seconds).",
+)
 def command(
-    sizes: str, time_limit_s: float | None, reference_s: float, seed: int, quick: bool
+    sizes: str | None,
+    bestfit_only: bool,
+    repeat: int,
+    time_limit_s: float | None,
+    reference_s: float,
+    seed: int,
+    quick: bool,
 ) -> None:
-    """GPUs used by best-fit and by the engine vs a lower bound, with solve times."""
+    """GPUs used by best-fit and by the engine vs a lower bound, with solve times; or, with
+    --bestfit-only, the speed of best-fit alone."""
     fits = usable_fits(
         load_fits(data_dir() / "gpu-inference-latency" / "latency_vs_batch_linear_fits.csv")
     )
     if not fits:
         raise click.ClickException("no usable A100-80GB latency fits found")
+    if sizes is None:
+        sizes = BESTFIT_SIZES if bestfit_only else DEFAULT_SIZES
     try:
         ns = [int(s) for s in sizes.split(",") if s.strip()]
     except ValueError:
         raise click.ClickException(f"--sizes: not a list of integers: {sizes!r}") from None
+    if any(n <= 0 for n in ns):
+        raise click.ClickException(f"--sizes: replica counts must be positive: {sizes!r}")
+    if bestfit_only:
+        if quick:
+            ns, repeat = [200, 1000], min(repeat, 3)
+        _print_bestfit(bestfit_speed(fits, ns, seed, repeat), repeat)
+        return
     if quick:
         ns, time_limit_s = [50, 200], 2.0
     rows = []
