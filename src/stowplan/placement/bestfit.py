@@ -12,6 +12,12 @@ tried, with the model's load alone precomputed per capacity; consecutive replica
 (``best_fit``) are placed with one test: they cannot share a GPU and do not change the other
 GPUs, so they take the k tightest fits in order, then empty GPUs. Same plans as placing one
 replica at a time with ``choose_gpu`` (``tests/placement/test_bestfit_speed.py``).
+
+Fixed node demands (``PackIndex.nodes``, None otherwise so the above is untouched): multi-GPU
+replicas go first within a priority (more GPUs first) onto the node fewest type-restricted
+models want, then the tightest, with enough empty eligible GPUs and CPU/memory
+(``choose_gang``); a replica with a CPU/host-memory request only considers GPUs whose node has
+that much left, and such models are placed one replica at a time.
 """
 
 from __future__ import annotations
@@ -23,13 +29,18 @@ import numpy as np
 import numpy.typing as npt
 
 from stowplan.placement.capacity import EPS
+from stowplan.placement.nodefit import first_free_per_class, gang_candidates
 from stowplan.placement.packing import ROW, PackIndex, PackState, Replica
 
 _INF = np.inf
 
 
 def choose_gpu(state: PackState, mi: int) -> int | None:
-    """The best-fit GPU for one replica of model ``mi``, or None if none fits."""
+    """The best-fit GPU for one replica of model ``mi``, or None if none fits (always None for
+    a multi-GPU replica: ``choose_gang``)."""
+    nodes = state.index.nodes
+    if nodes is not None and nodes.special[mi]:
+        return _choose_gpu_nodes(state, mi)
     cand = used_candidates(state, mi)
     if cand.size:
         best = best_loads(state, mi, cand)
@@ -38,6 +49,55 @@ def choose_gpu(state: PackState, mi: int) -> int | None:
         if not best[i] < 0:
             return int(cand[i])
     return choose_empty(state, mi)
+
+
+def _choose_gpu_nodes(state: PackState, mi: int) -> int | None:
+    """``choose_gpu`` for a model with a node CPU/host-memory request: only GPUs whose node
+    has that much left (used ones first, then the first empty GPU of each class)."""
+    index = state.index
+    nodes = index.nodes
+    assert nodes is not None
+    if nodes.gang[mi] > 1:
+        return None
+    cand = used_candidates(state, mi)
+    if cand.size:
+        cand = cand[nodes.room(mi, state.cpu_left, state.hmem_left, nodes.gpu_node[cand])]
+    if cand.size:
+        best = best_loads(state, mi, cand)
+        best[best == _INF] = -1.0
+        i = int(np.argmax(best))
+        if not best[i] < 0:
+            return int(cand[i])
+    if not index.min_share[mi] <= 1.0 + 1e-9:
+        return None
+    free = (state.count == 0) & index.elig_rows[index.elig_kind[mi]] & ~state.holds.row(mi)
+    free &= index.min_mem[mi] <= index.cap_mib + EPS
+    free &= nodes.room(mi, state.cpu_left, state.hmem_left, nodes.gpu_node)
+    best_g, best_load = -1, -1.0
+    for g in first_free_per_class(index.gpu_class, free).tolist():
+        load = float(index.empty_loads(float(index.cap_mib[g]))[mi])
+        if load > best_load:  # ascending g: the lowest index wins ties
+            best_g, best_load = g, load
+    return best_g if best_g >= 0 else None
+
+
+def choose_gang(state: PackState, mi: int) -> tuple[int, ...] | None:
+    """GPUs for one multi-GPU replica of ``mi`` (``nodefit.gang_candidates``), or None."""
+    index = state.index
+    nodes = index.nodes
+    assert nodes is not None
+    free = (state.count == 0) & index.elig_rows[index.elig_kind[mi]] & ~state.holds.row(mi)
+    free &= index.min_mem[mi] <= index.cap_mib + EPS
+    return gang_candidates(nodes, mi, free, state.cpu_left, state.hmem_left)
+
+
+def choose(state: PackState, mi: int) -> tuple[int, ...] | None:
+    """The GPU(s) for one replica of ``mi``: ``choose_gang`` or ``choose_gpu``."""
+    nodes = state.index.nodes
+    if nodes is not None and nodes.gang[mi] > 1:
+        return choose_gang(state, mi)
+    g = choose_gpu(state, mi)
+    return None if g is None else (g,)
 
 
 def used_candidates(state: PackState, mi: int) -> npt.NDArray[np.intp]:
@@ -136,7 +196,10 @@ def decreasing_order(
     arr = np.asarray(reps, dtype=np.intp).reshape(-1, 2)
     mi, r = arr[:, 0], arr[:, 1]
     top = index.top_level[mi] if by_slo else np.zeros_like(mi)
-    keys = (r, mi, -index.size_key[mi], top, -index.priority[mi])
+    keys: tuple[npt.NDArray[np.generic], ...] = (r, mi, -index.size_key[mi], top)
+    if index.nodes is not None and index.nodes.has_gangs:  # multi-GPU first, more GPUs first
+        keys += (-index.nodes.gang[mi],)
+    keys += (-index.priority[mi],)
     return [reps[i] for i in np.lexsort(keys).tolist()]
 
 
@@ -148,12 +211,21 @@ def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
     reps = list(replicas)
     left: list[Replica] = []
     i, n = 0, len(reps)
+    nodes = state.index.nodes
     while i < n:
         mi = reps[i][0]
         j = i + 1
         while j < n and reps[j][0] == mi:
             j += 1
-        _place_run(state, mi, reps[i:j], left)
+        if nodes is not None and nodes.special[mi]:  # node demands: one replica at a time
+            for rep in reps[i:j]:
+                gs = choose(state, mi)
+                if gs is None:
+                    left.append(rep)
+                else:
+                    state.place(rep, gs)
+        else:
+            _place_run(state, mi, reps[i:j], left)
         i = j
     return left
 

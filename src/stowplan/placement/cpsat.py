@@ -5,6 +5,9 @@ offline upper bound of the GPU-sharing trace benchmark.
 r on GPU g), ``lvl[g, l]`` (GPU g runs duty-cycle level l), ``used[g]``; per GPU and level the
 integer busy-time (µs, rounded up) and memory (KiB, rounded up) sums fit when the level is chosen;
 a replica may only sit on a GPU at a level its SLO allows; one replica of a model per GPU.
+When the problem has node CPU/host-memory limits, the replicas placed on the neighbourhood's
+GPUs of one node fit in what that node has left (the CPU and memory of the neighbourhood's own
+replicas given back); multi-GPU replicas are never part of a neighbourhood (lns).
 Objective: fewest GPUs, then fewest moves away from the current placement, with a hint from the
 incoming plan. Callers: lns (repack), bench_fgd (trace_upper_bound). No I/O.
 """
@@ -92,6 +95,7 @@ def repack(
                 sum(m * x[r, g] for m, r in zip(mem, ok_here, strict=True)) <= cap_kib
             ).only_enforce_if(lvl[li])
         # Symmetry breaking is left to the hint: neighbourhoods are small and GPUs differ.
+    _node_limits(model, state, gpus, replicas, all_reps, x)
     moves = [x[rep, g].Not() for rep, g in current.items() if (rep, g) in x]
     placed_opt = [x[rep, g] for rep in optional for g in gpus if (rep, g) in x]
     model.minimize(GPU_WEIGHT * sum(used.values()) + sum(moves) - PLACE_WEIGHT * sum(placed_opt))
@@ -118,6 +122,42 @@ def repack(
         if solver.boolean_value(var):
             out[rep] = g
     return out
+
+
+def _node_limits(
+    model: cp_model.CpModel,
+    state: PackState,
+    gpus: Sequence[int],
+    replicas: Sequence[Replica],
+    all_reps: Sequence[Replica],
+    x: Mapping[tuple[Replica, int], cp_model.IntVar],
+) -> None:
+    """Per node touched by ``gpus``: CPU and host memory of the replicas put there fit in what
+    the node has left once the neighbourhood's own replicas are taken off it."""
+    nodes = state.index.nodes
+    if nodes is None or not nodes.uses_node.any():
+        return
+    by_node: dict[int, list[int]] = defaultdict(list)
+    for g in gpus:
+        by_node[int(nodes.gpu_node[g])].append(g)
+    for k, gs in by_node.items():
+        for need, left in ((nodes.need_cpu, state.cpu_left), (nodes.need_mem, state.hmem_left)):
+            if not math.isfinite(float(left[k])):
+                continue
+            back = sum(
+                float(need[rep[0]])
+                for rep in replicas
+                if rep in state.where and int(nodes.gpu_node[state.where[rep]]) == k
+            )
+            terms = [
+                (round(float(need[rep[0]])), x[rep, g])
+                for rep in all_reps
+                if need[rep[0]] > 0
+                for g in gs
+                if (rep, g) in x
+            ]
+            if terms:
+                model.add(sum(c * v for c, v in terms) <= math.floor(float(left[k]) + back + 1e-6))
 
 
 def trace_upper_bound(

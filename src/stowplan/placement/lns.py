@@ -7,7 +7,11 @@ moves, -sum(load^2) does not get worse, so GPUs drain towards empty), and every 
 exactly with ``cpsat.repack`` (hinted with the incoming assignment, kept only when strictly
 better: fewer GPUs, more replicas placed, or fewer moves against ``problem.current``). So the
 plan never gets worse than best-fit. GPUs that hold pinned replicas are never part of a
-neighbourhood. Callers: planner (``time_limit_s > 0``). Pure; the clock is injected.
+neighbourhood. Fixed node demands: GPUs held by a multi-GPU replica are never part of a
+neighbourhood and unplaced multi-GPU replicas are never offered to one (gangs stay where
+best-fit put them); node CPU/host memory limits hold because re-insertion uses the node-aware
+best-fit and ``cpsat.repack`` carries the node constraints. Callers: planner
+(``time_limit_s > 0``). Pure; the clock is injected.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from stowplan.placement.bestfit import choose_gpu, decreasing_order
 from stowplan.placement.capacity import EPS
 from stowplan.placement.cpsat import GPU_WEIGHT, PLACE_WEIGHT, repack
 from stowplan.placement.models import Problem
-from stowplan.placement.packing import LEVELS, PackState, Replica
+from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
 
 MAX_STEP_S = 2.0  # CP-SAT budget of one neighbourhood
 MAX_OPTIONAL = 12  # unplaced replicas offered to one neighbourhood
@@ -73,7 +77,8 @@ def _ruin_recreate(
         for rep in list(best.residents[g]):
             best.remove(rep)
             log.append((rep, g))
-    extra = rng.sample(left, min(4, len(left)))
+    singles = _singles(index, left)
+    extra = rng.sample(singles, min(4, len(singles)))
     todo = [rep for rep, _ in log] + extra
     order = decreasing_order(index, todo)
     if rng.random() < 0.5:  # perturb: swap a few neighbours in the order
@@ -113,6 +118,14 @@ def _ruin_recreate(
     return left, False
 
 
+def _singles(index: PackIndex, reps: list[Replica]) -> list[Replica]:
+    """The one-GPU replicas of ``reps`` (gangs are placed by best-fit only)."""
+    if index.nodes is None or not index.nodes.has_gangs:
+        return reps
+    gang = index.nodes.gang
+    return [rep for rep in reps if gang[rep[0]] == 1]
+
+
 def _objective(
     assign: dict[Replica, int], current: dict[Replica, int], optional: list[Replica]
 ) -> int:
@@ -142,6 +155,10 @@ def improve(
             current[(mi, a.replica)] = g
     pinned = {(index.model_pos[name], r) for name, r in problem.pinned if name in index.model_pos}
     frozen = {best.where[rep] for rep in pinned if rep in best.where}
+    for rep in pinned:  # a pinned gang freezes all its GPUs
+        frozen.update(best.gangs.get(rep, ()))
+    for gs in best.gangs.values():  # GPUs of multi-GPU replicas never join a neighbourhood
+        frozen.update(gs)
     size = 12
     stale = 0
     step = 0
@@ -171,12 +188,13 @@ def improve(
             compatible.sort(key=lambda g: (abs(best.best_level(g) - lv0), loads[g]))
             near = compatible[: max(3 * size, 12)]
             chosen += rng.sample(near, min(size - 1, len(near)))
-        if left:  # an empty GPU of the right kind lets unplaced replicas in
+        if _singles(index, left):  # an empty GPU of the right kind lets unplaced replicas in
             empties = np.flatnonzero(best.count == 0)
             if empties.size:
                 chosen.append(int(empties[rng.randrange(empties.size)]))
         reps = [rep for g in chosen for rep in best.residents[g]]
-        optional = rng.sample(left, min(MAX_OPTIONAL, len(left)))
+        singles = _singles(index, left)
+        optional = rng.sample(singles, min(MAX_OPTIONAL, len(singles)))
         old = {rep: best.where[rep] for rep in reps}
         cur = {rep: g for rep, g in current.items() if rep in old}
         res = repack(

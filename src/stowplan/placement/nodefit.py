@@ -37,10 +37,18 @@ class NodeIndex:
     uses_node: npt.NDArray[np.bool_]  # (models,) requests CPU/memory and some node is limited
     gang: npt.NDArray[np.int64]  # (models,) GPUs per replica
     has_gangs: bool
+    special: npt.NDArray[np.bool_]  # (models,) gang or uses_node: placed one replica at a time
+    # (nodes,) replicas of type/selector-restricted models that may use the node's GPUs: a
+    # gang prefers nodes fewer restricted models need (keep the scarce typed GPUs for them)
+    wanted: npt.NDArray[np.float64]
 
     @staticmethod
-    def build(problem: Problem) -> NodeIndex | None:
-        """The tables, or None when no model has a node demand that matters (fast path)."""
+    def build(
+        problem: Problem, elig_rows: npt.NDArray[np.bool_], elig_kind: npt.NDArray[np.intp]
+    ) -> NodeIndex | None:
+        """The tables, or None when no model has a node demand that matters (fast path).
+        ``elig_rows`` (restriction kinds, gpus; kind 0 = every GPU) and ``elig_kind``
+        (models,) are ``PackIndex``'s eligibility tables."""
         models = problem.models
         has_gangs = any(m.gpus_per_replica > 1 for m in models)
         if not has_gangs and not (
@@ -62,6 +70,12 @@ class NodeIndex:
                 cpu[k], mem[k] = float(n.cpu_milli), float(n.memory_mib)
         limited = bool(np.isfinite(cpu).any() or np.isfinite(mem).any())
         uses_node = ((need_cpu > 0) | (need_mem > 0)) & limited
+        reps = np.asarray([m.replicas for m in models], dtype=float)
+        per_kind = np.bincount(elig_kind, weights=reps, minlength=len(elig_rows))
+        per_kind[0] = 0.0  # unrestricted models do not make a GPU scarce
+        per_gpu = per_kind @ elig_rows
+        wanted = np.zeros(len(names))
+        np.maximum.at(wanted, gpu_node, per_gpu)
         if not has_gangs and not uses_node.any():
             return None
         return NodeIndex(
@@ -74,6 +88,8 @@ class NodeIndex:
             uses_node=uses_node,
             gang=gang,
             has_gangs=has_gangs,
+            special=(gang > 1) | uses_node,
+            wanted=wanted,
         )
 
     def room(
@@ -97,8 +113,9 @@ def gang_candidates(
     mem_left: npt.NDArray[np.float64],
 ) -> tuple[int, ...] | None:
     """GPUs for one gang replica of model ``mi``: ``free`` marks the GPUs it may take (empty,
-    eligible, big enough, not reserved). The tightest node wins: fewest such GPUs, then least
-    CPU left, then least host memory left, then the first; on it the first GPUs by index."""
+    eligible, big enough, not reserved). The node fewest restricted models want wins, then the
+    tightest: fewest such GPUs, then least CPU left, then least host memory left, then the
+    first; on it the first GPUs by index."""
     k = int(nodes.gang[mi])
     ids = np.flatnonzero(free)
     if ids.size < k:
@@ -109,7 +126,7 @@ def gang_candidates(
     cand = np.flatnonzero(ok)
     if cand.size == 0:
         return None
-    order = np.lexsort((cand, mem_left[cand], cpu_left[cand], per_node[cand]))
+    order = np.lexsort((cand, mem_left[cand], cpu_left[cand], per_node[cand], nodes.wanted[cand]))
     best = int(cand[order[0]])
     on_node = ids[nodes.gpu_node[ids] == best]
     return tuple(int(g) for g in on_node[:k])
@@ -151,4 +168,3 @@ def resources_message(
             f"{nodes.need_mem[mi]:.0f} MiB host memory (eligible nodes: at most {best_mem:g})"
         )
     return f"{name} needs " + ", ".join(parts) + " together on one node; no eligible node has it"
-

@@ -5,9 +5,10 @@ defragmentation pass.
 places only the replicas that have no GPU yet (best fit, priority first): what a scheduler does
 per arrival. ``defragment(problem, max_moves)`` then tries to empty the least loaded GPUs by
 moving at most ``max_moves`` replicas to GPUs that are already in use (pinned replicas never
-move), and returns the plan only with the moves that empty a GPU. Callers: the operator (a new
-InferenceModel or a scale-up), ``stowplan.placement.tracesim`` follows the same rules on the
-public trace. Pure.
+move; nor do multi-GPU replicas), and returns the plan only with the moves that empty a GPU.
+Node CPU/host memory and multi-GPU replicas are honoured through the node-aware best-fit.
+Callers: the operator (a new InferenceModel or a scale-up), ``stowplan.placement.tracesim``
+follows the same rules on the public trace. Pure.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
 from stowplan.placement.lns import gpu_loads
-from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason
+from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason, count_moves
 from stowplan.placement.packing import PackIndex, PackState, Replica
 from stowplan.placement.planner import (
     lower_bound,
@@ -32,11 +33,12 @@ from stowplan.placement.planner import (
 def _state_from_current(index: PackIndex, problem: Problem) -> PackState:
     state = PackState(index)
     for a in problem.current:
-        mi, g = index.model_pos.get(a.model), index.gpu_pos.get(a.gpu_key)
-        if mi is None or g is None or a.replica >= index.models[mi].replicas:
+        mi = index.model_pos.get(a.model)
+        if mi is None or a.replica >= index.models[mi].replicas:
             continue
-        if index.eligible[mi, g] and not state.holds[mi, g] and state.fits(mi, g):
-            state.add((mi, a.replica), g)
+        gs = state.current_gpus(mi, a)
+        if gs is not None:
+            state.place((mi, a.replica), gs)
     return state
 
 
@@ -60,8 +62,7 @@ def _finish(
         for mi, r in sorted(left)
     ]
     assignments = state.assignments()
-    old = {a.replica_key: a.gpu_key for a in problem.current}
-    moves = sum(1 for a in assignments if a.replica_key in old and old[a.replica_key] != a.gpu_key)
+    moves = count_moves(problem.current, assignments)
     return Plan(
         assignments=tuple(assignments),
         unplaced=tuple(sorted(unplaced, key=lambda u: (u.model, u.replica))),
@@ -98,8 +99,8 @@ def defragment(
     loads = gpu_loads(state)
     for g in sorted(np.flatnonzero(state.count > 0).tolist(), key=lambda g: loads[g]):
         reps = sorted(state.residents[g])
-        if not reps or len(reps) > budget or any(r in pinned for r in reps):
-            continue
+        if not reps or len(reps) > budget or any(r in pinned or r in state.gangs for r in reps):
+            continue  # pinned and multi-GPU replicas stay where they are
         trial = state.copy()
         for rep in reps:
             trial.remove(rep)

@@ -9,6 +9,12 @@ tables (level costs of every model as matrices, GPU classes, eligibility); it is
 problem (compute once, read many), vectorised, and what only slow paths need (per-model
 ``LevelCosts``, the full eligibility matrix, key lookups) is computed on first use. Private to the
 placement package: nothing here leaves ``plan()``, which returns frozen values. No I/O, no solver.
+
+Fixed node demands (``nodefit``): when the problem has them, ``PackIndex.nodes`` is set and the
+state also tracks the CPU and host memory left per node; a multi-GPU replica ("gang") is added to
+each of its GPUs with every level forbidden, so a gang GPU is full to every other replica, and
+``gangs`` maps it to its GPUs (``where`` holds the first). Without them (``nodes is None``)
+nothing here costs extra.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from stowplan.placement.capacity import (
 )
 from stowplan.placement.holds import Holds
 from stowplan.placement.models import Assignment, Gpu, ModelDemand, Problem
+from stowplan.placement.nodefit import NodeIndex
 from stowplan.placement.verify import gpu_admits
 
 LEVELS = np.asarray(DUTY_LEVELS_MS)
@@ -42,6 +49,7 @@ NL = len(DUTY_LEVELS_MS)
 ROW = 4 * NL
 BUSYX = 3 * NL
 Replica = tuple[int, int]  # (model index, replica index)
+_NONE = np.zeros(0)
 
 
 class LazyCosts(Sequence[LevelCosts]):
@@ -112,6 +120,7 @@ class PackIndex:
     top_level: npt.NDArray[np.intp]  # (models,) highest allowed level (0 if none)
     solo_slack: npt.NDArray[np.float64]  # (models,) free time share of a GPU holding one replica
     ev: EvalTables
+    nodes: NodeIndex | None  # node CPU/memory and gangs; None when the problem has none
 
     @staticmethod
     def build(problem: Problem) -> PackIndex:
@@ -164,6 +173,7 @@ class PackIndex:
         inc = np.concatenate([mats.busy_ms, mats.memory_mib, (~ok).astype(float), busyx], axis=1)
         solo_slack = 1.0 - (busyx / LEVELS).min(axis=1)
         uniform = float(cap[0]) if len(gpus) and bool((cap == cap[0]).all()) else None
+        elig_rows = np.stack(rows)
         return PackIndex(
             problem=problem,
             gpus=gpus,
@@ -171,7 +181,7 @@ class PackIndex:
             mats=mats,
             inc=inc,
             restricted=restricted,
-            elig_rows=np.stack(rows),
+            elig_rows=elig_rows,
             elig_kind=elig_kind,
             cap_mib=cap,
             uniform_cap=uniform,
@@ -185,6 +195,7 @@ class PackIndex:
             top_level=top_level.astype(np.intp),
             solo_slack=solo_slack,
             ev=_eval_tables(mats, uniform),
+            nodes=NodeIndex.build(problem, elig_rows, elig_kind),
         )
 
     @cached_property
@@ -305,6 +316,11 @@ class PackState:
     _act_sorted: bool = field(init=False, default=True)
     _act_stale: bool = field(init=False, default=True)
     _appended: int = field(init=False, default=0)
+    # fixed node demands (empty unless ``index.nodes``): CPU milli / host MiB left per node,
+    # and the GPUs of each placed multi-GPU replica
+    cpu_left: npt.NDArray[np.float64] = field(init=False)
+    hmem_left: npt.NDArray[np.float64] = field(init=False)
+    gangs: dict[Replica, tuple[int, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
         g = len(self.index.gpus)
@@ -323,6 +339,10 @@ class PackState:
             for i, k in enumerate(self.index.gpu_class.tolist()):
                 heaps[k].append(i)  # ascending: already a heap
         self.empty_heaps = heaps
+        nodes = self.index.nodes
+        self.cpu_left = nodes.cpu_milli.copy() if nodes is not None else _NONE
+        self.hmem_left = nodes.memory_mib.copy() if nodes is not None else _NONE
+        self.gangs = {}
 
     @property
     def busy(self) -> npt.NDArray[np.float64]:
@@ -354,6 +374,9 @@ class PackState:
         new._appended = self._appended
         new.empty_heaps = [list(h) for h in self.empty_heaps]
         new._busy_ids = self._busy_ids
+        new.cpu_left = self.cpu_left.copy()
+        new.hmem_left = self.hmem_left.copy()
+        new.gangs = dict(self.gangs)
         return new
 
     def busy_ids(self) -> npt.NDArray[np.intp]:
@@ -412,9 +435,46 @@ class PackState:
         self.where[rep] = g
         self.open_slack[g] = 1.0 - (row[BUSYX:] / LEVELS).min()  # == max of 1 - share
         self.mem_free0[g] = self.index.cap_mib[g] - row[NL]
+        nodes = self.index.nodes
+        if nodes is not None and nodes.uses_node[mi]:
+            self._node_take(mi, g, 1.0)
+
+    def _node_take(self, mi: int, g: int, times: float) -> None:
+        """Take (``times`` > 0) or give back (< 0) a replica's CPU and host memory on g's
+        node, ``abs(times)`` times."""
+        nodes = self.index.nodes
+        assert nodes is not None
+        k = nodes.gpu_node[g]
+        self.cpu_left[k] -= times * nodes.need_cpu[mi]
+        self.hmem_left[k] -= times * nodes.need_mem[mi]
+
+    def add_gang(self, rep: Replica, gpus: tuple[int, ...]) -> None:
+        """Place a multi-GPU replica on ``gpus`` (one node, all empty): each is full after
+        (every level forbidden); its node CPU and memory are taken once."""
+        mi = rep[0]
+        for g in gpus:
+            self.add(rep, g)
+            row = self.rows[g]
+            row[2 * NL : BUSYX] += 1.0
+            row[BUSYX:] = np.inf
+            self.open_slack[g] = -np.inf
+        nodes = self.index.nodes
+        assert nodes is not None
+        if nodes.uses_node[mi]:  # ``add`` took it once per GPU
+            self._node_take(mi, gpus[0], 1.0 - len(gpus))
+        self.where[rep] = gpus[0]
+        self.gangs[rep] = gpus
+
+    def place(self, rep: Replica, gpus: tuple[int, ...]) -> None:
+        """``add`` for one GPU, ``add_gang`` for several."""
+        if len(gpus) == 1:
+            self.add(rep, gpus[0])
+        else:
+            self.add_gang(rep, gpus)
 
     def add_many(self, mi: int, reps: Sequence[Replica], gs: Sequence[int]) -> None:
-        """``add(rep, g)`` for each pair; the GPUs must be distinct and already in use."""
+        """``add(rep, g)`` for each pair; the GPUs must be distinct and already in use (and the
+        model without node demands: ``bestfit`` places those one replica at a time)."""
         if len(gs) <= 2:
             for rep, g in zip(reps, gs, strict=True):
                 self.add(rep, g)
@@ -433,7 +493,8 @@ class PackState:
         self.mem_free0[ga] = self.index.cap_mib[ga] - rows[:, NL]
 
     def open_many(self, mi: int, reps: Sequence[Replica], gs: Sequence[int]) -> None:
-        """``add(rep, g)`` for each pair; the GPUs must be distinct and empty."""
+        """``add(rep, g)`` for each pair; the GPUs must be distinct and empty (and the model
+        without node demands, as for ``add_many``)."""
         index = self.index
         inc = index.inc[mi]
         slack, mem0 = index.solo_slack[mi], inc[NL]  # == what ``add`` computes
@@ -451,7 +512,12 @@ class PackState:
             self.mem_free0[g] = cap[g] - mem0
 
     def remove(self, rep: Replica) -> int:
+        if self.gangs and rep in self.gangs:
+            return self._remove_gang(rep)
         g = self.where.pop(rep)
+        nodes = self.index.nodes
+        if nodes is not None and nodes.uses_node[rep[0]]:
+            self._node_take(rep[0], g, -1.0)
         row = self.rows[g]
         row[:BUSYX] -= self.index.inc[rep[0], :BUSYX]
         self.count[g] -= 1
@@ -467,6 +533,19 @@ class PackState:
         self._refresh(g)
         return g
 
+    def _remove_gang(self, rep: Replica) -> int:
+        mi = rep[0]
+        gpus = self.gangs.pop(rep)
+        nodes = self.index.nodes
+        assert nodes is not None
+        if nodes.uses_node[mi]:  # ``remove`` gives it back once per GPU
+            self._node_take(mi, gpus[0], len(gpus) - 1.0)
+        for g in gpus:
+            self.rows[g, 2 * NL : BUSYX] -= 1.0
+            self.where[rep] = g
+            self.remove(rep)
+        return gpus[0]
+
     def loads(self, mi: int, cand: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
         """(len(cand), levels) load max(time share, memory share) after adding a replica of
         model ``mi``; inf where it does not fit at that level."""
@@ -481,7 +560,42 @@ class PackState:
         return load
 
     def fits(self, mi: int, g: int) -> bool:
+        nodes = self.index.nodes
+        if nodes is not None and nodes.special[mi]:
+            if nodes.gang[mi] > 1:
+                return False  # a multi-GPU replica: ``gang_fits``
+            if not nodes.room(mi, self.cpu_left, self.hmem_left, nodes.gpu_node[g : g + 1])[0]:
+                return False
         return bool(np.isfinite(self.loads(mi, np.asarray([g]))).any())
+
+    def gang_fits(self, mi: int, gpus: tuple[int, ...]) -> bool:
+        """Whether a multi-GPU replica of ``mi`` may take exactly ``gpus`` now: as many as it
+        needs, distinct, empty, on one node with its CPU/memory, eligible, not reserved."""
+        nodes = self.index.nodes
+        if nodes is None or len(gpus) != nodes.gang[mi] or len(set(gpus)) != len(gpus):
+            return False
+        ids = np.asarray(gpus, dtype=np.intp)
+        node = nodes.gpu_node[ids]
+        if (node != node[0]).any() or not nodes.room(mi, self.cpu_left, self.hmem_left, node)[0]:
+            return False
+        return bool(
+            (self.count[ids] == 0).all()
+            and self.index.elig_rows[self.index.elig_kind[mi], ids].all()
+            and not self.holds.closed(mi, ids).any()
+            and (self.index.min_mem[mi] <= self.index.cap_mib[ids] + EPS).all()
+        )
+
+    def current_gpus(self, mi: int, a: Assignment) -> tuple[int, ...] | None:
+        """The GPU indices of assignment ``a`` if a replica of ``mi`` may be added there now
+        (eligible, not reserved, fits; a multi-GPU replica: exactly its GPUs), else None."""
+        index = self.index
+        if a.extra_gpus or (index.nodes is not None and index.nodes.gang[mi] > 1):
+            gs = tuple(index.gpu_pos.get(k, -1) for k in a.gpu_keys)
+            return gs if -1 not in gs and self.gang_fits(mi, gs) else None
+        g = index.gpu_pos.get(a.gpu_key)
+        if g is None or not index.is_eligible(mi, g) or self.holds.is_closed(mi, g):
+            return None
+        return (g,) if self.fits(mi, g) else None
 
     def best_level(self, g: int) -> int:
         """Level with the most headroom among those every resident of ``g`` allows."""
@@ -545,6 +659,12 @@ class PackState:
             set_attr(a, "__pydantic_extra__", None)
             set_attr(a, "__pydantic_private__", None)
             out.append(a)
+        if self.gangs:  # a multi-GPU replica: one assignment, its other GPUs in extra_gpus
+            pos = {(a.model, a.replica): i for i, a in enumerate(out)}
+            for (m, rr), held in self.gangs.items():
+                i = pos[(names[m], rr)]
+                others = tuple(gpus[g].index for g in held[1:])
+                out[i] = trusted_assignment(**{**out[i].__dict__, "extra_gpus": others})
         return out
 
 

@@ -6,6 +6,10 @@ decreasing for the rest, evict lower-priority replicas for higher-priority ones 
 with a time budget, LNS/CP-SAT improvement (never worse than best-fit). Every plan carries a
 lower bound. Callers: the operator, ``stowplan up``, ``stowplan place``, the benchmarks. Pure:
 no I/O; the clock is injectable for tests.
+
+Fixed node demands: a model no single node can host (CPU, host memory, GPUs per replica) is
+``ResourcesExceedEveryNode``; GPUs of multi-GPU replicas are exclusive, so the lower bound is
+their count plus the bound of the rest; multi-GPU replicas neither preempt nor get preempted.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import numpy as np
 
 from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
 from stowplan.placement.bounds import gpu_lower_bound
+from stowplan.placement.capacity import EPS
 from stowplan.placement.errors import InvalidProblem
-from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason
+from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason, count_moves
+from stowplan.placement.nodefit import resources_message
 from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
 
 Clock = Callable[[], float]
@@ -65,6 +71,8 @@ def split_placeable(index: PackIndex) -> tuple[list[int], list[Unplaced]]:
     unplaced: list[Unplaced] = []
     maybe = index.mats.ok.any(axis=1) & (index.max_cap_mib > -math.inf)
     maybe &= ~(index.min_mem > index.max_cap_mib)  # the cheap test behind unplaceable_reason
+    if index.nodes is not None:  # node demands: ask unplaceable_reason
+        maybe &= ~index.nodes.special
     placeable: list[int] = np.flatnonzero(maybe).tolist()
     for mi in np.flatnonzero(~maybe).tolist():
         why = unplaceable_reason(index, mi)
@@ -110,16 +118,33 @@ def unplaceable_reason(index: PackIndex, mi: int) -> Unplaced | None:
             UnplacedReason.MEMORY_EXCEEDS_EVERY_GPU,
             f"needs {need:.0f} MiB, the largest matching GPU offers {biggest:.0f} MiB",
         )
+    if index.nodes is not None and index.nodes.special[mi]:
+        gpu_ok = index.elig_rows[index.elig_kind[mi]] & (need <= index.cap_mib + EPS)
+        msg = resources_message(index.nodes, mi, gpu_ok, name)
+        if msg is not None:
+            return out(UnplacedReason.RESOURCES_EXCEED_EVERY_NODE, msg)
     return None
 
 
+def _gang_split(index: PackIndex, placeable: list[int]) -> tuple[list[int], int]:
+    """(placeable one-GPU models, GPUs their multi-GPU replicas take exclusively)."""
+    nodes = index.nodes
+    if nodes is None or not nodes.has_gangs:
+        return placeable, 0
+    single = [mi for mi in placeable if nodes.gang[mi] == 1]
+    excl = sum(index.models[mi].replicas * int(nodes.gang[mi]) for mi in placeable)
+    return single, excl - sum(index.models[mi].replicas for mi in single)
+
+
 def lower_bound(index: PackIndex, placeable: list[int]) -> int:
-    """GPU lower bound over the replicas of the placeable models (see bounds.py)."""
+    """GPU lower bound over the replicas of the placeable models (see bounds.py); the GPUs of
+    multi-GPU replicas are exclusive, so they add to the bound of the others."""
+    placeable, excl = _gang_split(index, placeable)
     pl = np.asarray(placeable, dtype=np.intp)
     counts = np.asarray([index.models[mi].replicas for mi in placeable], dtype=np.intp)
     shares = np.repeat(index.min_share[pl], counts)
     mems = np.repeat(index.min_mem[pl] / index.max_cap_mib[pl], counts)
-    return gpu_lower_bound(shares.tolist(), mems.tolist(), counts.tolist())
+    return excl + gpu_lower_bound(shares.tolist(), mems.tolist(), counts.tolist())
 
 
 def tight_lower_bound(problem: Problem) -> int:
@@ -135,6 +160,7 @@ def _tight(index: PackIndex, placeable: list[int]) -> int:
     from stowplan.placement.cpsat import fractional_matching
 
     base = lower_bound(index, placeable)
+    placeable, excl = _gang_split(index, placeable)
     big = [mi for mi in placeable if index.min_share[mi] > 1 / 3 + 1e-9]
     if len(big) < 2:
         return base
@@ -150,13 +176,14 @@ def _tight(index: PackIndex, placeable: list[int]) -> int:
         caps,
     )
     counts = [index.models[mi].replicas for mi in big]
-    return max(base, matching_bound(counts, fractional_matching(counts, pairs)))
+    return max(base, excl + matching_bound(counts, fractional_matching(counts, pairs)))
 
 
 def _level(index: PackIndex, placeable: list[int], time_limit_s: float) -> int:
     from stowplan.placement.cpsat import level_bound
 
-    return max(lower_bound(index, placeable), level_bound(index, placeable, time_limit_s))
+    single, excl = _gang_split(index, placeable)
+    return max(lower_bound(index, placeable), excl + level_bound(index, single, time_limit_s))
 
 
 def _keep_current(state: PackState, problem: Problem) -> None:
@@ -172,17 +199,13 @@ def _keep_current(state: PackState, problem: Problem) -> None:
     )
     for a in current:
         mi = index.model_pos.get(a.model)
-        g = index.gpu_pos.get(a.gpu_key)
-        if mi is None or g is None or a.replica >= index.models[mi].replicas:
+        if mi is None or a.replica >= index.models[mi].replicas:
             continue
-        if (
-            not index.is_eligible(mi, g)
-            or state.holds.is_closed(mi, g)
-            or (mi, a.replica) in state.where
-        ):
+        if (mi, a.replica) in state.where:
             continue
-        if state.fits(mi, g):
-            state.add((mi, a.replica), g)
+        gs = state.current_gpus(mi, a)
+        if gs is not None:
+            state.place((mi, a.replica), gs)
 
 
 def _preempt(state: PackState, left: list[Replica], pinned: set[Replica]) -> list[Replica]:
@@ -195,10 +218,17 @@ def _preempt(state: PackState, left: list[Replica], pinned: set[Replica]) -> lis
         rep = queue.pop(0)
         mi = rep[0]
         placed = False
+        if index.nodes is not None and index.nodes.gang[mi] > 1:  # gangs do not preempt (yet)
+            still.append(rep)
+            continue
         cand = np.flatnonzero(index.elig_rows[index.elig_kind[mi]] & ~state.holds.row(mi))
         for g in cand.tolist():
             victims = sorted(
-                (v for v in state.residents[g] if prio[v[0]] < prio[mi] and v not in pinned),
+                (
+                    v
+                    for v in state.residents[g]
+                    if prio[v[0]] < prio[mi] and v not in pinned and v not in state.gangs
+                ),
                 key=lambda v: (prio[v[0]], -index.size(v[0])),
             )
             if not victims:
@@ -280,8 +310,7 @@ def plan(
             )
         )
     assignments = state.assignments()
-    old = {a.replica_key: a.gpu_key for a in problem.current}
-    moves = sum(1 for a in assignments if a.replica_key in old and old[a.replica_key] != a.gpu_key)
+    moves = count_moves(problem.current, assignments)
     return Plan(
         assignments=tuple(assignments),
         unplaced=tuple(sorted(unplaced, key=lambda u: (u.model, u.replica))),
