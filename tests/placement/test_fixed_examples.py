@@ -210,3 +210,22 @@ def test_instance_json_round_trip_with_node_fields() -> None:
     assert problem_from_json(problem_to_json(problem)) == problem
     out = plan(problem)
     assert check_plan(problem, out) == [] and out.gpus_used == 4
+
+
+def test_cpsat_neighbourhood_respects_node_cpu() -> None:
+    # a1 and a2 (1 core each) would share one GPU. n0 has 1 core and one GPU, n1 one GPU and no
+    # limit. Without the node constraint the cheapest repack keeps a1 (it is in ``current``)
+    # and moves a2 next to it on n0, which overcommits n0's CPU; with it, a1 moves to n1.
+    from stowplan.placement.cpsat import repack
+    from stowplan.placement.packing import PackIndex, PackState
+
+    gpus = (*make_gpus(1, per_node=1, prefix="n"), *make_gpus(1, per_node=1, prefix="m"))
+    a1 = make_model("a1", target_qps=10, cpu_milli=1000)
+    a2 = make_model("a2", target_qps=10, cpu_milli=1000)
+    nodes = (NodeResources(node="n0", cpu_milli=1000, memory_mib=1 << 20),)
+    index = PackIndex.build(Problem(gpus=gpus, models=(a1, a2), nodes=nodes))
+    state = PackState(index)
+    state.add((0, 0), 0)
+    state.add((1, 0), 1)
+    out = repack(state, [0, 1], [(0, 0), (1, 0)], {(0, 0): 0}, 5.0, 1)
+    assert out == {(0, 0): 1, (1, 0): 1}
