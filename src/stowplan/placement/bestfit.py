@@ -70,11 +70,19 @@ def _choose_gpu_nodes(state: PackState, mi: int) -> int | None:
             return int(cand[i])
     if not index.min_share[mi] <= 1.0 + 1e-9:
         return None
-    free = (state.count == 0) & index.elig_rows[index.elig_kind[mi]] & ~state.holds.row(mi)
-    free &= index.min_mem[mi] <= index.cap_mib + EPS
-    free &= nodes.room(mi, state.cpu_left, state.hmem_left, nodes.gpu_node)
+    free = nodes.node_room(mi, state.cpu_left, state.hmem_left)[nodes.gpu_node]
+    free &= state.count == 0
+    if index.restricted[mi]:
+        free &= index.elig_rows[index.elig_kind[mi]]
+    if index.uniform_cap is None:
+        free &= index.min_mem[mi] <= index.cap_mib + EPS
+    elif not index.min_mem[mi] <= index.uniform_cap + EPS:
+        return None
+    if state.holds.any_closed(mi):
+        free &= ~state.holds.row(mi)
     best_g, best_load = -1, -1.0
-    for g in first_free_per_class(index.gpu_class, free).tolist():
+    single = len(index.class_first) == 1
+    for g in first_free_per_class(index.gpu_class, free, single).tolist():
         load = float(index.empty_loads(float(index.cap_mib[g]))[mi])
         if load > best_load:  # ascending g: the lowest index wins ties
             best_g, best_load = g, load

@@ -14,7 +14,7 @@ online, lns. Pure: no I/O, mutates nothing but what it is given.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +41,7 @@ class NodeIndex:
     # (nodes,) replicas of type/selector-restricted models that may use the node's GPUs: a
     # gang prefers nodes fewer restricted models need (keep the scarce typed GPUs for them)
     wanted: npt.NDArray[np.float64]
+    _per_node: dict[object, npt.NDArray[np.int64]] = field(default_factory=dict, compare=False)
 
     @staticmethod
     def build(
@@ -104,6 +105,22 @@ class NodeIndex:
             mem_left[nodes] >= self.need_mem[mi] - _TOL
         )
 
+    def node_room(
+        self, mi: int, cpu_left: npt.NDArray[np.float64], mem_left: npt.NDArray[np.float64]
+    ) -> npt.NDArray[np.bool_]:
+        """(nodes,) whether each node has the CPU and host memory of a replica of ``mi``."""
+        return (cpu_left >= self.need_cpu[mi] - _TOL) & (mem_left >= self.need_mem[mi] - _TOL)
+
+    def per_node(self, gpu_ok: npt.NDArray[np.bool_], key: object = None) -> npt.NDArray[np.int64]:
+        """(nodes,) how many GPUs of ``gpu_ok`` each node has; cached under ``key`` if given
+        (callers pass one when ``gpu_ok`` depends only on it)."""
+        if key is not None and key in self._per_node:
+            return self._per_node[key]
+        out = np.bincount(self.gpu_node[gpu_ok], minlength=len(self.names))
+        if key is not None:
+            self._per_node[key] = out
+        return out
+
 
 def gang_candidates(
     nodes: NodeIndex,
@@ -121,8 +138,7 @@ def gang_candidates(
     if ids.size < k:
         return None
     per_node = np.bincount(nodes.gpu_node[ids], minlength=len(nodes.names))
-    all_nodes = np.arange(len(nodes.names))
-    ok = (per_node >= k) & nodes.room(mi, cpu_left, mem_left, all_nodes)
+    ok = (per_node >= k) & nodes.node_room(mi, cpu_left, mem_left)
     cand = np.flatnonzero(ok)
     if cand.size == 0:
         return None
@@ -133,9 +149,12 @@ def gang_candidates(
 
 
 def first_free_per_class(
-    gpu_class: npt.NDArray[np.int64], free: npt.NDArray[np.bool_]
+    gpu_class: npt.NDArray[np.int64], free: npt.NDArray[np.bool_], single_class: bool = False
 ) -> npt.NDArray[np.intp]:
     """The lowest-index GPU of each class among ``free`` (ascending)."""
+    if single_class:
+        i = int(np.argmax(free)) if free.size else 0
+        return np.asarray([i] if free.size and free[i] else [], dtype=np.intp)
     ids = np.flatnonzero(free)
     if ids.size == 0:
         return ids
@@ -144,16 +163,16 @@ def first_free_per_class(
 
 
 def resources_message(
-    nodes: NodeIndex, mi: int, gpu_ok: npt.NDArray[np.bool_], name: str
+    nodes: NodeIndex, mi: int, gpu_ok: npt.NDArray[np.bool_], name: str, key: object = None
 ) -> str | None:
     """Why no single node can host one replica of ``mi`` even empty (None: one can).
 
-    ``gpu_ok`` marks the GPUs that admit the model (type, selector, GPU memory)."""
+    ``gpu_ok`` marks the GPUs that admit the model (type, selector, GPU memory); ``key``
+    caches its per-node count (see ``NodeIndex.per_node``)."""
     k = int(nodes.gang[mi])
-    per_node = np.bincount(nodes.gpu_node[gpu_ok], minlength=len(nodes.names))
+    per_node = nodes.per_node(gpu_ok, key)
     eligible = per_node > 0
-    all_nodes = np.arange(len(nodes.names))
-    room = nodes.room(mi, nodes.cpu_milli, nodes.memory_mib, all_nodes)
+    room = nodes.node_room(mi, nodes.cpu_milli, nodes.memory_mib)
     if not eligible.any() or ((per_node >= k) & room).any():
         return None
     parts = []

@@ -119,8 +119,12 @@ def unplaceable_reason(index: PackIndex, mi: int) -> Unplaced | None:
             f"needs {need:.0f} MiB, the largest matching GPU offers {biggest:.0f} MiB",
         )
     if index.nodes is not None and index.nodes.special[mi]:
-        gpu_ok = index.elig_rows[index.elig_kind[mi]] & (need <= index.cap_mib + EPS)
-        msg = resources_message(index.nodes, mi, gpu_ok, name)
+        kind = int(index.elig_kind[mi])
+        if index.uniform_cap is not None:  # need <= the capacity (checked above)
+            gpu_ok, key = index.elig_rows[kind], ("kind", kind)
+        else:
+            gpu_ok, key = index.elig_rows[kind] & (need <= index.cap_mib + EPS), None
+        msg = resources_message(index.nodes, mi, gpu_ok, name, key)
         if msg is not None:
             return out(UnplacedReason.RESOURCES_EXCEED_EVERY_NODE, msg)
     return None
