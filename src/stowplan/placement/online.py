@@ -21,6 +21,7 @@ import numpy as np
 from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
 from stowplan.placement.lns import gpu_loads
 from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason, count_moves
+from stowplan.placement.nodestate import current_gpus, place
 from stowplan.placement.packing import PackIndex, PackState, Replica
 from stowplan.placement.planner import (
     lower_bound,
@@ -36,9 +37,9 @@ def _state_from_current(index: PackIndex, problem: Problem) -> PackState:
         mi = index.model_pos.get(a.model)
         if mi is None or a.replica >= index.models[mi].replicas:
             continue
-        gs = state.current_gpus(mi, a)
+        gs = current_gpus(state, mi, a)
         if gs is not None:
-            state.place((mi, a.replica), gs)
+            place(state, (mi, a.replica), gs)
     return state
 
 

@@ -26,6 +26,7 @@ from stowplan.placement.capacity import EPS
 from stowplan.placement.errors import InvalidProblem
 from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason, count_moves
 from stowplan.placement.nodefit import resources_message
+from stowplan.placement.nodestate import current_gpus, place
 from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
 
 Clock = Callable[[], float]
@@ -207,9 +208,9 @@ def _keep_current(state: PackState, problem: Problem) -> None:
             continue
         if (mi, a.replica) in state.where:
             continue
-        gs = state.current_gpus(mi, a)
+        gs = current_gpus(state, mi, a)
         if gs is not None:
-            state.place((mi, a.replica), gs)
+            place(state, (mi, a.replica), gs)
 
 
 def _preempt(state: PackState, left: list[Replica], pinned: set[Replica]) -> list[Replica]:
