@@ -69,6 +69,39 @@ def test_time_limit_option() -> None:
             "listed twice",
             id="duplicate gpu",
         ),
+        pytest.param(
+            '{"gpus": [], "models": [], "nodes": [{"node": "n", "cpu_milli": 1, "memory_mib": 1},'
+            ' {"node": "n", "cpu_milli": 2, "memory_mib": 2}]}',
+            "listed twice",
+            id="duplicate node",
+        ),
+        pytest.param(
+            '{"gpus": [], "models": [],'
+            ' "nodes": [{"node": "n", "cpu_milli": -1, "memory_mib": 1}]}',
+            "nodes.0.cpu_milli",
+            id="negative node cpu",
+        ),
+        pytest.param(
+            '{"gpus": [], "models": [], "nodes": [{"node": "n", "cpu": 1, "memory_mib": 1}]}',
+            "nodes.0",
+            id="unknown node field",
+        ),
+        pytest.param(
+            '{"gpus": [], "models": [{"name": "m", "replicas": 1, "slo_ms": 10, "target_qps": 1,'
+            ' "latency_ms": {"base": 1, "per_item": 1},'
+            ' "memory_mib": {"weights": 1, "per_item": 1}, "max_batch": 1,'
+            ' "gpus": 4, "gpu_milli": 500}]}',
+            "gpus=4 needs gpu_milli=1000",
+            id="fractional gang",
+        ),
+        pytest.param(
+            '{"gpus": [], "models": [{"name": "m", "replicas": 1, "slo_ms": 10, "target_qps": 1,'
+            ' "latency_ms": {"base": 1, "per_item": 1},'
+            ' "memory_mib": {"weights": 1, "per_item": 1}, "max_batch": 1,'
+            ' "host_memory_mib": -5}]}',
+            "models.0.host_memory_mib",
+            id="negative host memory",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path: Path, text: str, needle: str) -> None:
