@@ -12,11 +12,8 @@ Policies: ``bestfit`` (the simulator's BestFit score, to check the protocol), ``
 re-implementation of fragmentation gradient descent), ``stowplan`` (our online mode: FGD's
 fragmentation score against the workload's task distribution, ties broken by best fit instead of
 at random: the tightest GPU in a node, the node with the least free GPU (plus free CPU, except
-for fractional pods)) and ``stowplan`` + ``defrag_moves`` > 0: at most that many moves per
-arrival, either to make room for a failed arrival (CPU-only or fractional pods off a node short
-of CPU/memory, the pods off one GPU, or off the GPUs a multi-GPU pod lacks on one node) or,
-proactively, to fill the hole beside a just-placed pod of more than 500 milli with small pods
-from elsewhere when that lowers the fragmentation. Callers: ``stowplan bench fgd``, tests.
+for fractional pods)) and ``stowplan`` + ``defrag_moves`` > 0 (at most that many moves per
+arrival, made by ``tracedefrag.Defragmenter``). Callers: ``stowplan bench fgd``, tests.
 """
 
 from __future__ import annotations
@@ -34,7 +31,6 @@ MAX_SPEC_CPU = 128_000
 MAX_SPEC_GPU = 8_000
 MAX_GPUS = 8
 HALF_MILLI = 500  # two fractional pods above this never share a GPU
-HOLE_PODS_MILLI = 200  # pods this small fit beside the commonest large pod (810 milli)
 
 
 @dataclass(frozen=True)
@@ -294,9 +290,9 @@ class Simulator:
         self.rank = np.asarray(rank)
         self.spec_cache: dict[str, np.ndarray] = {}
         self.running: dict[int, list[tuple[PodRow, list[int]]]] = {}
-        self.moves = 0
-        # (node, GPU) -> its pods of at most HOLE_PODS_MILLI (the ones that fit beside a large pod)
-        self.small_at: dict[tuple[int, int], list[PodRow]] = {}
+        from stowplan.placement.tracedefrag import Defragmenter  # it imports this module
+
+        self.defrag = Defragmenter(self, defrag_moves) if defrag_moves else None
         # stowplan's score: sigmoid of the fragmentation decrease over this many milli,
         # truncated to an integer (FGD: over 1,000); equal scores go to the tightest GPU in a node
         self.scale_milli = 150.0  # finer than FGD; see the variants table in the README
@@ -416,220 +412,8 @@ class Simulator:
     def _commit(self, i: int, pod: PodRow, gpus: list[int]) -> None:
         self.cluster.place(i, pod, gpus)
         self.running.setdefault(i, []).append((pod, gpus))
-        self._track(i, pod, gpus, add=True)
-
-    def _track(self, i: int, pod: PodRow, gpus: list[int], add: bool) -> None:
-        if not 0 < pod.gpu_milli <= HOLE_PODS_MILLI:
-            return
-        at = self.small_at.setdefault((i, gpus[0]), [])
-        if add:
-            at.append(pod)
-        else:
-            at.remove(pod)
-            if not at:
-                del self.small_at[(i, gpus[0])]
-
-    def _fill_hole(self, i: int, g: int) -> None:
-        """Proactive defragmentation after a pod of more than 500 milli lands on GPU ``g`` of node
-        ``i``: move at most ``defrag_moves`` small pods from other nodes into the hole beside it,
-        each the move that lowers the fragmentation of both nodes most (if any lowers it)."""
-        c = self.cluster
-        for _ in range(self.defrag_moves):
-            hole = int(c.left[i, g])
-            before_i = self.frag.frag(c.state_key[i])
-            best: tuple[float, int, int, PodRow] | None = None
-            for (j, gj), pods in self.small_at.items():
-                if j == i:
-                    continue
-                for p in set(pods):
-                    if p.gpu_milli > hole or c.cpu_left[i] < p.cpu_milli:
-                        continue
-                    if c.mem_left[i] < p.memory_mib:
-                        continue
-                    gain = before_i + self.frag.frag(c.state_key[j])
-                    gain -= self.frag.frag(self._key_after(i, g, p, +1))
-                    gain -= self.frag.frag(self._key_after(j, gj, p, -1))
-                    if gain > 1.0 and (best is None or gain > best[0]):
-                        best = (gain, j, gj, p)
-            if best is None:
-                return
-            _, j, gj, p = best
-            c.unplace(j, p, [gj])
-            self.running[j].remove((p, [gj]))
-            self._track(j, p, [gj], add=False)
-            self._commit(i, p, [g])
-            self.moves += 1
-
-    def _key_after(self, i: int, g: int, p: PodRow, sign: int) -> tuple[int, ...]:
-        c = self.cluster
-        left = c.left[i, : int(c.ngpu[i])].tolist()
-        left[g] -= sign * p.gpu_milli
-        return (int(c.model_id[i]), int(c.cpu_left[i]) - sign * p.cpu_milli, *sorted(left))
-
-    def _defrag(self, pod: PodRow) -> bool:
-        """Make room for a failed arrival: CPU first (move CPU-only pods off a node whose GPUs
-        could take it), then GPU (move the pods off one GPU, or off the GPUs a multi-GPU pod
-        lacks on one node)."""
-        return self._defrag_cpu(pod) or self._defrag_gpu(pod) or self._defrag_multi(pod)
-
-    def _defrag_cpu(self, pod: PodRow) -> bool:
-        """Move at most ``defrag_moves`` CPU-only or fractional pods (CPU-only first, then the
-        most CPU-hungry) off a node that has the GPU room but not the CPU or memory for ``pod``
-        (GPUs stranded by CPU are a large share of the loss)."""
-        c = self.cluster
-        if pod.num_gpu == 0:
-            return False
-        room = self._spec(pod.gpu_spec).copy()
-        if pod.gpu_milli < MILLI:
-            room &= (c.left >= pod.gpu_milli).any(axis=1)
-        else:
-            room &= (c.left == MILLI).sum(axis=1) >= pod.num_gpu
-        need_cpu = np.maximum(0, pod.cpu_milli - c.cpu_left)
-        need_mem = np.maximum(0, pod.memory_mib - c.mem_left)
-        cand = np.flatnonzero(room & ((need_cpu > 0) | (need_mem > 0)))
-        if cand.size == 0:
-            return False
-        for i in cand[np.argsort(need_cpu[cand], kind="stable")][:32].tolist():
-            movable = sorted(
-                ((p, gs) for p, gs in self.running.get(i, []) if p.gpu_milli < MILLI),
-                key=lambda pg: (pg[0].num_gpu > 0, -pg[0].cpu_milli),
-            )
-            movers: list[tuple[PodRow, list[int]]] = []
-            got_cpu = got_mem = 0
-            for p, gs in movable:
-                if got_cpu >= need_cpu[i] and got_mem >= need_mem[i]:
-                    break
-                if len(movers) == self.defrag_moves:
-                    break
-                movers.append((p, gs))
-                got_cpu += p.cpu_milli
-                got_mem += p.memory_mib
-            if got_cpu < need_cpu[i] or got_mem < need_mem[i]:
-                continue
-
-            def fits_now(node: int = i) -> bool:
-                return bool(c.feasible(pod, self._spec(pod.gpu_spec))[node])
-
-            if self._move_out(i, movers, fits_now):
-                self._commit(i, pod, self._bestfit_gpus(i, pod))
-                return True
-        return False
-
-    def _move_out(
-        self, i: int, movers: list[tuple[PodRow, list[int]]], done: Callable[[], bool]
-    ) -> bool:
-        """Move ``movers`` off node ``i`` to other nodes; keep the moves only if ``done()``."""
-        c = self.cluster
-        moved: list[tuple[PodRow, list[int], int, list[int]]] = []
-        for p, gs in movers:
-            c.unplace(i, p, gs)
-            dest = self._choose(p, exclude=i)
-            if dest is None:
-                c.place(i, p, gs)
-                break
-            c.place(dest[0], p, dest[1])
-            moved.append((p, gs, dest[0], dest[1]))
-        if len(moved) == len(movers) and done():
-            for p, gs, j, gj in moved:
-                self.running[i].remove((p, gs))
-                self.running.setdefault(j, []).append((p, gj))
-                self._track(i, p, gs, add=False)
-                self._track(j, p, gj, add=True)
-            self.moves += len(moved)
-            return True
-        for p, gs, j, gj in reversed(moved):  # roll back
-            c.unplace(j, p, gj)
-            c.place(i, p, gs)
-        return False
-
-    def _defrag_gpu(self, pod: PodRow) -> bool:
-        """Make room for a one-GPU pod by moving at most ``defrag_moves`` fractional pods off one
-        GPU to other nodes (the moved pods must fit elsewhere; all-or-nothing)."""
-        if pod.num_gpu != 1:
-            return False
-        c = self.cluster
-        ok = (c.cpu_left >= pod.cpu_milli) & (c.mem_left >= pod.memory_mib)
-        cand = np.flatnonzero(ok & self._spec(pod.gpu_spec))
-        options: list[tuple[int, int, int]] = []
-        for i in cand.tolist():
-            for g in range(int(c.ngpu[i])):
-                short = pod.gpu_milli - int(c.left[i, g])
-                if short > 0:
-                    options.append((short, i, g))
-        options.sort()
-        tried = 0
-        for short, i, g in options:
-            residents = [(p, gs) for p, gs in self.running.get(i, []) if gs == [g]]
-            if any(p.gpu_milli >= MILLI for p, _ in residents):
-                continue
-            movers = self._movers(residents, short)
-            if movers is None:
-                continue
-            tried += 1
-            if tried > 32:
-                break
-
-            def fits(i: int = i, g: int = g) -> bool:
-                return bool(
-                    c.left[i, g] >= pod.gpu_milli
-                    and c.cpu_left[i] >= pod.cpu_milli
-                    and c.mem_left[i] >= pod.memory_mib
-                )
-
-            if self._move_out(i, movers, fits):
-                self._commit(i, pod, [g])
-                return True
-        return False
-
-    def _defrag_multi(self, pod: PodRow) -> bool:
-        """Make room for a pod of ``num_gpu`` >= 2 whole GPUs on one node: move every pod off the
-        used GPUs it lacks there (the GPUs with the fewest residents; at most ``defrag_moves``
-        pods in all, none spanning several GPUs) to other nodes."""
-        if pod.num_gpu < 2 or pod.gpu_milli < MILLI:
-            return False
-        c = self.cluster
-        ok = (c.cpu_left >= pod.cpu_milli) & (c.mem_left >= pod.memory_mib)
-        ok &= self._spec(pod.gpu_spec) & (c.ngpu >= pod.num_gpu)
-        options: list[tuple[int, int, int, list[tuple[PodRow, list[int]]]]] = []
-        for i in np.flatnonzero(ok).tolist():
-            n = int(c.ngpu[i])
-            lack = pod.num_gpu - int((c.left[i, :n] == MILLI).sum())
-            per_gpu: dict[int, list[tuple[PodRow, list[int]]]] = {}
-            for p, gs in self.running.get(i, []):
-                for g in gs:
-                    per_gpu.setdefault(g, []).append((p, gs))
-            clearable = sorted(
-                (len(res), sum(p.gpu_request for p, _ in res), g)
-                for g, res in per_gpu.items()
-                if all(len(gs) == 1 for _, gs in res)
-            )[:lack]
-            movers = [pg for _, _, g in clearable for pg in per_gpu[g]]
-            if len(clearable) == lack and len(movers) <= self.defrag_moves:
-                milli = sum(p.gpu_request for p, _ in movers)
-                options.append((len(movers), milli, i, movers))
-        options.sort(key=lambda o: o[:3])
-        for _, _, i, movers in options[:32]:
-
-            def fits(i: int = i) -> bool:
-                return bool(c.feasible(pod, self._spec(pod.gpu_spec))[i])
-
-            if self._move_out(i, movers, fits):
-                self._commit(i, pod, self._bestfit_gpus(i, pod))
-                return True
-        return False
-
-    def _movers(
-        self, residents: list[tuple[PodRow, list[int]]], short: int
-    ) -> list[tuple[PodRow, list[int]]] | None:
-        """Fewest residents (at most ``defrag_moves``) whose milli sum reaches ``short``."""
-        by_size = sorted(residents, key=lambda pg: pg[0].gpu_milli)
-        for p, gs in by_size:  # one pod: the smallest that suffices
-            if p.gpu_milli >= short:
-                return [(p, gs)]
-        if self.defrag_moves < 2:
-            return None
-        chosen = by_size[::-1][: self.defrag_moves]  # else the largest few
-        return chosen if sum(p.gpu_milli for p, _ in chosen) >= short else None
+        if self.defrag is not None:
+            self.defrag.track(i, pod, gpus, add=True)
 
     def run(
         self, seq: Sequence[PodRow], workload: str, seed: int, clock: Callable[[], float]
@@ -645,9 +429,9 @@ class Simulator:
             if choice is not None:
                 self._commit(choice[0], pod, choice[1])
                 placed += 1
-                if self.defrag_moves and HALF_MILLI < pod.gpu_milli < MILLI:
-                    self._fill_hole(choice[0], choice[1][0])
-            elif self.defrag_moves and self._defrag(pod):
+                if self.defrag is not None and HALF_MILLI < pod.gpu_milli < MILLI:
+                    self.defrag.fill_hole(choice[0], choice[1][0])
+            elif self.defrag is not None and self.defrag.make_room(pod):
                 placed += 1
             else:
                 failed += 1
@@ -663,7 +447,7 @@ class Simulator:
             allocation_pct={k: v[0] / v[1] for k, v in sums.items()},
             placed=placed,
             failed=failed,
-            moves=self.moves,
+            moves=self.defrag.moves if self.defrag is not None else 0,
             seconds=clock() - start,
             idle=idle_breakdown(self.cluster, self.running, self.typical),
         )
