@@ -297,11 +297,11 @@ class Simulator:
         # truncated to an integer (FGD: over 1,000); equal scores go to the tightest GPU in a node
         self.scale_milli = 150.0  # finer than FGD; see the variants table in the README
         # whole-GPU pods: the same, unless pods of several GPUs carry a quarter or more of the
-        # workload's GPU request (multigpu50: 97.19 vs 97.03 % with 300 on seeds 42-44; default,
-        # where they carry 7 %: 95.30 vs 95.40 %)
+        # workload's GPU request: then FGD's 1,000 (multigpu50, 10 seeds: 97.20 % vs 97.13 with
+        # 300 and 97.0 with 150; default, where they carry 7 %: 95.30 with 300 vs 95.40, 3 seeds)
         gpu_req = sum(p.gpu_request for p in typical)
         multi = sum(p.gpu_request for p in typical if p.num_gpu > 1)
-        self.scale_milli_whole = 300.0 if multi >= 0.25 * gpu_req else self.scale_milli
+        self.scale_milli_whole = 1000.0 if multi >= 0.25 * gpu_req else self.scale_milli
         self.gpu_tiebreak = True
         # node tie-break among equal scores: least free GPU milli plus this weight times free
         # CPU left after placing. CPU counts for whole-GPU and CPU-only pods (packing CPU
