@@ -103,7 +103,8 @@ def load_published(path: Path, column: str) -> dict[tuple[str, str], float]:
     default=3,
     show_default=True,
     type=click.IntRange(0, 20),
-    help="Moves allowed per failed arrival in the defragmentation run.",
+    help="Moves allowed per arrival in the defragmentation run (to make room for a pod "
+    "that fits nowhere, or to fill the hole beside a just-placed large pod).",
 )
 @click.option(
     "--arrived",
