@@ -1,5 +1,5 @@
-"""CP-SAT models (the only module importing OR-Tools): LNS repacking of a few GPUs, and the
-offline upper bound of the GPU-sharing trace benchmark.
+"""CP-SAT models of the engine (with ``tracebound``, the only modules importing OR-Tools): LNS
+repacking of a few GPUs and the lower bounds that need a solver.
 
 ``repack`` solves the DESIGN §3 discretised model on a neighbourhood: binary ``x[r, g]`` (replica
 r on GPU g), ``lvl[g, l]`` (GPU g runs duty-cycle level l), ``used[g]``; per GPU and level the
@@ -9,13 +9,13 @@ When the problem has node CPU/host-memory limits, the replicas placed on the nei
 GPUs of one node fit in what that node has left (the CPU and memory of the neighbourhood's own
 replicas given back); multi-GPU replicas are never part of a neighbourhood (lns).
 Objective: fewest GPUs, then fewest moves away from the current placement, with a hint from the
-incoming plan. Callers: lns (repack), bench_fgd (trace_upper_bound). No I/O.
+incoming plan. Callers: lns (repack), planner (bounds). No I/O.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -23,7 +23,6 @@ from ortools.sat.python import cp_model
 
 from stowplan.placement.errors import SolverFailed
 from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
-from stowplan.placement.tracesim import MILLI, NodeRow, PodRow
 
 GPU_WEIGHT = 10_000  # one GPU saved is worth more than any number of moves in a neighbourhood
 PLACE_WEIGHT = 1_000_000  # placing an unplaced replica beats anything else
@@ -158,57 +157,6 @@ def _node_limits(
             ]
             if terms:
                 model.add(sum(c * v for c, v in terms) <= math.floor(float(left[k]) + back + 1e-6))
-
-
-def trace_upper_bound(
-    nodes: Sequence[NodeRow], pods: Sequence[PodRow], time_limit_s: float = 10.0
-) -> float:
-    """Offline bound on the GPU allocation ratio any placement of ``pods`` can reach.
-
-    Relaxation: nodes of one class (GPU model, GPUs, CPU, memory) are merged into one bin with
-    their summed GPU milli, CPU and memory; a pod kind may use a class its ``gpu_spec`` admits
-    and whose nodes have at least ``num_gpu`` GPUs; CPU-only pods are left out (they only take
-    room). Maximises the allocated GPU milli with CP-SAT and returns the proven bound / capacity.
-    """
-    classes = Counter((n.model, n.gpus, n.cpu_milli, n.memory_mib) for n in nodes if n.gpus > 0)
-    kinds = Counter(
-        (p.cpu_milli, p.memory_mib, p.num_gpu, p.gpu_milli, p.gpu_spec) for p in pods if p.num_gpu
-    )
-    capacity = sum(c[1] * n * MILLI for c, n in classes.items())
-    model = cp_model.CpModel()
-    terms: list[tuple[int, cp_model.IntVar]] = []
-    per_class: dict[
-        tuple[str, int, int, int], list[tuple[tuple[int, int, int, int, str], cp_model.IntVar]]
-    ] = defaultdict(list)
-    for kind, count in kinds.items():
-        _cpu, _mem, num, milli, spec = kind
-        allowed = set(spec.split("|")) if spec else None
-        vs = []
-        for cls in classes:
-            if (allowed is None or cls[0] in allowed) and num <= cls[1]:
-                v = model.new_int_var(0, count, f"x_{len(terms)}")
-                vs.append(v)
-                per_class[cls].append((kind, v))
-                terms.append((num * milli, v))
-        if vs:
-            model.add(sum(vs) <= count)
-    for cls, items in per_class.items():
-        n = classes[cls]
-        model.add(sum(k[2] * k[3] * v for k, v in items) <= n * cls[1] * MILLI)
-        model.add(sum(k[0] * v for k, v in items) <= n * cls[2])
-        model.add(sum(k[1] * v for k, v in items) <= n * cls[3])
-        # whole-GPU pods: at most floor(gpus / num) per node of this class
-        for k, v in items:
-            if k[3] >= MILLI:
-                model.add(v <= n * (cls[1] // k[2]))
-    model.maximize(sum(c * v for c, v in terms))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit_s
-    solver.parameters.num_workers = 1
-    status = solver.solve(model)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return 1.0
-    return min(1.0, solver.best_objective_bound / capacity)
 
 
 def fractional_matching(counts: Sequence[int], pairs: Sequence[tuple[int, int]]) -> float:
