@@ -152,12 +152,17 @@ def lower_bound(index: PackIndex, placeable: list[int]) -> int:
     return excl + gpu_lower_bound(shares.tolist(), mems.tolist(), counts.tolist())
 
 
-def tight_lower_bound(problem: Problem) -> int:
-    """``lower_bound`` plus the pair-matching bound (imports OR-Tools; tens of ms at 1,000
-    replicas). Used by ``plan`` when it has a time budget, and by the benchmark."""
+def tight_lower_bound(problem: Problem, colgen_s: float = 60.0) -> int:
+    """The best bound we compute: ``lower_bound``, the pair-matching bound, the level-aggregated
+    CP-SAT bound (5 s) and the configuration LP (column generation, ``colgen_s``). Imports
+    OR-Tools; for the benchmark and offline analysis (``plan`` reports the cheaper ``_tight``)."""
+    from stowplan.placement.colgen import configuration_bound
+
     index = PackIndex.build(problem)
     placeable = [mi for mi in range(len(index.models)) if unplaceable_reason(index, mi) is None]
-    return max(_tight(index, placeable), _level(index, placeable, 5.0))
+    single, excl = _gang_split(index, placeable)
+    config = excl + configuration_bound(index, single, colgen_s) if colgen_s > 0 else 0
+    return max(_tight(index, placeable), _level(index, placeable, 5.0), config)
 
 
 def _tight(index: PackIndex, placeable: list[int]) -> int:
