@@ -13,6 +13,12 @@ tried, with the model's load alone precomputed per capacity; consecutive replica
 GPUs, so they take the k tightest fits in order, then empty GPUs. Same plans as placing one
 replica at a time with ``choose_gpu`` (``tests/placement/test_bestfit_speed.py``).
 
+Compiled kernel: without node demands, ``best_fit`` hands the whole sequence to
+``bestfit_kernel`` (numba, imported on first use; compiled once and cached on disk) which makes
+the same choices with the same float operations (``tests/placement/test_bestfit_kernel.py``);
+the numpy code below stays the definition and the fallback (no numba, node demands, or
+``$STOWPLAN_NO_KERNEL`` set).
+
 Fixed node demands (``PackIndex.nodes``, None otherwise so the above is untouched): multi-GPU
 replicas go first within a priority (more GPUs first) onto the node fewest type-restricted
 models want, then the tightest, with enough empty eligible GPUs and CPU/memory
@@ -23,6 +29,8 @@ that much left, and such models are placed one replica at a time.
 from __future__ import annotations
 
 import heapq
+import importlib.util
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -34,6 +42,9 @@ from stowplan.placement.nodestate import place
 from stowplan.placement.packing import ROW, PackIndex, PackState, Replica
 
 _INF = np.inf
+# best_fit hands sequences at least this long to the compiled kernel (``bestfit_kernel``)
+KERNEL_MIN_REPLICAS = 1
+_HAVE_NUMBA: bool | None = None
 
 
 def choose_gpu(state: PackState, mi: int) -> int | None:
@@ -218,9 +229,13 @@ def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
     Same result as ``choose_gpu`` + ``add`` one replica at a time; a run of consecutive
     replicas of one model is placed with one candidate test."""
     reps = list(replicas)
+    nodes = state.index.nodes
+    if nodes is None and len(reps) >= KERNEL_MIN_REPLICAS and _kernel_ok():
+        from stowplan.placement import bestfit_kernel  # numba: imported on first use only
+
+        return bestfit_kernel.place(state, reps)
     left: list[Replica] = []
     i, n = 0, len(reps)
-    nodes = state.index.nodes
     while i < n:
         mi = reps[i][0]
         j = i + 1
@@ -237,6 +252,28 @@ def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
             _place_run(state, mi, reps[i:j], left)
         i = j
     return left
+
+
+def _kernel_ok() -> bool:
+    """Whether the compiled path may run: numba imports and ``$STOWPLAN_NO_KERNEL`` is unset
+    (or 0)."""
+    if os.environ.get("STOWPLAN_NO_KERNEL", "") not in ("", "0"):
+        return False
+    global _HAVE_NUMBA
+    if _HAVE_NUMBA is None:
+        _HAVE_NUMBA = importlib.util.find_spec("numba") is not None
+    return _HAVE_NUMBA
+
+
+def kernel_status() -> str:
+    """Which path ``best_fit`` takes without node demands, in words (for benchmarks)."""
+    if os.environ.get("STOWPLAN_NO_KERNEL", "") not in ("", "0"):
+        return "numpy ($STOWPLAN_NO_KERNEL is set)"
+    if not _kernel_ok():
+        return "numpy (numba is not installed)"
+    from importlib.metadata import version
+
+    return f"compiled kernel (numba {version('numba')})"
 
 
 def _place_run(state: PackState, mi: int, run: Sequence[Replica], left: list[Replica]) -> None:

@@ -1,0 +1,106 @@
+"""The compiled best-fit kernel (``bestfit_kernel``) gives exactly the plans of the numpy path.
+
+``plan(problem)`` with the kernel and with ``$STOWPLAN_NO_KERNEL`` set must return equal plans
+(assignments, unplaced replicas, GPUs used): on synthetic instances, the committed instances in
+``placement/instances/``, a mixed fleet short of capacity (several GPU classes, selectors,
+priorities) and an operator pass that keeps current assignments (closed GPUs at the start)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from stowplan import placement
+from stowplan.placement.bestfit import kernel_status
+from stowplan.placement.instances import problem_from_json
+from stowplan.placement.models import Gpu, Plan, Problem
+from stowplan.placement.synth import LatencyFit, synthetic_problem
+
+FITS = [
+    LatencyFit("a", "A100-80GB", 1.2, 0.05, 128),
+    LatencyFit("b", "A100-80GB", 4.1, 0.5, 64),
+    LatencyFit("c", "A100-80GB", 0.3, 0.9, 32),
+    LatencyFit("d", "A100-80GB", 12.0, 0.02, 256),
+]
+INSTANCES = sorted((Path(__file__).parents[2] / "placement" / "instances").glob("*.json"))
+
+pytest.importorskip("numba")
+
+
+def _both(problem: Problem, monkeypatch: pytest.MonkeyPatch) -> tuple[Plan, Plan]:
+    monkeypatch.setenv("STOWPLAN_NO_KERNEL", "1")
+    slow = placement.plan(problem)
+    monkeypatch.setenv("STOWPLAN_NO_KERNEL", "")
+    assert kernel_status().startswith("compiled kernel")
+    return slow, placement.plan(problem)
+
+
+def _same(a: Plan, b: Plan) -> None:
+    assert a.assignments == b.assignments
+    assert a.unplaced == b.unplaced
+    assert a.gpus_used == b.gpus_used
+
+
+@pytest.mark.parametrize("n", [50, 200, 1000, 3000])
+def test_kernel_plans_equal_numpy_plans_on_synthetic_instances(
+    n: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _same(*_both(synthetic_problem(FITS, n, seed=1), monkeypatch))
+
+
+@pytest.mark.parametrize("path", INSTANCES, ids=lambda p: p.name)
+def test_kernel_plans_equal_numpy_plans_on_committed_instances(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    problem = problem_from_json(json.loads(path.read_text()))
+    _same(*_both(problem, monkeypatch))
+
+
+def test_kernel_plans_equal_on_a_mixed_fleet_short_of_capacity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(3)
+    base = synthetic_problem(FITS, 600, seed=3)
+    gpus = tuple(
+        Gpu(
+            node=f"h{i // 8}",
+            index=i % 8,
+            memory_mib=(40960, 81920, 81920)[i % 3],
+            gpu_type=("A100-40", "A100", "H100")[i % 3],
+            labels={"zone": f"z{(i // 8) % 2}"} if i % 3 == 2 else {},
+        )
+        for i in range(len(base.gpus) // 4)
+    )
+    models = []
+    for m in base.models:
+        x = rng.random()
+        upd: dict[str, object] = {"priority": rng.choice((0, 0, 0, 1, 2))}
+        if x < 0.1:
+            upd["gpu_type"] = "H100"
+        elif x < 0.15:
+            upd["node_selector"] = {"zone": "z1"}
+        models.append(m.model_copy(update=upd))
+    problem = Problem(gpus=gpus, models=tuple(models), memory_reserve_mib=512)
+    slow, fast = _both(problem, monkeypatch)
+    assert slow.unplaced  # the no-fit paths ran
+    _same(slow, fast)
+
+
+def test_kernel_plans_equal_on_an_operator_pass_with_current_assignments(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    problem = synthetic_problem(FITS, 1000, seed=4)
+    first = placement.plan(problem)
+    rng = random.Random(4)
+    kept = tuple(a for a in first.assignments if rng.random() < 0.6)
+    grown = tuple(
+        m.model_copy(update={"replicas": m.replicas + rng.choice((0, 0, 1, 2))})
+        for m in problem.models
+    )
+    again = problem.model_copy(update={"current": kept, "models": grown})
+    slow, fast = _both(again, monkeypatch)
+    _same(slow, fast)
+    assert fast.moves == slow.moves
