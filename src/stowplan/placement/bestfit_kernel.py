@@ -18,6 +18,7 @@ change a choice (the numpy path is the definition).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,7 @@ def _place_runs(
     class_gpus: Any,
     empty_load: Any,
     slack_floor: float,
+    mem_floor: float,
     levels: Any,
     eps: float,
 ) -> Any:
@@ -71,14 +73,23 @@ def _place_runs(
     # replicas placed here, chained per model (a model may come back in a later run)
     head = np.full(elig_kind.size, -1, dtype=np.int64)
     nxt = np.full(n_reps, -1, dtype=np.int64)
-    # used GPUs that may still take a replica (pruned when below slack_floor)
+    # used GPUs that may still take a replica, with copies of their free time share and
+    # level-0 free memory (a contiguous scan); pos[g]: g's place there, -1 if none. Pruned
+    # once below what the smallest model needs (nothing is removed in here).
     act = np.empty(n_gpus, dtype=np.int64)
+    act_sl = np.empty(n_gpus, dtype=np.float64)
+    act_mem = np.empty(n_gpus, dtype=np.float64)
+    pos = np.full(n_gpus, -1, dtype=np.int64)
     n_act = 0
     for g in range(n_gpus):
-        if count[g] > 0 and open_slack[g] >= slack_floor:
+        if count[g] > 0 and open_slack[g] >= slack_floor and mem_free0[g] >= mem_floor:
             act[n_act] = g
+            act_sl[n_act] = open_slack[g]
+            act_mem[n_act] = mem_free0[g]
+            pos[g] = n_act
             n_act += 1
     cand = np.empty(n_gpus, dtype=np.int64)
+    sel = np.empty(n_gpus + 1, dtype=np.int64)
     cload = np.empty(n_gpus, dtype=np.float64)
     first = np.empty(n_classes, dtype=np.int64)  # first possibly empty position per class
     for k in range(n_classes):
@@ -103,17 +114,28 @@ def _place_runs(
         a = 2 * s
         # used GPUs: loads of those that fit (ascending GPU order is not needed: ties are
         # broken on the index explicitly)
-        n_cand = 0
-        w = 0
+        if r % 16 == 0:  # drop the GPUs that can take nothing any more
+            w = 0
+            for i in range(n_act):
+                g = act[i]
+                if not (act_sl[i] >= slack_floor and act_mem[i] >= mem_floor):
+                    pos[g] = -1
+                    continue
+                act[w] = g
+                act_sl[w] = act_sl[i]
+                act_mem[w] = act_mem[i]
+                pos[g] = w
+                w += 1
+            n_act = w
+        # the cheap necessary conditions of ``used_candidates``, branch-free over the
+        # contiguous copies (most GPUs fail them)
+        n_pass = 0
         for i in range(n_act):
-            g = act[i]
-            sl = open_slack[g]
-            if not sl >= slack_floor:
-                continue  # full for good (no removal happens in here)
-            act[w] = g
-            w += 1
-            if not (sl >= share_lo and mem_free0[g] >= mem_lo):
-                continue
+            sel[n_pass] = i
+            n_pass += (act_sl[i] >= share_lo) & (act_mem[i] >= mem_lo)
+        n_cand = 0
+        for ii in range(n_pass):
+            g = act[sel[ii]]
             if every[g] or mark[g] == stamp:
                 continue
             if restr and not elig_rows[kind, g]:
@@ -142,7 +164,6 @@ def _place_runs(
                 cand[n_cand] = g
                 cload[n_cand] = best
                 n_cand += 1
-        n_act = w
         # the n_run tightest, highest load first, lowest index on ties
         placed = 0
         while placed < n_run and n_cand > 0:
@@ -169,6 +190,10 @@ def _place_runs(
                     lo = x
             open_slack[g] = 1.0 - lo
             mem_free0[g] = cap[g] - row[NL]
+            j = pos[g]
+            if j >= 0:
+                act_sl[j] = open_slack[g]
+                act_mem[j] = mem_free0[g]
             placed += 1
         # empty GPUs: the first of the tightest class (not closed to the model)
         while placed < n_run:
@@ -220,8 +245,11 @@ def _place_runs(
                     lo = x
             open_slack[g] = 1.0 - lo
             mem_free0[g] = cap[g] - row[NL]
-            if open_slack[g] >= slack_floor:
+            if open_slack[g] >= slack_floor and mem_free0[g] >= mem_floor:
                 act[n_act] = g
+                act_sl[n_act] = open_slack[g]
+                act_mem[n_act] = mem_free0[g]
+                pos[g] = n_act
                 n_act += 1
             placed += 1
     return out
@@ -261,6 +289,8 @@ def _tables(index: PackIndex) -> dict[str, Any]:
         "class_gpus": order,
         "empty_load": np.ascontiguousarray(empty_load),
         "slack_floor": float(index.slack_floor),
+        # a GPU with less level-0 free memory can take no replica at all
+        "mem_floor": float(index.min_mem.min(initial=np.inf)) - 1e-6,
         "levels": LEVELS.astype(np.float64),
         "eps": float(EPS),
     }
@@ -275,8 +305,8 @@ def place(state: PackState, reps: Sequence[Replica]) -> list[Replica]:
     assert index.nodes is None
     if not reps:
         return []
-    arr = np.array(reps, dtype=np.int64).reshape(-1, 2)
-    mis = arr[:, 0]
+    flat = np.fromiter(chain.from_iterable(reps), dtype=np.int64, count=2 * len(reps))
+    mis = flat[0::2]
     cut = np.flatnonzero(mis[1:] != mis[:-1]) + 1
     run_start = np.concatenate(([0], cut, [mis.size])).astype(np.int64)
     run_model = mis[run_start[:-1]]
@@ -321,20 +351,23 @@ def place(state: PackState, reps: Sequence[Replica]) -> list[Replica]:
         t["class_gpus"],
         t["empty_load"],
         t["slack_floor"],
+        t["mem_floor"],
         t["levels"],
         t["eps"],
     )
-    _record(state, reps, out)
-    return [rep for rep, g in zip(reps, out.tolist(), strict=True) if g < 0]
+    return _record(state, reps, out)
 
 
-def _record(state: PackState, reps: Sequence[Replica], out: npt.NDArray[np.int64]) -> None:
+def _record(state: PackState, reps: Sequence[Replica], out: npt.NDArray[np.int64]) -> list[Replica]:
     """The Python-side bookkeeping of what the kernel placed (its arrays are already updated):
-    ``where``, ``residents``, ``holds`` and the caches of ``PackState``."""
+    ``where``, ``residents``, ``holds`` and the caches of ``PackState``. Returns the replicas
+    left, in order."""
+    left: list[Replica] = []
     where, residents = state.where, state.residents
     by_model, by_gpu = state.holds.by_model, state.holds.by_gpu
     for rep, g in zip(reps, out.tolist(), strict=True):
         if g < 0:
+            left.append(rep)
             continue
         where[rep] = g
         residents[g].add(rep)
@@ -357,3 +390,4 @@ def _record(state: PackState, reps: Sequence[Replica], out: npt.NDArray[np.int64
         gc = state.index.gpu_class
         for k in range(len(state.empty_heaps)):
             state.empty_heaps[k] = np.flatnonzero(empty & (gc == k)).tolist()
+    return left
