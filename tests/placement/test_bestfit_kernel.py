@@ -2,12 +2,14 @@
 
 ``plan(problem)`` with the kernel and with ``$STOWPLAN_NO_KERNEL`` set must return equal plans
 (assignments, unplaced replicas, GPUs used): on synthetic instances, the committed instances in
-``placement/instances/``, a mixed fleet short of capacity (several GPU classes, selectors,
+``placement/instances/``, the benchmark instances (real latency fits, 50 to 10,000
+replicas), a mixed fleet short of capacity (several GPU classes, selectors,
 priorities) and an operator pass that keeps current assignments (closed GPUs at the start)."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from stowplan import placement
 from stowplan.placement.bestfit import kernel_status
 from stowplan.placement.instances import problem_from_json
 from stowplan.placement.models import Gpu, Plan, Problem
-from stowplan.placement.synth import LatencyFit, synthetic_problem
+from stowplan.placement.synth import LatencyFit, synthetic_problem, usable_fits
 
 FITS = [
     LatencyFit("a", "A100-80GB", 1.2, 0.05, 128),
@@ -25,6 +27,8 @@ FITS = [
     LatencyFit("c", "A100-80GB", 0.3, 0.9, 32),
     LatencyFit("d", "A100-80GB", 12.0, 0.02, 256),
 ]
+DATA = Path(os.environ.get("STOWPLAN_DATA", Path.cwd().parent / "shared" / "data"))
+FITS_CSV = DATA / "gpu-inference-latency" / "latency_vs_batch_linear_fits.csv"
 INSTANCES = sorted((Path(__file__).parents[2] / "placement" / "instances").glob("*.json"))
 
 pytest.importorskip("numba")
@@ -49,6 +53,17 @@ def test_kernel_plans_equal_numpy_plans_on_synthetic_instances(
     n: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _same(*_both(synthetic_problem(FITS, n, seed=1), monkeypatch))
+
+
+@pytest.mark.skipif(not FITS_CSV.exists(), reason="latency fits not present")
+def test_kernel_plans_equal_numpy_plans_on_the_benchmark_instances(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from stowplan.commands.bench_placement import load_fits
+
+    fits = usable_fits(load_fits(FITS_CSV))
+    for n in (50, 200, 1000, 3000, 10000):  # what ``stowplan bench placement`` builds
+        _same(*_both(synthetic_problem(fits, n, seed=1), monkeypatch))
 
 
 @pytest.mark.parametrize("path", INSTANCES, ids=lambda p: p.name)
