@@ -6,7 +6,8 @@ GPUs used by best-fit and by the engine with a time budget, the lower bound, sol
 time and memory per 1,000 replicas. ``--bestfit-only`` prints the best-fit speed table instead
 (``plan(problem)`` with no budget, what the operator runs on every pass): min and median
 seconds over ``--repeat`` runs, ms per 1,000 replicas and the peak Python heap of a separate,
-traced run. Thin shell: reading, timing and printing only.
+traced run, and the first call in this process (for the first size: numba import and kernel
+compile or cache load). Thin shell: reading, timing and printing only.
 """
 
 from __future__ import annotations
@@ -113,10 +114,14 @@ def _print_bestfit(rows: list[BestfitRow], repeat: int) -> None:
             f"| {n} | {models} | {gpus} | {lo:.4f} | {med:.4f} | {lo * 1e6 / n:.1f} | "
             f"{peak:.1f} | {first:.3f} |"
         )
-    click.echo(
-        f"\nbest-fit path: {kernel_status()}; the first call of the first size includes "
-        "the numba import and the kernel compile (or its cache load)."
+    status = kernel_status()
+    note = (
+        "; the first call of the first size includes the numba import and the kernel "
+        "compile (or its load from the on-disk cache)"
+        if status.startswith("compiled")
+        else ""
     )
+    click.echo(f"\nbest-fit path: {status}{note}.")
 
 
 @click.command(name="placement")
@@ -130,7 +135,9 @@ def _print_bestfit(rows: list[BestfitRow], repeat: int) -> None:
     "--bestfit-only",
     is_flag=True,
     help="Only time best-fit plan(problem) (no budget): min/median over --repeat runs, ms "
-    "per 1,000 replicas, peak heap. Seconds per size.",
+    "per 1,000 replicas, peak heap, and the first call in this process (numba compile or "
+    "cache load at the first size). Seconds per size; STOWPLAN_NO_KERNEL=1 times the numpy "
+    "path.",
 )
 @click.option(
     "--repeat",
