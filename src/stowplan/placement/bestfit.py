@@ -32,6 +32,7 @@ import heapq
 import importlib.util
 import os
 from collections.abc import Iterable, Sequence
+from types import ModuleType
 
 import numpy as np
 import numpy.typing as npt
@@ -231,9 +232,9 @@ def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
     reps = list(replicas)
     nodes = state.index.nodes
     if nodes is None and len(reps) >= KERNEL_MIN_REPLICAS and _kernel_ok():
-        from stowplan.placement import bestfit_kernel  # numba: imported on first use only
-
-        return bestfit_kernel.place(state, reps)
+        kernel = _load_kernel()
+        if kernel is not None:
+            return kernel.place(state, reps)
     left: list[Replica] = []
     i, n = 0, len(reps)
     while i < n:
@@ -265,12 +266,33 @@ def _kernel_ok() -> bool:
     return _HAVE_NUMBA
 
 
+_KERNEL_ERROR: str | None = None  # why the kernel could not be loaded (then: numpy path)
+
+
+def _load_kernel() -> ModuleType | None:
+    """The kernel module, or None when it cannot load. numba raises at import when
+    ``cache=True`` finds no writable cache directory (a read-only root filesystem without
+    ``$NUMBA_CACHE_DIR``, as in a restricted pod): the plan must still be made, so best-fit
+    falls back to the numpy path (same plans, ~2.7x slower) and ``kernel_status`` says why."""
+    global _KERNEL_ERROR
+    if _KERNEL_ERROR is not None:
+        return None
+    try:
+        from stowplan.placement import bestfit_kernel  # numba: imported on first use only
+    except Exception as exc:  # any failure of the optional accelerator: use numpy
+        _KERNEL_ERROR = f"{type(exc).__name__}: {exc}"
+        return None
+    return bestfit_kernel
+
+
 def kernel_status() -> str:
     """Which path ``best_fit`` takes without node demands, in words (for benchmarks)."""
     if os.environ.get("STOWPLAN_NO_KERNEL", "") not in ("", "0"):
         return "numpy ($STOWPLAN_NO_KERNEL is set)"
     if not _kernel_ok():
         return "numpy (numba is not installed)"
+    if _load_kernel() is None:
+        return f"numpy (the kernel did not load: {_KERNEL_ERROR})"
     from importlib.metadata import version
 
     return f"compiled kernel (numba {version('numba')})"
