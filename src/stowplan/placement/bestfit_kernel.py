@@ -31,6 +31,31 @@ from stowplan.placement.packing import PackState
 
 
 @njit(cache=True)
+def _add_row(
+    row: Any,
+    inc: Any,
+    g: int,
+    count: Any,
+    levels: Any,
+    cap: Any,
+    open_slack: Any,
+    mem_free0: Any,
+) -> None:
+    """Add one replica's per-level costs to GPU ``g``'s row and refresh its free time share and
+    level-0 free memory (``PackState.add``'s bookkeeping, same float operations)."""
+    for j in range(row.size):
+        row[j] += inc[j]
+    count[g] += 1
+    lo = np.inf
+    for j in range(NL):
+        x = row[BUSYX + j] / levels[j]
+        if x < lo:
+            lo = x
+    open_slack[g] = 1.0 - lo
+    mem_free0[g] = cap[g] - row[NL]
+
+
+@njit(cache=True)
 def _place_runs(
     run_model: Any,
     run_start: Any,
@@ -179,17 +204,7 @@ def _place_runs(
             out[q] = g
             nxt[q] = head[mi]
             head[mi] = q
-            row = rows[g]
-            for j in range(row.size):
-                row[j] += inc[mi, j]
-            count[g] += 1
-            lo = np.inf
-            for j in range(NL):
-                x = row[BUSYX + j] / levels[j]
-                if x < lo:
-                    lo = x
-            open_slack[g] = 1.0 - lo
-            mem_free0[g] = cap[g] - row[NL]
+            _add_row(rows[g], inc[mi], g, count, levels, cap, open_slack, mem_free0)
             j = pos[g]
             if j >= 0:
                 act_sl[j] = open_slack[g]
@@ -234,17 +249,7 @@ def _place_runs(
             nxt[q] = head[mi]
             head[mi] = q
             mark[g] = stamp
-            row = rows[g]
-            for j in range(row.size):
-                row[j] += inc[mi, j]
-            count[g] += 1
-            lo = np.inf
-            for j in range(NL):
-                x = row[BUSYX + j] / levels[j]
-                if x < lo:
-                    lo = x
-            open_slack[g] = 1.0 - lo
-            mem_free0[g] = cap[g] - row[NL]
+            _add_row(rows[g], inc[mi], g, count, levels, cap, open_slack, mem_free0)
             if open_slack[g] >= slack_floor and mem_free0[g] >= mem_floor:
                 act[n_act] = g
                 act_sl[n_act] = open_slack[g]
