@@ -49,6 +49,20 @@ def _score(state: PackState, left: list[Replica], current: dict[Replica, int]) -
     return (len(left), state.used(), moves, -float((loads**2).sum()))
 
 
+def _place_each(state: PackState, reps: list[Replica], placed: list[Replica]) -> list[Replica]:
+    """Best-fit each of ``reps`` in order, appending the placed ones to ``placed``; returns
+    those that fit nowhere."""
+    failed: list[Replica] = []
+    for rep in reps:
+        g = choose_gpu(state, rep[0])
+        if g is None:
+            failed.append(rep)
+        else:
+            state.add(rep, g)
+            placed.append(rep)
+    return failed
+
+
 def _ruin_recreate(
     best: PackState,
     left: list[Replica],
@@ -88,25 +102,11 @@ def _ruin_recreate(
             order[i], order[j] = order[j], order[i]
     best.holds[:, g0] = True  # try to empty the seed GPU
     placed: list[Replica] = []
-    failed: list[Replica] = []
-    for rep in order:
-        target = choose_gpu(best, rep[0])
-        if target is None:
-            failed.append(rep)
-        else:
-            best.add(rep, target)
-            placed.append(rep)
+    failed = _place_each(best, order, placed)
     best.holds[:, g0] = False
     for mi, _ in best.residents[g0]:
         best.holds[mi, g0] = True
-    still: list[Replica] = []
-    for rep in failed:
-        dest = choose_gpu(best, rep[0])
-        if dest is None:
-            still.append(rep)
-        else:
-            best.add(rep, dest)
-            placed.append(rep)
+    still = _place_each(best, failed, placed)
     must = {rep for rep, _ in log}
     new_left = [rep for rep in left if rep not in best.where]
     if not (must & set(still)) and _score(best, new_left, current) <= before:
