@@ -18,8 +18,9 @@ import pytest
 from stowplan import placement
 from stowplan.placement.bestfit import kernel_status
 from stowplan.placement.instances import problem_from_json
-from stowplan.placement.models import Gpu, Plan, Problem
+from stowplan.placement.models import Plan, Problem
 from stowplan.placement.synth import LatencyFit, synthetic_problem, usable_fits
+from stowplan.testing.placement_problems import mixed_fleet
 
 FITS = [
     LatencyFit("a", "A100-80GB", 1.2, 0.05, 128),
@@ -77,28 +78,8 @@ def test_kernel_plans_equal_numpy_plans_on_committed_instances(
 def test_kernel_plans_equal_on_a_mixed_fleet_short_of_capacity(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rng = random.Random(3)
     base = synthetic_problem(FITS, 600, seed=3)
-    gpus = tuple(
-        Gpu(
-            node=f"h{i // 8}",
-            index=i % 8,
-            memory_mib=(40960, 81920, 81920)[i % 3],
-            gpu_type=("A100-40", "A100", "H100")[i % 3],
-            labels={"zone": f"z{(i // 8) % 2}"} if i % 3 == 2 else {},
-        )
-        for i in range(len(base.gpus) // 4)
-    )
-    models = []
-    for m in base.models:
-        x = rng.random()
-        upd: dict[str, object] = {"priority": rng.choice((0, 0, 0, 1, 2))}
-        if x < 0.1:
-            upd["gpu_type"] = "H100"
-        elif x < 0.15:
-            upd["node_selector"] = {"zone": "z1"}
-        models.append(m.model_copy(update=upd))
-    problem = Problem(gpus=gpus, models=tuple(models), memory_reserve_mib=512)
+    problem = mixed_fleet(base, len(base.gpus) // 4, random.Random(3))
     slow, fast = _both(problem, monkeypatch)
     assert slow.unplaced  # the no-fit paths ran
     _same(slow, fast)

@@ -20,22 +20,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from stowplan.cli import main
 from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
 from stowplan.placement.holds import Holds
 from stowplan.placement.models import (
     Assignment,
-    Gpu,
-    LatencyProfile,
-    MemoryProfile,
-    ModelDemand,
     Problem,
 )
 from stowplan.placement.packing import PackIndex, PackState, Replica, trusted_assignment
 from stowplan.placement.planner import split_placeable
 from stowplan.placement.synth import LatencyFit, synthetic_problem
+from stowplan.testing.placement_problems import mixed_fleet, small_problems
 
 FITS = [
     LatencyFit("a", "A100-80GB", 1.2, 0.05, 128),
@@ -73,28 +69,7 @@ def reference_best_fit(state: PackState, order: list[Replica]) -> list[Replica]:
 
 def _mixed(base: Problem, seed: int, gpu_share: float) -> Problem:
     """Three GPU classes (two capacities), type and zone selectors, priorities, a reserve."""
-    rng = random.Random(seed)
-    n = max(8, int(len(base.gpus) * gpu_share))
-    gpus = tuple(
-        Gpu(
-            node=f"h{i // 8}",
-            index=i % 8,
-            memory_mib=(40960, 81920, 81920)[i % 3],
-            gpu_type=("A100-40", "A100", "H100")[i % 3],
-            labels={"zone": f"z{(i // 8) % 2}"} if i % 3 == 2 else {},
-        )
-        for i in range(n)
-    )
-    models = []
-    for m in base.models:
-        x = rng.random()
-        upd: dict[str, object] = {"priority": rng.choice((0, 0, 0, 1, 2))}
-        if x < 0.1:
-            upd["gpu_type"] = "H100"
-        elif x < 0.15:
-            upd["node_selector"] = {"zone": "z1"}
-        models.append(m.model_copy(update=upd))
-    return Problem(gpus=gpus, models=tuple(models), memory_reserve_mib=512)
+    return mixed_fleet(base, max(8, int(len(base.gpus) * gpu_share)), random.Random(seed))
 
 
 @pytest.fixture(params=["kernel", "numpy"])
@@ -198,49 +173,12 @@ def test_trusted_assignment_equals_the_validated_one() -> None:
         assert Assignment(**a.model_dump()) == a
 
 
-@st.composite
-def small_problems(draw: st.DrawFn) -> Problem:
-    gpus = tuple(
-        Gpu(
-            node=f"n{i // 2}",
-            index=i % 2,
-            memory_mib=draw(st.sampled_from([8000, 16000, 81920])),
-            gpu_type=draw(st.sampled_from(["A100", "T4"])),
-            labels={"zone": draw(st.sampled_from(["a", "b"]))},
-        )
-        for i in range(draw(st.integers(1, 10)))
-    )
-    models = [
-        ModelDemand(
-            name=f"m{j}",
-            replicas=draw(st.integers(0, 4)),
-            slo_ms=draw(st.floats(2, 400)),
-            target_qps=draw(st.sampled_from([0.0, 5.0, 50.0, 400.0, 3000.0])),
-            latency=LatencyProfile(
-                base_ms=draw(st.floats(0, 20)), per_item_ms=draw(st.floats(0, 3))
-            ),
-            memory=MemoryProfile(
-                weights_mib=draw(st.floats(0, 20000)), per_item_mib=draw(st.floats(0, 50))
-            ),
-            max_batch=draw(st.integers(1, 256)),
-            priority=draw(st.integers(0, 2)),
-            gpu_type=draw(st.sampled_from(["", "", "A100", "T4"])),
-            node_selector=draw(st.sampled_from([{}, {}, {"zone": "a"}])),
-            gpu_milli=draw(st.sampled_from([0, 0, 0, 250, 1000])),
-        )
-        for j in range(draw(st.integers(0, 8)))
-    ]
-    return Problem(
-        gpus=gpus, models=tuple(models), memory_reserve_mib=draw(st.sampled_from([0, 512]))
-    )
-
-
 @settings(
     max_examples=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-@given(small_problems())
+@given(small_problems(max_gpus=10, max_models=8))
 def test_best_fit_equals_definition_property(path: str, problem: Problem) -> None:
     fast, left, ref, ref_left = _fast_and_reference(problem)
     assert left == ref_left

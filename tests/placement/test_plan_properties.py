@@ -19,52 +19,13 @@ from stowplan.placement import (
     plan,
 )
 from stowplan.placement.models import NodeResources
-
-
-@st.composite
-def problems(draw: st.DrawFn) -> Problem:
-    n_gpus = draw(st.integers(1, 8))
-    gpus = tuple(
-        Gpu(
-            node=f"n{i // 2}",
-            index=i % 2,
-            memory_mib=draw(st.sampled_from([8000, 16000, 81920])),
-            gpu_type=draw(st.sampled_from(["A100", "T4"])),
-            labels={"zone": draw(st.sampled_from(["a", "b"]))},
-        )
-        for i in range(n_gpus)
-    )
-    models = []
-    for j in range(draw(st.integers(0, 6))):
-        models.append(
-            ModelDemand(
-                name=f"m{j}",
-                replicas=draw(st.integers(0, 4)),
-                slo_ms=draw(st.floats(2, 400)),
-                target_qps=draw(st.sampled_from([0.0, 5.0, 50.0, 400.0, 3000.0])),
-                latency=LatencyProfile(
-                    base_ms=draw(st.floats(0, 20)), per_item_ms=draw(st.floats(0, 3))
-                ),
-                memory=MemoryProfile(
-                    weights_mib=draw(st.floats(0, 20000)), per_item_mib=draw(st.floats(0, 50))
-                ),
-                max_batch=draw(st.integers(1, 256)),
-                priority=draw(st.integers(0, 2)),
-                gpu_type=draw(st.sampled_from(["", "", "A100", "T4"])),
-                node_selector=draw(st.sampled_from([{}, {}, {"zone": "a"}])),
-                gpu_milli=draw(st.sampled_from([0, 0, 0, 250, 1000])),
-            )
-        )
-    return Problem(
-        gpus=gpus, models=tuple(models), memory_reserve_mib=draw(st.sampled_from([0, 512]))
-    )
-
+from stowplan.testing.placement_problems import small_problems
 
 _settings = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_settings
-@given(problems())
+@given(small_problems())
 def test_best_fit_plans_are_valid(problem: Problem) -> None:
     out = plan(problem)
     assert check_plan(problem, out) == []
@@ -76,7 +37,7 @@ def test_best_fit_plans_are_valid(problem: Problem) -> None:
 
 
 @_settings
-@given(problems())
+@given(small_problems())
 def test_lower_bound_holds_when_everything_is_placed(problem: Problem) -> None:
     out = plan(problem)
     if not out.unplaced:
@@ -84,7 +45,7 @@ def test_lower_bound_holds_when_everything_is_placed(problem: Problem) -> None:
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(problems())
+@given(small_problems())
 def test_time_budget_never_worse_than_best_fit(problem: Problem) -> None:
     fast = plan(problem)
     slow = plan(problem, time_limit_s=0.3)
@@ -95,7 +56,7 @@ def test_time_budget_never_worse_than_best_fit(problem: Problem) -> None:
 
 
 @_settings
-@given(problems())
+@given(small_problems())
 def test_replan_of_a_valid_plan_moves_nothing(problem: Problem) -> None:
     first = plan(problem)
     again = problem.model_copy(update={"current": first.assignments})
@@ -105,7 +66,7 @@ def test_replan_of_a_valid_plan_moves_nothing(problem: Problem) -> None:
 
 
 @_settings
-@given(problems(), st.integers(0, 3))
+@given(small_problems(), st.integers(0, 3))
 def test_online_never_moves_and_defrag_is_bounded(problem: Problem, max_moves: int) -> None:
     half = problem.model_copy(
         update={

@@ -1,0 +1,80 @@
+"""Placement problems for tests: a hypothesis strategy of small mixed problems and a mixed
+fleet (three GPU classes, selectors, priorities) built around an existing problem's models.
+
+Callers: tests/placement (best-fit equivalence, kernel equivalence, property tests). No I/O.
+"""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import strategies as st
+
+from stowplan.placement import Gpu, LatencyProfile, MemoryProfile, ModelDemand, Problem
+
+
+@st.composite
+def small_problems(draw: st.DrawFn, max_gpus: int = 8, max_models: int = 6) -> Problem:
+    """Up to ``max_gpus`` GPUs (two per node, two types, two zones, three capacities) and up to
+    ``max_models`` models mixing SLO models, GPU fractions, whole GPUs, types, selectors and
+    priorities; some replicas are unplaceable by design."""
+    n_gpus = draw(st.integers(1, max_gpus))
+    gpus = tuple(
+        Gpu(
+            node=f"n{i // 2}",
+            index=i % 2,
+            memory_mib=draw(st.sampled_from([8000, 16000, 81920])),
+            gpu_type=draw(st.sampled_from(["A100", "T4"])),
+            labels={"zone": draw(st.sampled_from(["a", "b"]))},
+        )
+        for i in range(n_gpus)
+    )
+    models = [
+        ModelDemand(
+            name=f"m{j}",
+            replicas=draw(st.integers(0, 4)),
+            slo_ms=draw(st.floats(2, 400)),
+            target_qps=draw(st.sampled_from([0.0, 5.0, 50.0, 400.0, 3000.0])),
+            latency=LatencyProfile(
+                base_ms=draw(st.floats(0, 20)), per_item_ms=draw(st.floats(0, 3))
+            ),
+            memory=MemoryProfile(
+                weights_mib=draw(st.floats(0, 20000)), per_item_mib=draw(st.floats(0, 50))
+            ),
+            max_batch=draw(st.integers(1, 256)),
+            priority=draw(st.integers(0, 2)),
+            gpu_type=draw(st.sampled_from(["", "", "A100", "T4"])),
+            node_selector=draw(st.sampled_from([{}, {}, {"zone": "a"}])),
+            gpu_milli=draw(st.sampled_from([0, 0, 0, 250, 1000])),
+        )
+        for j in range(draw(st.integers(0, max_models)))
+    ]
+    return Problem(
+        gpus=gpus, models=tuple(models), memory_reserve_mib=draw(st.sampled_from([0, 512]))
+    )
+
+
+def mixed_fleet(base: Problem, n_gpus: int, rng: random.Random) -> Problem:
+    """``base``'s models on ``n_gpus`` GPUs of three classes (40 and 80 GiB; types A100-40,
+    A100, H100; a zone label on every third), with random priorities, some models restricted
+    to H100 or to zone z1, and a 512 MiB reserve."""
+    gpus = tuple(
+        Gpu(
+            node=f"h{i // 8}",
+            index=i % 8,
+            memory_mib=(40960, 81920, 81920)[i % 3],
+            gpu_type=("A100-40", "A100", "H100")[i % 3],
+            labels={"zone": f"z{(i // 8) % 2}"} if i % 3 == 2 else {},
+        )
+        for i in range(n_gpus)
+    )
+    models = []
+    for m in base.models:
+        x = rng.random()
+        upd: dict[str, object] = {"priority": rng.choice((0, 0, 0, 1, 2))}
+        if x < 0.1:
+            upd["gpu_type"] = "H100"
+        elif x < 0.15:
+            upd["node_selector"] = {"zone": "z1"}
+        models.append(m.model_copy(update=upd))
+    return Problem(gpus=gpus, models=tuple(models), memory_reserve_mib=512)
