@@ -10,7 +10,8 @@ no I/O; the clock is injectable for tests.
 
 Fixed node demands: a model no single node can host (CPU, host memory, GPUs per replica) is
 ``ResourcesExceedEveryNode``; GPUs of multi-GPU replicas are exclusive, so the lower bound is
-their count plus the bound of the rest; multi-GPU replicas neither preempt nor get preempted.
+their count plus the bound of the rest. Preemption (``preempt``) covers them too: a gang may
+evict lower-priority replicas from the GPUs of one node, and a gang may be evicted.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
+from stowplan.placement.bestfit import best_fit, decreasing_order
 from stowplan.placement.bounds import gpu_lower_bound
 from stowplan.placement.capacity import EPS
 from stowplan.placement.errors import InvalidProblem
 from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason, count_moves
 from stowplan.placement.nodefit import resources_message
 from stowplan.placement.nodestate import current_gpus, place
-from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
+from stowplan.placement.packing import LEVELS, PackIndex, PackState
+from stowplan.placement.preempt import preempt
 
 Clock = Callable[[], float]
 
@@ -252,54 +254,6 @@ def _keep_current(state: PackState, problem: Problem) -> None:
             place(state, (mi, a.replica), gs)
 
 
-def _preempt(state: PackState, left: list[Replica], pinned: set[Replica]) -> list[Replica]:
-    """Evict lower-priority replicas so that higher-priority ones in ``left`` get a GPU."""
-    index = state.index
-    prio = [m.priority for m in index.models]
-    still: list[Replica] = []
-    queue = list(left)
-    while queue:
-        rep = queue.pop(0)
-        mi = rep[0]
-        placed = False
-        if index.nodes is not None and index.nodes.gang[mi] > 1:  # gangs do not preempt (yet)
-            still.append(rep)
-            continue
-        cand = np.flatnonzero(index.elig_rows[index.elig_kind[mi]] & ~state.holds.row(mi))
-        for g in cand.tolist():
-            victims = sorted(
-                (
-                    v
-                    for v in state.residents[g]
-                    if prio[v[0]] < prio[mi] and v not in pinned and v not in state.gangs
-                ),
-                key=lambda v: (prio[v[0]], -index.size(v[0])),
-            )
-            if not victims:
-                continue
-            removed: list[Replica] = []
-            for v in victims:
-                state.remove(v)
-                removed.append(v)
-                if state.fits(mi, g):
-                    break
-            if state.fits(mi, g):
-                state.add(rep, g)
-                placed = True
-                for v in removed:  # try to re-home the evicted elsewhere
-                    g2 = choose_gpu(state, v[0])
-                    if g2 is None:
-                        still.append(v)
-                    else:
-                        state.add(v, g2)
-                break
-            for v in removed:
-                state.add(v, g)
-        if not placed:
-            still.append(rep)
-    return still
-
-
 def plan(
     problem: Problem,
     *,
@@ -336,7 +290,7 @@ def plan(
     if left and any(
         index.models[r[0]].priority > min(m.priority for m in index.models) for r in left
     ):
-        left = _preempt(state, decreasing_order(index, left), pinned)
+        left = preempt(state, decreasing_order(index, left), pinned)
 
     if time_limit_s > 0:
         from stowplan.placement.lns import improve  # ortools is imported only when asked for
