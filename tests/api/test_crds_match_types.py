@@ -38,7 +38,13 @@ def test_schema_is_structural_and_documented(name):
     schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema):
         assert "$ref" not in node and "anyOf" not in node and "allOf" not in node, path
-        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        assert (
+            "type" in node
+            or node.get("x-kubernetes-preserve-unknown-fields")
+            or node.get("x-kubernetes-int-or-string")  # quantities: 2 or "500m"
+        ), path
+        if node.get("x-kubernetes-int-or-string"):
+            assert "type" not in node and "pattern" in node, path
         assert node.get("additionalProperties") is not False, path
     spec = schema["properties"]["spec"]
     undocumented = [p for p, n in _walk(spec) if "description" not in n and not p.endswith("{}")]

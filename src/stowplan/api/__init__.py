@@ -4,7 +4,7 @@
 version ``v1alpha1``. The CRDs under ``crds/`` are generated from these types.
 """
 
-from stowplan.api import gpunode, inferencemodel
+from stowplan.api import gpunode, inferencemodel, quantity
 from stowplan.api.gpunode import GpuInfo, GPUNode, GPUNodeSpec, GPUNodeStatus, ResidentModel
 from stowplan.api.inferencemodel import (
     GROUP,
@@ -15,6 +15,8 @@ from stowplan.api.inferencemodel import (
     InferenceModel,
     InferenceModelSpec,
     InferenceModelStatus,
+    ReplicaResources,
+    ResourceQuantities,
 )
 from stowplan.api.meta import Condition, ConditionStatus, ObjectMeta, WireModel
 
@@ -34,8 +36,11 @@ __all__ = [
     "InferenceModelSpec",
     "InferenceModelStatus",
     "ObjectMeta",
+    "ReplicaResources",
     "ResidentModel",
+    "ResourceQuantities",
     "WireModel",
     "gpunode",
     "inferencemodel",
+    "quantity",
 ]

@@ -205,6 +205,8 @@ def gpunode_crd() -> dict[str, Any]:
         columns=[
             {"name": "GPUs", "type": "integer", "jsonPath": ".status.gpuCount"},
             {"name": "Ready-Models", "type": "integer", "jsonPath": ".status.readyModels"},
+            {"name": "CPU", "type": "string", "jsonPath": ".status.allocatable.cpu"},
+            {"name": "Memory", "type": "string", "jsonPath": ".status.allocatable.memory"},
             {"name": "Heartbeat", "type": "date", "jsonPath": ".status.heartbeat"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],

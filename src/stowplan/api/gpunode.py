@@ -14,7 +14,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from stowplan.api.inferencemodel import Batching, LatencyProfileSpec, ModelSource
+from stowplan.api.inferencemodel import (
+    Batching,
+    LatencyProfileSpec,
+    ModelSource,
+    ResourceQuantities,
+)
 from stowplan.api.meta import Condition, ObjectMeta, WireModel
 
 KIND = "GPUNode"
@@ -97,6 +102,14 @@ class GPUNodeStatus(WireModel):
     )
     agent_version: str = Field(default="", alias="agentVersion", description="Agent version.")
     endpoint: str = Field(default="", description="Where the agent serves inference.")
+    allocatable: ResourceQuantities | None = Field(
+        default=None,
+        description=(
+            "CPU and host memory this node offers stowplan's replicas (the agent's own "
+            "container limits less its reserve); the replicas' resources.requests on this node "
+            "add up to at most this. Absent, or a field of it absent: no limit."
+        ),
+    )
     conditions: list[Condition] = Field(default_factory=list, description="Ready.")
 
 

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from stowplan.api.meta import Condition, ObjectMeta, WireModel
+from stowplan.api.quantity import Quantity
 
 GROUP = "stowplan.io"
 VERSION = "v1alpha1"
@@ -155,6 +156,32 @@ class Batching(WireModel):
         return self
 
 
+class ResourceQuantities(WireModel):
+    """CPU and host memory as Kubernetes quantities (like a container's resources)."""
+
+    cpu: Quantity | None = Field(
+        default=None,
+        description='CPU cores as a quantity: 500m, 2, or "1.5" (a fraction as a string).',
+    )
+    memory: Quantity | None = Field(
+        default=None,
+        description="Host memory (not GPU memory) as a quantity: 512Mi, 4Gi, 1G, or bytes.",
+    )
+
+
+class ReplicaResources(WireModel):
+    """Node resources besides the GPU that each replica takes."""
+
+    requests: ResourceQuantities = Field(
+        default_factory=ResourceQuantities,
+        description=(
+            "CPU and host memory ONE replica takes on its node (pre/post-processing, the "
+            "runtime's host buffers), counted against the allocatable CPU and memory its node's "
+            "agent reports in GPUNode.status.allocatable. Absent: 0."
+        ),
+    )
+
+
 class InferenceModelSpec(WireModel):
     """What model to serve, how fast it must answer and how much load it gets."""
 
@@ -196,6 +223,10 @@ class InferenceModelSpec(WireModel):
         description=(
             "Only GPUs with exactly this product name (as NVML reports it) are used; empty: any."
         ),
+    )
+    resources: ReplicaResources = Field(
+        default_factory=ReplicaResources,
+        description="CPU and host memory each replica takes on its node, besides its GPU.",
     )
 
     @model_validator(mode="after")

@@ -4,7 +4,11 @@ Callers: :mod:`stowplan.operator.fleet`. Input is the InferenceModel and GPUNode
 parsed API types; output is a :class:`stowplan.placement.Problem` whose model names are
 ``namespace/name``, whose GPUs come from each GPUNode's ``status.gpus`` (the agent's view), and
 whose ``current`` placement comes from each GPUNode's ``spec.assignments`` (what the operator
-wrote before), so a re-plan keeps running replicas where they are. No I/O.
+wrote before), so a re-plan keeps running replicas where they are. CPU and host memory: each
+replica's ``spec.resources.requests`` (rounded up to milli-CPU / MiB) becomes the demand's
+``cpu_milli`` / ``host_memory_mib``, and each GPUNode's ``status.allocatable`` (rounded down)
+becomes a ``NodeResources`` entry; a node without it is not listed (no limit), so a fleet that
+uses neither gets exactly the Problem it got before these fields existed. No I/O.
 """
 
 from __future__ import annotations
@@ -13,6 +17,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from stowplan import api, placement
+from stowplan.api import quantity
+
+#: Stands for "no limit" on the half of ``allocatable`` an agent left out (NodeResources takes
+#: both numbers); no replica's request reaches it (parsed quantities are clamped to it).
+NO_LIMIT = quantity.MAX_VALUE
 
 
 def model_key(im: api.InferenceModel) -> str:
@@ -22,6 +31,7 @@ def model_key(im: api.InferenceModel) -> str:
 
 def demand(im: api.InferenceModel) -> placement.ModelDemand:
     spec = im.spec
+    requests = spec.resources.requests
     return placement.ModelDemand(
         name=model_key(im),
         replicas=spec.replicas,
@@ -39,6 +49,8 @@ def demand(im: api.InferenceModel) -> placement.ModelDemand:
         priority=spec.priority,
         node_selector=dict(spec.node_selector),
         gpu_type=spec.gpu_type,
+        cpu_milli=quantity.cpu_milli(requests.cpu),
+        host_memory_mib=quantity.memory_mib(requests.memory),
     )
 
 
@@ -65,6 +77,33 @@ def gpus(nodes: Iterable[api.GPUNode]) -> tuple[placement.Gpu, ...]:
                     labels=dict(node.metadata.labels),
                 )
             )
+    return tuple(out)
+
+
+def node_resources(
+    nodes: Iterable[api.GPUNode], inventory: Sequence[placement.Gpu]
+) -> tuple[placement.NodeResources, ...]:
+    """CPU and host memory of the nodes whose agent reports ``status.allocatable`` and that
+    offer GPUs in ``inventory``; nodes not listed have no limit."""
+    present = {g.node for g in inventory}
+    out = []
+    for node in sorted(nodes, key=lambda n: n.metadata.name):
+        alloc = node.status.allocatable if node.status is not None else None
+        if node.metadata.name not in present or alloc is None:
+            continue
+        if alloc.cpu is None and alloc.memory is None:
+            continue
+        out.append(
+            placement.NodeResources(
+                node=node.metadata.name,
+                cpu_milli=NO_LIMIT
+                if alloc.cpu is None
+                else quantity.cpu_milli(alloc.cpu, round_up=False),
+                memory_mib=NO_LIMIT
+                if alloc.memory is None
+                else quantity.memory_mib(alloc.memory, round_up=False),
+            )
+        )
     return tuple(out)
 
 
@@ -116,4 +155,5 @@ def problem(
         models=demands,
         current=current(node_list, demands, inventory),
         memory_reserve_mib=memory_reserve_mib,
+        nodes=node_resources(node_list, inventory),
     )
