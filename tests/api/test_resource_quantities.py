@@ -112,7 +112,7 @@ def test_spec_refuses_bad_quantities(value):
 
 
 def test_requests_refuse_unknown_resources():
-    with pytest.raises(ValidationError, match="nvidia.com/gpu"):
+    with pytest.raises(ValidationError, match=r"nvidia\.com/gpu"):
         _spec(**{"nvidia.com/gpu": 1})
 
 
