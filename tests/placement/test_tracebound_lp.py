@@ -1,5 +1,6 @@
-"""The trace upper bounds on tiny hand-checked clusters: the LP's >500-milli holes, multi-GPU
-pods per node, CPU, and the pods that provably fit at their arrival (protocol bound)."""
+"""The trace upper bounds on tiny hand-checked clusters: GPU configurations of fractional
+pods, multi-GPU pods per node, CPU, and the pods that provably fit at their arrival (protocol
+bound)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,17 @@ def test_large_fractional_pods_take_a_gpu_each_and_only_small_pods_fill_the_hole
     # plus the 150 pod in one 190 hole = 1,770 (a volume bound would say 2,000)
     assert res.allocated_milli == pytest.approx(1770)
     assert res.ratio_pct == pytest.approx(88.5)
+
+
+def test_fractional_pods_pack_by_whole_gpu_configurations() -> None:
+    # five 400-milli pods on two GPUs: 2,000 milli arrived = capacity, but at most two fit on a
+    # GPU (3 x 400 > 1,000), so 4 x 400 = 1,600 (sharing capacity by milli would say 2,000)
+    fours = [pod(f"f{i}", 400) for i in range(5)]
+    assert upper_bound(TWO_T4, fours).allocated_milli == pytest.approx(1600)
+    # two 600s and three 300s: each GPU takes a 600 and one 300 (600 + 2 x 300 > 1,000) =
+    # 1,800; filling the two 400-milli holes by milli would say 2,000
+    mixed = [pod("a", 600), pod("b", 600), *(pod(f"t{i}", 300) for i in range(3))]
+    assert upper_bound(TWO_T4, mixed).allocated_milli == pytest.approx(1800)
 
 
 def test_multi_gpu_pods_per_node_and_cpu() -> None:

@@ -4,11 +4,14 @@ Two bounds on one arrival multiset (the pods arrived by the reported point, 130 
 
 - **offline**: what no placement of any subset of the arrived pods can exceed. A linear
   relaxation over node classes (GPU model, GPU count, CPU, memory): per class, GPU count, CPU and
-  memory are summed over its nodes; a fractional pod of more than 500 milli takes a GPU of its own
-  (no two fit on one GPU) and leaves a hole of ``1000 - milli`` that only pods of at most that
-  size can use; smaller fractional pods share the remaining GPUs by milli; a whole-GPU pod takes
+  memory are summed over its nodes; every GPU that holds fractional pods holds a
+  *configuration*, a multiset of fractional sizes summing to at most 1,000 milli (so two pods of
+  more than 500 milli never share, and three of 400 never fit), and the pods of each size are
+  covered by the slots of that size in the configurations used; a whole-GPU pod takes
   ``num_gpu`` GPUs and at most ``floor(gpus / m)`` pods of ``m`` or more GPUs fit on one node.
   Every real placement satisfies these constraints, so the LP optimum bounds it from above.
+  Configurations are generated as needed (column generation: GLOP master, exact unbounded
+  knapsack pricing in steps of the sizes' greatest common divisor) until none prices out.
 - **protocol**: the same LP where the pods that *provably fit at their arrival whatever happened
   before* must be placed (the protocol's scheduler places every arriving pod that fits; moving
   pods later never removes them). A pod provably fits when the pods arrived before it cannot
@@ -26,6 +29,7 @@ I/O. Callers: ``stowplan bench fgd``, tests.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -64,75 +68,128 @@ def upper_bound(
     nodes: Sequence[NodeRow], pods: Sequence[PodRow], forced: Mapping[Kind, int] | None = None
 ) -> BoundResult:
     """LP bound on allocated GPU milli for ``pods`` (any subset placed; at least ``forced[k]``
-    pods of kind ``k`` placed). Raises ``SolverFailed`` if GLOP does not prove an optimum."""
+    pods of kind ``k`` placed), by column generation over GPU configurations (see the module
+    docstring). Raises ``SolverFailed`` if GLOP does not prove an optimum."""
     forced = forced or {}
-    classes = Counter((n.model, n.gpus, n.cpu_milli, n.memory_mib) for n in nodes if n.gpus > 0)
-    capacity = sum(cls[1] * n * MILLI for cls, n in classes.items())
     kinds = Counter(pod_kind(p) for p in pods if p.num_gpu > 0 and p.gpu_milli > 0)
     for k, f in forced.items():
         if f > kinds.get(k, 0):
             raise InvalidProblem(f"forced {f} pods of kind {k} but only {kinds.get(k, 0)} arrived")
-    solver = pywraplp.Solver.CreateSolver("GLOP")
-    if solver is None:  # pragma: no cover - GLOP ships with ortools
-        raise SolverFailed("GLOP is not available")
-    inf = solver.infinity()
-    objective = solver.Objective()
-    large_sizes = sorted({k[3] for k in kinds if HALF < k[3] < MILLI})
-    per_kind: dict[Kind, list[pywraplp.Variable]] = {k: [] for k in kinds}
-    for c, (cls, n) in enumerate(classes.items()):
-        model, gpus, cpu, mem = cls
-        gpu_row = solver.Constraint(-inf, n * gpus)
-        cpu_row = solver.Constraint(-inf, n * cpu)
-        mem_row = solver.Constraint(-inf, n * mem)
-        # holes beside large fractional pods, one row per large size: fill <= hole * count
-        holes = {s: solver.Constraint(-inf, 0.0) for s in large_sizes}
-        multi = {
-            m: solver.Constraint(-inf, n * (gpus // m))
-            for m in sorted({k[2] for k in kinds if k[3] >= MILLI and k[2] >= 2})
-        }
-        for kind in kinds:
-            kcpu, kmem, num, milli, spec = kind
-            if not _admits(spec, model) or num > gpus or kcpu > cpu or kmem > mem:
-                continue
-            placements: list[tuple[pywraplp.Variable, float]] = []
-            if milli >= MILLI:
-                v = solver.NumVar(0, inf, f"w{c}_{len(per_kind[kind])}")
-                gpu_row.SetCoefficient(v, num)
-                for m, row in multi.items():
-                    if num >= m:
-                        row.SetCoefficient(v, 1)
-                placements.append((v, num * milli))
-            elif milli > HALF:
-                v = solver.NumVar(0, inf, f"l{c}_{len(per_kind[kind])}")
-                gpu_row.SetCoefficient(v, 1)
-                holes[milli].SetCoefficient(v, -(MILLI - milli) + holes[milli].GetCoefficient(v))
-                placements.append((v, milli))
-            else:
-                v = solver.NumVar(0, inf, f"s{c}_{len(per_kind[kind])}")
-                gpu_row.SetCoefficient(v, milli / MILLI)
-                placements.append((v, milli))
-                for s in large_sizes:
-                    if milli <= MILLI - s:
-                        y = solver.NumVar(0, inf, f"y{c}_{s}_{len(per_kind[kind])}")
-                        holes[s].SetCoefficient(y, milli)
-                        placements.append((y, milli))
-            for v, value in placements:
-                cpu_row.SetCoefficient(v, kcpu)
-                mem_row.SetCoefficient(v, kmem)
-                objective.SetCoefficient(v, value)
-                per_kind[kind].append(v)
-    for kind, count in kinds.items():
-        row = solver.Constraint(float(forced.get(kind, 0)), float(count))
-        for v in per_kind[kind]:
-            row.SetCoefficient(v, 1)
-    objective.SetMaximization()
-    if solver.Solve() != pywraplp.Solver.OPTIMAL:
-        raise SolverFailed("GLOP found no optimum for the trace bound")
+    master = _Master(nodes, kinds, forced)
     return BoundResult(
-        allocated_milli=objective.Value(),
-        capacity_milli=capacity,
+        allocated_milli=master.solve(),
+        capacity_milli=master.capacity,
         forced_pods=sum(forced.values()),
     )
+
+
+class _Master:
+    """The configuration LP of ``upper_bound``: per node class, whole-GPU pods ``w``,
+    fractional pods ``z`` (by kind) and GPUs ``x`` per configuration (a multiset of fractional
+    sizes summing to at most 1,000 milli); the ``z`` of one size are covered by the slots of
+    that size in the configurations. Columns ``x`` are priced by an exact unbounded knapsack."""
+
+    def __init__(
+        self, nodes: Sequence[NodeRow], kinds: Mapping[Kind, int], forced: Mapping[Kind, int]
+    ) -> None:
+        classes = Counter((n.model, n.gpus, n.cpu_milli, n.memory_mib) for n in nodes if n.gpus > 0)
+        self.capacity = sum(cls[1] * n * MILLI for cls, n in classes.items())
+        solver = pywraplp.Solver.CreateSolver("GLOP")
+        if solver is None:  # pragma: no cover - GLOP ships with ortools
+            raise SolverFailed("GLOP is not available")
+        self.solver = solver
+        inf = solver.infinity()
+        objective = solver.Objective()
+        sizes = sorted({k[3] for k in kinds if k[3] < MILLI})
+        self.unit = math.gcd(MILLI, *sizes) if sizes else MILLI
+        per_kind: dict[Kind, list[pywraplp.Variable]] = {k: [] for k in kinds}
+        multi_sizes = sorted({k[2] for k in kinds if k[3] >= MILLI and k[2] >= 2})
+        # per class: its GPU row (x and w), GPU count, and a cover row per fractional size
+        self.classes: list[tuple[pywraplp.Constraint, int, dict[int, pywraplp.Constraint]]] = []
+        for c, (cls, n) in enumerate(classes.items()):
+            model, gpus, cpu, mem = cls
+            gpu_row = solver.Constraint(-inf, n * gpus)
+            cpu_row = solver.Constraint(-inf, n * cpu)
+            mem_row = solver.Constraint(-inf, n * mem)
+            multi = {m: solver.Constraint(-inf, n * (gpus // m)) for m in multi_sizes}
+            cover: dict[int, pywraplp.Constraint] = {}
+            for kind in kinds:
+                kcpu, kmem, num, milli, spec = kind
+                if not _admits(spec, model) or num > gpus or kcpu > cpu or kmem > mem:
+                    continue
+                v = solver.NumVar(0, inf, f"p{c}_{len(per_kind[kind])}")
+                if milli >= MILLI:
+                    gpu_row.SetCoefficient(v, num)
+                    for m, row in multi.items():
+                        if num >= m:
+                            row.SetCoefficient(v, 1)
+                else:
+                    row = cover.get(milli)
+                    if row is None:
+                        row = cover[milli] = solver.Constraint(-inf, 0.0)
+                    row.SetCoefficient(v, 1)
+                cpu_row.SetCoefficient(v, kcpu)
+                mem_row.SetCoefficient(v, kmem)
+                objective.SetCoefficient(v, num * milli)
+                per_kind[kind].append(v)
+            self.classes.append((gpu_row, n * gpus, cover))
+            for milli in cover:  # start: one pod of each size per GPU
+                self._add_column(c, {milli: 1})
+        for kind, count in kinds.items():
+            row = solver.Constraint(float(forced.get(kind, 0)), float(count))
+            for v in per_kind[kind]:
+                row.SetCoefficient(v, 1)
+        objective.SetMaximization()
+
+    def _add_column(self, c: int, counts: Mapping[int, int]) -> None:
+        gpu_row, _, cover = self.classes[c]
+        x = self.solver.NumVar(0, self.solver.infinity(), "")
+        gpu_row.SetCoefficient(x, 1)
+        for milli, k in counts.items():
+            cover[milli].SetCoefficient(x, -k)
+
+    def _price(self, c: int) -> tuple[float, dict[int, int]]:
+        """The configuration of class ``c`` with the largest dual value (exact unbounded
+        knapsack over ``unit``-milli steps), minus the GPU row's dual: its reduced cost."""
+        gpu_row, _, cover = self.classes[c]
+        cap = MILLI // self.unit
+        best = [0.0] * (cap + 1)
+        take: list[int | None] = [None] * (cap + 1)
+        items = [(m // self.unit, max(0.0, row.dual_value()), m) for m, row in cover.items()]
+        for u in range(1, cap + 1):
+            best[u], take[u] = best[u - 1], None
+            for w, value, milli in items:
+                if w <= u and best[u - w] + value > best[u]:
+                    best[u], take[u] = best[u - w] + value, milli
+        counts: Counter[int] = Counter()
+        u = cap
+        while u > 0:
+            step = take[u]
+            if step is None:
+                u -= 1
+            else:
+                counts[step] += 1
+                u -= step // self.unit
+        return best[cap] - max(0.0, gpu_row.dual_value()), dict(counts)
+
+    def solve(self) -> float:
+        """The LP optimum over all configurations (columns added until none prices out); the
+        value returned adds Lagrangian slack for any residual reduced cost, so it stays an
+        upper bound even when stopped by the tolerance."""
+        for _ in range(10_000):
+            if self.solver.Solve() != pywraplp.Solver.OPTIMAL:
+                raise SolverFailed("GLOP found no optimum for the trace bound")
+            priced = [self._price(c) for c in range(len(self.classes))]  # duals of this solve
+            value = float(self.solver.Objective().Value())
+            slack, added = 0.0, False
+            for c, (rc, counts) in enumerate(priced):
+                if rc > 1e-7:
+                    slack += self.classes[c][1] * rc
+                    self._add_column(c, counts)
+                    added = True
+            if not added:
+                return value
+        return value + slack  # pragma: no cover
 
 
 def forced_kinds(nodes: Sequence[NodeRow], seq: Sequence[PodRow]) -> Counter[Kind]:
