@@ -8,11 +8,18 @@ from typing import Any
 
 import pytest
 
-from stowplan.agent.cluster import GpuNodeSync, build_status, desired_configs, reconcile
+from stowplan.agent.cluster import (
+    GpuNodeSync,
+    allocatable,
+    build_status,
+    desired_configs,
+    reconcile,
+)
 from stowplan.agent.config import AgentSettings
 from stowplan.agent.serving import Agent
 from stowplan.agent.telemetry import SimulatedTelemetry
 from stowplan.api.gpunode import GPUNodeSpec, GPUNodeStatus
+from stowplan.api.inferencemodel import ResourceQuantities
 
 
 class ApiError(Exception):
@@ -190,3 +197,33 @@ def test_example_models_are_built_on_the_node(sync_agent: Agent, tmp_path: Path)
     sync.apply({"spec": {"assignments": [_assignment("ns/m", "file://models/convnet.onnx")]}})
     assert sync_agent.models["ns.m"].state.value == "Ready"
     assert (tmp_path / "examples" / "convnet.onnx").is_file()
+
+
+def test_allocatable_is_the_limits_less_the_reserve() -> None:
+    # the downward API hands limits.cpu in milli (divisor 1m) and limits.memory in bytes
+    assert allocatable("8000m", "34359738368", "500m", "1Gi") == ResourceQuantities(
+        cpu="7500m", memory="31Gi"
+    )
+    assert allocatable("4", None) == ResourceQuantities(cpu="4", memory=None)
+    assert allocatable(None, "1G") == ResourceQuantities(cpu=None, memory="953Mi")  # rounds down
+    assert allocatable("250m", "512Mi", "1", "1Gi") == ResourceQuantities(cpu="0", memory="0Mi")
+    assert allocatable(None, None, "1", "1Gi") is None  # no budget given: no limit
+    with pytest.raises(ValueError, match="lots"):
+        allocatable("lots", None)
+
+
+def test_status_reports_allocatable_and_clears_it_when_unset(sync_agent: Agent) -> None:
+    api = FakeCustomObjects()
+    offered = allocatable("2", "8Gi", "500m", None)
+    sync = GpuNodeSync(sync_agent, api, "n", "http://x", offered=offered)
+    status = sync.report()
+    assert status.allocatable == ResourceQuantities(cpu="1500m", memory="8Gi")
+    wire = api.status_patches[-1]["status"]
+    assert wire["allocatable"] == {"cpu": "1500m", "memory": "8Gi"}
+    assert GPUNodeStatus.model_validate(wire).allocatable == status.allocatable
+
+    # restarted with memory only, then with no budget: the merge patch must delete what is gone
+    GpuNodeSync(sync_agent, api, "n", "http://x", offered=allocatable(None, "8Gi")).report()
+    assert api.status_patches[-1]["status"]["allocatable"] == {"cpu": None, "memory": "8Gi"}
+    GpuNodeSync(sync_agent, api, "n", "http://x").report()
+    assert api.status_patches[-1]["status"]["allocatable"] is None

@@ -2,9 +2,11 @@
 
 Serves the Open Inference Protocol on HOST:PORT and keeps this node's ``GPUNode`` in step
 (register, watch own object, load/unload to match ``spec.assignments``, write ``status``).
-Configuration comes from flags or the environment (``STOWPLAN_NODE_NAME`` from the downward
-API, ``KUBECONFIG`` outside a cluster). Ctrl-C / SIGTERM stop cleanly. For one machine without a
-cluster use ``stowplan up`` instead.
+Configuration comes from flags or the environment: ``STOWPLAN_NODE_NAME`` from the downward
+API, ``KUBECONFIG`` outside a cluster, and the CPU / host memory replicas may use
+(``STOWPLAN_ALLOCATABLE_CPU`` / ``STOWPLAN_ALLOCATABLE_MEMORY``, from the container's own limits
+through the downward API, so the agent needs no permission to read Node objects). Ctrl-C /
+SIGTERM stop cleanly. For one machine without a cluster use ``stowplan up`` instead.
 """
 
 from __future__ import annotations
@@ -17,6 +19,24 @@ from pathlib import Path
 import click
 
 from stowplan.agent.config import AgentSettings
+from stowplan.api import quantity
+
+
+def _quantity(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A Kubernetes quantity or None (an empty environment variable counts as unset)."""
+    if value is None or value.strip() == "":
+        return None
+    try:
+        quantity.parse(value.strip())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value.strip()
+
+
+_BUDGET = (
+    " Reported in GPUNode.status.allocatable; the operator places replicas on this node only "
+    "while their resources.requests add up to at most this. Unset: no limit."
+)
 
 
 @click.command(name="stowplan-agent")
@@ -62,6 +82,38 @@ from stowplan.agent.config import AgentSettings
     help="Simulated devices when NVML finds no GPU.",
 )
 @click.option(
+    "--allocatable-cpu",
+    envvar="STOWPLAN_ALLOCATABLE_CPU",
+    callback=_quantity,
+    metavar="QUANTITY",
+    help="CPU this agent's replicas may use together, e.g. 8 or 7500m (normally the "
+    "container's limits.cpu)." + _BUDGET + " Env: STOWPLAN_ALLOCATABLE_CPU.",
+)
+@click.option(
+    "--allocatable-memory",
+    envvar="STOWPLAN_ALLOCATABLE_MEMORY",
+    callback=_quantity,
+    metavar="QUANTITY",
+    help="Host memory this agent's replicas may use together, e.g. 32Gi or bytes (normally "
+    "the container's limits.memory)." + _BUDGET + " Env: STOWPLAN_ALLOCATABLE_MEMORY.",
+)
+@click.option(
+    "--reserved-cpu",
+    envvar="STOWPLAN_RESERVED_CPU",
+    callback=_quantity,
+    metavar="QUANTITY",
+    help="CPU the agent keeps for itself (HTTP, batching, status), subtracted from "
+    "--allocatable-cpu. Env: STOWPLAN_RESERVED_CPU.",
+)
+@click.option(
+    "--reserved-memory",
+    envvar="STOWPLAN_RESERVED_MEMORY",
+    callback=_quantity,
+    metavar="QUANTITY",
+    help="Host memory the agent keeps for itself, subtracted from --allocatable-memory. "
+    "Env: STOWPLAN_RESERVED_MEMORY.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -76,6 +128,10 @@ def main(
     endpoint: str | None,
     status_interval: float,
     sim_devices: int,
+    allocatable_cpu: str | None,
+    allocatable_memory: str | None,
+    reserved_cpu: str | None,
+    reserved_memory: str | None,
     log_level: str,
 ) -> None:
     """Run the stowplan agent for NODE: serve models and sync the node's GPUNode."""
@@ -86,6 +142,9 @@ def main(
     from stowplan.agent.serving import Agent
     from stowplan.agent.telemetry import detect
 
+    offered = cluster.allocatable(
+        allocatable_cpu, allocatable_memory, reserved_cpu, reserved_memory
+    )
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.setswitchinterval(0.001)  # hand the GIL to executor threads quickly
     settings = AgentSettings(node_name=node, host=host, port=port, cache_dir=models_dir)
@@ -94,7 +153,14 @@ def main(
     try:
         api, labels = cluster.kube_api(kubeconfig)
         sync = cluster.GpuNodeSync(
-            agent, api, node, url, models_dir, status_interval, node_labels=lambda: labels(node)
+            agent,
+            api,
+            node,
+            url,
+            models_dir,
+            status_interval,
+            node_labels=lambda: labels(node),
+            offered=offered,
         )
         sync.start()
     except Exception as exc:

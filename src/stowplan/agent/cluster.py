@@ -5,9 +5,11 @@
 * **watch**: stream ONLY that object (``fieldSelector=metadata.name=<node>``) and, on every
   change, load / reload / unload models so the agent serves exactly ``spec.assignments``.
 * **status**: every few seconds patch ``status`` (GPUs, utilisation, per-model state, qps, p99,
-  batch size, heartbeat) through the status subresource. The agent never writes ``spec``.
+  batch size, heartbeat, and the CPU / host memory the node offers replicas) through the status
+  subresource. The agent never writes ``spec``.
 
-The translation (:func:`desired_configs`, :func:`reconcile`, :func:`build_status`) is pure and
+The translation (:func:`desired_configs`, :func:`reconcile`, :func:`allocatable`,
+:func:`build_status`) is pure and
 unit-tested; :class:`GpuNodeSync` is the only code that talks to the API server, through the
 ``kubernetes`` client's CustomObjectsApi (or a test double with the same methods). Callers:
 :mod:`stowplan.agent.__main__`.
@@ -27,9 +29,9 @@ from stowplan import models
 from stowplan.agent.config import ModelConfig, batching_config, extra_slots
 from stowplan.agent.serving import Agent, ModelState
 from stowplan.agent.telemetry import DeviceSample
-from stowplan.api import gpunode
+from stowplan.api import gpunode, quantity
 from stowplan.api.gpunode import GpuInfo, GPUNodeSpec, GPUNodeStatus, ResidentModel
-from stowplan.api.inferencemodel import GROUP, VERSION
+from stowplan.api.inferencemodel import GROUP, VERSION, ResourceQuantities
 from stowplan.api.meta import Condition
 
 log = logging.getLogger("stowplan.agent.cluster")
@@ -101,6 +103,35 @@ def reconcile(
     return load, unload
 
 
+def allocatable(
+    cpu: str | None,
+    memory: str | None,
+    reserved_cpu: str | None = None,
+    reserved_memory: str | None = None,
+) -> ResourceQuantities | None:
+    """What this node offers stowplan's replicas: ``cpu`` / ``memory`` (the agent container's
+    limits, from the Downward API) less what the agent keeps for itself, never below zero, as
+    canonical quantities (``"7500m"``, ``"31Gi"``). A budget left out stays out (no limit);
+    None when both are (the field is then absent). Raises ``ValueError`` for a bad quantity."""
+    if cpu is None and memory is None:
+        return None
+    return ResourceQuantities(
+        cpu=None
+        if cpu is None
+        else quantity.format_cpu(
+            max(0, quantity.cpu_milli(cpu, round_up=False) - quantity.cpu_milli(reserved_cpu))
+        ),
+        memory=None
+        if memory is None
+        else quantity.format_memory(
+            max(
+                0,
+                quantity.memory_mib(memory, round_up=False) - quantity.memory_mib(reserved_memory),
+            )
+        ),
+    )
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -112,6 +143,7 @@ def build_status(
     endpoint: str,
     now: str | None = None,
     previous: Condition | None = None,
+    offered: ResourceQuantities | None = None,
 ) -> GPUNodeStatus:
     """The GPUNode status the agent reports (pure given its inputs)."""
     gpus = [
@@ -184,6 +216,7 @@ def build_status(
         agent_version=stowplan.__version__,
         endpoint=endpoint,
         conditions=[cond],
+        allocatable=offered,
     )
 
 
@@ -199,6 +232,7 @@ class GpuNodeSync:
         cache_dir: Path | None = None,
         status_interval_s: float = 10.0,
         node_labels: Callable[[], dict[str, str]] | None = None,
+        offered: ResourceQuantities | None = None,
     ) -> None:
         self.agent = agent
         self.api = api
@@ -207,6 +241,7 @@ class GpuNodeSync:
         self.cache_dir = cache_dir
         self.status_interval_s = status_interval_s
         self.node_labels = node_labels or dict
+        self.offered = offered  # GPUNode.status.allocatable (see allocatable())
         self.assignments: dict[str, list[gpunode.Assignment]] = {}
         self._configs: dict[str, ModelConfig] = {}
         self._lock = threading.Lock()
@@ -281,10 +316,16 @@ class GpuNodeSync:
             self.agent.device_samples(),
             self.endpoint,
             previous=self._condition,
+            offered=self.offered,
         )
         self._condition = status.conditions[0] if status.conditions else None
+        body = status.wire()
+        # a merge patch keeps what it does not mention: an agent restarted without a budget
+        # (or without half of it) must remove what it reported before; null deletes a key
+        offered = status.allocatable
+        body["allocatable"] = offered.model_dump(by_alias=True, mode="json") if offered else None
         self.api.patch_cluster_custom_object_status(
-            GROUP, VERSION, gpunode.PLURAL, self.node, {"status": status.wire()}
+            GROUP, VERSION, gpunode.PLURAL, self.node, {"status": body}
         )
         return status
 
