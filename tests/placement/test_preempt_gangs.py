@@ -167,3 +167,26 @@ def test_replans_with_preemption_stay_valid_and_never_evict_upwards(
     for a in first.assignments:
         if prio[a.model] >= newcomer.priority:
             assert a.replica_key in kept
+
+
+def test_search_makes_room_for_a_waiting_gang_by_moving_one_gpu_replicas() -> None:
+    # Two 2-GPU nodes, one 400-milli pod on each GPU (running placement), and a 2-GPU gang of
+    # the same priority (no preemption). Best-fit keeps everything where it is: the gang waits.
+    # With a time budget the search empties one node (its two pods join the other node's GPUs:
+    # 400 + 400 <= 1,000) and the gang takes it: nothing unplaced, two moves.
+    gpus = (*make_gpus(2, per_node=2, prefix="a"), *make_gpus(2, per_node=2, prefix="b"))
+    lows = tuple(_pod(f"low{i}", gpu_milli=400) for i in range(4))
+    spread = tuple(
+        a.model_copy(update={"node": gpus[i].node, "gpu": gpus[i].index})
+        for i, a in enumerate(
+            sorted(plan(Problem(gpus=gpus, models=lows)).assignments, key=lambda a: a.model)
+        )
+    )
+    gang = _pod("gang", gpu_milli=1000, gpus_per_replica=2)
+    problem = Problem(gpus=gpus, models=(*lows, gang), current=spread)
+    quick = plan(problem)
+    assert [u.model for u in quick.unplaced] == ["gang"]
+    searched = plan(problem, time_limit_s=1.0)
+    assert check_plan(problem, searched) == []
+    assert not searched.unplaced
+    assert searched.moves == 2

@@ -8,10 +8,12 @@ exactly with ``cpsat.repack`` (hinted with the incoming assignment, kept only wh
 better: fewer GPUs, more replicas placed, or fewer moves against ``problem.current``). So the
 plan never gets worse than best-fit. GPUs that hold pinned replicas are never part of a
 neighbourhood. Fixed node demands: GPUs held by a multi-GPU replica are never part of a
-neighbourhood and unplaced multi-GPU replicas are never offered to one (gangs stay where
-best-fit put them); node CPU/host memory limits hold because re-insertion uses the node-aware
-best-fit and ``cpsat.repack`` carries the node constraints. Callers: planner
-(``time_limit_s > 0``). Pure; the clock is injected.
+neighbourhood; an unplaced multi-GPU replica gets room by its own move (every fifth cheap
+step while one waits: empty the least loaded eligible GPUs of a random node, put the gang
+there, re-insert their replicas elsewhere; kept only when every one of them finds a GPU). Node
+CPU/host memory limits hold because re-insertion uses the node-aware best-fit and
+``cpsat.repack`` carries the node constraints. Callers: planner (``time_limit_s > 0``). Pure;
+the clock is injected.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from stowplan.placement.bestfit import choose_gpu, decreasing_order
 from stowplan.placement.capacity import EPS
 from stowplan.placement.cpsat import GPU_WEIGHT, PLACE_WEIGHT, repack
 from stowplan.placement.models import Problem
+from stowplan.placement.nodestate import gang_fits, place
 from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
 
 MAX_STEP_S = 2.0  # CP-SAT budget of one neighbourhood
@@ -118,6 +121,58 @@ def _ruin_recreate(
     return left, False
 
 
+def _room_for_gang(
+    best: PackState,
+    left: list[Replica],
+    current: dict[Replica, int],
+    frozen: set[int],
+    rng: random.Random,
+) -> tuple[list[Replica], bool]:
+    """Make room for an unplaced multi-GPU replica: on a random node with enough eligible
+    GPUs, empty the least loaded ones of one-GPU replicas, put the gang there, and re-insert
+    the evicted replicas by best fit elsewhere; kept only when all of them find a GPU (so
+    nobody, whatever their priority, loses their place to the gang)."""
+    index = best.index
+    nodes = index.nodes
+    assert nodes is not None
+    gangs = [rep for rep in left if nodes.gang[rep[0]] > 1]
+    rep = gangs[rng.randrange(len(gangs))]
+    mi = rep[0]
+    k = int(nodes.gang[mi])
+    ok = index.elig_rows[index.elig_kind[mi]] & ~best.holds.row(mi)
+    ok &= index.min_mem[mi] <= index.cap_mib + EPS
+    if frozen:
+        ok[list(frozen)] = False
+    node_ids = np.unique(nodes.gpu_node[ok])
+    node_ids = node_ids[np.bincount(nodes.gpu_node[ok], minlength=len(nodes.names))[node_ids] >= k]
+    if node_ids.size == 0:
+        return left, False
+    node = int(node_ids[rng.randrange(node_ids.size)])
+    loads = gpu_loads(best)
+    on_node = [g for g in np.flatnonzero(ok & (nodes.gpu_node == node)).tolist()]
+    gpus = tuple(sorted(sorted(on_node, key=lambda g: (loads[g], g))[:k]))
+    before = _score(best, left, current)
+    log = [(r, g) for g in gpus for r in list(best.residents[g])]
+    for r, _ in log:
+        best.remove(r)
+    if not gang_fits(best, mi, gpus):
+        for r, g in log:
+            best.add(r, g)
+        return left, False
+    place(best, rep, gpus)
+    placed: list[Replica] = []
+    failed = _place_each(best, decreasing_order(index, [r for r, _ in log]), placed)
+    new_left = [r for r in left if r != rep]
+    if not failed and _score(best, new_left, current) <= before:
+        return new_left, True
+    for r in placed:  # undo
+        best.remove(r)
+    best.remove(rep)
+    for r, g in log:
+        best.add(r, g)
+    return left, False
+
+
 def _singles(index: PackIndex, reps: list[Replica]) -> list[Replica]:
     """The one-GPU replicas of ``reps`` (gangs are placed by best-fit only)."""
     if index.nodes is None or not index.nodes.has_gangs:
@@ -168,6 +223,11 @@ def improve(
             break
         step += 1
         if step % 25 or remaining < 1.0:  # mostly cheap ruin-and-recreate steps
+            if step % 5 == 0 and len(_singles(index, left)) < len(left):
+                left, moved = _room_for_gang(best, left, current, frozen, rng)
+                if moved:  # the gang's GPUs join the frozen ones
+                    frozen.update(g for rep in best.gangs for g in best.gangs[rep])
+                continue
             left, _ = _ruin_recreate(best, left, current, frozen, rng, rng.randint(1, 4))
             continue
         used = [g for g in np.flatnonzero(best.count > 0).tolist() if g not in frozen]
