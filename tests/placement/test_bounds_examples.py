@@ -39,3 +39,23 @@ def test_public_api_all_sorted_and_complete() -> None:
         assert hasattr(placement, name)
     for name in ("plan", "check_plan", "replica_capacity", "Violation", "PlacementError"):
         assert name in names
+
+
+def test_node_cpu_limits_raise_the_bound() -> None:
+    # four nodes of 8 GPUs and 8 cores; eight 250-milli pods of 4 cores each. By GPU volume
+    # two GPUs would do (8 x 250 = 2,000 milli), but the pods need
+    # 8 x 4 = 32 cores = all four nodes, and every node hosting a pod uses a GPU: bound 4.
+    # Best-fit meets it: two pods per node share one GPU (500 milli, 8 cores).
+    nodes = tuple(
+        placement.NodeResources(node=f"n{i}", cpu_milli=8000, memory_mib=10**6) for i in range(4)
+    )
+    pods = tuple(
+        make_model(
+            f"p{i}", weights_mib=0, per_item_mib=0, target_qps=0, gpu_milli=250, cpu_milli=4000
+        )
+        for i in range(8)
+    )
+    problem = placement.Problem(gpus=make_gpus(32, per_node=8), models=pods, nodes=nodes)
+    out = placement.plan(problem)
+    assert placement.check_plan(problem, out) == []
+    assert out.lower_bound == 4 == out.gpus_used

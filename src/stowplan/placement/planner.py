@@ -146,13 +146,35 @@ def _gang_split(index: PackIndex, placeable: list[int]) -> tuple[list[int], int]
 
 def lower_bound(index: PackIndex, placeable: list[int]) -> int:
     """GPU lower bound over the replicas of the placeable models (see bounds.py); the GPUs of
-    multi-GPU replicas are exclusive, so they add to the bound of the others."""
+    multi-GPU replicas are exclusive, so they add to the bound of the others. With node CPU or
+    host-memory limits, also the nodes the requests need at least (``_nodes_needed``): every
+    node that hosts a replica uses at least one GPU."""
+    nodes_needed = _nodes_needed(index, placeable)
     placeable, excl = _gang_split(index, placeable)
     pl = np.asarray(placeable, dtype=np.intp)
     counts = np.asarray([index.models[mi].replicas for mi in placeable], dtype=np.intp)
     shares = np.repeat(index.min_share[pl], counts)
     mems = np.repeat(index.min_mem[pl] / index.max_cap_mib[pl], counts)
-    return excl + gpu_lower_bound(shares.tolist(), mems.tolist(), counts.tolist())
+    gpus = excl + gpu_lower_bound(shares.tolist(), mems.tolist(), counts.tolist())
+    return max(gpus, nodes_needed)
+
+
+def _nodes_needed(index: PackIndex, placeable: list[int]) -> int:
+    """The fewest nodes whose CPU (and, apart, host memory) add up to the placeable replicas'
+    requests, largest nodes first; 0 without node limits."""
+    nodes = index.nodes
+    if nodes is None or not nodes.uses_node.any():
+        return 0
+    reps = np.asarray([index.models[mi].replicas for mi in placeable], dtype=float)
+    pl = np.asarray(placeable, dtype=np.intp)
+    out = 0
+    for need, have in ((nodes.need_cpu, nodes.cpu_milli), (nodes.need_mem, nodes.memory_mib)):
+        total = float((need[pl] * reps).sum()) if pl.size else 0.0
+        if total <= 0 or not np.isfinite(have).all():
+            continue  # an unlimited node could take it all
+        cum = np.cumsum(np.sort(have)[::-1])
+        out = max(out, min(int(np.searchsorted(cum, total * (1 - 1e-9))) + 1, cum.size))
+    return out
 
 
 def tight_lower_bound(problem: Problem, colgen_s: float = 60.0) -> int:
