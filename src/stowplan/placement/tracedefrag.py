@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stowplan.placement.tracesim import MILLI, PodRow
+from stowplan.placement.fragscore import MILLI
+from stowplan.placement.tracesim import PodRow
 
 if TYPE_CHECKING:
     from stowplan.placement.tracesim import Simulator

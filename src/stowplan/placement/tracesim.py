@@ -13,22 +13,49 @@ re-implementation of fragmentation gradient descent), ``stowplan`` (our online m
 fragmentation score against the workload's task distribution, ties broken by best fit instead of
 at random: the tightest GPU in a node, the node with the least free GPU (plus free CPU, except
 for fractional pods)) and ``stowplan`` + ``defrag_moves`` > 0 (at most that many moves per
-arrival, made by ``tracedefrag.Defragmenter``). Callers: ``stowplan bench fgd``, tests.
+arrival, made by ``tracedefrag.Defragmenter``). The measure, the score and the tie-breaks live
+in ``fragscore``, which the engine's ``online.place_arrivals`` uses too, so the benchmarked
+policy is the product's (``tests/placement/test_online_trace_consistency.py`` replays arrivals
+through both). Callers: ``stowplan bench fgd``, tests.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-MILLI = 1000
-MAX_SPEC_CPU = 128_000
-MAX_SPEC_GPU = 8_000
+from stowplan.placement import fragscore
+from stowplan.placement.fragscore import (
+    MAX_SPEC_CPU,
+    MAX_SPEC_GPU,
+    MILLI,
+    ScoreRule,
+    TaskKind,
+    best_gpu_choice,
+    node_tightness,
+    rule_for,
+)
+
+__all__ = [
+    "MAX_SPEC_CPU",
+    "MAX_SPEC_GPU",
+    "MILLI",
+    "Cluster",
+    "FragModel",
+    "IdleBreakdown",
+    "NodeRow",
+    "PodRow",
+    "SimResult",
+    "Simulator",
+    "arrivals",
+    "gpu_choices",
+    "idle_breakdown",
+]
+
 MAX_GPUS = 8
 HALF_MILLI = 500  # two fractional pods above this never share a GPU
 
@@ -56,8 +83,8 @@ class PodRow:
         return self.num_gpu * self.gpu_milli
 
     @property
-    def kind(self) -> tuple[int, int, int, str]:
-        return (self.cpu_milli, self.num_gpu, self.gpu_milli, self.gpu_spec)
+    def kind(self) -> TaskKind:
+        return TaskKind(self.cpu_milli, self.num_gpu, self.gpu_milli, self.gpu_spec)
 
 
 def arrivals(
@@ -165,47 +192,11 @@ def gpu_choices(left: np.ndarray, n: int, pod: PodRow) -> list[list[int]]:
     return [free[: pod.num_gpu]] if len(free) >= pod.num_gpu else []
 
 
-class FragModel:
-    """FGD's fragmentation measure of one node state against the task distribution."""
+class FragModel(fragscore.FragModel):
+    """``fragscore.FragModel`` of a workload's pod rows (node classes: the GPU models)."""
 
-    def __init__(self, typical: Sequence[PodRow], models: list[str]) -> None:
-        counts = Counter(p.kind for p in typical)
-        total = sum(counts.values())
-        kinds = [(k, c / total) for k, c in counts.items() if k[1] > 0]
-        self.cpu = np.asarray([k[0] for k, _ in kinds])
-        self.num = np.asarray([k[1] for k, _ in kinds])
-        self.milli = np.asarray([k[2] for k, _ in kinds])
-        self.pop = np.asarray([w for _, w in kinds])
-        self.admits = np.ones((len(models), len(kinds)), dtype=bool)  # (model, kind)
-        for j, (k, _) in enumerate(kinds):
-            if k[3]:
-                allowed = set(k[3].split("|"))
-                self.admits[:, j] = [m in allowed for m in models]
-        self.cache: dict[tuple[int, ...], float] = {}
-
-    def frag(self, key: tuple[int, ...]) -> float:
-        """Expected unusable idle GPU milli of a node state ``(model, cpu_left, *left)``."""
-        hit = self.cache.get(key)
-        if hit is not None:
-            return hit
-        left = np.asarray(key[2:], dtype=np.int64)
-        idle = float(left.sum())
-        if idle == 0:
-            self.cache[key] = 0.0
-            return 0.0
-        share = self.milli < MILLI
-        thr = np.where(share, self.milli, MILLI)
-        small = (left[None, :] < thr[:, None]) * left[None, :]
-        partial = small.sum(axis=1).astype(float)
-        fits = np.where(
-            share,
-            (left[None, :] >= self.milli[:, None]).any(axis=1),
-            (left == MILLI).sum() >= self.num,
-        )
-        fits &= self.admits[key[0]] & (key[1] >= self.cpu)
-        value = float((self.pop * np.where(fits, partial, idle)).sum())
-        self.cache[key] = value
-        return value
+    def __init__(self, typical: Sequence[PodRow], models: Sequence[str]) -> None:
+        super().__init__((p.kind for p in typical), models)
 
 
 Score = Callable[[Cluster, int, PodRow, list[int]], float]
@@ -277,7 +268,11 @@ class Simulator:
         policy: str,
         seed: int,
         defrag_moves: int = 0,
+        node_order: Sequence[int] | None = None,
     ) -> None:
+        """``node_order``: the rank of each node among equal scores (default: a per-seed
+        shuffle, the simulator's random name prefix; the identity matches the engine's online
+        mode, which ranks nodes by their first GPU)."""
         if policy not in ("bestfit", "fgd", "stowplan"):
             raise ValueError(f"unknown policy {policy!r}")
         self.cluster = Cluster(nodes)
@@ -285,31 +280,26 @@ class Simulator:
         self.policy = policy
         self.defrag_moves = defrag_moves
         self.frag = FragModel(typical, self.cluster.models)
-        rank = list(range(len(nodes)))
-        random.Random(seed * 7919 + 1).shuffle(rank)
+        if node_order is None:
+            rank = list(range(len(nodes)))
+            random.Random(seed * 7919 + 1).shuffle(rank)
+        else:
+            if sorted(node_order) != list(range(len(nodes))):
+                raise ValueError("node_order must be a permutation of the node positions")
+            rank = list(node_order)
         self.rank = np.asarray(rank)
         self.spec_cache: dict[str, np.ndarray] = {}
         self.running: dict[int, list[tuple[PodRow, list[int]]]] = {}
         from stowplan.placement.tracedefrag import Defragmenter  # it imports this module
 
         self.defrag = Defragmenter(self, defrag_moves) if defrag_moves else None
-        # stowplan's score: sigmoid of the fragmentation decrease over this many milli,
-        # truncated to an integer (FGD: over 1,000); equal scores go to the tightest GPU in a node
-        self.scale_milli = 150.0  # finer than FGD; see the variants table in the README
-        # whole-GPU pods: the same, unless pods of several GPUs carry a quarter or more of the
-        # workload's GPU request: then FGD's 1,000 (multigpu50, 10 seeds: 97.20 % vs 97.13 with
-        # 300 and 97.0 with 150; default, where they carry 7 %: 95.30 with 300 vs 95.40, 3 seeds)
-        gpu_req = sum(p.gpu_request for p in typical)
-        multi = sum(p.gpu_request for p in typical if p.num_gpu > 1)
-        self.scale_milli_whole = 1000.0 if multi >= 0.25 * gpu_req else self.scale_milli
-        self.gpu_tiebreak = True
-        # node tie-break among equal scores: least free GPU milli plus this weight times free
-        # CPU left after placing. CPU counts for whole-GPU and CPU-only pods (packing CPU
-        # tightly keeps other nodes' CPU for GPU pods: 95.31 vs 94.97 % on default, seeds
-        # 42-43) but not for fractional pods (86.79 vs 86.35 % on gpushare100, seeds 42-43).
-        self.cpu_weight = 1.0
-        self.cpu_weight_share = 0.0
-        self.cpu_weight_cpu_only = 1.0
+        # stowplan: fragscore's rule (sigmoid over 150 milli, or FGD's 1,000 for whole GPUs
+        # when multi-GPU pods carry a quarter of the GPU request; best-fit tie-breaks); FGD:
+        # sigmoid over 1,000 and ties to the node order only
+        if policy == "stowplan":
+            self.rule = rule_for(p.kind for p in self.typical)
+        else:
+            self.rule = ScoreRule(scale_share=1000.0, scale_whole=1000.0, gpu_tiebreak=False)
 
     def _spec(self, spec: str) -> np.ndarray:
         m = self.spec_cache.get(spec)
@@ -336,10 +326,7 @@ class Simulator:
         per_state: dict[tuple[int, ...], tuple[float, list[int]]] = {}
         scores = np.empty(cand.size)
         tieb = np.empty(cand.size)
-        if pod.num_gpu == 0:
-            w_cpu = self.cpu_weight_cpu_only
-        else:
-            w_cpu = self.cpu_weight_share if pod.gpu_milli < MILLI else self.cpu_weight
+        w_cpu = self.rule.cpu_weight(pod.num_gpu, pod.gpu_milli)
         for k, i in enumerate(cand.tolist()):
             key = c.state_key[i]
             hit = per_state.get(key)
@@ -347,9 +334,9 @@ class Simulator:
                 hit = self._eval_state(i, pod)
                 per_state[key] = hit
             scores[k] = hit[0]
-            tieb[k] = (c.left[i].sum() - pod.gpu_request) / MAX_SPEC_GPU + w_cpu * (
-                c.cpu_left[i] - pod.cpu_milli
-            ) / MAX_SPEC_CPU
+            tieb[k] = node_tightness(
+                int(c.left[i].sum()), pod.gpu_request, int(c.cpu_left[i]), pod.cpu_milli, w_cpu
+            )
         if self.policy == "fgd":
             order = np.lexsort((self.rank[cand], -scores))
         else:  # fragmentation score, then the tightest node (best fit), then the fixed order
@@ -362,35 +349,17 @@ class Simulator:
     def _eval_state(self, i: int, pod: PodRow) -> tuple[float, list[int]]:
         c = self.cluster
         n = int(c.ngpu[i])
-        before = self.frag.frag(c.state_key[i])
-        best: tuple[float, list[int]] | None = None
-        for gpus in gpu_choices(c.left[i], n, pod):
-            left = c.left[i, :n].copy()
-            for g in gpus:
-                left[g] -= pod.gpu_milli
-            key = (int(c.model_id[i]), int(c.cpu_left[i]) - pod.cpu_milli, *sorted(left.tolist()))
-            delta = before - self.frag.frag(key)
-            # FGD's integer score (sigmoid of the fragmentation decrease, truncated); the exact
-            # delta measured worse (94.80 vs 95.20 % on seed 42): coarse scores leave room for
-            # the tie-break, which is best fit for stowplan and the fixed random order for FGD.
-            scale = self.scale_milli_whole if pod.gpu_milli >= MILLI else self.scale_milli
-            scale = scale if self.policy == "stowplan" else 1000.0
-            score = float(int(100.0 / (1.0 + math.exp(-delta / scale))))
-            values = [int(c.left[i, g]) for g in gpus]
-            if (
-                best is None
-                or score > best[0]
-                or (
-                    self.gpu_tiebreak
-                    and self.policy == "stowplan"
-                    and score == best[0]
-                    and values
-                    and values[0] < best[1][0]
-                )
-            ):
-                best = (score, values)
-        assert best is not None
-        return best
+        return best_gpu_choice(
+            self.frag,
+            int(c.model_id[i]),
+            int(c.cpu_left[i]),
+            pod.cpu_milli,
+            c.left[i, :n].tolist(),
+            gpu_choices(c.left[i], n, pod),
+            pod.gpu_milli,
+            self.rule.scale(pod.gpu_milli),
+            self.rule.gpu_tiebreak,
+        )
 
     def _gpus_for(self, i: int, pod: PodRow, left_values: list[int]) -> list[int]:
         if pod.num_gpu == 0:
