@@ -44,6 +44,9 @@ def _convert(node: Schema, defs: dict[str, Schema]) -> Schema:
         target = defs[node.pop("$ref").rsplit("/", 1)[-1]]
         merged = {**target, **node}  # the field's own description wins over the class's
         return _convert(merged, defs)
+    if node.get("x-kubernetes-int-or-string"):
+        # int-or-string: the one anyOf a structural schema allows (kubectl explain shows it)
+        return {k: v for k, v in node.items() if k != "title" and (k, v) != ("default", None)}
     if "allOf" in node and len(node["allOf"]) == 1:
         inner = node.pop("allOf")[0]
         return _convert({**inner, **node}, defs)

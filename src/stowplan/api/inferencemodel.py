@@ -161,11 +161,17 @@ class ResourceQuantities(WireModel):
 
     cpu: Quantity | None = Field(
         default=None,
-        description='CPU cores as a quantity: 500m, 2, or "1.5" (a fraction as a string).',
+        description=(
+            'CPU cores, a Kubernetes quantity (integer or string): 500m, 2, "1.5" (fractions '
+            "as strings)."
+        ),
     )
     memory: Quantity | None = Field(
         default=None,
-        description="Host memory (not GPU memory) as a quantity: 512Mi, 4Gi, 1G, or bytes.",
+        description=(
+            "Host memory (not GPU memory), a Kubernetes quantity (integer or string): 512Mi, "
+            "4Gi, 1G, or an integer number of bytes."
+        ),
     )
 
 
