@@ -190,3 +190,23 @@ def test_search_makes_room_for_a_waiting_gang_by_moving_one_gpu_replicas() -> No
     assert check_plan(problem, searched) == []
     assert not searched.unplaced
     assert searched.moves == 2
+
+
+def test_no_capacity_message_names_what_ran_out() -> None:
+    # one node, 2 GPUs, 2 cores: two 1-core pods take the CPU and a third waits for the CPU
+    # (the GPUs still have room)
+    gpus = make_gpus(2, per_node=2)
+    nodes = (NodeResources(node="n0", cpu_milli=2000, memory_mib=10**6),)
+    pods = tuple(_pod(f"p{i}", gpu_milli=100, cpu_milli=1000) for i in range(3))
+    problem = Problem(gpus=gpus, models=pods, nodes=nodes)
+    out = plan(problem)
+    assert check_plan(problem, out) == []
+    assert len(out.unplaced) == 1 and "CPU and host memory" in out.unplaced[0].message
+    # a higher-priority whole-GPU pod goes first; the 2-GPU gang then waits for 2 empty GPUs
+    first = _pod("first", gpu_milli=1000, priority=1)
+    gang = _pod("gang", gpu_milli=1000, gpus_per_replica=2)
+    problem = Problem(gpus=gpus, models=(first, gang))
+    out = plan(problem)
+    assert check_plan(problem, out) == []
+    assert [u.model for u in out.unplaced] == ["gang"]
+    assert "2 empty GPUs on one node" in out.unplaced[0].message

@@ -134,6 +134,17 @@ def unplaceable_reason(index: PackIndex, mi: int) -> Unplaced | None:
     return None
 
 
+def no_capacity_message(index: PackIndex, mi: int) -> str:
+    """Why a replica that fits an empty node found no room: what it competes for."""
+    nodes = index.nodes
+    what = ["GPU time", "GPU memory", "one replica per GPU"]
+    if nodes is not None and nodes.gang[mi] > 1:
+        what = [f"{int(nodes.gang[mi])} empty GPUs on one node"]
+    if nodes is not None and nodes.uses_node[mi]:
+        what.append("the node's CPU and host memory")
+    return "no GPU has room left (" + ", ".join(what) + ")"
+
+
 def _gang_split(index: PackIndex, placeable: list[int]) -> tuple[list[int], int]:
     """(placeable one-GPU models, GPUs their multi-GPU replicas take exclusively)."""
     nodes = index.nodes
@@ -332,7 +343,7 @@ def plan(
                 model=m.name,
                 replica=r,
                 reason=UnplacedReason.NO_CAPACITY,
-                message="no GPU has room left (time, memory or one replica per GPU)",
+                message=no_capacity_message(index, mi),
             )
         )
     assignments = state.assignments()
