@@ -14,6 +14,7 @@ must not import the solver). Callers: :mod:`stowplan.commands.up` and tests. Bad
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from stowplan.agent.config import AgentSettings, ModelConfig, batching_config, e
 from stowplan.agent.serving import Agent, ServedModel
 from stowplan.agent.telemetry import SimulatedTelemetry, Telemetry, detect
 from stowplan.api.inferencemodel import InferenceModel
+from stowplan.demands import model_demand
 from stowplan.models import materialize
 
 NODE = "local"
@@ -105,6 +107,14 @@ def _read_file(path: Path) -> list[Manifest]:
     return out
 
 
+def _host_memory_mib() -> int:
+    """Physical memory of this machine in MiB."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) >> 20
+    except (ValueError, OSError):  # pragma: no cover - not POSIX
+        return 1 << 40  # unknown: no limit
+
+
 def make_problem(manifests: list[Manifest], telemetry: Telemetry) -> placement.Problem:
     labels = {"kubernetes.io/hostname": socket.gethostname(), "stowplan.io/standalone": "true"}
     gpus = tuple(
@@ -117,27 +127,14 @@ def make_problem(manifests: list[Manifest], telemetry: Telemetry) -> placement.P
         )
         for d in telemetry.devices()
     )
-    models = tuple(
-        placement.ModelDemand(
-            name=m.model.metadata.name,
-            replicas=m.model.spec.replicas,
-            slo_ms=m.model.spec.slo.latency_ms,
-            target_qps=m.model.spec.slo.target_qps,
-            latency=placement.LatencyProfile(
-                base_ms=m.model.spec.profile.latency_ms.base_ms,
-                per_item_ms=m.model.spec.profile.latency_ms.per_item_ms,
-            ),
-            memory=placement.MemoryProfile(
-                weights_mib=m.model.spec.profile.memory_mib.weights_mib,
-                per_item_mib=m.model.spec.profile.memory_mib.per_item_mib,
-            ),
-            max_batch=m.model.spec.profile.max_batch,
-            priority=m.model.spec.priority,
-            node_selector=m.model.spec.node_selector,
-        )
-        for m in manifests
+    models = tuple(model_demand(m.model.metadata.name, m.model.spec) for m in manifests)
+    # this machine is the one node: its CPUs and memory bound the replicas' requests
+    nodes = (
+        placement.NodeResources(
+            node=NODE, cpu_milli=(os.cpu_count() or 1) * 1000, memory_mib=_host_memory_mib()
+        ),
     )
-    return placement.Problem(gpus=gpus, models=models)
+    return placement.Problem(gpus=gpus, models=models, nodes=nodes)
 
 
 def model_config(m: Manifest, uri: str, replicas: list[placement.Assignment]) -> ModelConfig:

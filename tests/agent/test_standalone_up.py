@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
-from stowplan import standalone
+from stowplan import placement, standalone
 from stowplan.agent.config import AgentSettings
 from stowplan.agent.server import create_app
 from stowplan.agent.telemetry import SimulatedTelemetry
@@ -195,3 +195,21 @@ def test_up_serves_and_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     text = out.decode()
     assert proc.returncode == 0, text
     assert "serving on" in text and "stopped" in text and "Traceback" not in text
+
+
+def test_requests_beyond_this_machine_are_unplaced_with_a_reason(tmp_path: Path) -> None:
+    # standalone mode places on this machine alone: its CPUs and memory bound the requests.
+    # One replica asking for a million CPUs fits no node; one asking for 1m CPU is placed.
+    base = MODEL_YAML.format(name="{name}", uri="file://models/mlp.onnx")
+    huge = base.replace("{name}", "huge") + "  resources: {requests: {cpu: '1000000'}}\n"
+    tiny = base.replace("{name}", "tiny") + "  resources: {requests: {cpu: 1m, memory: 1Mi}}\n"
+    (tmp_path / "m.yaml").write_text(huge + "---\n" + tiny)
+    problem = standalone.make_problem(standalone.read_manifests(tmp_path), SimulatedTelemetry(1))
+    demands = {m.name: m for m in problem.models}
+    assert (demands["tiny"].cpu_milli, demands["tiny"].host_memory_mib) == (1, 1)
+    out = placement.plan(problem)
+    assert placement.check_plan(problem, out) == []
+    assert [a.model for a in out.assignments] == ["tiny"]
+    assert [(u.model, u.reason) for u in out.unplaced] == [
+        ("huge", placement.UnplacedReason.RESOURCES_EXCEED_EVERY_NODE)
+    ]

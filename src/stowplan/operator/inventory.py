@@ -18,6 +18,7 @@ from datetime import datetime
 
 from stowplan import api, placement
 from stowplan.api import quantity
+from stowplan.demands import model_demand
 
 #: Stands for "no limit" on the half of ``allocatable`` an agent left out (NodeResources takes
 #: both numbers); no replica's request reaches it (parsed quantities are clamped to it).
@@ -30,28 +31,7 @@ def model_key(im: api.InferenceModel) -> str:
 
 
 def demand(im: api.InferenceModel) -> placement.ModelDemand:
-    spec = im.spec
-    requests = spec.resources.requests
-    return placement.ModelDemand(
-        name=model_key(im),
-        replicas=spec.replicas,
-        slo_ms=spec.slo.latency_ms,
-        target_qps=spec.slo.target_qps,
-        latency=placement.LatencyProfile(
-            base_ms=spec.profile.latency_ms.base_ms,
-            per_item_ms=spec.profile.latency_ms.per_item_ms,
-        ),
-        memory=placement.MemoryProfile(
-            weights_mib=spec.profile.memory_mib.weights_mib,
-            per_item_mib=spec.profile.memory_mib.per_item_mib,
-        ),
-        max_batch=spec.profile.max_batch,
-        priority=spec.priority,
-        node_selector=dict(spec.node_selector),
-        gpu_type=spec.gpu_type,
-        cpu_milli=quantity.cpu_milli(requests.cpu),
-        host_memory_mib=quantity.memory_mib(requests.memory),
-    )
+    return model_demand(model_key(im), im.spec)
 
 
 def is_stale(node: api.GPUNode, now: datetime, stale_after_s: float) -> bool:
