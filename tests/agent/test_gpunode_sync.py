@@ -14,6 +14,7 @@ from stowplan.agent.cluster import (
     build_status,
     desired_configs,
     reconcile,
+    session_threads,
 )
 from stowplan.agent.config import AgentSettings
 from stowplan.agent.serving import Agent
@@ -210,6 +211,14 @@ def test_allocatable_is_the_limits_less_the_reserve() -> None:
     assert allocatable(None, None, "1", "1Gi") is None  # no budget given: no limit
     with pytest.raises(ValueError, match="lots"):
         allocatable("lots", None)
+
+
+def test_session_threads_follow_the_cpu_budget() -> None:
+    # 7.5 CPUs offered: 7 whole ones; a quarter CPU still gets one thread; no budget: ORT's own
+    assert session_threads(allocatable("8000m", None, "500m")) == 7
+    assert session_threads(allocatable("250m", "1Gi")) == 1
+    assert session_threads(allocatable(None, "1Gi")) == 0
+    assert session_threads(None) == 0
 
 
 def test_status_reports_allocatable_and_clears_it_when_unset(sync_agent: Agent) -> None:

@@ -114,6 +114,15 @@ _BUDGET = (
     "Env: STOWPLAN_RESERVED_MEMORY.",
 )
 @click.option(
+    "--intra-op-threads",
+    envvar="STOWPLAN_INTRA_OP_THREADS",
+    default=0,
+    type=click.IntRange(0, 1024),
+    help="ONNX Runtime threads per model session; 0: the whole CPUs of --allocatable-cpu "
+    "(less --reserved-cpu; at least 1), or ONNX Runtime's default (every core of the machine, "
+    "whatever the container's limit) without one. Env: STOWPLAN_INTRA_OP_THREADS.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -132,6 +141,7 @@ def main(
     allocatable_memory: str | None,
     reserved_cpu: str | None,
     reserved_memory: str | None,
+    intra_op_threads: int,
     log_level: str,
 ) -> None:
     """Run the stowplan agent for NODE: serve models and sync the node's GPUNode."""
@@ -147,7 +157,13 @@ def main(
     )
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sys.setswitchinterval(0.001)  # hand the GIL to executor threads quickly
-    settings = AgentSettings(node_name=node, host=host, port=port, cache_dir=models_dir)
+    settings = AgentSettings(
+        node_name=node,
+        host=host,
+        port=port,
+        cache_dir=models_dir,
+        intra_op_threads=intra_op_threads or cluster.session_threads(offered),
+    )
     agent = Agent(settings, detect(simulated_devices=sim_devices))
     url = endpoint or f"http://{os.environ.get('POD_IP', host)}:{port}"
     try:

@@ -132,6 +132,15 @@ def allocatable(
     )
 
 
+def session_threads(offered: ResourceQuantities | None) -> int:
+    """ONNX Runtime intra-op threads for the CPU budget ``offered``: its whole CPUs (at least
+    1), so sessions do not spawn a thread per core of a machine whose CPUs the container may
+    not use; 0 (ONNX Runtime's default) without a CPU budget."""
+    if offered is None or offered.cpu is None:
+        return 0
+    return max(1, quantity.cpu_milli(offered.cpu, round_up=False) // 1000)
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
