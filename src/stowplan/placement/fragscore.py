@@ -100,7 +100,7 @@ class FragModel:
             (left[None, :] >= self.milli[:, None]).any(axis=1),
             (left == MILLI).sum() >= self.num,
         )
-        fits &= self.admits[key[0]] & (key[1] >= self.cpu)
+        fits &= self.admits[int(key[0])] & (key[1] >= self.cpu)
         value = float((self.pop * np.where(fits, partial, idle)).sum())
         self.cache[key] = value
         return value

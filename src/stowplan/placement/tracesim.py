@@ -378,6 +378,14 @@ class Simulator:
             return [min(fits)[1]]
         return [g for g, v in enumerate(row) if v == MILLI][: pod.num_gpu]
 
+    def step(self, pod: PodRow) -> tuple[int, list[int]] | None:
+        """One arrival without defragmentation: (node, GPU indices) where the policy puts it
+        (and commits it there), or None when it fits nowhere."""
+        choice = self._choose(pod)
+        if choice is not None:
+            self._commit(choice[0], pod, choice[1])
+        return choice
+
     def _commit(self, i: int, pod: PodRow, gpus: list[int]) -> None:
         self.cluster.place(i, pod, gpus)
         self.running.setdefault(i, []).append((pod, gpus))
