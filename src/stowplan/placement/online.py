@@ -15,10 +15,14 @@ first in ``problem.gpus`` (``FragChooser``).
 Free milli of a GPU (what the fragmentation measure sees): 1,000 when empty; otherwise
 floor(1,000 x its free time share at the duty-cycle level most generous to it among those its
 residents allow), at most 999. With fixed demands only this is exactly 1,000 minus their milli;
-on a GPU that also holds SLO replicas it is the largest fraction that still fits by time (GPU
-memory is checked by the fit test, not by the measure); a gang's GPUs count 0. A GPU is a
-candidate only where the engine's own fit test says the replica fits (type, selector, memory,
-time, one replica of a model per GPU), so plans stay valid whatever the measure says.
+on a GPU that also holds SLO replicas it is the largest fixed fraction that still fits there by
+time, rounded down (never more than fits; those replicas' own share depends on the cycle level,
+and this takes the level that leaves the most; GPU memory is checked by the fit test, not by the
+measure); a gang's GPUs count 0. A GPU is a candidate only where the engine's own fit test
+says the replica fits (type, selector, memory, time, one replica of a model per GPU; such a GPU
+counts at least the replica's milli free), so plans stay valid whatever the measure says. A
+node's class in the measure is the type of its first GPU; a task's admitted types are its
+``gpu_type`` (node selectors are not part of the measure).
 
 ``defragment(problem, max_moves)`` then tries to empty the least loaded GPUs by moving at most
 ``max_moves`` replicas to GPUs that are already in use (best fit; pinned replicas never move;
@@ -143,6 +147,7 @@ class FragChooser:
         if not cand:
             return None
         free = self.free_milli(state)
+        free[ok] = np.maximum(free[ok], milli)  # where the fit test says yes, it fits (floor)
         scale = self.rule.scale(milli)
         w_cpu = self.rule.cpu_weight(k, milli)
         seen: dict[tuple[object, ...], tuple[float, list[int]]] = {}
