@@ -27,9 +27,10 @@ node's class in the measure is the type of its first GPU; a task's admitted type
 ``defragment(problem, max_moves)`` then tries to empty the least loaded GPUs by moving at most
 ``max_moves`` replicas to GPUs that are already in use (best fit; pinned replicas never move;
 nor do multi-GPU replicas), and returns the plan only with the moves that empty a GPU.
-Callers: the operator (a new InferenceModel or a scale-up), tests
+Callers: library users placing arrivals one at a time, tests
 (``tests/placement/test_online_trace_consistency.py`` replays the trace through this and
-``tracesim``). Pure.
+``tracesim``). The operator re-plans with ``planner.plan``, which also keeps running replicas
+where they are but may preempt; its InferenceModels have no fixed demands today. Pure.
 """
 
 from __future__ import annotations
