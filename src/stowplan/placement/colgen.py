@@ -10,18 +10,27 @@ least ``n_m`` times (its replica count), so the LP
     min sum_p x_p   s.t.   sum_{p contains m} x_p >= n_m  for every m,   x >= 0
 
 bounds the number of GPUs from below (Gilmore-Gomory). GLOP solves the master over the
-configurations found so far (seeded with the GPUs of a best-fit plan); new ones come from a
-greedy knapsack per level (duals per unit of time and memory share, exact float fit test) and,
-when greedy finds none, from CP-SAT solving the 2-D knapsack per level exactly. The bound is
-Farley's ``sum_m n_m pi_m / kappa``, ``kappa`` an upper bound on the best configuration's dual
-value (CP-SAT's proven bound), valid whenever all levels were priced exactly; once nothing
-prices out it is the LP optimum. ``configuration_plan`` then solves the integer master over
-the pool with CP-SAT (hinted with the best-fit GPUs, so never worse) and turns it into GPU sets.
+configurations found so far (seeded with the GPUs of a best-fit plan and with greedy columns
+that fill a GPU at the volume duals; kept between rounds, no presolve, so it warm-starts).
+Pricing per round (``colgen_kernel``): every two- and three-member column completed exactly
+by time, and seeded greedy columns in three time/memory orders improved by drop-and-refill;
+every distinct improving column enters (the best one containing each model, up to half the
+number of models per round). Duals are stabilised (Wentges smoothing towards the duals with
+the best estimated bound, starting from the volume duals). When the heuristics find nothing,
+CP-SAT solves the 2-D knapsack exactly, level by level in decreasing order of a cheap bound
+(fractional surrogate knapsacks) and only where that bound exceeds one. The bound is Farley's
+``sum_m n_m pi_m / kappa``, ``kappa`` an upper bound on the best configuration's dual value
+(the cheap bound after every round, CP-SAT's proven bound where it ran), valid at any point;
+once nothing prices out it is the LP optimum. ``dive`` rounds the LP (take ``floor(x)``,
+re-solve for the rest) and ``integer_plan`` solves the integer master over the pool
+with CP-SAT (hinted, so never worse than its hint); both give GPU sets (price-and-branch).
 
 Validity: the exact pricing knapsack is a relaxation (weights rounded down to integer
-microseconds and MiB, capacities rounded up, duals rounded with their error added to
-``kappa``); only configurations that pass the engine's float fit test enter the pool; the
-ceiling subtracts a 1e-6 relative tolerance for GLOP's floating-point duals. Over the engine's
+nanoseconds and KiB, capacities rounded up, duals rounded with their error added to
+``kappa``; a set it returns that misses the float fit test by more than float noise is cut
+off with its supersets and the knapsack re-solved); the cheap bound is a fractional
+relaxation with a 1e-9 relative margin; only configurations that pass the engine's float fit
+test enter the pool; the ceiling subtracts a 1e-6 relative tolerance for GLOP's floating-point duals. Over the engine's
 30 duty-cycle levels (as every bound here). Applies to single-GPU replicas on GPUs of one
 capacity without type or selector restrictions and without node demands (the benchmark
 instances); callers check ``applies``. Callers: ``planner``. Pure: no I/O; clock injectable.
@@ -29,6 +38,7 @@ instances); callers check ``applies``. Callers: ``planner``. Pure: no I/O; clock
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -39,11 +49,23 @@ from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
 from stowplan.placement.capacity import EPS
+from stowplan.placement.colgen_kernel import (
+    COMPILED,
+    GREEDY_MIXES,
+    SURROGATES,
+    WIDTH,
+    price_kernel,
+    upper_kernel,
+)
 from stowplan.placement.errors import SolverFailed
 from stowplan.placement.packing import LEVELS, PackIndex
 
 DUAL_SCALE = 1_000_000  # duals are priced as integers in millionths
 PRICE_TIME_S = 2.0  # per exact knapsack; its proven bound is used if it stops early
+GLOP_PARAMS = "use_preprocessing: false solve_dual_problem: NEVER_DO"
+SEED_FULL = 0.9  # first columns: those the greedy fills to this much of the volume duals
+SMOOTHING = 0.5  # Wentges: price at SMOOTHING * centre + (1 - SMOOTHING) * LP duals
+IMPROVING = 1.0 + 1e-7  # a configuration prices out when its dual value exceeds this
 
 Column = frozenset[int]  # positions in ``ColumnGeneration.models``
 
@@ -85,6 +107,17 @@ class ColumnGeneration:
         self._lp: pywraplp.Solver | None = None
         self._rows: list[pywraplp.Constraint] = []
         self._in_lp = 0  # pool columns already in the LP
+        self.lp_value = math.inf  # the restricted master's optimum (after a solve)
+        self.uncovered = self.counts.astype(int)  # replicas ``dive`` left uncovered
+        self.max_columns = max(30, len(self.models) // 2)  # columns added per greedy round
+        # stabilisation centre: starts at the volume duals (each model's smallest share of a
+        # GPU), a dual solution whose Farley estimate is the volume bound
+        share = np.maximum(self.busy / LEVELS, self.mem / max(self.cap, EPS))
+        self.centre = np.where(self.ok, share, np.inf).min(axis=1, initial=np.inf)
+        self.centre[~np.isfinite(self.centre)] = 0.0
+        self.centre_score = float(self.centre @ self.counts)
+        if SEED_FULL:
+            self._add(self._greedy(self.centre, self.centre, SEED_FULL))
 
     def fits(self, col: Column) -> bool:
         """The engine's float fit test: some level every member allows has room for all."""
@@ -101,43 +134,48 @@ class ColumnGeneration:
     def run(
         self, deadline: float, clock: Callable[[], float] = time.monotonic, *, bound: bool = True
     ) -> None:
-        """Generate columns until nothing prices out or the deadline passes. Greedy pricing
-        first; when it finds nothing, exact pricing level by level (most promising first),
-        stopping at the first level that yields a column; a round that finds none has priced
-        every level exactly, which proves convergence and gives Farley's bound. With
-        ``bound``, a run stopped by the deadline ends with one full exact round (it may
-        overrun the deadline by that round)."""
-        full_last = False
+        """Generate columns until nothing prices out or the deadline passes. Each round
+        solves the master, notes Farley's bound with the cheap pricing bound, and adds every
+        distinct improving column the seeded greedy finds at smoothed duals (Wentges; at the
+        LP duals when the smoothed ones find none). When greedy finds nothing, exact pricing
+        level by level (highest cheap bound first, levels whose cheap bound cannot exceed one
+        skipped), stopping at the first level that yields a column; a round that finds none
+        proves convergence and the bound is the LP optimum. With ``bound``, a run stopped by
+        the deadline ends with one exact round for the bound (it may overrun the deadline by
+        that round)."""
+        exact_last = False
         while not self.converged and clock() < deadline:
             duals = self._master()
-            full_last = False
-            cols, values = self._greedy(duals)
-            if self._add(cols):
+            exact_last = False
+            self._note_bound(duals, float(self._upper(duals).max(initial=0.0)))
+            if SMOOTHING > 0:
+                sep = SMOOTHING * self.centre + (1 - SMOOTHING) * duals
+                if self._add(self._greedy(sep, duals)):
+                    continue  # a misprice (nothing) falls through to the LP duals
+            if self._add(self._greedy(duals, duals)):
                 continue
             late = lambda: clock() >= deadline  # noqa: E731
-            order = np.argsort(-values, kind="stable")
-            cols, kappa = self._exact(duals, order, first=True, stop=late)
+            cols, kappa, complete = self._exact(duals, first=True, stop=late)
+            self._note_bound(duals, kappa)
+            exact_last = complete
             if self._add(cols):
                 continue
-            added = 0
-            if math.isinf(kappa) and not late():  # stopped at a column it cannot add
-                cols, kappa = self._exact(duals, np.arange(len(LEVELS)), first=False, stop=late)
-                added = self._add(cols)
-            if math.isinf(kappa):  # the deadline cut the round short
-                break
-            self._note_bound(duals, kappa)  # every level was priced exactly
-            full_last = True
-            self.converged = added == 0  # nothing new can enter (Farley's bound stands)
-        if bound and not self.converged and not full_last:
+            self.converged = complete  # nothing new can enter (Farley's bound stands)
+            break
+        if bound and not self.converged and not exact_last:
             duals = self._master()
-            _, kappa = self._exact(duals, np.arange(len(LEVELS)), first=False)
+            _, kappa, _ = self._exact(duals, first=False)
             self._note_bound(duals, kappa)
 
     def _note_bound(self, duals: npt.NDArray[np.float64], kappa: float) -> None:
         if math.isfinite(kappa):
             self.bound = max(self.bound, float(duals @ self.counts) / max(1.0, kappa))
 
-    def _add(self, cols: list[Column]) -> int:
+    def add_columns(self, cols: Sequence[Column]) -> int:
+        """Add the configurations among ``cols`` that fit and are new; how many."""
+        return self._add(cols)
+
+    def _add(self, cols: Sequence[Column]) -> int:
         added = 0
         for col in cols:
             if col not in self.seen and self.fits(col):
@@ -153,6 +191,8 @@ class ColumnGeneration:
             lp = pywraplp.Solver.CreateSolver("GLOP")
             if lp is None:  # pragma: no cover - GLOP ships with OR-Tools
                 raise SolverFailed("GLOP is not available")
+            # warm starts need the model as built: no presolve, never the dual problem
+            lp.SetSolverSpecificParametersAsString(GLOP_PARAMS)
             self._lp = lp
             self._rows = [lp.Constraint(float(c), lp.infinity()) for c in self.counts]
             lp.Objective().SetMinimization()
@@ -166,67 +206,131 @@ class ColumnGeneration:
         self._in_lp = len(self.pool)
         if lp.Solve() != pywraplp.Solver.OPTIMAL:
             raise SolverFailed("GLOP found no optimum for the configuration LP")
+        self.lp_value = lp.Objective().Value()
         return np.maximum(0.0, np.asarray([r.dual_value() for r in rows]))
 
     def _greedy(
-        self, duals: npt.NDArray[np.float64]
-    ) -> tuple[list[Column], npt.NDArray[np.float64]]:
-        """Per level, members by dual per unit of (time + memory) share, added while they fit:
-        (the improving columns, the greedy value per level)."""
-        out: list[Column] = []
-        values = np.zeros(len(LEVELS))
-        for lv, level_ms in enumerate(LEVELS.tolist()):
-            ks = np.flatnonzero(self.ok[:, lv] & (duals > 1e-9))
-            if ks.size == 0:
-                continue
-            t, m = self.busy[ks, lv], self.mem[ks, lv]
-            order = np.argsort(-duals[ks] / (t / level_ms + m / self.cap + 1e-12), kind="stable")
-            tsum = msum = value = 0.0
-            chosen: list[int] = []
-            for j in order.tolist():
-                if tsum + t[j] <= self.lim_ms[lv] and msum + m[j] <= self.cap + EPS:
-                    tsum, msum = tsum + t[j], msum + m[j]
-                    value += float(duals[ks[j]])
-                    chosen.append(int(ks[j]))
-            values[lv] = value
-            if value > 1.0 + 1e-7:
-                out.append(frozenset(chosen))
-        return out, values
+        self,
+        price: npt.NDArray[np.float64],
+        duals: npt.NDArray[np.float64],
+        threshold: float = IMPROVING,
+    ) -> list[Column]:
+        """Seeded greedy pricing at ``price`` (``_price_levels``): the distinct columns worth
+        more than one at ``duals``, most valuable first, at most ``max_columns``."""
+        n = len(self.models)
+        best_val = np.zeros(n)
+        best_cols = np.full((n, WIDTH), -1, dtype=np.int64)
+        level_val = np.zeros(len(LEVELS))
+        seeds = n if COMPILED else 4
+        price_kernel(
+            self.ok, self.busy, self.mem, price, self.lim_ms, self.cap + EPS, seeds, COMPILED,
+            GREEDY_MIXES, best_val, best_cols, level_val,
+        )  # fmt: skip
+        score = float(price @ self.counts) / max(1.0, float(level_val.max(initial=0.0)))
+        if score > self.centre_score:  # Wentges: the centre is the best (estimated) bound
+            self.centre, self.centre_score = price.copy(), score
+        found: dict[Column, float] = {}
+        for k in np.flatnonzero(best_val > 1e-9).tolist():
+            row = best_cols[k]
+            members = row[row >= 0]
+            value = float(duals[members].sum())
+            if value > threshold:
+                found[frozenset(members.tolist())] = value
+        ranked = sorted(found, key=lambda c: -found[c])
+        return ranked[: self.max_columns]
+
+    def _upper(self, duals: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Per level an upper bound on the best configuration's value (``_upper_levels``)."""
+        out = np.zeros(len(LEVELS))
+        upper_kernel(
+            self.ok, self.busy, self.mem, duals, self.lim_ms, self.cap + EPS, SURROGATES, out
+        )
+        return out
+
+    def _over(self, ks: npt.NDArray[np.intp], lv: int, col: list[int]) -> bool:
+        """Whether the members ``ks[col]`` miss level ``lv`` by more than float noise (so
+        does every superset)."""
+        lim, cap = float(self.lim_ms[lv]), self.cap + EPS
+        return float(self.busy[ks[col], lv].sum()) > lim * (1 + 1e-12) or float(
+            self.mem[ks[col], lv].sum()
+        ) > cap * (1 + 1e-12)
 
     def _exact(
         self,
         duals: npt.NDArray[np.float64],
-        levels: npt.NDArray[np.intp],
         *,
         first: bool,
         stop: Callable[[], bool] = lambda: False,
-    ) -> tuple[list[Column], float]:
-        """Exact pricing of ``levels`` in that order: (improving columns, an upper bound on the
-        best configuration's value, inf unless every level was priced). ``first``: stop at the
-        first level with an improving column; ``stop()`` true: stop before the next level."""
-        cap = math.ceil(self.cap + EPS)
+    ) -> tuple[list[Column], float, bool]:
+        """Exact pricing, levels by decreasing cheap bound (``_upper``) while that bound can
+        exceed both one and the best value proven so far: (improving columns, an upper bound
+        on the best configuration's value over all levels -- the proven bounds of the levels
+        priced, the cheap bounds of the others --, whether every level was settled).
+        ``first``: stop at the first level with a
+        column that can enter the pool; ``stop()`` true: stop before the next level."""
+        cap_kib = math.ceil((self.cap + EPS) * 1024.0)
+        upper = self._upper(duals)
         out: list[Column] = []
-        kappa = 0.0
-        for lv in levels.tolist():
-            if stop():
-                return out, math.inf
-            ks = np.flatnonzero(self.ok[:, lv] & (duals > 1e-9))
-            if ks.size == 0:
-                continue
-            limit = math.ceil(float(LEVELS[lv]) * 1000.0 * (1 + EPS))
-            col, upper = _knapsack(
+        kappa = 1.0
+        order = np.argsort(-upper, kind="stable").tolist()
+        for i, lv in enumerate(order):
+            if upper[lv] <= max(kappa, IMPROVING):
+                break
+            if stop() or (first and out):
+                return out, max(kappa, float(upper[order[i:]].max())), False
+            ks = np.flatnonzero(self.ok[:, lv] & (duals > 0.0))
+            over = functools.partial(self._over, ks, lv)
+            col, proven = _knapsack(
                 duals[ks],
-                np.floor(self.busy[ks, lv] * 1000.0),
-                np.floor(self.mem[ks, lv]),
-                limit,
-                cap,
+                np.floor(self.busy[ks, lv] * 1e6),
+                np.floor(self.mem[ks, lv] * 1024.0),
+                math.ceil(float(LEVELS[lv]) * 1e6 * (1 + EPS)),
+                cap_kib,
+                over,
             )
-            kappa = max(kappa, upper)
-            if col and float(duals[ks[col]].sum()) > 1.0 + 1e-7:
-                out.append(frozenset(int(k) for k in ks[col].tolist()))
-                if first:
-                    return out, math.inf
-        return out, kappa
+            kappa = max(kappa, min(proven, float(upper[lv])))
+            if col and float(duals[ks[col]].sum()) > IMPROVING:
+                found = frozenset(int(k) for k in ks[col].tolist())
+                if found not in self.seen and self.fits(found):
+                    out.append(found)
+        return out, kappa, True
+
+    def dive(self, deadline: float, clock: Callable[[], float] = time.monotonic) -> list[Column]:
+        """Round the configuration LP (diving): solve the master for the replicas still
+        uncovered, take every column ``floor(x)`` times (when none reaches one, every column
+        at 0.6 or more, else the largest), trim the taken columns to what is still needed,
+        and repeat until every replica is covered or the deadline passes. The GPUs taken (a
+        partial cover when stopped early; ``uncovered`` says what is left)."""
+        self._master()  # every pool column in the LP
+        lp, rows = self._lp, self._rows
+        assert lp is not None
+        xs = lp.variables()
+        need = self.counts.astype(int)
+        gpus: list[Column] = []
+        try:
+            while need.any() and clock() < deadline:
+                for r, c in zip(rows, need.tolist(), strict=True):
+                    r.SetLb(float(c))
+                if lp.Solve() != pywraplp.Solver.OPTIMAL:
+                    break
+                x = np.asarray([v.solution_value() for v in xs])
+                take = np.floor(x + 1e-6)
+                if not take.any():
+                    take = (x >= 0.6 - 1e-9).astype(float)
+                    if not take.any():
+                        take[int(np.argmax(x))] = 1.0
+                for j in np.flatnonzero(take).tolist():
+                    for _ in range(int(take[j])):
+                        keep = [k for k in self.pool[j] if need[k] > 0]
+                        if not keep:
+                            break
+                        need[keep] -= 1
+                        gpus.append(frozenset(keep))
+        finally:
+            for r, c in zip(rows, self.counts.tolist(), strict=True):
+                r.SetLb(float(c))
+        self.uncovered = need
+        return gpus
 
     def integer_plan(self, hint: Sequence[Column], time_limit_s: float) -> list[Column] | None:
         """The fewest pool configurations covering every replica (CP-SAT, hinted with
@@ -268,26 +372,34 @@ class ColumnGeneration:
 
 def _knapsack(
     values: npt.NDArray[np.float64],
-    time_us: npt.NDArray[np.float64],
-    mem_mib: npt.NDArray[np.float64],
-    limit_us: int,
-    cap_mib: int,
+    time_ns: npt.NDArray[np.float64],
+    mem_kib: npt.NDArray[np.float64],
+    limit_ns: int,
+    cap_kib: int,
+    over: Callable[[list[int]], bool],
 ) -> tuple[list[int], float]:
-    """Max-value subset within both capacities: (its positions, an upper bound on the max)."""
+    """Max-value subset within both capacities: (its positions, an upper bound on the max).
+    The integer weights are rounded down, so a set it returns may still miss the float fit
+    test; while ``over(set)`` says so, that set (and with it every superset) is cut off and
+    the knapsack solved again (a few times)."""
     model = cp_model.CpModel()
     ys = [model.new_bool_var(f"y{k}") for k in range(len(values))]
-    model.add(sum(int(t) * y for t, y in zip(time_us.tolist(), ys, strict=True)) <= limit_us)
-    model.add(sum(int(m) * y for m, y in zip(mem_mib.tolist(), ys, strict=True)) <= cap_mib)
+    model.add(sum(int(t) * y for t, y in zip(time_ns.tolist(), ys, strict=True)) <= limit_ns)
+    model.add(sum(int(m) * y for m, y in zip(mem_kib.tolist(), ys, strict=True)) <= cap_kib)
     weights = [round(float(v) * DUAL_SCALE) for v in values.tolist()]
     model.maximize(sum(w * y for w, y in zip(weights, ys, strict=True)))
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1
     solver.parameters.max_time_in_seconds = PRICE_TIME_S
-    status = solver.solve(model)
     slack = 0.5 * len(ys) / DUAL_SCALE  # rounding error of the integer duals
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return [], float(values.sum())  # nothing proven: every member might fit
-    chosen = [k for k, y in enumerate(ys) if solver.value(y)]
+    for _ in range(4):
+        status = solver.solve(model)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return [], float(values.sum())  # nothing proven: every member might fit
+        chosen = [k for k, y in enumerate(ys) if solver.value(y)]
+        if not over(chosen):
+            break
+        model.add(sum(ys[k] for k in chosen) <= len(chosen) - 1)
     return chosen, solver.best_objective_bound / DUAL_SCALE + slack
 
 

@@ -236,9 +236,11 @@ def _by_configurations(
     state: PackState, placeable: list[int], columns_until: float, deadline: float, clock: Clock
 ) -> PackState:
     """Price-and-branch (``colgen``): generate GPU configurations until ``columns_until``
-    (seeded with the GPUs of ``state``), pick the fewest covering every replica with CP-SAT
-    until ``deadline`` (hinted with ``state``'s GPUs) and rebuild the state from them when they
-    use fewer GPUs (measured: 200 replicas 96 -> 93 GPUs in a 10 s budget, the proven optimum).
+    (seeded with the GPUs of ``state``), round the configuration LP by diving (at most half
+    of the time left), then pick the fewest configurations covering every replica with
+    CP-SAT until ``deadline`` (hinted with the better of the dive and ``state``'s GPUs) and
+    rebuild the state from the best when it uses fewer GPUs (measured: 200 replicas 96 -> 93
+    GPUs in a 10 s budget, the proven optimum; 3,000 replicas 1,327 -> 1,315 by the dive).
     Only for a fresh plan (no current placement: no moves to weigh) where the configuration
     model applies; otherwise ``state`` is returned unchanged."""
     from stowplan.placement.colgen import ColumnGeneration, applies
@@ -252,8 +254,14 @@ def _by_configurations(
     cg.run(columns_until, clock, bound=False)
     pos = {int(m): k for k, m in enumerate(cg.models.tolist())}
     hint = [frozenset(pos[mi] for mi in ms) for ms in gpu_models]
+    dived = cg.dive(clock() + 0.5 * max(0.0, deadline - clock()), clock)
+    if not cg.uncovered.any() and len(dived) < len(hint):
+        hint = dived
+        cg.add_columns(dived)  # trimmed columns, so that the hint names pool columns
     gpus = cg.integer_plan(hint, deadline - clock())
-    if gpus is None or len(gpus) >= len(used):
+    if gpus is None or len(gpus) > len(hint):
+        gpus = hint
+    if len(gpus) >= len(used):
         return state
     new = PackState(index)
     next_replica = dict.fromkeys(pos, 0)
