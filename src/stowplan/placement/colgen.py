@@ -30,10 +30,11 @@ nanoseconds and KiB, capacities rounded up, duals rounded with their error added
 ``kappa``; a set it returns that misses the float fit test by more than float noise is cut
 off with its supersets and the knapsack re-solved); the cheap bound is a fractional
 relaxation with a 1e-9 relative margin; only configurations that pass the engine's float fit
-test enter the pool; the ceiling subtracts a 1e-6 relative tolerance for GLOP's floating-point duals. Over the engine's
-30 duty-cycle levels (as every bound here). Applies to single-GPU replicas on GPUs of one
-capacity without type or selector restrictions and without node demands (the benchmark
-instances); callers check ``applies``. Callers: ``planner``. Pure: no I/O; clock injectable.
+test enter the pool; the ceiling subtracts a 1e-6 relative tolerance for GLOP's
+floating-point duals. Over the engine's 30 duty-cycle levels (as every bound here). Applies
+to single-GPU replicas on GPUs of one capacity without type or selector restrictions and
+without node demands (the benchmark instances); callers check ``applies``. Callers:
+``planner``. Pure: no I/O; clock injectable.
 """
 
 from __future__ import annotations
