@@ -123,3 +123,96 @@ def test_configurations_beat_best_fit_on_the_200_replica_instance() -> None:
     assert check_plan(problem, searched) == []
     assert not searched.unplaced
     assert searched.gpus_used <= quick.gpus_used - 3
+
+
+def _random_problem(seed: int) -> Problem:
+    rng = random.Random(seed)
+    models = tuple(
+        _model(
+            f"m{i}",
+            base=rng.choice([0.5, 2.0, 8.0, 20.0]),
+            slo=rng.choice([15.0, 40.0, 120.0, 400.0]),
+            qps=rng.choice([5.0, 50.0, 150.0]),
+            replicas=rng.randint(1, 3),
+        )
+        for i in range(rng.randint(5, 12))
+    )
+    return Problem(gpus=_gpus(48), models=models)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cheap_pricing_bound_is_above_every_configuration(seed: int) -> None:
+    # the surrogate bound that prunes exact pricing and gives Farley's kappa every round must
+    # be at least the value of every configuration that passes the engine's fit test, at
+    # every level (brute force over all subsets of a small instance, random duals)
+    from itertools import combinations
+
+    import numpy as np
+
+    from stowplan.placement.colgen import ColumnGeneration
+
+    problem = _random_problem(seed)
+    index = PackIndex.build(problem)
+    placeable, _ = split_placeable(index)
+    cg = ColumnGeneration(index, placeable)
+    rng = np.random.default_rng(seed)
+    duals = rng.uniform(0.0, 0.8, len(cg.models))
+    upper = cg._upper(duals)
+    n = len(cg.models)
+    for size in range(1, min(n, 6) + 1):
+        for combo in combinations(range(n), size):
+            ks = list(combo)
+            fits = cg.ok[ks].all(axis=0)
+            fits &= cg.busy[ks].sum(axis=0) <= cg.lim_ms
+            fits &= cg.mem[ks].sum(axis=0) <= cg.cap + 1e-9
+            for lv in np.flatnonzero(fits).tolist():
+                assert float(duals[ks].sum()) <= upper[lv]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_bound_stopped_after_one_round_is_still_valid(seed: int) -> None:
+    # Farley's bound with the cheap kappa is noted after every round: a run cut short by its
+    # deadline (a fake clock that expires after the first master solve) still never exceeds
+    # a valid plan, and the LP optimum, once reached, never drops below it
+    from stowplan.placement.colgen import ColumnGeneration
+
+    problem = _random_problem(seed)
+    p = plan(problem, time_limit_s=1.0)
+    index = PackIndex.build(problem)
+    placeable, _ = split_placeable(index)
+    ticks = iter([0.0, 0.0] + [10.0] * 1000)
+    cg = ColumnGeneration(index, placeable)
+    cg.run(5.0, lambda: next(ticks), bound=False)
+    assert 0 <= cg.lower_bound() <= p.gpus_used
+    cg.run(1e9)
+    assert cg.converged
+    assert cg.lower_bound() <= p.gpus_used
+    assert cg.bound <= cg.lp_value * (1 + 1e-9)
+
+
+def test_python_pricing_matches_the_compiled_kernel() -> None:
+    # without numba the same function runs as plain Python (the fallback): same columns
+    import numpy as np
+
+    from stowplan.placement import colgen_kernel
+    from stowplan.placement.colgen import ColumnGeneration
+
+    if not colgen_kernel.COMPILED:
+        pytest.skip("numba not available: only the Python path exists")
+    problem = _random_problem(7)
+    index = PackIndex.build(problem)
+    placeable, _ = split_placeable(index)
+    cg = ColumnGeneration(index, placeable)
+    duals = np.random.default_rng(7).uniform(0.0, 0.8, len(cg.models))
+    outs = []
+    for fn in (colgen_kernel.price_kernel, colgen_kernel.price_kernel.py_func):
+        n = len(cg.models)
+        best_val, level_val = np.zeros(n), np.zeros(len(cg.lim_ms))
+        best_cols = np.full((n, colgen_kernel.WIDTH), -1, dtype=np.int64)
+        fn(
+            cg.ok, cg.busy, cg.mem, duals, cg.lim_ms, cg.cap + 1e-9, n, True,
+            colgen_kernel.GREEDY_MIXES, best_val, best_cols, level_val,
+        )  # fmt: skip
+        outs.append((best_val, best_cols, level_val))
+    for a, b in zip(outs[0], outs[1], strict=True):
+        assert np.array_equal(a, b)

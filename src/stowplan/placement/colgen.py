@@ -66,6 +66,7 @@ PRICE_TIME_S = 2.0  # per exact knapsack; its proven bound is used if it stops e
 GLOP_PARAMS = "use_preprocessing: false solve_dual_problem: NEVER_DO"
 SEED_FULL = 0.9  # first columns: those the greedy fills to this much of the volume duals
 SMOOTHING = 0.5  # Wentges: price at SMOOTHING * centre + (1 - SMOOTHING) * LP duals
+GROUP_MODELS = 1500  # price-and-branch solves larger instances in groups of this many models
 IMPROVING = 1.0 + 1e-7  # a configuration prices out when its dual value exceeds this
 
 Column = frozenset[int]  # positions in ``ColumnGeneration.models``
@@ -79,6 +80,22 @@ def applies(index: PackIndex, models: Sequence[int]) -> bool:
         and index.nodes is None
         and not bool(index.restricted[list(models)].any())
     )
+
+
+def model_groups(index: PackIndex, models: Sequence[int], most: int) -> list[list[int]]:
+    """``models`` in groups of at most ``most`` (about equal sizes) that share duty-cycle
+    levels: sorted by the longest level each allows, then the shortest, then the smallest
+    share. For plans only: configurations across groups are lost, so the sum of the groups'
+    bounds is no bound of the whole."""
+    if len(models) <= most:
+        return [list(models)]
+    ok = index.mats.ok[list(models)]
+    top = np.where(ok.any(axis=1), ok.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1), 0)
+    low = np.argmax(ok, axis=1)
+    order = np.lexsort((index.min_share[list(models)], low, top))
+    parts = math.ceil(len(models) / most)
+    chunks = np.array_split(np.asarray(models, dtype=np.intp)[order], parts)
+    return [sorted(c.tolist()) for c in chunks]
 
 
 class ColumnGeneration:
@@ -299,7 +316,7 @@ class ColumnGeneration:
     def dive(self, deadline: float, clock: Callable[[], float] = time.monotonic) -> list[Column]:
         """Round the configuration LP (diving): solve the master for the replicas still
         uncovered, take every column ``floor(x)`` times (when none reaches one, every column
-        at 0.6 or more, else the largest), trim the taken columns to what is still needed,
+        at 0.6 or more, else the largest few), trim the taken columns to what is still needed,
         and repeat until every replica is covered or the deadline passes. The GPUs taken (a
         partial cover when stopped early; ``uncovered`` says what is left)."""
         self._master()  # every pool column in the LP
@@ -318,8 +335,10 @@ class ColumnGeneration:
                 take = np.floor(x + 1e-6)
                 if not take.any():
                     take = (x >= 0.6 - 1e-9).astype(float)
-                    if not take.any():
-                        take[int(np.argmax(x))] = 1.0
+                if not take.any():  # the largest few (a re-solve per column is too slow)
+                    top = np.argsort(-x, kind="stable")[: max(1, int(need.sum()) // 25)]
+                    take[top[x[top] > 1e-9]] = 1.0
+                    take[top[0]] = 1.0
                 for j in np.flatnonzero(take).tolist():
                     for _ in range(int(take[j])):
                         keep = [k for k in self.pool[j] if need[k] > 0]
