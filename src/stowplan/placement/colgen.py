@@ -428,10 +428,13 @@ def configuration_bound(
     models: Sequence[int],
     time_limit_s: float,
     clock: Callable[[], float] = time.monotonic,
+    *,
+    seeds: Sequence[Sequence[int]] = (),
 ) -> int:
-    """Lower bound on the GPUs the replicas of ``models`` need (0 when it does not apply)."""
+    """Lower bound on the GPUs the replicas of ``models`` need (0 when it does not apply);
+    ``seeds``: model sets that fit one GPU each (e.g. a plan's GPUs) to start the pool."""
     if not applies(index, models):
         return 0
-    cg = ColumnGeneration(index, models)
+    cg = ColumnGeneration(index, models, seeds)
     cg.run(clock() + time_limit_s, clock)
     return cg.lower_bound()
