@@ -29,10 +29,13 @@ SURROGATES = np.linspace(0.0, 1.0, 11)  # time/memory mixes of the cheap pricing
 
 def _compiled(fn: Callable[..., Any]) -> tuple[Callable[..., Any], bool]:
     """``fn`` compiled by numba (cached on disk), or ``fn`` itself when numba cannot load
-    (e.g. no writable cache directory: it raises when the cached function is declared)."""
+    (e.g. no writable cache directory: it raises when the cached function is declared) or
+    ``NUMBA_DISABLE_JIT`` is set (then the functions run as plain Python, slowly)."""
     try:
-        from numba import njit
+        from numba import config, njit
 
+        if config.DISABLE_JIT:
+            return fn, False
         return njit(cache=True)(fn), True
     except Exception:
         return fn, False
