@@ -34,7 +34,7 @@ def _compiled(fn: Callable[..., Any]) -> tuple[Callable[..., Any], bool]:
     try:
         from numba import config, njit
 
-        if config.DISABLE_JIT:
+        if getattr(config, "DISABLE_JIT", False):
             return fn, False
         return njit(cache=True)(fn), True
     except Exception:
