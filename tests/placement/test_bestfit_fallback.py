@@ -1,5 +1,6 @@
 """When the compiled kernel cannot load (numba finds no writable cache directory on a read-only
-root filesystem, or any import failure), best-fit still plans, on the numpy path."""
+root filesystem, or any import failure), best-fit still plans, on the numpy path; and
+``warm_up`` loads the kernels before the first plan."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from stowplan.placement import (
     ModelDemand,
     Problem,
     bestfit,
+    colgen_kernel,
     plan,
 )
 
@@ -51,3 +53,13 @@ def test_plan_survives_a_kernel_that_cannot_load(monkeypatch: pytest.MonkeyPatch
     assert fallback.gpus_used == reference.gpus_used
     if bestfit._kernel_ok():  # numba installed: the status names the failure
         assert "did not load" in bestfit.kernel_status()
+
+
+def test_warm_up_loads_the_kernels_before_the_first_plan() -> None:
+    # what the operator runs at startup: afterwards best-fit takes the compiled path (numba is
+    # pinned) and the column-generation pricing kernels hold a compiled signature
+    placement_pkg.warm_up(search=True)
+    assert bestfit.kernel_status().startswith("compiled kernel")
+    if colgen_kernel.COMPILED:
+        assert getattr(colgen_kernel.price_kernel, "signatures", None)
+        assert getattr(colgen_kernel.upper_kernel, "signatures", None)

@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from stowplan import api
+from stowplan import api, placement
 from stowplan.api import gpunode, inferencemodel
 from stowplan.operator import fleet, kube, leadership
 
@@ -48,7 +48,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         renew_s=float(os.environ.get("STOWPLAN_LEASE_RENEW_S", "5")),
     )
     memo.fleet = fleet.FleetLoop(fleet_settings, leader=lambda: memo.elector.is_leader)
+    # compile/load the numba kernels now, not inside the first plan's time budget
+    search = fleet_settings.solver_time_limit_s > 0
     memo.tasks = [
+        asyncio.create_task(asyncio.to_thread(placement.warm_up, search), name="stowplan-warm-up"),
         asyncio.create_task(memo.elector.run(), name="stowplan-leader-election"),
         asyncio.create_task(memo.fleet.run(), name="stowplan-fleet"),
         asyncio.create_task(_poke_on_leading(memo), name="stowplan-poke-on-leading"),

@@ -23,7 +23,7 @@ from stowplan.placement.models import (
     UnplacedReason,
 )
 from stowplan.placement.online import defragment, place_arrivals
-from stowplan.placement.planner import plan
+from stowplan.placement.planner import plan, warm_up
 from stowplan.placement.verify import Violation, check_plan
 
 __all__ = [
@@ -48,4 +48,5 @@ __all__ = [
     "place_arrivals",
     "plan",
     "replica_capacity",
+    "warm_up",
 ]
