@@ -216,3 +216,38 @@ def test_python_pricing_matches_the_compiled_kernel() -> None:
         outs.append((best_val, best_cols, level_val))
     for a, b in zip(outs[0], outs[1], strict=True):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not FITS.exists(), reason="fits not present")
+def test_grouped_bound_is_valid_on_the_200_replica_instance(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the path of the 10,000-replica bound (group LPs, then the whole LP warm-started from
+    # their columns and duals, exact rounds once the greedy stalls), forced here by groups of
+    # 30 of the 78 models: never above the optimum (93), and not far below it
+    from stowplan.commands.bench_placement import load_fits
+    from stowplan.placement import colgen
+    from stowplan.placement.synth import synthetic_problem, usable_fits
+
+    problem = synthetic_problem(usable_fits(load_fits(FITS)), 200, seed=1)
+    index = PackIndex.build(problem)
+    placeable, _ = split_placeable(index)
+    monkeypatch.setattr(colgen, "GROUP_MODELS", 30)
+    assert len(colgen.model_groups(index, placeable, colgen.GROUP_MODELS)) == 3
+    bound = colgen.grouped_bound(index, placeable, 6.0)
+    assert 85 <= bound <= 93
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_grouped_bound_never_exceeds_a_valid_plan(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stowplan.placement import colgen
+
+    problem = _random_problem(seed + 10)
+    p = plan(problem, time_limit_s=1.0)
+    index = PackIndex.build(problem)
+    placeable, _ = split_placeable(index)
+    monkeypatch.setattr(colgen, "GROUP_MODELS", 2)
+    assert len(colgen.model_groups(index, placeable, 2)) >= 2
+    assert 1 <= colgen.grouped_bound(index, placeable, 3.0) <= p.gpus_used

@@ -21,9 +21,14 @@ CP-SAT solves the 2-D knapsack exactly, level by level in decreasing order of a 
 (fractional surrogate knapsacks) and only where that bound exceeds one. The bound is Farley's
 ``sum_m n_m pi_m / kappa``, ``kappa`` an upper bound on the best configuration's dual value
 (the cheap bound after every round, CP-SAT's proven bound where it ran), valid at any point;
-once nothing prices out it is the LP optimum. ``dive`` rounds the LP (take ``floor(x)``,
-re-solve for the rest) and ``integer_plan`` solves the integer master over the pool
-with CP-SAT (hinted, so never worse than its hint); both give GPU sets (price-and-branch).
+once nothing prices out it is the LP optimum. Above ``GROUP_MODELS`` models one cold LP
+does not converge in a minute (GLOP re-solves of 2 s), so ``grouped_bound`` first solves the
+LPs of model groups, then the whole LP warm-started from their near-zero reduced-cost columns
+and duals, with exact pricing as soon as the greedy stalls (it misses memory-bound columns of
+2-4 members); its bound is the whole LP's Farley bound, as valid as any here. ``dive``
+rounds the LP (take ``floor(x)``, re-solve for the rest) and ``integer_plan`` solves the
+integer master over the pool with CP-SAT (hinted, so never worse than its hint); both give
+GPU sets (price-and-branch).
 
 Validity: the exact pricing knapsack is a relaxation (weights rounded down to integer
 nanoseconds and KiB, capacities rounded up, duals rounded with their error added to
@@ -68,6 +73,10 @@ SEED_FULL = 0.9  # first columns: those the greedy fills to this much of the vol
 SMOOTHING = 0.5  # Wentges: price at SMOOTHING * centre + (1 - SMOOTHING) * LP duals
 GROUP_MODELS = 1500  # price-and-branch solves larger instances in groups of this many models
 IMPROVING = 1.0 + 1e-7  # a configuration prices out when its dual value exceeds this
+GROUP_SHARE = 0.4  # grouped_bound: the share of its time for the group LPs
+GROUP_KEEP = 0.005  # grouped_bound: group columns kept when worth at least 1 - this
+STALL_PER = 5  # grouped_bound: greedy rounds adding under 20 % of the models go exact
+WHOLE_SHARE = 0.8  # grouped_bound: exact rounds start before this share of its time
 
 Column = frozenset[int]  # positions in ``ColumnGeneration.models``
 
@@ -150,7 +159,12 @@ class ColumnGeneration:
         return max(0, math.ceil(self.bound * (1 - 1e-6) - 1e-9))
 
     def run(
-        self, deadline: float, clock: Callable[[], float] = time.monotonic, *, bound: bool = True
+        self,
+        deadline: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        bound: bool = True,
+        stall: int = 0,
     ) -> None:
         """Generate columns until nothing prices out or the deadline passes. Each round
         solves the master, notes Farley's bound with the cheap pricing bound, and adds every
@@ -160,23 +174,27 @@ class ColumnGeneration:
         skipped), stopping at the first level that yields a column; a round that finds none
         proves convergence and the bound is the LP optimum. With ``bound``, a run stopped by
         the deadline ends with one exact round for the bound (it may overrun the deadline by
-        that round)."""
+        that round). ``stall``: a greedy round adding at most this many columns counts as
+        finding nothing (exact pricing follows)."""
         exact_last = False
         while not self.converged and clock() < deadline:
             duals = self._master()
             exact_last = False
             self._note_bound(duals, float(self._upper(duals).max(initial=0.0)))
+            greedy = 0  # columns the greedy added this round (at most ``stall``)
             if SMOOTHING > 0:
                 sep = SMOOTHING * self.centre + (1 - SMOOTHING) * duals
-                if self._add(self._greedy(sep, duals)):
+                greedy = self._add(self._greedy(sep, duals))
+                if greedy > stall:
                     continue  # a misprice (nothing) falls through to the LP duals
-            if self._add(self._greedy(duals, duals)):
+            greedy += self._add(self._greedy(duals, duals))
+            if greedy > stall:
                 continue
             late = lambda: clock() >= deadline  # noqa: E731
             cols, kappa, complete = self._exact(duals, first=True, stop=late)
             self._note_bound(duals, kappa)
             exact_last = complete
-            if self._add(cols):
+            if self._add(cols) or greedy:
                 continue
             self.converged = complete  # nothing new can enter (Farley's bound stands)
             break
@@ -438,3 +456,50 @@ def configuration_bound(
     cg = ColumnGeneration(index, models, seeds)
     cg.run(clock() + time_limit_s, clock)
     return cg.lower_bound()
+
+
+def grouped_bound(
+    index: PackIndex,
+    models: Sequence[int],
+    time_limit_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    seeds: Sequence[Sequence[int]] = (),
+) -> int:
+    """``configuration_bound`` for instances too large for one cold LP in the budget: first
+    the LPs of ``model_groups`` (``GROUP_SHARE`` of the time, no bounds of their own), then
+    column generation over the WHOLE model set, its pool seeded with the groups' columns
+    whose dual value is within ``GROUP_KEEP`` of one (the rest would only slow GLOP down) and
+    its stabilisation centre set to the groups' duals (concatenated), ending with one exact
+    pricing round for Farley's bound (deadline ``WHOLE_SHARE`` of the time so that round fits);
+    greedy rounds adding at most 1/``STALL_PER`` of the models count as stalled (exact pricing).
+    The bound is the whole set's (the groups only warm-start it), so it is as valid as
+    ``configuration_bound``'s. One group: ``configuration_bound``."""
+    if not applies(index, models):
+        return 0
+    groups = model_groups(index, models, GROUP_MODELS)
+    if len(groups) == 1:
+        return configuration_bound(index, models, time_limit_s, clock, seeds=seeds)
+    start = clock()
+    pi = np.zeros(len(index.models))
+    warm: list[list[int]] = []
+    for i, group in enumerate(groups):
+        cg = ColumnGeneration(index, group, seeds)
+        left = start + GROUP_SHARE * time_limit_s - clock()
+        cg.run(clock() + left / (len(groups) - i), clock, bound=False)
+        duals = cg._master()
+        pi[cg.models] = duals
+        for col in cg.pool:
+            ks = list(col)
+            if len(ks) > 1 and float(duals[ks].sum()) >= 1.0 - GROUP_KEEP:
+                warm.append([int(m) for m in cg.models[ks].tolist()])
+    whole = ColumnGeneration(index, models, seeds)
+    pos = {int(m): k for k, m in enumerate(whole.models.tolist())}
+    whole.add_columns([frozenset(pos[m] for m in col) for col in warm])
+    centre = pi[whole.models]
+    score = float(centre @ whole.counts) / max(1.0, float(whole._upper(centre).max(initial=0.0)))
+    if score > whole.centre_score:
+        whole.centre, whole.centre_score = centre, score
+    stall = max(10, len(whole.models) // STALL_PER)
+    whole.run(start + WHOLE_SHARE * time_limit_s, clock, stall=stall)
+    return whole.lower_bound()

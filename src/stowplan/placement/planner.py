@@ -190,9 +190,10 @@ def _nodes_needed(index: PackIndex, placeable: list[int]) -> int:
 
 def tight_lower_bound(problem: Problem, colgen_s: float = 60.0) -> int:
     """The best bound we compute: ``lower_bound``, the pair-matching bound, the level-aggregated
-    CP-SAT bound (5 s) and the configuration LP (column generation, ``colgen_s``). Imports
+    CP-SAT bound (5 s) and the configuration LP (column generation, ``colgen_s``; warm-started
+    from the LPs of model groups above ``GROUP_MODELS`` models: ``colgen.grouped_bound``). Imports
     OR-Tools; for the benchmark and offline analysis (``plan`` reports the cheaper ``_tight``)."""
-    from stowplan.placement.colgen import applies, configuration_bound
+    from stowplan.placement.colgen import applies, grouped_bound
 
     index = PackIndex.build(problem)
     placeable = [mi for mi in range(len(index.models)) if unplaceable_reason(index, mi) is None]
@@ -203,7 +204,7 @@ def tight_lower_bound(problem: Problem, colgen_s: float = 60.0) -> int:
         reps = [(mi, r) for mi in single for r in range(index.models[mi].replicas)]
         best_fit(state, decreasing_order(index, reps))
         seeds = [[mi for mi, _ in state.residents[g]] for g in state.busy_ids().tolist()]
-        config = excl + configuration_bound(index, single, colgen_s, seeds=seeds)
+        config = excl + grouped_bound(index, single, colgen_s, seeds=seeds)
     return max(_tight(index, placeable), _level(index, placeable, 5.0), config)
 
 
