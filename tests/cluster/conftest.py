@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +197,37 @@ def agent_kubeconfig(
         installed, control_plane, "stowplan-agent",
         tmp_path_factory.mktemp("sa") / "agent.kubeconfig",
     )  # fmt: skip
+
+
+@contextmanager
+def _agent_process(
+    installed: Kubectl, node: str, args: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[int]:
+    """A real ``python -m stowplan.agent`` for ``node`` on a free local port (yielded); on exit
+    it is stopped, its GPUNode deleted, and its log printed if it did not stop cleanly."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stowplan.agent", "--node", node,
+             "--host", "127.0.0.1", "--port", str(port), *args],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        installed.run("delete", f"gpunode/{node}", "--ignore-not-found")
+        if proc.returncode not in (0, -15):
+            print(log_path.read_text()[-5000:])
+
+
+@pytest.fixture(scope="session")
+def agent_process() -> Callable[..., AbstractContextManager[int]]:
+    """``agent_process(installed, node, args, env, log_path)``: see ``_agent_process``."""
+    return _agent_process

@@ -9,9 +9,6 @@ Inference Protocol and reports status, which the operator folds into the Inferen
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,12 +24,6 @@ NODE = "agent-node-1"
 SIM_GPU = "Simulated GPU (CPU)"  # the simulated device's product name; gpuType pins to it
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("models")
@@ -41,30 +32,17 @@ def models_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def agent(installed, agent_kubeconfig, operator, tmp_path_factory) -> Iterator[str]:
+def agent(installed, agent_kubeconfig, operator, agent_process, tmp_path_factory) -> Iterator[str]:
     """A real agent process for node NODE; yields its base URL."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("agent") / "agent.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stowplan.agent", "--node", NODE,
-             "--kubeconfig", str(agent_kubeconfig), "--host", "127.0.0.1", "--port", str(port),
-             "--status-interval", "0.5", "--sim-devices", "1",
-             "--models-dir", str(tmp_path_factory.mktemp("cache"))],
-            env={**os.environ, "KUBECONFIG": str(agent_kubeconfig)},
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    with agent_process(
+        installed,
+        NODE,
+        ["--kubeconfig", str(agent_kubeconfig), "--status-interval", "0.5",
+         "--sim-devices", "1", "--models-dir", str(tmp_path_factory.mktemp("cache"))],
+        {**os.environ, "KUBECONFIG": str(agent_kubeconfig)},
+        tmp_path_factory.mktemp("agent") / "agent.log",
+    ) as port:  # fmt: skip
         yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        installed.run("delete", f"gpunode/{NODE}", "--ignore-not-found")
-        if proc.returncode not in (0, -15):
-            print(log_path.read_text()[-5000:])
 
 
 def _model_doc(models_dir: Path) -> dict:

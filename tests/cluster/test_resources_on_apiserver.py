@@ -8,9 +8,6 @@ fill it, reporting the rest in status and a Warning event.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -84,20 +81,15 @@ def test_bad_quantities_are_refused_naming_the_field(installed, namespace, field
     assert f"spec.resources.requests.{field}" in proc.stderr, proc.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def cpu_bound_agent(installed, agent_kubeconfig, operator, tmp_path_factory) -> Iterator[Path]:
+def cpu_bound_agent(
+    installed, agent_kubeconfig, operator, agent_process, tmp_path_factory
+) -> Iterator[Path]:
     """A real agent for NODE with 3 simulated GPUs and 1 CPU for its replicas, given the way
     manifests/agent.yaml gives it (limits.cpu in milli from the downward API, plus a reserve);
     yields the directory holding mlp.onnx."""
     models = tmp_path_factory.mktemp("models")
     builders.build_example("mlp", models)
-    log_path = tmp_path_factory.mktemp("agent") / "agent.log"
     env = {
         **os.environ,
         "KUBECONFIG": str(agent_kubeconfig),
@@ -105,25 +97,10 @@ def cpu_bound_agent(installed, agent_kubeconfig, operator, tmp_path_factory) -> 
         "STOWPLAN_RESERVED_CPU": "250m",
         "STOWPLAN_ALLOCATABLE_MEMORY": str(8 * 1024**3),
     }
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "stowplan.agent", "--node", NODE,
-             "--host", "127.0.0.1", "--port", str(_free_port()),
-             "--status-interval", "0.5", "--sim-devices", "3",
-             "--models-dir", str(tmp_path_factory.mktemp("cache"))],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    args = ["--status-interval", "0.5", "--sim-devices", "3",
+            "--models-dir", str(tmp_path_factory.mktemp("cache"))]  # fmt: skip
+    with agent_process(installed, NODE, args, env, tmp_path_factory.mktemp("agent") / "agent.log"):
         yield models
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        installed.run("delete", f"gpunode/{NODE}", "--ignore-not-found")
-        if proc.returncode not in (0, -15):
-            print(log_path.read_text()[-5000:])
 
 
 def _allocatable(kubectl) -> dict | None:

@@ -64,18 +64,7 @@ def test_clashing_duty_cycles_need_two_gpus() -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_bound_never_exceeds_a_valid_plan(seed: int) -> None:
-    rng = random.Random(seed)
-    models = tuple(
-        _model(
-            f"m{i}",
-            base=rng.choice([0.5, 2.0, 8.0, 20.0]),
-            slo=rng.choice([15.0, 40.0, 120.0, 400.0]),
-            qps=rng.choice([5.0, 50.0, 150.0]),
-            replicas=rng.randint(1, 3),
-        )
-        for i in range(rng.randint(4, 14))
-    )
-    problem = Problem(gpus=_gpus(48), models=models)
+    problem = _random_problem(seed, models=(4, 14))
     p = plan(problem, time_limit_s=1.0)
     assert check_plan(problem, p) == []
     index = PackIndex.build(problem)
@@ -125,9 +114,10 @@ def test_configurations_beat_best_fit_on_the_200_replica_instance() -> None:
     assert searched.gpus_used <= quick.gpus_used - 3
 
 
-def _random_problem(seed: int) -> Problem:
+def _random_problem(seed: int, models: tuple[int, int] = (5, 12)) -> Problem:
+    """Random SLO models (``models``: least and most of them) on 48 GPUs."""
     rng = random.Random(seed)
-    models = tuple(
+    demands = tuple(
         _model(
             f"m{i}",
             base=rng.choice([0.5, 2.0, 8.0, 20.0]),
@@ -135,9 +125,9 @@ def _random_problem(seed: int) -> Problem:
             qps=rng.choice([5.0, 50.0, 150.0]),
             replicas=rng.randint(1, 3),
         )
-        for i in range(rng.randint(5, 12))
+        for i in range(rng.randint(*models))
     )
-    return Problem(gpus=_gpus(48), models=models)
+    return Problem(gpus=_gpus(48), models=demands)
 
 
 @pytest.mark.parametrize("seed", range(4))
