@@ -19,36 +19,18 @@ import pytest
 from stowplan.commands.bench_fgd import load_nodes, load_pods
 from stowplan.placement import (
     Gpu,
-    LatencyProfile,
-    MemoryProfile,
     ModelDemand,
     Problem,
     check_plan,
     place_arrivals,
 )
 from stowplan.placement.models import Assignment, NodeResources
-from stowplan.placement.tracesim import Cluster, NodeRow, PodRow, Simulator, arrivals
+from stowplan.placement.synth import pod_demand
+from stowplan.placement.tracesim import Cluster, NodeRow, Simulator, arrivals
 
 DATA = Path(os.environ.get("STOWPLAN_DATA", Path.cwd().parent / "shared" / "data"))
 TRACE = DATA / "alibaba-gpu-v2023"
 MAX_PODS = 600
-
-
-def _model(name: str, p: PodRow) -> ModelDemand:
-    return ModelDemand(
-        name=name,
-        replicas=1,
-        slo_ms=1000.0,
-        target_qps=0.0,
-        latency=LatencyProfile(base_ms=0.0, per_item_ms=0.0),
-        memory=MemoryProfile(weights_mib=0.0, per_item_mib=0.0),
-        max_batch=1,
-        gpu_milli=p.gpu_milli,
-        gpu_type=p.gpu_spec,
-        cpu_milli=p.cpu_milli,
-        host_memory_mib=p.memory_mib,
-        gpus_per_replica=p.num_gpu,
-    )
 
 
 def _left_per_node(
@@ -86,7 +68,7 @@ def test_place_arrivals_follows_the_simulator_arrival_by_arrival(workload: str) 
         name = f"pod{t:04d}"
         milli[name] = pod.gpu_milli
         problem = Problem(
-            gpus=gpus, models=(*models, _model(name, pod)), current=current, nodes=limits
+            gpus=gpus, models=(*models, pod_demand(name, pod)), current=current, nodes=limits
         )
         out = place_arrivals(problem, workload=kinds)
         assert out.moves == 0

@@ -133,6 +133,26 @@ GPU_MEMORY_MIB = {
 MIX_FIT_TYPES = (("T4", "T4"), ("V100-16GB", "V100M16"), ("V100-32GB", "V100M32"))
 
 
+def pod_demand(name: str, p: PodRow) -> ModelDemand:
+    """A trace pod as a one-replica fixed demand: ``gpu_milli``, ``cpu_milli``,
+    ``host_memory_mib``, ``gpus_per_replica = num_gpu``, no GPU memory (the trace has none);
+    a ``gpu_spec`` naming several types (``A|B``) becomes "any type" (a ModelDemand names one)."""
+    return ModelDemand(
+        name=name,
+        replicas=1,
+        slo_ms=1000.0,
+        target_qps=0.0,
+        latency=LatencyProfile(base_ms=0.0, per_item_ms=0.0),
+        memory=MemoryProfile(weights_mib=0.0, per_item_mib=0.0),
+        max_batch=1,
+        gpu_milli=p.gpu_milli,
+        gpu_type=p.gpu_spec if p.gpu_spec and "|" not in p.gpu_spec else "",
+        cpu_milli=p.cpu_milli,
+        host_memory_mib=p.memory_mib,
+        gpus_per_replica=p.num_gpu,
+    )
+
+
 def alibaba_mix_problem(
     nodes: Sequence[NodeRow],
     pods: Sequence[PodRow],
@@ -144,9 +164,8 @@ def alibaba_mix_problem(
 ) -> Problem:
     """Trace pods with GPUs and SLO models on ~20 trace nodes (see module docstring).
 
-    A pod becomes a one-replica model named after it with ``gpu_milli``, ``cpu_milli``,
-    ``host_memory_mib`` and ``gpus_per_replica = num_gpu`` and no GPU memory (the trace has
-    none). Deterministic for a seed; raises ``ValueError`` when the inputs lack a node kind.
+    A pod becomes a one-replica model named after it (``pod_demand``). Deterministic for a
+    seed; raises ``ValueError`` when the inputs lack a node kind.
     """
     rng = random.Random(seed)
     gpus: list[Gpu] = []
@@ -167,20 +186,7 @@ def alibaba_mix_problem(
             ]
     with_gpu = sorted((p for p in pods if p.num_gpu > 0), key=lambda p: p.name)
     models = [
-        ModelDemand(
-            name=p.name,
-            replicas=1,
-            slo_ms=1000.0,
-            target_qps=0.0,
-            latency=LatencyProfile(base_ms=0.0, per_item_ms=0.0),
-            memory=MemoryProfile(weights_mib=0.0, per_item_mib=0.0),
-            max_batch=1,
-            gpu_milli=p.gpu_milli,
-            gpu_type=p.gpu_spec if p.gpu_spec and "|" not in p.gpu_spec else "",
-            cpu_milli=p.cpu_milli,
-            host_memory_mib=p.memory_mib,
-            gpus_per_replica=p.num_gpu,
-        )
+        pod_demand(p.name, p)
         for p in sorted(rng.sample(with_gpu, min(n_pods, len(with_gpu))), key=lambda p: p.name)
     ]
     pools = [(usable_fits(fits, fit_model), gpu_type) for fit_model, gpu_type in MIX_FIT_TYPES]
