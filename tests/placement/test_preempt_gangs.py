@@ -9,7 +9,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stowplan.placement import ModelDemand, Problem, UnplacedReason, check_plan, plan
+from stowplan.placement import (
+    Assignment,
+    Gpu,
+    ModelDemand,
+    Problem,
+    UnplacedReason,
+    check_plan,
+    plan,
+)
 from stowplan.placement.instances import make_gpus, make_model
 from stowplan.placement.models import NodeResources
 
@@ -21,6 +29,22 @@ def _pod(name: str, **extra: Any) -> ModelDemand:
 
 def _where(out: Any) -> dict[tuple[str, int], set[tuple[str, int]]]:
     return {a.replica_key: set(a.gpu_keys) for a in out.assignments}
+
+
+def _four_pods_one_per_gpu() -> tuple[
+    tuple[Gpu, ...], tuple[ModelDemand, ...], tuple[Assignment, ...]
+]:
+    """Two 2-GPU nodes and four one-replica 400-milli pods, placed one per GPU (best-fit would
+    pair them): (GPUs, pods, that running placement)."""
+    gpus = (*make_gpus(2, per_node=2, prefix="a"), *make_gpus(2, per_node=2, prefix="b"))
+    lows = tuple(_pod(f"low{i}", gpu_milli=400) for i in range(4))
+    spread = tuple(
+        a.model_copy(update={"node": gpus[i].node, "gpu": gpus[i].index})
+        for i, a in enumerate(
+            sorted(plan(Problem(gpus=gpus, models=lows)).assignments, key=lambda a: a.model)
+        )
+    )
+    return gpus, lows, spread
 
 
 def test_gang_evicts_the_cheapest_lower_priority_gpus() -> None:
@@ -55,14 +79,7 @@ def test_gang_evictions_find_new_homes_when_there_is_room() -> None:
     # A priority-10 2-GPU gang fits only on a node emptied: it takes one node, and the two
     # evicted 400-milli pods join the other node's GPUs (400 + 400 <= 1000). Nothing unplaced.
     # (four one-replica models: replicas of one model would need distinct GPUs)
-    gpus = (*make_gpus(2, per_node=2, prefix="a"), *make_gpus(2, per_node=2, prefix="b"))
-    lows = tuple(_pod(f"low{i}", gpu_milli=400) for i in range(4))
-    spread = tuple(
-        a.model_copy(update={"node": gpus[i].node, "gpu": gpus[i].index})
-        for i, a in enumerate(
-            sorted(plan(Problem(gpus=gpus, models=lows)).assignments, key=lambda a: a.model)
-        )
-    )
+    gpus, lows, spread = _four_pods_one_per_gpu()
     gang = _pod("gang", gpu_milli=1000, gpus_per_replica=2, priority=10)
     problem = Problem(gpus=gpus, models=(*lows, gang), current=spread)
     out = plan(problem)
@@ -174,14 +191,7 @@ def test_search_makes_room_for_a_waiting_gang_by_moving_one_gpu_replicas() -> No
     # the same priority (no preemption). Best-fit keeps everything where it is: the gang waits.
     # With a time budget the search empties one node (its two pods join the other node's GPUs:
     # 400 + 400 <= 1,000) and the gang takes it: nothing unplaced, two moves.
-    gpus = (*make_gpus(2, per_node=2, prefix="a"), *make_gpus(2, per_node=2, prefix="b"))
-    lows = tuple(_pod(f"low{i}", gpu_milli=400) for i in range(4))
-    spread = tuple(
-        a.model_copy(update={"node": gpus[i].node, "gpu": gpus[i].index})
-        for i, a in enumerate(
-            sorted(plan(Problem(gpus=gpus, models=lows)).assignments, key=lambda a: a.model)
-        )
-    )
+    gpus, lows, spread = _four_pods_one_per_gpu()
     gang = _pod("gang", gpu_milli=1000, gpus_per_replica=2)
     problem = Problem(gpus=gpus, models=(*lows, gang), current=spread)
     quick = plan(problem)
