@@ -19,6 +19,8 @@ PackState given; no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from stowplan.placement.bestfit import choose
@@ -58,8 +60,14 @@ def _evictable(state: PackState, g: int, mi: int, pinned: set[Replica]) -> list[
     residents = state.residents[g]
     if any(index.models[v[0]].priority >= prio or v in pinned for v in residents):
         return None
+    return _in_eviction_order(state, residents)
+
+
+def _in_eviction_order(state: PackState, victims: Iterable[Replica]) -> list[Replica]:
+    """Lowest priority first, one-GPU replicas before gangs, larger first."""
+    index = state.index
     return sorted(
-        residents,
+        victims,
         key=lambda v: (index.models[v[0]].priority, v in state.gangs, -index.size(v[0]), v),
     )
 
@@ -72,13 +80,13 @@ def _for_one(state: PackState, rep: Replica, pinned: set[Replica]) -> list[Repli
     prio = index.models[mi].priority
     cand = np.flatnonzero(index.elig_rows[index.elig_kind[mi]] & ~state.holds.row(mi))
     for g in cand.tolist():
-        victims = sorted(
+        victims = _in_eviction_order(
+            state,
             (
                 v
                 for v in state.residents[g]
                 if index.models[v[0]].priority < prio and v not in pinned
             ),
-            key=lambda v: (index.models[v[0]].priority, v in state.gangs, -index.size(v[0]), v),
         )
         if not victims:
             continue
