@@ -21,38 +21,7 @@ from stowplan.agent.serving import Agent
 from stowplan.agent.telemetry import SimulatedTelemetry
 from stowplan.api.gpunode import GPUNodeSpec, GPUNodeStatus
 from stowplan.api.inferencemodel import ResourceQuantities
-
-
-class ApiError(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class FakeCustomObjects:
-    def __init__(self) -> None:
-        self.objects: dict[str, dict[str, Any]] = {}
-        self.status_patches: list[dict[str, Any]] = []
-
-    def get_cluster_custom_object(self, group: str, version: str, plural: str, name: str) -> Any:
-        if name not in self.objects:
-            raise ApiError(404)
-        return self.objects[name]
-
-    def create_cluster_custom_object(self, group: str, version: str, plural: str, body: Any) -> Any:
-        assert (group, version, plural) == ("stowplan.io", "v1alpha1", "gpunodes")
-        self.objects[body["metadata"]["name"]] = body
-        return body
-
-    def patch_cluster_custom_object_status(
-        self, group: str, version: str, plural: str, name: str, body: Any
-    ) -> Any:
-        assert set(body) == {"status"}  # the agent never writes spec
-        self.status_patches.append(body)
-        return body
-
-    def list_cluster_custom_object(self, group: str, version: str, plural: str, **kw: Any) -> Any:
-        return {"items": list(self.objects.values())}
+from stowplan.testing.kube import FakeCustomObjects
 
 
 def _assignment(

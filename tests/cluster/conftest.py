@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -130,7 +131,9 @@ class Operator:
         )  # fmt: skip
 
     def passes(self) -> int:
-        return self.log_path.read_text(errors="replace").count("reconcile pass complete")
+        return len(
+            re.findall(r"reconcile pass \d+ complete", self.log_path.read_text(errors="replace"))
+        )
 
     def stop(self) -> None:
         if self.proc is not None:

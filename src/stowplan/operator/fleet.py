@@ -7,7 +7,16 @@ starting point, so nothing moves without a reason), plans, verifies the plan, an
 the differences: ``GPUNode.spec.assignments``, ``InferenceModel.status`` and Events. Running the
 pass twice, or after a restart, writes nothing the second time.
 
-Callers: :mod:`stowplan.operator.handlers`. API access goes through :mod:`.kube` only.
+Failure boundary: :meth:`FleetLoop.run` is the one edge that catches everything a pass raises.
+An :class:`~.errors.OperatorError` (the API refused or timed out, a plan was rejected) is logged
+with the pass number and retried after the next delay of ``loop.retry_backoff_s``; anything else
+is a bug, logged with its traceback as one and counted in ``stowplan_operator_pass_failures_total
+{kind="bug"}``, then retried the same way. The loop never returns; :attr:`FleetLoop.last_success`
+feeds the liveness probe. Inside a pass, an object deleted between the list and its patch
+(``NotFound``) is skipped and the pass asks for a re-run, never fails.
+
+Callers: :mod:`stowplan.operator.handlers`. API access goes through the
+:class:`~.cluster.Cluster` it is given (:class:`.kube.KubeCluster`, or a fake in unit tests).
 """
 
 from __future__ import annotations
@@ -15,28 +24,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+
+import prometheus_client
 
 from stowplan import placement
-from stowplan.operator import autoscaling, inventory, kube, reconcile
-from stowplan.operator.errors import OperatorError, PlanRejected
+from stowplan.operator import autoscaling, inventory, reconcile
+from stowplan.operator.clock import SYSTEM, Clock
+from stowplan.operator.cluster import Cluster
+from stowplan.operator.errors import ApiError, Conflict, NotFound, OperatorError, PlanRejected
+from stowplan.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FleetSettings:
-    solver_time_limit_s: float = 0.0  # 0: best-fit only (milliseconds)
-    memory_reserve_mib: int = 0
-    stale_after_s: float = 120.0  # a node's agent silent this long loses its replicas
-    namespace: str = "stowplan-system"  # where capacity-request pods go
-    autoscaling: bool = True
-    debounce_s: float = 0.2
-    resync_s: float = 30.0
-    retry_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -49,47 +49,67 @@ class PassResult:
     replicas_placed: int
     replicas_unplaced: int
     plan_seconds: float
+    #: objects that vanished between the list and their patch: the next pass runs at once
+    gone: int = 0
 
 
-async def reconcile_once(settings: FleetSettings) -> PassResult:
-    models = await kube.list_models()
-    nodes = await kube.list_nodes()
+async def reconcile_once(
+    cluster: Cluster, settings: OperatorSettings, clock: Clock = SYSTEM
+) -> PassResult:
+    models = await cluster.list_models()
+    nodes = await cluster.list_nodes()
     problem = inventory.problem(
         models,
         nodes,
-        memory_reserve_mib=settings.memory_reserve_mib,
-        now=datetime.now(UTC),
-        stale_after_s=settings.stale_after_s,
+        memory_reserve_mib=settings.placement.memory_reserve_mib,
+        now=clock.now(),
+        stale_after_s=settings.nodes.stale_after_s,
     )
-    started = time.monotonic()
+    started = clock.monotonic()
     plan = await asyncio.to_thread(
-        placement.plan, problem, time_limit_s=settings.solver_time_limit_s
+        placement.plan, problem, time_limit_s=settings.placement.solver_time_limit_s
     )
     violations = placement.check_plan(problem, plan)
     if violations:
         raise PlanRejected("; ".join(str(v) for v in violations[:5]))
-    plan_seconds = time.monotonic() - started
+    plan_seconds = clock.monotonic() - started
     desired = reconcile.desired_state(models, nodes, plan)
 
+    gone = 0
     nodes_patched = 0
     for node in nodes:
         want = desired.node_assignments.get(node.metadata.name, [])
         if node.spec.assignments != want:
-            await kube.set_assignments(node.metadata.name, want)
+            try:
+                await cluster.set_assignments(node.metadata.name, want)
+            except NotFound:
+                log.info("GPUNode %s was deleted during the pass; re-planning", node.metadata.name)
+                gone += 1
+                continue
             nodes_patched += 1
     models_patched = 0
     for im in models:
         want_status = desired.model_status[inventory.model_key(im)]
         if im.status != want_status:
-            await kube.set_model_status(
-                im.metadata.namespace or "default", im.metadata.name, want_status
-            )
+            try:
+                await cluster.set_model_status(
+                    im.metadata.namespace or "default", im.metadata.name, want_status
+                )
+            except NotFound:
+                gone += 1  # deleted meanwhile: nothing to report on
+                continue
             models_patched += 1
     uids = {(im.metadata.namespace, im.metadata.name): im.metadata.uid for im in models}
     for event in desired.events:
-        await kube.post_event(event, uids.get((event.namespace, event.name)))
-    if settings.autoscaling:
-        await _sync_autoscaler(settings, problem, plan, [n.metadata.name for n in nodes])
+        try:
+            await cluster.post_event(event, uids.get((event.namespace, event.name)))
+        except ApiError as err:  # best effort: an event is never worth a failed pass
+            log.warning(
+                "could not post event %s on %s/%s: %s",
+                event.reason, event.namespace, event.name, err,
+            )  # fmt: skip
+    if settings.autoscaling.enabled:
+        await _sync_autoscaler(cluster, settings, problem, plan, [n.metadata.name for n in nodes])
     return PassResult(
         nodes_patched=nodes_patched,
         models_patched=models_patched,
@@ -97,62 +117,153 @@ async def reconcile_once(settings: FleetSettings) -> PassResult:
         replicas_placed=len(plan.assignments),
         replicas_unplaced=len(plan.unplaced),
         plan_seconds=plan_seconds,
+        gone=gone,
     )
 
 
 async def _sync_autoscaler(
-    settings: FleetSettings,
+    cluster: Cluster,
+    settings: OperatorSettings,
     problem: placement.Problem,
     plan: placement.Plan,
     node_names: list[str],
 ) -> None:
     """Placeholder pods for replicas waiting for capacity; scale-down protection for nodes
     that host replicas. See :mod:`.autoscaling`."""
+    namespace = settings.autoscaling.namespace
     wanted = autoscaling.capacity_requests(problem, plan)
-    existing = await kube.list_capacity_pods(settings.namespace)
+    existing = await cluster.list_capacity_pods(namespace)
     create, delete = autoscaling.diff_pods(wanted, existing)
     for request in create:
-        await kube.create_pod(autoscaling.placeholder_pod(request, settings.namespace))
+        with contextlib.suppress(Conflict):  # already there
+            await cluster.create_pod(autoscaling.placeholder_pod(request, namespace))
     for name in delete:
-        await kube.delete_pod(settings.namespace, name)
+        with contextlib.suppress(NotFound):  # already gone
+            await cluster.delete_pod(namespace, name)
     busy = autoscaling.busy_nodes(plan)
     for node in node_names:
-        await kube.set_scale_down_disabled(node, node in busy)
+        with contextlib.suppress(NotFound):  # the Node vanished between the read and the patch
+            await cluster.set_scale_down_disabled(node, node in busy)
+
+
+class FleetMetrics:
+    """The loop's Prometheus metrics, in ``registry`` (the process's default one in
+    production; a fresh one per loop in tests)."""
+
+    def __init__(self, registry: prometheus_client.CollectorRegistry | None = None) -> None:
+        registry = registry if registry is not None else prometheus_client.CollectorRegistry()
+        self.passes = prometheus_client.Counter(
+            "stowplan_operator_passes", "Fleet passes completed", registry=registry
+        )
+        self.failures = prometheus_client.Counter(
+            "stowplan_operator_pass_failures",
+            "Fleet passes that failed, by kind: api (the API server refused or timed out), "
+            "plan (a plan failed verification), bug (an unexpected exception)",
+            ["kind"],
+            registry=registry,
+        )
+        self.last_success = prometheus_client.Gauge(
+            "stowplan_operator_last_successful_pass_timestamp_seconds",
+            "Wall time of the last completed fleet pass",
+            registry=registry,
+        )
+
+
+def _failure_kind(err: BaseException) -> str:
+    if isinstance(err, ApiError):
+        return "api"
+    if isinstance(err, OperatorError):
+        return "plan"
+    return "bug"
 
 
 class FleetLoop:
-    """Wakes on :meth:`poke` (debounced) or every ``resync_s`` and runs one pass at a time."""
+    """Wakes on :meth:`poke` (debounced) or every ``loop.resync_s`` and runs one pass at a time."""
 
-    def __init__(self, settings: FleetSettings, leader: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        cluster: Cluster,
+        *,
+        leader: Callable[[], bool] = lambda: True,
+        clock: Clock = SYSTEM,
+        metrics: FleetMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.cluster = cluster
         self._leader = leader
+        self._clock = clock
+        self.metrics = metrics or FleetMetrics()
         self._wake = asyncio.Event()
-        self.passes = 0
+        self.passes = 0  # completed
+        self.attempts = 0  # started
+        self.failures_in_a_row = 0
+        self._leading_since = clock.monotonic()
+        #: monotonic time of the last completed pass (None: none yet)
+        self.last_success: float | None = None
 
     def poke(self) -> None:
         self._wake.set()
 
+    def healthy(self) -> tuple[bool, str]:
+        """The liveness verdict: a leader whose last completed pass (or, before any, the moment
+        it started leading) is older than ``loop.liveness_resyncs`` resync periods is stuck.
+        A standby is always healthy."""
+        if not self._leader():
+            return True, "standby"
+        since = max(self.last_success or self._leading_since, self._leading_since)
+        age_s = self._clock.monotonic() - since
+        limit_s = self.settings.loop.liveness_resyncs * self.settings.loop.resync_s
+        what = f"last pass {age_s:.1f} s ago (limit {limit_s:g} s), {self.passes} passes"
+        return age_s <= limit_s, what
+
     async def run(self) -> None:
+        loop = self.settings.loop
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.resync_s)
-            await asyncio.sleep(self.settings.debounce_s)  # coalesce bursts of watch events
+                await asyncio.wait_for(self._wake.wait(), timeout=loop.resync_s)
+            await self._clock.sleep(loop.debounce_s)  # coalesce bursts of watch events
             self._wake.clear()
             if not self._leader():
+                self._leading_since = self._clock.monotonic()
                 continue  # a standby replica keeps watching but never writes
-            try:
-                result = await reconcile_once(self.settings)
-            except OperatorError as err:
-                log.error("reconcile pass failed, retrying: %s", err)
-                await asyncio.sleep(self.settings.retry_s)
-                self._wake.set()
-                continue
-            self.passes += 1
-            level = logging.INFO if result.nodes_patched or result.models_patched else logging.DEBUG
-            log.log(
-                level,
-                "reconcile pass complete: %d placed, %d unplaced, %d nodes and %d models patched, "
-                "%d events, plan %.3f s",
-                result.replicas_placed, result.replicas_unplaced, result.nodes_patched,
-                result.models_patched, result.events, result.plan_seconds,
-            )  # fmt: skip
+            await self.run_pass()
+
+    async def run_pass(self) -> PassResult | None:
+        """One guarded pass: never raises (but CancelledError)."""
+        self.attempts += 1
+        number = self.attempts
+        try:
+            result = await reconcile_once(self.cluster, self.settings, self._clock)
+        except Exception as err:
+            kind = _failure_kind(err)
+            self.metrics.failures.labels(kind).inc()
+            backoff = self.settings.loop.retry_backoff_s
+            delay = backoff[min(self.failures_in_a_row, len(backoff) - 1)]
+            self.failures_in_a_row += 1
+            if kind == "bug":
+                log.exception("BUG in reconcile pass %d; retrying in %g s", number, delay)
+            else:
+                log.error(
+                    "reconcile pass %d failed (%s: %s); retrying in %g s",
+                    number, type(err).__name__, err, delay,
+                )  # fmt: skip
+            await self._clock.sleep(delay)
+            self._wake.set()
+            return None
+        self.failures_in_a_row = 0
+        self.passes += 1
+        self.last_success = self._clock.monotonic()
+        self.metrics.passes.inc()
+        self.metrics.last_success.set(self._clock.now().timestamp())
+        if result.gone:
+            self._wake.set()  # something vanished mid-pass: re-plan without it now
+        level = logging.INFO if result.nodes_patched or result.models_patched else logging.DEBUG
+        log.log(
+            level,
+            "reconcile pass %d complete: %d placed, %d unplaced, %d nodes and %d models patched, "
+            "%d events, %d gone, plan %.3f s",
+            number, result.replicas_placed, result.replicas_unplaced, result.nodes_patched,
+            result.models_patched, result.events, result.gone, result.plan_seconds,
+        )  # fmt: skip
+        return result

@@ -2,33 +2,47 @@
 
 Run with ``kopf run --standalone -m stowplan.operator --all-namespaces``. The handlers hold no
 logic: placement and status computation live in :mod:`.fleet` and the pure modules it calls.
-``on.event`` handlers store no progress on the objects, so the operator never writes to
-InferenceModel spec or metadata (GitOps tools see no drift).
+The settings are read once here (:meth:`.settings.OperatorSettings.from_env`). ``on.event``
+handlers store no progress on the objects, so the operator never writes to InferenceModel spec
+or metadata (GitOps tools see no drift). The background tasks are watched: if one of them ever
+ends (it never should: the fleet loop catches everything at its edge), the process exits with
+status 70 so that the Deployment restarts it, instead of running on with nothing placing. The
+liveness probe (``--liveness``) fails when the leader's loop has not completed a pass for
+``loop.liveness_resyncs`` resync periods.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-import socket
+import sys
 from typing import Any
 
 import kopf
+import prometheus_client
 
 from stowplan import api, placement
 from stowplan.api import gpunode, inferencemodel
 from stowplan.operator import fleet, kube, leadership
+from stowplan.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+#: The exit status when a background task ends (EX_SOFTWARE).
+EXIT_TASK_ENDED = 70
 
 
-def _settings_from_env() -> fleet.FleetSettings:
-    return fleet.FleetSettings(
-        solver_time_limit_s=float(os.environ.get("STOWPLAN_SOLVER_TIME_LIMIT_S", "0")),
-        memory_reserve_mib=int(os.environ.get("STOWPLAN_MEMORY_RESERVE_MIB", "0")),
-        resync_s=float(os.environ.get("STOWPLAN_RESYNC_S", "30")),
-        stale_after_s=float(os.environ.get("STOWPLAN_NODE_STALE_AFTER_S", "120")),
-        namespace=os.environ.get("STOWPLAN_NAMESPACE", "stowplan-system"),
-        autoscaling=os.environ.get("STOWPLAN_AUTOSCALING", "true").lower() == "true",
-    )
+def _exit_if_ended(task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        return  # kopf's cleanup cancels them on a normal stop
+    err = task.exception()
+    if err is None and task.get_name() == "stowplan-warm-up":
+        return  # the one task that is meant to finish
+    log.critical("background task %s ended (%r); exiting", task.get_name(), err, exc_info=err)
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(EXIT_TASK_ENDED)
 
 
 @kopf.on.startup()
@@ -36,26 +50,36 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.peering.standalone = True
     settings.watching.server_timeout = 300  # re-establish long watches (kopf#585)
     settings.posting.level = 20  # INFO and above become events
-    kube.login()
-    fleet_settings = _settings_from_env()
+    ours = OperatorSettings.from_env()
+    log.info("settings: %s", ours.model_dump_json())
+    cluster = kube.KubeCluster(kube.api_client(), request_timeout_s=ours.api.request_timeout_s)
     memo.elector = leadership.Elector(
-        read=kube.read_lease,
-        write=kube.write_lease,
-        namespace=fleet_settings.namespace,
-        name="stowplan-operator",
-        identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
-        lease_duration_s=float(os.environ.get("STOWPLAN_LEASE_DURATION_S", "15")),
-        renew_s=float(os.environ.get("STOWPLAN_LEASE_RENEW_S", "5")),
+        read=cluster.read_lease,
+        write=cluster.write_lease,
+        namespace=ours.autoscaling.namespace,
+        name=ours.leader.lease_name,
+        identity=ours.leader.identity,
+        lease_duration_s=ours.leader.lease_duration_s,
+        renew_s=ours.leader.renew_s,
     )
-    memo.fleet = fleet.FleetLoop(fleet_settings, leader=lambda: memo.elector.is_leader)
+    if ours.metrics.port:
+        prometheus_client.start_http_server(ours.metrics.port)
+    memo.fleet = fleet.FleetLoop(
+        ours,
+        cluster,
+        leader=lambda: memo.elector.is_leader,
+        metrics=fleet.FleetMetrics(prometheus_client.REGISTRY),
+    )
     # compile/load the numba kernels now, not inside the first plan's time budget
-    search = fleet_settings.solver_time_limit_s > 0
+    search = ours.placement.solver_time_limit_s > 0
     memo.tasks = [
         asyncio.create_task(asyncio.to_thread(placement.warm_up, search), name="stowplan-warm-up"),
         asyncio.create_task(memo.elector.run(), name="stowplan-leader-election"),
         asyncio.create_task(memo.fleet.run(), name="stowplan-fleet"),
         asyncio.create_task(_poke_on_leading(memo), name="stowplan-poke-on-leading"),
     ]
+    for task in memo.tasks:
+        task.add_done_callback(_exit_if_ended)
 
 
 async def _poke_on_leading(memo: kopf.Memo) -> None:
@@ -70,6 +94,16 @@ async def _poke_on_leading(memo: kopf.Memo) -> None:
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     for task in memo.tasks:
         task.cancel()
+
+
+@kopf.on.probe(id="fleet")
+def fleet_alive(memo: kopf.Memo, **_: Any) -> str:
+    if not hasattr(memo, "fleet"):
+        return "starting"
+    ok, what = memo.fleet.healthy()
+    if not ok:
+        raise kopf.PermanentError(f"fleet loop stuck: {what}")
+    return what
 
 
 @kopf.on.event(api.GROUP, api.VERSION, inferencemodel.PLURAL)

@@ -6,7 +6,8 @@ holder has not renewed for ``lease_duration_s``. Writes use the Lease's resource
 replicas racing for an expired Lease cannot both win (the loser gets a 409 and follows).
 
 :func:`decide` is the pure rule; :class:`Elector` applies it through the Lease reader and writer
-it is given (:func:`.kube.read_lease`, :func:`.kube.write_lease`; fakes in unit tests).
+it is given (:meth:`.kube.KubeCluster.read_lease` / ``write_lease``; ``stowplan.testing.kube.
+FakeLeases`` in unit tests), on the :class:`~.clock.Clock` it is given.
 Callers: :mod:`stowplan.operator.handlers` (starts the elector), :mod:`.fleet` (asks
 :attr:`Elector.is_leader` before each pass).
 """
@@ -18,12 +19,11 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from kubernetes.client.rest import ApiException
-
-from stowplan.operator.errors import ApiUnavailable
+from stowplan.operator.clock import SYSTEM, Clock
+from stowplan.operator.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,12 @@ class Elector:
         identity: str,
         lease_duration_s: float = 15.0,
         renew_s: float = 5.0,
+        clock: Clock = SYSTEM,
     ) -> None:
         self._read, self._write = read, write
         self.namespace, self.name, self.identity = namespace, name, identity
         self.lease_duration_s, self.renew_s = lease_duration_s, renew_s
+        self._clock = clock
         self.is_leader = False
         self.became_leader = asyncio.Event()
 
@@ -78,15 +80,15 @@ class Elector:
         while True:
             try:
                 await self._step()
-            except (ApiUnavailable, ApiException) as err:
+            except ApiError as err:
                 if self.is_leader:
                     log.warning("lost the lease (%s); standing by", err)
                 self.is_leader = False
                 self.became_leader.clear()
-            await asyncio.sleep(self.renew_s)
+            await self._clock.sleep(self.renew_s)
 
     async def _step(self) -> None:
-        now = datetime.now(UTC)
+        now = self._clock.now()
         lease, version = await self._read(self.namespace, self.name)
         action = decide(lease, self.identity, now)
         if action is Action.FOLLOW:

@@ -1,0 +1,77 @@
+"""What the operator needs from the API server, as an interface (a Protocol).
+
+:class:`stowplan.operator.kube.KubeCluster` implements it against a real API server;
+``stowplan.testing.cluster.FakeCluster`` implements it in memory (with errors injectable at any
+call) so that unit tests drive :func:`stowplan.operator.fleet.reconcile_once` without a server.
+Every method raises only :class:`stowplan.operator.errors.ApiError` subclasses. Callers:
+:mod:`.fleet`, :mod:`.leadership` (the two Lease methods), :mod:`.handlers` (builds one).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from stowplan import api
+from stowplan.api import gpunode as gn
+from stowplan.api import inferencemodel as imapi
+from stowplan.operator.leadership import LeaseState
+from stowplan.operator.reconcile import Event
+
+
+class Cluster(Protocol):
+    async def list_models(self) -> list[api.InferenceModel]:
+        """Every InferenceModel that parses and is not being deleted."""
+        ...
+
+    async def list_nodes(self) -> list[api.GPUNode]:
+        """Every GPUNode that parses and is not being deleted."""
+        ...
+
+    async def set_assignments(self, node: str, assignments: list[gn.Assignment]) -> None:
+        """Replace ``GPUNode.spec.assignments`` (NotFound when the GPUNode is gone)."""
+        ...
+
+    async def set_model_status(
+        self, namespace: str, name: str, status: imapi.InferenceModelStatus
+    ) -> None:
+        """Replace ``InferenceModel.status`` (NotFound when the model is gone)."""
+        ...
+
+    async def post_event(self, event: Event, uid: str | None) -> None:
+        """Post a core/v1 Event about an InferenceModel."""
+        ...
+
+    async def list_capacity_pods(self, namespace: str) -> list[str]: ...
+
+    async def create_pod(self, body: dict[str, Any]) -> None:
+        """Create a placeholder pod (Conflict when it exists)."""
+        ...
+
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a placeholder pod (NotFound when it is gone)."""
+        ...
+
+    async def set_scale_down_disabled(self, node: str, disabled: bool) -> bool:
+        """Set or clear the autoscaler annotation on a Node; False when nothing was written
+        (the Node does not exist or already has the value)."""
+        ...
+
+    async def read_lease(self, namespace: str, name: str) -> tuple[LeaseState | None, str | None]:
+        """The Lease's state and resourceVersion, or (None, None) when there is none."""
+        ...
+
+    async def write_lease(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        holder: str,
+        duration_s: float,
+        now: datetime,
+        resource_version: str | None,
+        transition: bool,
+    ) -> None:
+        """Create the Lease, or replace it at ``resource_version`` (Conflict when someone was
+        faster)."""
+        ...

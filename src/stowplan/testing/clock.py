@@ -1,0 +1,34 @@
+"""A fake clock for unit tests: time moves only when a test (or a sleeper) moves it.
+
+Implements :class:`stowplan.operator.clock.Clock`. ``await clock.sleep(s)`` advances the clock by
+``s`` at once and yields to the event loop, so code that sleeps in a loop runs as fast as the
+test can drive it, in a deterministic order. Imported by tests only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self, start: datetime = EPOCH) -> None:
+        self._start = start
+        self.elapsed_s = 0.0
+        self.sleeps: list[float] = []
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=self.elapsed_s)
+
+    def monotonic(self) -> float:
+        return 1000.0 + self.elapsed_s
+
+    def advance(self, seconds: float) -> None:
+        self.elapsed_s += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(max(seconds, 0.0))
+        await asyncio.sleep(0)
