@@ -86,7 +86,7 @@ def cpu_bound_agent(
     installed, agent_kubeconfig, operator, agent_process, tmp_path_factory
 ) -> Iterator[Path]:
     """A real agent for NODE with 3 simulated GPUs and 1 CPU for its replicas, given the way
-    manifests/agent.yaml gives it (limits.cpu in milli from the downward API, plus a reserve);
+    manifests/base/agent.yaml gives it (limits.cpu in milli from the downward API, plus a reserve);
     yields the directory holding mlp.onnx."""
     models = tmp_path_factory.mktemp("models")
     builders.build_example("mlp", models)
