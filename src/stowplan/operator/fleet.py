@@ -24,13 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import prometheus_client
 
-from stowplan import placement
-from stowplan.operator import autoscaling, inventory, reconcile
+from stowplan import api, placement
+from stowplan.api import gpunode as gn
+from stowplan.operator import autoscaling, inventory, moves, reconcile
 from stowplan.operator.clock import SYSTEM, Clock
 from stowplan.operator.cluster import Cluster
 from stowplan.operator.errors import ApiError, Conflict, NotFound, OperatorError, PlanRejected
@@ -51,10 +52,15 @@ class PassResult:
     plan_seconds: float
     #: objects that vanished between the list and their patch: the next pass runs at once
     gone: int = 0
+    #: moves in flight after this pass (make before break), by when they started
+    moves_started_s: dict[moves.MoveKey, float] = field(default_factory=dict)
 
 
 async def reconcile_once(
-    cluster: Cluster, settings: OperatorSettings, clock: Clock = SYSTEM
+    cluster: Cluster,
+    settings: OperatorSettings,
+    clock: Clock = SYSTEM,
+    moves_started_s: Mapping[moves.MoveKey, float] | None = None,
 ) -> PassResult:
     models = await cluster.list_models()
     nodes = await cluster.list_nodes()
@@ -73,11 +79,20 @@ async def reconcile_once(
     if violations:
         raise PlanRejected("; ".join(str(v) for v in violations[:5]))
     plan_seconds = clock.monotonic() - started
-    desired = reconcile.desired_state(models, nodes, plan)
+    in_flight = moves.make_before_break(
+        nodes,
+        plan,
+        live={g.node for g in problem.gpus},
+        started_s=moves_started_s or {},
+        now_s=clock.monotonic(),
+        timeout_s=settings.nodes.move_timeout_s,
+    )
+    desired = reconcile.desired_state(models, nodes, plan, keep=in_flight.keep)
+    events = list(desired.events) + [_timed_out(m, old, settings) for m, old in in_flight.timed_out]
 
     gone = 0
     nodes_patched = 0
-    for node in nodes:
+    for node in _adds_first(nodes, desired.node_assignments):
         want = desired.node_assignments.get(node.metadata.name, [])
         if node.spec.assignments != want:
             try:
@@ -100,7 +115,7 @@ async def reconcile_once(
                 continue
             models_patched += 1
     uids = {(im.metadata.namespace, im.metadata.name): im.metadata.uid for im in models}
-    for event in desired.events:
+    for event in events:
         try:
             await cluster.post_event(event, uids.get((event.namespace, event.name)))
         except ApiError as err:  # best effort: an event is never worth a failed pass
@@ -113,12 +128,38 @@ async def reconcile_once(
     return PassResult(
         nodes_patched=nodes_patched,
         models_patched=models_patched,
-        events=len(desired.events),
+        events=len(events),
         replicas_placed=len(plan.assignments),
         replicas_unplaced=len(plan.unplaced),
         plan_seconds=plan_seconds,
         gone=gone,
+        moves_started_s=in_flight.started_s,
     )
+
+
+def _adds_first(
+    nodes: list[api.GPUNode], want: Mapping[str, list[gn.Assignment]]
+) -> list[api.GPUNode]:
+    """Nodes that gain a replica are written before nodes that only lose some, so a pass cut
+    off half-way leaves a moving replica in two places, never in none."""
+
+    def gains(node: api.GPUNode) -> bool:
+        have = {(a.model, a.replica, a.gpu) for a in node.spec.assignments}
+        return any(
+            (a.model, a.replica, a.gpu) not in have for a in want.get(node.metadata.name, [])
+        )
+
+    return sorted(nodes, key=lambda n: not gains(n))
+
+
+def _timed_out(move: moves.MoveKey, old_node: str, settings: OperatorSettings) -> reconcile.Event:
+    model, replica, node, gpu = move
+    namespace, name = model.split("/", 1)
+    return reconcile.Event(
+        namespace, name, "Warning", "MoveTimedOut",
+        f"replica {replica} removed from {old_node} although its new copy on {node}/gpu{gpu} "
+        f"is not Ready after {settings.nodes.move_timeout_s:g} s",
+    )  # fmt: skip
 
 
 async def _sync_autoscaler(
@@ -201,6 +242,7 @@ class FleetLoop:
         self._leading_since = clock.monotonic()
         #: monotonic time of the last completed pass (None: none yet)
         self.last_success: float | None = None
+        self._moves_started_s: dict[moves.MoveKey, float] = {}
 
     def poke(self) -> None:
         self._wake.set()
@@ -234,7 +276,9 @@ class FleetLoop:
         self.attempts += 1
         number = self.attempts
         try:
-            result = await reconcile_once(self.cluster, self.settings, self._clock)
+            result = await reconcile_once(
+                self.cluster, self.settings, self._clock, self._moves_started_s
+            )
         except Exception as err:
             kind = _failure_kind(err)
             self.metrics.failures.labels(kind).inc()
@@ -252,6 +296,7 @@ class FleetLoop:
             self._wake.set()
             return None
         self.failures_in_a_row = 0
+        self._moves_started_s = result.moves_started_s
         self.passes += 1
         self.last_success = self._clock.monotonic()
         self.metrics.passes.inc()

@@ -13,10 +13,12 @@ uses neither gets exactly the Problem it got before these fields existed. No I/O
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from stowplan import api, placement
+from stowplan.api import gpunode as gn
 from stowplan.api import quantity
 from stowplan.demands import model_demand
 
@@ -87,32 +89,95 @@ def node_resources(
     return tuple(out)
 
 
+Location = tuple[str, int]  # (GPUNode name, GPU index)
+ReplicaKey = tuple[str, int]  # (namespace/name, replica index)
+
+
+def locations(
+    nodes: Iterable[api.GPUNode], models: Iterable[api.InferenceModel]
+) -> tuple[dict[ReplicaKey, Location], list[tuple[str, gn.Assignment]]]:
+    """One location per replica, and the other copies (``(node, assignment)``, "draining").
+
+    A replica is listed by two GPUNodes' ``spec.assignments`` while it moves (make before
+    break: it is added on its new GPU first) or when a pass was cut off half-way. The location
+    kept is the one the desired state agrees with (the model's ``status.placements``, written
+    by the pass that started the move), else the one whose agent reports it Ready, else the
+    first by node name, so a re-plan never sees a replica twice."""
+    agreed: dict[ReplicaKey, Location] = {}
+    for im in models:
+        for p in im.status.placements if im.status is not None else []:
+            agreed[(model_key(im), p.replica)] = (p.node, p.gpu)
+    ready = {
+        (m.model, m.replica, node.metadata.name, m.gpu)
+        for node in nodes
+        if node.status is not None
+        for m in node.status.models
+        if m.state == "Ready"
+    }
+    seen: dict[ReplicaKey, list[tuple[str, gn.Assignment]]] = {}
+    for node in sorted(nodes, key=lambda n: n.metadata.name):
+        for a in node.spec.assignments:
+            seen.setdefault((a.model, a.replica), []).append((node.metadata.name, a))
+    kept: dict[ReplicaKey, Location] = {}
+    draining: list[tuple[str, gn.Assignment]] = []
+    for key, copies in seen.items():
+        where = [(n, a.gpu) for n, a in copies]
+        if key in agreed and agreed[key] in where:
+            choice = agreed[key]
+        else:
+            choice = next(((n, g) for n, g in where if (*key, n, g) in ready), where[0])
+        kept[key] = choice
+        draining.extend((n, a) for n, a in copies if (n, a.gpu) != choice)
+    return kept, draining
+
+
 def current(
     nodes: Iterable[api.GPUNode],
     models: Sequence[placement.ModelDemand],
     inventory: Sequence[placement.Gpu],
+    kept: dict[ReplicaKey, Location] | None = None,
 ) -> tuple[placement.Assignment, ...]:
-    """The running placement, restricted to models and GPUs that still exist."""
+    """The running placement, restricted to models and GPUs that still exist, one location
+    per replica (``kept``, from :func:`locations`; without it the first copy wins)."""
     replicas = {m.name: m.replicas for m in models}
     present = {g.key for g in inventory}
-    out = []
-    for node in nodes:
+    out = {}
+    for node in sorted(nodes, key=lambda n: n.metadata.name):
         for a in node.spec.assignments:
             if replicas.get(a.model, 0) <= a.replica or (node.metadata.name, a.gpu) not in present:
                 continue
-            out.append(
-                placement.Assignment(
-                    model=a.model,
-                    replica=a.replica,
-                    node=node.metadata.name,
-                    gpu=a.gpu,
-                    batch_size=a.batch_size,
-                    duty_cycle_ms=a.duty_cycle_ms,
-                    busy_ms=a.busy_ms,
-                    memory_mib=a.memory_mib,
-                )
+            key = (a.model, a.replica)
+            if key in out or (kept is not None and kept.get(key) != (node.metadata.name, a.gpu)):
+                continue
+            out[key] = placement.Assignment(
+                model=a.model,
+                replica=a.replica,
+                node=node.metadata.name,
+                gpu=a.gpu,
+                batch_size=a.batch_size,
+                duty_cycle_ms=a.duty_cycle_ms,
+                busy_ms=a.busy_ms,
+                memory_mib=a.memory_mib,
             )
-    return tuple(sorted(out, key=lambda a: (a.model, a.replica)))
+    return tuple(sorted(out.values(), key=lambda a: (a.model, a.replica)))
+
+
+def _reserve_draining(
+    inventory: tuple[placement.Gpu, ...], draining: list[tuple[str, gn.Assignment]]
+) -> tuple[placement.Gpu, ...]:
+    """A GPU still serving a replica that moved away keeps that replica's memory until the
+    copy is removed, so nothing new is planned into memory that is still in use."""
+    held: dict[tuple[str, int], float] = {}
+    for node, a in draining:
+        held[(node, a.gpu)] = held.get((node, a.gpu), 0.0) + a.memory_mib
+    if not held:
+        return inventory
+    return tuple(
+        g.model_copy(update={"memory_mib": max(1, g.memory_mib - math.ceil(held[g.key]))})
+        if g.key in held
+        else g
+        for g in inventory
+    )
 
 
 def problem(
@@ -124,16 +189,21 @@ def problem(
     stale_after_s: float = float("inf"),
 ) -> placement.Problem:
     """The placement problem; nodes whose heartbeat is older than ``stale_after_s`` at ``now``
-    offer no GPUs, so their replicas are re-placed elsewhere."""
+    offer no GPUs, so their replicas are re-placed elsewhere. A replica listed twice counts once
+    (:func:`locations`); the memory of its other copy stays held on that GPU."""
     node_list = list(nodes)
     if now is not None:
         node_list = [n for n in node_list if not is_stale(n, now, stale_after_s)]
-    demands = tuple(sorted((demand(im) for im in models), key=lambda d: d.name))
+    model_list = list(models)
+    demands = tuple(sorted((demand(im) for im in model_list), key=lambda d: d.name))
     inventory = gpus(node_list)
+    kept, draining = locations(node_list, model_list)
+    names = {d.name: d.replicas for d in demands}
+    still_needed = [(n, a) for n, a in draining if a.replica < names.get(a.model, 0)]
     return placement.Problem(
-        gpus=inventory,
+        gpus=_reserve_draining(inventory, still_needed),
         models=demands,
-        current=current(node_list, demands, inventory),
+        current=current(node_list, demands, inventory, kept),
         memory_reserve_mib=memory_reserve_mib,
         nodes=node_resources(node_list, inventory),
     )

@@ -71,7 +71,11 @@ def desired_state(
     plan: placement.Plan,
     *,
     now: str | None = None,
+    keep: Sequence[tuple[str, gn.Assignment]] = (),
 ) -> Desired:
+    """``keep``: old copies of moving replicas left on their node this pass (``(node,
+    assignment)``, from :func:`.moves.make_before_break`); they stay in that node's
+    assignments, and a kept copy that is Ready counts for its replica's readiness."""
     now = now or now_rfc3339()
     by_key = {inventory.model_key(im): im for im in models}
     node_assignments: dict[str, list[gn.Assignment]] = {n.metadata.name: [] for n in nodes}
@@ -96,19 +100,23 @@ def desired_state(
                 batching=im.spec.batching,
             )
         )
+    for node_name, kept in keep:
+        node_assignments.setdefault(node_name, []).append(kept)
     for assignments in node_assignments.values():
         assignments.sort(key=lambda a: (a.model, a.replica))
     unplaced: dict[str, list[placement.Unplaced]] = defaultdict(list)
     for u in plan.unplaced:
         unplaced[u.model].append(u)
     observed = _observed_by_replica(nodes)
+    serving = {(a.model, a.replica): observed.get((a.model, a.replica, n)) for n, a in keep}
 
     statuses: dict[str, imapi.InferenceModelStatus] = {}
     events: list[Event] = []
     for key, im in by_key.items():
         status = _model_status(
-            im, sorted(per_model[key], key=lambda a: a.replica), unplaced[key], observed, now
-        )
+            im, sorted(per_model[key], key=lambda a: a.replica), unplaced[key], observed, now,
+            serving,
+        )  # fmt: skip
         statuses[key] = status
         events.extend(_events(im, status))
     return Desired(node_assignments=node_assignments, model_status=statuses, events=events)
@@ -132,6 +140,7 @@ def _model_status(
     unplaced: list[placement.Unplaced],
     observed: dict[tuple[str, int, str], gn.ResidentModel],
     now: str,
+    serving: dict[tuple[str, int], gn.ResidentModel | None] | None = None,
 ) -> imapi.InferenceModelStatus:
     key = inventory.model_key(im)
     gen = im.metadata.generation
@@ -148,7 +157,12 @@ def _model_status(
         )
         for a, s in zip(assigned, seen, strict=True)
     ]
-    ready = [s for s in seen if s is not None and s.state == "Ready"]
+    old = serving or {}
+    serving_now = (
+        s if s is not None and s.state == "Ready" else old.get((key, a.replica))
+        for a, s in zip(assigned, seen, strict=True)
+    )
+    ready = [s for s in serving_now if s is not None and s.state == "Ready"]
     want = im.spec.replicas
 
     if unplaced:

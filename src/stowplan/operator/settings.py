@@ -32,6 +32,8 @@ class PlacementSettings(_Group):
 class NodeSettings(_Group):
     #: A GPUNode whose agent heartbeat is older offers no GPUs; its replicas are re-placed.
     stale_after_s: float = Field(default=120.0, gt=0)
+    #: A moved replica's old copy is removed after this long even if the new one is not Ready.
+    move_timeout_s: float = Field(default=300.0, gt=0)
 
 
 class LoopSettings(_Group):
@@ -84,6 +86,7 @@ ENV: dict[tuple[str, str], str] = {
     ("placement", "solver_time_limit_s"): "STOWPLAN_SOLVER_TIME_LIMIT_S",
     ("placement", "memory_reserve_mib"): "STOWPLAN_MEMORY_RESERVE_MIB",
     ("nodes", "stale_after_s"): "STOWPLAN_NODE_STALE_AFTER_S",
+    ("nodes", "move_timeout_s"): "STOWPLAN_MOVE_TIMEOUT_S",
     ("loop", "resync_s"): "STOWPLAN_RESYNC_S",
     ("loop", "debounce_s"): "STOWPLAN_DEBOUNCE_S",
     ("loop", "retry_backoff_s"): "STOWPLAN_RETRY_BACKOFF_S",

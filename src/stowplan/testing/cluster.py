@@ -198,6 +198,7 @@ def gpunode(
     *,
     heartbeat: str | None = None,
     models: list[dict[str, Any]] | None = None,
+    labels: dict[str, str] | None = None,
 ) -> api.GPUNode:
     """A GPUNode whose agent reports ``gpus`` T4s (16 GiB)."""
     status: dict[str, Any] = {
@@ -207,5 +208,22 @@ def gpunode(
     if heartbeat is not None:
         status["heartbeat"] = heartbeat
     return api.GPUNode.model_validate(
-        {"metadata": {"name": name}, "spec": {"assignments": []}, "status": status}
+        {
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": {"assignments": []},
+            "status": status,
+        }
+    )
+
+
+def report(cluster: FakeCluster, node: str, state: str = "Ready") -> None:
+    """Play the agent on ``node``: report every assigned replica in ``state``."""
+    n = cluster.nodes[node]
+    assert n.status is not None
+    models = [
+        gn.ResidentModel(model=a.model, replica=a.replica, gpu=a.gpu, state=state)
+        for a in n.spec.assignments
+    ]
+    cluster.nodes[node] = n.model_copy(
+        update={"status": n.status.model_copy(update={"models": models})}
     )
