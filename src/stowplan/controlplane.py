@@ -52,6 +52,9 @@ def find_binaries() -> dict[str, Path]:
     return paths
 
 
+_COMPONENTS = ("etcd", "kube-apiserver")  # in the order of LocalControlPlane._procs
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,6 +75,7 @@ class LocalControlPlane:
     api_port: int = 0
     admin_token: str = field(default_factory=lambda: secrets.token_hex(24))
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False)
+    _cmds: list[list[str]] = field(default_factory=list, init=False)
     _owns_workdir: bool = field(default=False, init=False)
 
     @property
@@ -142,6 +146,7 @@ class LocalControlPlane:
             "--profiling=false",
             "--v=1",
         ]
+        self._cmds = [etcd_cmd, api_cmd]
         try:
             self._procs.append(subprocess.Popen(etcd_cmd, stdout=log, stderr=log))
             self._procs.append(subprocess.Popen(api_cmd, stdout=log, stderr=log))
@@ -152,10 +157,26 @@ class LocalControlPlane:
         self._write_kubeconfig()
         return self
 
+    def kill(self, component: str) -> None:
+        """SIGKILL ``etcd`` or ``kube-apiserver``, as a crash would (fault-injection tests)."""
+        proc = self._procs[_COMPONENTS.index(component)]
+        proc.kill()
+        proc.wait()
+
+    def restart(self, component: str) -> None:
+        """Start a killed component again on the same port with the same data and
+        certificates; returns when the API server is ready again."""
+        i = _COMPONENTS.index(component)
+        if self._procs[i].poll() is None:
+            raise ControlPlaneError(f"{component} is still running")
+        with self.log_file.open("ab") as log:
+            self._procs[i] = subprocess.Popen(self._cmds[i], stdout=log, stderr=log)
+        self._wait_ready()
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
         while True:
-            for name, proc in zip(("etcd", "kube-apiserver"), self._procs, strict=False):
+            for name, proc in zip(_COMPONENTS, self._procs, strict=False):
                 if proc.poll() is not None:
                     raise ControlPlaneError(
                         f"{name} exited with {proc.returncode}:\n{self._log_tail()}"

@@ -7,13 +7,9 @@ namespace per test.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -23,6 +19,7 @@ from typing import Any
 import pytest
 
 from stowplan import controlplane
+from stowplan.testing.localcluster import Kubectl, Operator, service_account_kubeconfig, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,31 +34,6 @@ def control_plane() -> Iterator[controlplane.LocalControlPlane]:
         subprocess.run([str(REPO / "tools" / "build-kubebins.sh")], check=True)
     with controlplane.LocalControlPlane() as cp:
         yield cp
-
-
-class Kubectl:
-    """Runs the real kubectl against the test control plane."""
-
-    def __init__(self, cp: controlplane.LocalControlPlane, kubeconfig: Path | None = None) -> None:
-        self.binary = str(cp.kubectl)
-        self.kubeconfig = str(kubeconfig or cp.kubeconfig)
-
-    def run(
-        self, *args: str, input_: str | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [self.binary, "--kubeconfig", self.kubeconfig, *args],
-            input=input_,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}{proc.stdout}")
-        return proc
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "-o", "json").stdout)
 
 
 @pytest.fixture(scope="session")
@@ -90,79 +62,9 @@ def namespace(installed: Kubectl) -> Iterator[str]:
     installed.run("delete", "inferencemodels", "--all", "-n", name, "--wait=false")
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "") -> Any:
-    """Poll until ``predicate()`` is truthy; return its value (no fixed sleeps in tests)."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; last: {last!r}")
-
-
 @pytest.fixture(scope="session")
 def wait() -> Callable[..., Any]:
     return wait_for
-
-
-class Operator:
-    """``kopf run -m stowplan.operator`` as a real subprocess (so it can be restarted)."""
-
-    def __init__(self, kubeconfig: Path, log_path: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "STOWPLAN_RESYNC_S": "2",
-            "STOWPLAN_LEASE_DURATION_S": "3",
-            "STOWPLAN_LEASE_RENEW_S": "0.5",
-        }
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
-             "-m", "stowplan.operator", "--verbose"],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-
-    def passes(self) -> int:
-        return len(
-            re.findall(r"reconcile pass \d+ complete", self.log_path.read_text(errors="replace"))
-        )
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-
-def service_account_kubeconfig(
-    kubectl: Kubectl, cp: controlplane.LocalControlPlane, sa: str, path: Path
-) -> Path:
-    """A kubeconfig that authenticates as a ServiceAccount of manifests/ (TokenRequest API)."""
-    token = kubectl.run("create", "token", sa, "-n", "stowplan-system").stdout.strip()
-    path.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- name: local\n  cluster:\n    server: {cp.server}\n"
-        f"    certificate-authority: {cp.ca_file}\n"
-        f"users:\n- name: {sa}\n  user:\n    token: {token}\n"
-        f"contexts:\n- name: local\n  context: {{cluster: local, user: {sa}}}\n"
-        "current-context: local\n"
-    )
-    return path
 
 
 @pytest.fixture(scope="session")

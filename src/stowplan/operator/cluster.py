@@ -52,6 +52,15 @@ class Cluster(Protocol):
         """Delete a placeholder pod (NotFound when it is gone)."""
         ...
 
+    async def list_k8s_nodes(self) -> dict[str, bool]:
+        """Every Kubernetes Node's name and whether it is cordoned (``spec.unschedulable``)."""
+        ...
+
+    async def set_gpunode_conditions(self, node: str, conditions: list[api.Condition]) -> None:
+        """Replace ``GPUNode.status.conditions`` (the operator does it only for a node whose
+        agent stopped heartbeating; NotFound when the GPUNode is gone)."""
+        ...
+
     async def set_scale_down_disabled(self, node: str, disabled: bool) -> bool:
         """Set or clear the autoscaler annotation on a Node; False when nothing was written
         (the Node does not exist or already has the value)."""

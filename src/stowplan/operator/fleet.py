@@ -31,7 +31,7 @@ import prometheus_client
 
 from stowplan import api, placement
 from stowplan.api import gpunode as gn
-from stowplan.operator import autoscaling, inventory, moves, reconcile
+from stowplan.operator import autoscaling, health, inventory, moves, reconcile
 from stowplan.operator.clock import SYSTEM, Clock
 from stowplan.operator.cluster import Cluster
 from stowplan.operator.errors import ApiError, Conflict, NotFound, OperatorError, PlanRejected
@@ -52,24 +52,42 @@ class PassResult:
     plan_seconds: float
     #: objects that vanished between the list and their patch: the next pass runs at once
     gone: int = 0
-    #: moves in flight after this pass (make before break), by when they started
+    #: what the next pass must remember (moves in flight, Kubernetes Nodes seen)
+    memory: PassMemory = field(default_factory=lambda: PassMemory())
+    #: seconds until the next live node turns stale (the loop wakes then); None: never
+    next_stale_in_s: float | None = None
+
+
+@dataclass(frozen=True)
+class PassMemory:
+    """State one pass hands to the next (in the leader's memory only)."""
+
+    #: moves in flight (make before break), by when they started (monotonic seconds)
     moves_started_s: dict[moves.MoveKey, float] = field(default_factory=dict)
+    #: Kubernetes Nodes seen so far: one of them gone means its GPUNode is evacuated
+    k8s_nodes_seen: frozenset[str] = frozenset()
 
 
 async def reconcile_once(
     cluster: Cluster,
     settings: OperatorSettings,
     clock: Clock = SYSTEM,
-    moves_started_s: Mapping[moves.MoveKey, float] | None = None,
+    memory: PassMemory | None = None,
 ) -> PassResult:
+    memory = memory or PassMemory()
     models = await cluster.list_models()
     nodes = await cluster.list_nodes()
+    k8s_nodes = await cluster.list_k8s_nodes()
+    now = clock.now()
+    stale_after_s = settings.nodes.stale_after_s
+    avail = health.availability((n.metadata.name for n in nodes), k8s_nodes, memory.k8s_nodes_seen)
     problem = inventory.problem(
         models,
         nodes,
         memory_reserve_mib=settings.placement.memory_reserve_mib,
-        now=clock.now(),
-        stale_after_s=settings.nodes.stale_after_s,
+        now=now,
+        stale_after_s=stale_after_s,
+        unavailable=avail.unavailable,
     )
     started = clock.monotonic()
     plan = await asyncio.to_thread(
@@ -83,7 +101,7 @@ async def reconcile_once(
         nodes,
         plan,
         live={g.node for g in problem.gpus},
-        started_s=moves_started_s or {},
+        started_s=memory.moves_started_s,
         now_s=clock.monotonic(),
         timeout_s=settings.nodes.move_timeout_s,
     )
@@ -91,6 +109,16 @@ async def reconcile_once(
     events = list(desired.events) + [_timed_out(m, old, settings) for m, old in in_flight.timed_out]
 
     gone = 0
+    stamp = reconcile.now_rfc3339()
+    for node in nodes:
+        cond = health.stale_condition(node, now, stale_after_s, stamp)
+        if cond is not None:
+            log.warning("GPUNode %s: %s", node.metadata.name, cond.message)
+            with contextlib.suppress(NotFound):
+                await cluster.set_gpunode_conditions(node.metadata.name, [cond])
+    for name, why in sorted(avail.unavailable.items()):
+        if any(a for n in nodes if n.metadata.name == name for a in n.spec.assignments):
+            log.warning("GPUNode %s offers nothing (%s); evacuating its replicas", name, why)
     nodes_patched = 0
     for node in _adds_first(nodes, desired.node_assignments):
         want = desired.node_assignments.get(node.metadata.name, [])
@@ -133,7 +161,8 @@ async def reconcile_once(
         replicas_unplaced=len(plan.unplaced),
         plan_seconds=plan_seconds,
         gone=gone,
-        moves_started_s=in_flight.started_s,
+        memory=PassMemory(in_flight.started_s, avail.seen),
+        next_stale_in_s=health.next_stale_in_s(nodes, now, stale_after_s),
     )
 
 
@@ -242,7 +271,8 @@ class FleetLoop:
         self._leading_since = clock.monotonic()
         #: monotonic time of the last completed pass (None: none yet)
         self.last_success: float | None = None
-        self._moves_started_s: dict[moves.MoveKey, float] = {}
+        self._memory = PassMemory()
+        self._next_wake_s: float | None = None
 
     def poke(self) -> None:
         self._wake.set()
@@ -262,8 +292,11 @@ class FleetLoop:
     async def run(self) -> None:
         loop = self.settings.loop
         while True:
+            timeout_s = loop.resync_s
+            if self._next_wake_s is not None:  # when the next node turns stale, not later
+                timeout_s = min(timeout_s, self._next_wake_s + 0.1)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=loop.resync_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout_s)
             await self._clock.sleep(loop.debounce_s)  # coalesce bursts of watch events
             self._wake.clear()
             if not self._leader():
@@ -276,9 +309,7 @@ class FleetLoop:
         self.attempts += 1
         number = self.attempts
         try:
-            result = await reconcile_once(
-                self.cluster, self.settings, self._clock, self._moves_started_s
-            )
+            result = await reconcile_once(self.cluster, self.settings, self._clock, self._memory)
         except Exception as err:
             kind = _failure_kind(err)
             self.metrics.failures.labels(kind).inc()
@@ -296,7 +327,8 @@ class FleetLoop:
             self._wake.set()
             return None
         self.failures_in_a_row = 0
-        self._moves_started_s = result.moves_started_s
+        self._memory = result.memory
+        self._next_wake_s = result.next_stale_in_s
         self.passes += 1
         self.last_success = self._clock.monotonic()
         self.metrics.passes.inc()

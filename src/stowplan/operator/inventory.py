@@ -14,7 +14,7 @@ uses neither gets exactly the Problem it got before these fields existed. No I/O
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 
 from stowplan import api, placement
@@ -187,11 +187,13 @@ def problem(
     memory_reserve_mib: int = 0,
     now: datetime | None = None,
     stale_after_s: float = float("inf"),
+    unavailable: Collection[str] = (),
 ) -> placement.Problem:
     """The placement problem; nodes whose heartbeat is older than ``stale_after_s`` at ``now``
     offer no GPUs, so their replicas are re-placed elsewhere. A replica listed twice counts once
-    (:func:`locations`); the memory of its other copy stays held on that GPU."""
-    node_list = list(nodes)
+    (:func:`locations`); the memory of its other copy stays held on that GPU. Nodes named in
+    ``unavailable`` (a cordoned or deleted Kubernetes Node) offer nothing either."""
+    node_list = [n for n in nodes if n.metadata.name not in unavailable]
     if now is not None:
         node_list = [n for n in node_list if not is_stale(n, now, stale_after_s)]
     model_list = list(models)

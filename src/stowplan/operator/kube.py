@@ -154,6 +154,16 @@ class KubeCluster:
     async def delete_pod(self, namespace: str, name: str) -> None:
         await self._call(self._core.delete_namespaced_pod, name, namespace, grace_period_seconds=0)
 
+    async def list_k8s_nodes(self) -> dict[str, bool]:
+        nodes = await self._call(self._core.list_node)
+        return {n.metadata.name: bool(n.spec and n.spec.unschedulable) for n in nodes.items}
+
+    async def set_gpunode_conditions(self, node: str, conditions: list[api.Condition]) -> None:
+        body = {"status": {"conditions": [c.wire() for c in conditions]}}
+        await self._call(
+            self._custom.patch_cluster_custom_object_status, GROUP, VERSION, gn.PLURAL, node, body
+        )
+
     async def set_scale_down_disabled(self, node: str, disabled: bool) -> bool:
         """Reads first, so that an unchanged node is never written."""
         try:

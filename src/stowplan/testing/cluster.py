@@ -50,6 +50,8 @@ class FakeCluster:
         self.nodes: dict[str, api.GPUNode] = {n.metadata.name: n for n in nodes or []}
         #: Kubernetes Nodes (name -> annotations); GPUNodes without one are "registered by hand"
         self.k8s_nodes: dict[str, dict[str, str]] = {}
+        #: Kubernetes Nodes that are cordoned (``spec.unschedulable``)
+        self.cordoned: set[str] = set()
         self.pods: set[str] = set()
         self.events: list[Event] = []
         self.leases = FakeLeases()
@@ -131,6 +133,20 @@ class FakeCluster:
         if name not in self.pods:
             raise NotFound(f"pods/{name}", 404)
         self.pods.discard(name)
+
+    async def list_k8s_nodes(self) -> dict[str, bool]:
+        self._enter("list_k8s_nodes")
+        return {name: name in self.cordoned for name in self.k8s_nodes}
+
+    async def set_gpunode_conditions(self, node: str, conditions: list[api.Condition]) -> None:
+        self._enter("set_gpunode_conditions", node, conditions)
+        if node not in self.nodes:
+            raise NotFound(f"gpunodes/{node}", 404)
+        old = self.nodes[node]
+        status = (old.status or gn.GPUNodeStatus()).model_copy(
+            update={"conditions": list(conditions)}
+        )
+        self.nodes[node] = old.model_copy(update={"status": status})
 
     async def set_scale_down_disabled(self, node: str, disabled: bool) -> bool:
         self._enter("set_scale_down_disabled", node, disabled)
