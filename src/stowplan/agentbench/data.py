@@ -1,41 +1,32 @@
 """Shared data the agent benchmarks read: latency-vs-batch fits and real arrival traces.
 
-The data lives outside the repository, in ``../shared/data`` relative to the repo root, or in
-``$STOWPLAN_DATA``. Missing data is a :class:`DataMissing` error naming the path it looked in.
+The data lives outside the repository, in the shared data folder that
+:mod:`stowplan.shareddata` finds. Missing data is a :class:`DataMissing` error naming the path it
+looked in; the fits are read by :mod:`stowplan.latencyfits`.
 Callers: :mod:`stowplan.agentbench.batching` and :mod:`stowplan.agentbench.timeslice`.
 """
 
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-FITS = "gpu-inference-latency/latency_vs_batch_linear_fits.csv"
+from stowplan import latencyfits, shareddata
+from stowplan.shareddata import DataMissing
+
+__all__ = ["DataMissing"]  # re-exported for the bench commands
+
 TRACES = {
     "azure-code": "azure-llm-inference/AzureLLMInferenceTrace_code.csv",
     "azure-conv": "azure-llm-inference/AzureLLMInferenceTrace_conv.csv",
 }
 
 
-class DataMissing(Exception):
-    pass
-
-
 def data_dir() -> Path:
-    env = os.environ.get("STOWPLAN_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
-
-
-def _path(rel: str) -> Path:
-    p = data_dir() / rel
-    if not p.is_file():
-        raise DataMissing(f"{p} not found (set STOWPLAN_DATA to the shared data folder)")
-    return p
+    """The shared data folder."""
+    return shareddata.data_root()
 
 
 @dataclass(frozen=True)
@@ -88,31 +79,31 @@ DEFAULT_FITS = (
 
 
 def load_fit(q: FitQuery) -> DeviceFit:
-    with _path(FITS).open(newline="") as f:
-        for row in csv.DictReader(f):
-            if (
-                row["source_file"] == q.source_file
-                and int(row["table_id"]) == q.table_id
-                and row["gpu_model"] == q.gpu_model
-                and row["precision"] == q.precision
-            ):
-                return DeviceFit(
-                    q.label,
-                    q.source_file,
-                    q.gpu_model,
-                    q.precision,
-                    float(row["fit_a_ms"]),
-                    float(row["fit_b_ms_per_item"]),
-                    float(row["fit_r2"]),
-                    int(row["batch_max"]),
-                )
-    raise DataMissing(f"no fit for {q} in {_path(FITS)}")
+    path = latencyfits.default_fits_path()
+    for row in latencyfits.read_fits(path):
+        if (
+            row.source_file == q.source_file
+            and row.table_id == q.table_id
+            and row.gpu_model == q.gpu_model
+            and row.precision == q.precision
+        ):
+            return DeviceFit(
+                q.label,
+                q.source_file,
+                q.gpu_model,
+                q.precision,
+                row.base_ms,
+                row.per_item_ms,
+                row.r2,
+                row.batch_max,
+            )
+    raise DataMissing(f"no fit for {q} in {path}")
 
 
 def trace_arrivals(name: str) -> list[float]:
     """Arrival times (seconds from the first request) of a real trace."""
     out: list[float] = []
-    with _path(TRACES[name]).open(newline="") as f:
+    with shareddata.data_path(TRACES[name]).open(newline="") as f:
         reader = csv.DictReader(f)
         t0: datetime | None = None
         for row in reader:

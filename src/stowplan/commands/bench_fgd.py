@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import statistics
 import time
 from collections import defaultdict
@@ -21,6 +20,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from stowplan import shareddata
 from stowplan.placement.tracebound import trace_bounds
 from stowplan.placement.tracesim import Cluster, IdleBreakdown, NodeRow, PodRow, Simulator, arrivals
 
@@ -29,10 +29,8 @@ DEFAULT_WORKLOADS = ("default", "gpushare100", "multigpu50", "gpuspec33")
 
 
 def data_dir() -> Path:
-    env = os.environ.get("STOWPLAN_DATA")
-    if env:
-        return Path(env)
-    return Path.cwd().parent / "shared" / "data"
+    """The shared data folder (:mod:`stowplan.shareddata`)."""
+    return shareddata.data_root()
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

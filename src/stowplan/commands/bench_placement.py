@@ -12,7 +12,6 @@ compile or cache load). Thin shell: reading, timing and printing only.
 
 from __future__ import annotations
 
-import csv
 import gc
 import statistics
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from stowplan import placement
+from stowplan import latencyfits, placement, shareddata
 from stowplan.commands.bench_fgd import data_dir
 from stowplan.placement.bestfit import kernel_status
 from stowplan.placement.colgen_kernel import warm_up
@@ -34,26 +33,14 @@ BESTFIT_SIZES = "1000,3000,10000"
 
 
 def load_fits(path: Path) -> list[LatencyFit]:
+    """The published fits as placement's LatencyFit (read by :mod:`stowplan.latencyfits`)."""
     try:
-        with path.open(newline="") as fh:
-            rows = list(csv.DictReader(fh))
-    except OSError as exc:
-        raise click.ClickException(f"{path}: {exc.strerror or exc} (set STOWPLAN_DATA?)") from None
-    out = []
-    for line, r in enumerate(rows, start=2):
-        try:
-            out.append(
-                LatencyFit(
-                    r["source_file"],
-                    r["gpu_model"],
-                    float(r["fit_a_ms"]),
-                    float(r["fit_b_ms_per_item"]),
-                    int(float(r["batch_max"])),
-                )
-            )
-        except (KeyError, ValueError) as exc:
-            raise click.ClickException(f"{path}:{line}: bad row ({exc})") from None
-    return out
+        rows = latencyfits.read_fits(path)
+    except (shareddata.DataMissing, latencyfits.FitsFileError) as exc:
+        raise click.ClickException(f"{exc} (set {shareddata.ENV_VAR}?)") from None
+    return [
+        LatencyFit(r.source_file, r.gpu_model, r.base_ms, r.per_item_ms, r.batch_max) for r in rows
+    ]
 
 
 def _budget(replicas: int) -> float:

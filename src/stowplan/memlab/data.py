@@ -1,11 +1,12 @@
-"""Where the shared TensorFlow memory logs live: ``$STOWPLAN_DATA/tf-memlogs`` or, by default,
-``../shared/data/tf-memlogs`` relative to the repository root. Callers: tests, docs commands.
+"""Where the shared TensorFlow memory logs live: ``tf-memlogs`` in the shared data folder
+(found by :mod:`stowplan.shareddata`). Callers: tests, docs commands.
 Data is never copied into the repository."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from stowplan import shareddata
 
 SHIPPED_LOGS = (
     "resnet50_infer_bs1.log.gz",
@@ -17,6 +18,4 @@ SHIPPED_LOGS = (
 
 
 def tf_memlogs_dir() -> Path:
-    env = os.environ.get("STOWPLAN_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[3].parent / "shared" / "data"
-    return base / "tf-memlogs"
+    return shareddata.data_root() / "tf-memlogs"
