@@ -1,11 +1,13 @@
 """Guards against the `operator` stdlib-shadowing trap and other layout mistakes."""
 
 from __future__ import annotations
+import __future__
 
 import importlib
 import operator
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -44,11 +46,29 @@ def test_no_module_is_named_like_a_stdlib_module():
     assert clashes == [], clashes
 
 
-@pytest.mark.parametrize("package", ["stowplan.api", "stowplan.placement"])
-def test_public_surface_is_complete_and_unique(package):
+def _packages() -> list[str]:
+    return sorted(
+        "stowplan." + ".".join(init.parent.relative_to(SRC).parts)
+        for init in SRC.rglob("__init__.py")
+        if init.parent != SRC
+    )
+
+
+@pytest.mark.parametrize("package", _packages())
+def test_public_surface_is_exactly_all(package):
+    # httpx's test_exported_members: a package's __all__ lists exactly its public names (the
+    # submodules it names aside), so nothing public hides outside it and nothing in it is stale
     module = importlib.import_module(package)
-    names = module.__all__
+    names = list(getattr(module, "__all__", []))
     assert len(names) == len(set(names))  # the order is ruff's (RUF022)
+    public = {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_")
+        and not isinstance(value, types.ModuleType | __future__._Feature)
+    }
+    declared = {n for n in names if not isinstance(getattr(module, n, None), types.ModuleType)}
+    assert declared == public, f"{package}: missing {public - declared}, stale {declared - public}"
     assert all(hasattr(module, n) for n in names)
 
 

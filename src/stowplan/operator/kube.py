@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import kubernetes
 import urllib3
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
 from stowplan import api

@@ -139,7 +139,8 @@ def used_candidates(state: PackState, mi: int) -> npt.NDArray[np.intp]:
             cand = cand[index.elig_rows[index.elig_kind[mi]].take(cand)]
         if not ascending:
             cand.sort()
-    return cand
+    rows: npt.NDArray[np.intp] = cand
+    return rows
 
 
 def best_loads(state: PackState, mi: int, cand: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
@@ -160,13 +161,15 @@ def best_loads(state: PackState, mi: int, cand: npt.NDArray[np.intp]) -> npt.NDA
         x /= ev.div[a:b]  # time share | memory share
         u = np.where(fit, x, _INF)
         v = np.maximum(u[:, :k], u[:, k:])
-        return v.min(axis=1)
+        best: npt.NDArray[np.float64] = v.min(axis=1)
+        return best
     t, m = x[:, :k], x[:, k:]
     cap = index.cap_mib.take(cand)[:, None]
     fit = (t <= ev.lim[a : a + k]) & (m <= cap + EPS)
     load = np.maximum(t / ev.div[a : a + k], m / cap)
     load[~fit] = _INF
-    return load.min(axis=1)
+    least: npt.NDArray[np.float64] = load.min(axis=1)
+    return least
 
 
 def choose_empty(state: PackState, mi: int) -> int | None:
@@ -234,7 +237,8 @@ def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
     if nodes is None and len(reps) >= KERNEL_MIN_REPLICAS and _kernel_ok():
         kernel = _load_kernel()
         if kernel is not None:
-            return kernel.place(state, reps)
+            placed: list[tuple[int, int]] = kernel.place(state, reps)
+            return placed
     left: list[Replica] = []
     i, n = 0, len(reps)
     while i < n:

@@ -243,7 +243,10 @@ class ColumnGeneration:
         if lp.Solve() != pywraplp.Solver.OPTIMAL:
             raise SolverFailed("GLOP found no optimum for the configuration LP")
         self.lp_value = lp.Objective().Value()
-        return np.maximum(0.0, np.asarray([r.dual_value() for r in rows]))
+        duals: npt.NDArray[np.float64] = np.maximum(
+            0.0, np.asarray([r.dual_value() for r in rows], dtype=np.float64)
+        )
+        return duals
 
     def _greedy(
         self,

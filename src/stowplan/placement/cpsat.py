@@ -178,7 +178,7 @@ def fractional_matching(counts: Sequence[int], pairs: Sequence[tuple[int, int]])
         flow.add_arc_with_capacity(j, n + i, big)
     if flow.solve(src, dst) != flow.OPTIMAL:
         raise SolverFailed("max flow failed on the matching bound")
-    return flow.optimal_flow() / 2.0
+    return float(flow.optimal_flow()) / 2.0
 
 
 def level_bound(state_index: PackIndex, models: Sequence[int], time_limit_s: float = 5.0) -> int:

@@ -101,15 +101,19 @@ class NodeIndex:
         nodes: npt.NDArray[np.intp],
     ) -> npt.NDArray[np.bool_]:
         """Whether each node of ``nodes`` has the CPU and host memory of a replica of ``mi``."""
-        return (cpu_left[nodes] >= self.need_cpu[mi] - _TOL) & (
+        fits: npt.NDArray[np.bool_] = (cpu_left[nodes] >= self.need_cpu[mi] - _TOL) & (
             mem_left[nodes] >= self.need_mem[mi] - _TOL
         )
+        return fits
 
     def node_room(
         self, mi: int, cpu_left: npt.NDArray[np.float64], mem_left: npt.NDArray[np.float64]
     ) -> npt.NDArray[np.bool_]:
         """(nodes,) whether each node has the CPU and host memory of a replica of ``mi``."""
-        return (cpu_left >= self.need_cpu[mi] - _TOL) & (mem_left >= self.need_mem[mi] - _TOL)
+        fits: npt.NDArray[np.bool_] = (cpu_left >= self.need_cpu[mi] - _TOL) & (
+            mem_left >= self.need_mem[mi] - _TOL
+        )
+        return fits
 
     def per_node(self, gpu_ok: npt.NDArray[np.bool_], key: object = None) -> npt.NDArray[np.int64]:
         """(nodes,) how many GPUs of ``gpu_ok`` each node has; cached under ``key`` if given

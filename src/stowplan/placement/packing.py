@@ -276,7 +276,7 @@ class PackState:
         cap = self.index.cap_mib[cand][:, None]
         ok = (self.blocked[cand] == 0) & mats.ok[mi] & (t2 <= LEVELS * (1 + EPS))
         ok &= m2 <= cap + EPS
-        load = np.maximum(t2 / LEVELS, m2 / cap)
+        load: npt.NDArray[np.float64] = np.maximum(t2 / LEVELS, m2 / cap)
         load[~ok] = np.inf
         return load
 
@@ -297,9 +297,10 @@ class PackState:
         cap = self.index.cap_mib[gs][:, None]
         busy, mem = self.busy[gs], self.mem[gs]
         ok = (self.blocked[gs] == 0) & (busy <= LEVELS * (1 + EPS)) & (mem <= cap + EPS)
-        load = np.maximum(busy / LEVELS, mem / cap)
+        load: npt.NDArray[np.float64] = np.maximum(busy / LEVELS, mem / cap)
         load[~ok] = np.inf
-        return load.argmin(axis=1)
+        best: npt.NDArray[np.intp] = load.argmin(axis=1)
+        return best
 
     def used(self) -> int:
         return int((self.count > 0).sum())

@@ -158,8 +158,10 @@ class Cluster:
             return ok
         ok &= spec_mask
         if pod.gpu_milli < MILLI:
-            return ok & (self.left >= pod.gpu_milli).any(axis=1)
-        return ok & ((self.left == MILLI).sum(axis=1) >= pod.num_gpu)
+            shared: np.ndarray = ok & (self.left >= pod.gpu_milli).any(axis=1)
+            return shared
+        whole: np.ndarray = ok & ((self.left == MILLI).sum(axis=1) >= pod.num_gpu)
+        return whole
 
     def place(self, i: int, pod: PodRow, gpus: Sequence[int]) -> None:
         self.cpu_left[i] -= pod.cpu_milli

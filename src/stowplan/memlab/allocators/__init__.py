@@ -15,6 +15,21 @@ from stowplan.memlab.allocators.pytorch import PyTorchCachingAllocator
 from stowplan.memlab.allocators.stowplan import StowplanAllocator, StowplanWarmAllocator
 from stowplan.memlab.errors import UnknownAllocatorError
 
+__all__ = [
+    "ALLOCATORS",
+    "CACHING_BASELINES",
+    "Allocator",
+    "BFCAllocator",
+    "BestFitAllocator",
+    "BuddyAllocator",
+    "NaiveAllocator",
+    "PyTorchCachingAllocator",
+    "StowplanAllocator",
+    "StowplanWarmAllocator",
+    "UnknownAllocatorError",
+    "allocator_class",
+]
+
 ALLOCATORS: dict[str, type[Allocator]] = {
     cls.name: cls
     for cls in (
@@ -38,6 +53,3 @@ def allocator_class(name: str) -> type[Allocator]:
     except KeyError:
         known = ", ".join(ALLOCATORS)
         raise UnknownAllocatorError(f"unknown allocator {name!r} (known: {known})") from None
-
-
-__all__ = ["ALLOCATORS", "CACHING_BASELINES", "Allocator", "allocator_class"]
