@@ -103,7 +103,7 @@ def fleet_alive(memo: kopf.Memo, **_: Any) -> str:
     ok, what = memo.fleet.healthy()
     if not ok:
         raise kopf.PermanentError(f"fleet loop stuck: {what}")
-    return what
+    return str(what)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, inferencemodel.PLURAL)
