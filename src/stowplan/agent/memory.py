@@ -10,17 +10,19 @@ block does not fit, and marks it busy (a refcount, so concurrent batches may sha
 ``acquire`` raises :class:`MemoryPoolExhausted` and changes nothing.
 
 Placement inside the pool is best fit over the free ranges (lowest offset among equal sizes),
-with free ranges coalesced, the same policy as the allocator lab's best-fit family
-(:mod:`stowplan.memlab`). When the free bytes suffice but no single block does, idle resident
-models are *relocated* inside the pool (``Residency.relocated``; the caller copies them device
-to device, far cheaper than an offload and a later prefetch) before anything is offloaded, so a
-model is only offloaded when the pool's capacity, not its fragmentation, demands it; the agent's
-residency then agrees with placement, which counts bytes, not holes. Busy models never move.
+with free ranges coalesced: the allocator lab's own free list
+(:class:`stowplan.memlab.freelist.FreeList`, the engine of its best-fit family). When the
+free bytes suffice but no single block does, idle resident models are *relocated* inside the
+pool (``Residency.relocated``; the caller copies them device to device, far cheaper than an
+offload and a later prefetch) before anything is offloaded, so a model is only offloaded when
+the pool's capacity, not its fragmentation, demands it; the agent's residency then agrees with
+placement, which counts bytes, not holes. Busy models never move.
 All state changes happen under one lock; time comes from the injected
 clock. Callers: :mod:`stowplan.agent.serving` (the ``Residency`` seam) and the GPUNode status
 sync (via :meth:`ResidencyManager.snapshot` and :meth:`ResidencyManager.stats`).
 
-Pure Python bookkeeping: this module must not import onnxruntime, placement or kopf, and does
+Pure Python bookkeeping: this module must not import onnxruntime, placement or kopf (from the
+lab only the standard-library-only free list), and does
 no I/O; applying an offload/prefetch to a runtime session is the caller's job.
 """
 
@@ -28,13 +30,13 @@ from __future__ import annotations
 
 import threading
 import time
-from bisect import bisect_left, insort
 from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from stowplan.agent.errors import AgentError
+from stowplan.memlab.freelist import FreeList
 
 DEFAULT_ALIGNMENT_BYTES = 256  # cudaMalloc alignment; every block starts on this boundary
 MAX_WINDOWS = 64  # candidate windows tried when relocating idle models to make room
@@ -125,62 +127,6 @@ class _Model:
         self.loaded = False  # has been resident at least once
 
 
-class _FreeList:
-    """Free ranges of the pool: sorted (size, offset) keys for best fit, maps for coalescing."""
-
-    def __init__(self, size: int) -> None:
-        self.keys: list[tuple[int, int]] = []
-        self.at: dict[int, int] = {}
-        self.end: dict[int, int] = {}
-        if size > 0:
-            self.insert(0, size)
-
-    def copy(self) -> _FreeList:
-        other = _FreeList(0)
-        other.keys = list(self.keys)
-        other.at = dict(self.at)
-        other.end = dict(self.end)
-        return other
-
-    def insert(self, off: int, size: int) -> None:
-        insort(self.keys, (size, off))
-        self.at[off] = size
-        self.end[off + size] = off
-
-    def remove(self, off: int, size: int) -> None:
-        del self.keys[bisect_left(self.keys, (size, off))]
-        del self.at[off]
-        del self.end[off + size]
-
-    def take(self, size: int) -> int | None:
-        i = bisect_left(self.keys, (size, -1))
-        if i == len(self.keys):
-            return None
-        block, off = self.keys[i]
-        self.remove(off, block)
-        if block > size:
-            self.insert(off + size, block - size)
-        return off
-
-    def give(self, off: int, size: int) -> None:
-        nxt = self.at.get(off + size)
-        if nxt is not None:
-            self.remove(off + size, nxt)
-            size += nxt
-        prev = self.end.get(off)
-        if prev is not None:
-            self.remove(prev, off - prev)
-            size += off - prev
-            off = prev
-        self.insert(off, size)
-
-    def largest(self) -> int:
-        return self.keys[-1][0] if self.keys else 0
-
-    def total(self) -> int:
-        return sum(self.at.values())
-
-
 class ResidencyManager:
     """Model residency in a device-memory pool reserved once (see the module docstring)."""
 
@@ -199,7 +145,7 @@ class ResidencyManager:
         self.clock = clock
         self.alignment_bytes = alignment_bytes
         self.relocate = relocate
-        self._free = _FreeList(pool_bytes)
+        self._free = FreeList.span(0, pool_bytes)
         self._models: dict[str, _Model] = {}
         self._lock = threading.RLock()
         self._offloads = 0
@@ -232,8 +178,9 @@ class ResidencyManager:
                 self._drop(old)
             m = _Model(model, weights_bytes, workspace_bytes, size)
             self._models[model] = m
-            off = self._free.take(size) if size else 0
-            if off is not None:
+            got = self._free.take(size) if size else (0, 0)
+            if got is not None:
+                off = got[0]
                 m.offset = off
                 m.loaded = True
                 self._loads += 1
@@ -265,8 +212,9 @@ class ResidencyManager:
                 self._offloads += 1
             moved: list[str] = []
             if layout is None:
-                off = self._free.take(m.size) if m.size else 0
-                assert off is not None  # _plan_room guaranteed room
+                got = self._free.take(m.size) if m.size else (0, 0)
+                assert got is not None  # _plan_room guaranteed room
+                off = got[0]
             else:
                 off = layout.pop(m.name)
                 for x in self._models.values():
@@ -442,7 +390,7 @@ class ResidencyManager:
 
     def _rebuild_free(self) -> None:
         """Recompute the free list from the resident models (after a relocation)."""
-        free = _FreeList(0)
+        free = FreeList()
         cursor = 0
         for off, size in sorted(
             (x.offset, x.size) for x in self._models.values() if x.offset is not None and x.size

@@ -254,7 +254,7 @@ class StowplanAllocator(Allocator):
                 self.arena_size = 0
                 self.plan = {}
                 self.plan_signature = None
-            if not heap.keys or heap.keys[-1][0] < arena:
+            if heap.largest_free() < arena:
                 return  # no free hole holds the arena: stay online (never grow for a plan)
             self.arena_base = heap.malloc(arena)
             self.arena_size = arena
