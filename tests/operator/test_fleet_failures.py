@@ -150,3 +150,11 @@ def test_a_background_task_that_ends_exits_the_process(monkeypatch):
 
     asyncio.run(main())
     assert codes == [handlers.EXIT_TASK_ENDED]
+
+
+async def test_placeholder_pods_are_capped_so_a_huge_unplaceable_model_cannot_stall_a_pass():
+    cluster = FakeCluster([model("a", replicas=500)], [gpunode("n1")])
+    settings = OperatorSettings.from_env({"STOWPLAN_MAX_CAPACITY_REQUESTS": "8"})
+    result = await fleet.reconcile_once(cluster, settings, FakeClock())
+    assert result.replicas_unplaced >= 490
+    assert len(cluster.pods) == 8 and cluster.count("create_pod") == 8

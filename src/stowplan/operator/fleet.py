@@ -201,7 +201,9 @@ async def _sync_autoscaler(
     """Placeholder pods for replicas waiting for capacity; scale-down protection for nodes
     that host replicas. See :mod:`.autoscaling`."""
     namespace = settings.autoscaling.namespace
-    wanted = autoscaling.capacity_requests(problem, plan)
+    wanted = autoscaling.capacity_requests(problem, plan)[
+        : settings.autoscaling.max_capacity_requests
+    ]
     existing = await cluster.list_capacity_pods(namespace)
     create, delete = autoscaling.diff_pods(wanted, existing)
     for request in create:

@@ -205,7 +205,6 @@ class KubeCluster:
         resource_version: str | None,
         transition: bool,
     ) -> None:
-        api_ = self._coordination
         spec = kubernetes.client.V1LeaseSpec(
             holder_identity=holder,
             lease_duration_seconds=max(int(duration_s), 1),
@@ -217,9 +216,9 @@ class KubeCluster:
             body = kubernetes.client.V1Lease(
                 metadata=kubernetes.client.V1ObjectMeta(name=name, namespace=namespace), spec=spec
             )
-            await self._call(api_.create_namespaced_lease, namespace, body)
+            await self._call(self._coordination.create_namespaced_lease, namespace, body)
             return
-        current = await self._call(api_.read_namespaced_lease, name, namespace)
+        current = await self._call(self._coordination.read_namespaced_lease, name, namespace)
         spec.acquire_time = now if transition else current.spec.acquire_time
         spec.lease_transitions = (current.spec.lease_transitions or 0) + (1 if transition else 0)
         body = kubernetes.client.V1Lease(
@@ -228,4 +227,4 @@ class KubeCluster:
             ),
             spec=spec,
         )
-        await self._call(api_.replace_namespaced_lease, name, namespace, body)
+        await self._call(self._coordination.replace_namespaced_lease, name, namespace, body)

@@ -79,6 +79,9 @@ class AutoscalingSettings(_Group):
     enabled: bool = True
     #: Where placeholder pods and the leader Lease live.
     namespace: str = "stowplan-system"
+    #: At most this many placeholder pods at once (the first unplaced replicas by name), so that
+    #: a model scaled to thousands of replicas that cannot fit does not stall passes on writes.
+    max_capacity_requests: int = Field(default=64, ge=0)
 
 
 #: (group, field) -> environment variable. Every field of every group is listed.
@@ -99,6 +102,7 @@ ENV: dict[tuple[str, str], str] = {
     ("metrics", "port"): "STOWPLAN_METRICS_PORT",
     ("autoscaling", "enabled"): "STOWPLAN_AUTOSCALING",
     ("autoscaling", "namespace"): "STOWPLAN_NAMESPACE",
+    ("autoscaling", "max_capacity_requests"): "STOWPLAN_MAX_CAPACITY_REQUESTS",
 }
 
 
