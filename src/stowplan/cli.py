@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "batching": ("bench_batching", "Batching policies vs load on a simulated device."),
     "http": ("bench_http", "Open-loop load against the agent serving a real ONNX model."),
     "timeslice": ("bench_timeslice", "Time-sliced executor vs per-model threads."),
+    "operator": ("bench_operator", "The operator at fleet scale on a real local control plane."),
 }
 
 

@@ -9,6 +9,7 @@ Every method raises only :class:`stowplan.operator.errors.ApiError` subclasses. 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -17,6 +18,14 @@ from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
 from stowplan.operator.leadership import LeaseState
 from stowplan.operator.reconcile import Event
+
+
+@dataclass(frozen=True)
+class K8sNode:
+    """What the operator reads of a Kubernetes Node."""
+
+    unschedulable: bool  # cordoned
+    scale_down_disabled: bool  # the Cluster Autoscaler annotation is "true"
 
 
 class Cluster(Protocol):
@@ -52,8 +61,8 @@ class Cluster(Protocol):
         """Delete a placeholder pod (NotFound when it is gone)."""
         ...
 
-    async def list_k8s_nodes(self) -> dict[str, bool]:
-        """Every Kubernetes Node's name and whether it is cordoned (``spec.unschedulable``)."""
+    async def list_k8s_nodes(self) -> dict[str, K8sNode]:
+        """Every Kubernetes Node by name (one list call per pass)."""
         ...
 
     async def set_gpunode_conditions(self, node: str, conditions: list[api.Condition]) -> None:

@@ -33,7 +33,7 @@ from stowplan import api, placement
 from stowplan.api import gpunode as gn
 from stowplan.operator import autoscaling, health, inventory, moves, reconcile
 from stowplan.operator.clock import SYSTEM, Clock
-from stowplan.operator.cluster import Cluster
+from stowplan.operator.cluster import Cluster, K8sNode
 from stowplan.operator.errors import ApiError, Conflict, NotFound, OperatorError, PlanRejected
 from stowplan.operator.settings import OperatorSettings
 
@@ -80,7 +80,11 @@ async def reconcile_once(
     k8s_nodes = await cluster.list_k8s_nodes()
     now = clock.now()
     stale_after_s = settings.nodes.stale_after_s
-    avail = health.availability((n.metadata.name for n in nodes), k8s_nodes, memory.k8s_nodes_seen)
+    avail = health.availability(
+        (n.metadata.name for n in nodes),
+        {name: k.unschedulable for name, k in k8s_nodes.items()},
+        memory.k8s_nodes_seen,
+    )
     problem = inventory.problem(
         models,
         nodes,
@@ -152,7 +156,7 @@ async def reconcile_once(
                 event.reason, event.namespace, event.name, err,
             )  # fmt: skip
     if settings.autoscaling.enabled:
-        await _sync_autoscaler(cluster, settings, problem, plan, [n.metadata.name for n in nodes])
+        await _sync_autoscaler(cluster, settings, problem, plan, k8s_nodes)
     return PassResult(
         nodes_patched=nodes_patched,
         models_patched=models_patched,
@@ -196,10 +200,11 @@ async def _sync_autoscaler(
     settings: OperatorSettings,
     problem: placement.Problem,
     plan: placement.Plan,
-    node_names: list[str],
+    k8s_nodes: Mapping[str, K8sNode],
 ) -> None:
     """Placeholder pods for replicas waiting for capacity; scale-down protection for nodes
-    that host replicas. See :mod:`.autoscaling`."""
+    that host replicas, written only where the annotation listed this pass differs (a GPUNode
+    without a Node has none to protect). See :mod:`.autoscaling`."""
     namespace = settings.autoscaling.namespace
     wanted = autoscaling.capacity_requests(problem, plan)[
         : settings.autoscaling.max_capacity_requests
@@ -213,8 +218,10 @@ async def _sync_autoscaler(
         with contextlib.suppress(NotFound):  # already gone
             await cluster.delete_pod(namespace, name)
     busy = autoscaling.busy_nodes(plan)
-    for node in node_names:
-        with contextlib.suppress(NotFound):  # the Node vanished between the read and the patch
+    for node, k8s in sorted(k8s_nodes.items()):
+        if k8s.scale_down_disabled == (node in busy):
+            continue
+        with contextlib.suppress(NotFound):  # the Node vanished between the list and the patch
             await cluster.set_scale_down_disabled(node, node in busy)
 
 

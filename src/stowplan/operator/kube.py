@@ -31,6 +31,7 @@ from stowplan import api
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
 from stowplan.operator import autoscaling, errors, leadership, reconcile
+from stowplan.operator.cluster import K8sNode
 from stowplan.operator.errors import ApiUnavailable, NotFound
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,18 @@ class KubeCluster:
     async def delete_pod(self, namespace: str, name: str) -> None:
         await self._call(self._core.delete_namespaced_pod, name, namespace, grace_period_seconds=0)
 
-    async def list_k8s_nodes(self) -> dict[str, bool]:
+    async def list_k8s_nodes(self) -> dict[str, K8sNode]:
         nodes = await self._call(self._core.list_node)
-        return {n.metadata.name: bool(n.spec and n.spec.unschedulable) for n in nodes.items}
+        return {
+            n.metadata.name: K8sNode(
+                unschedulable=bool(n.spec and n.spec.unschedulable),
+                scale_down_disabled=(n.metadata.annotations or {}).get(
+                    autoscaling.SCALE_DOWN_DISABLED
+                )
+                == "true",
+            )
+            for n in nodes.items
+        }
 
     async def set_gpunode_conditions(self, node: str, conditions: list[api.Condition]) -> None:
         body = {"status": {"conditions": [c.wire() for c in conditions]}}

@@ -25,6 +25,7 @@ from stowplan import api
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
 from stowplan.operator import autoscaling, inventory
+from stowplan.operator.cluster import K8sNode
 from stowplan.operator.errors import Conflict, NotFound
 from stowplan.operator.leadership import LeaseState
 from stowplan.operator.reconcile import Event
@@ -134,9 +135,15 @@ class FakeCluster:
             raise NotFound(f"pods/{name}", 404)
         self.pods.discard(name)
 
-    async def list_k8s_nodes(self) -> dict[str, bool]:
+    async def list_k8s_nodes(self) -> dict[str, K8sNode]:
         self._enter("list_k8s_nodes")
-        return {name: name in self.cordoned for name in self.k8s_nodes}
+        return {
+            name: K8sNode(
+                unschedulable=name in self.cordoned,
+                scale_down_disabled=annotations.get(autoscaling.SCALE_DOWN_DISABLED) == "true",
+            )
+            for name, annotations in self.k8s_nodes.items()
+        }
 
     async def set_gpunode_conditions(self, node: str, conditions: list[api.Condition]) -> None:
         self._enter("set_gpunode_conditions", node, conditions)
