@@ -24,13 +24,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import prometheus_client
 
 from stowplan import api, placement
 from stowplan.api import gpunode as gn
+from stowplan.api import inferencemodel as imapi
 from stowplan.operator import autoscaling, health, inventory, moves, reconcile
 from stowplan.operator.clock import SYSTEM, Clock
 from stowplan.operator.cluster import Cluster, K8sNode
@@ -38,6 +40,7 @@ from stowplan.operator.errors import ApiError, Conflict, NotFound, OperatorError
 from stowplan.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -123,31 +126,47 @@ async def reconcile_once(
     for name, why in sorted(avail.unavailable.items()):
         if any(a for n in nodes if n.metadata.name == name for a in n.spec.assignments):
             log.warning("GPUNode %s offers nothing (%s); evacuating its replicas", name, why)
-    nodes_patched = 0
-    for node in _adds_first(nodes, desired.node_assignments):
-        want = desired.node_assignments.get(node.metadata.name, [])
-        if node.spec.assignments != want:
-            try:
-                await cluster.set_assignments(node.metadata.name, want)
-            except NotFound:
-                log.info("GPUNode %s was deleted during the pass; re-planning", node.metadata.name)
-                gone += 1
-                continue
-            nodes_patched += 1
-    models_patched = 0
-    for im in models:
-        want_status = desired.model_status[inventory.model_key(im)]
-        if im.status != want_status:
-            try:
-                await cluster.set_model_status(
-                    im.metadata.namespace or "default", im.metadata.name, want_status
-                )
-            except NotFound:
-                gone += 1  # deleted meanwhile: nothing to report on
-                continue
-            models_patched += 1
+    limit = settings.api.max_concurrent_writes
+
+    async def write_node(node: api.GPUNode) -> str:
+        try:
+            await cluster.set_assignments(
+                node.metadata.name, desired.node_assignments.get(node.metadata.name, [])
+            )
+        except NotFound:
+            log.info("GPUNode %s was deleted during the pass; re-planning", node.metadata.name)
+            return "gone"
+        return "patched"
+
+    async def write_model(im: api.InferenceModel, status: imapi.InferenceModelStatus) -> str:
+        try:
+            await cluster.set_model_status(
+                im.metadata.namespace or "default", im.metadata.name, status
+            )
+        except NotFound:
+            return "gone"  # deleted meanwhile: nothing to report on
+        return "patched"
+
+    changed = [
+        n for n in nodes if n.spec.assignments != desired.node_assignments.get(n.metadata.name, [])
+    ]
+    gaining = _gaining(changed, desired.node_assignments)
+    outcomes = await _bounded([write_node(n) for n in changed if n.metadata.name in gaining], limit)
+    # only once every gain is written: the nodes that only lose replicas
+    outcomes += await _bounded(
+        [write_node(n) for n in changed if n.metadata.name not in gaining], limit
+    )
+    nodes_patched = outcomes.count("patched")
+    gone += outcomes.count("gone")
+    statuses = [(im, desired.model_status[inventory.model_key(im)]) for im in models]
+    outcomes = await _bounded(
+        [write_model(im, st) for im, st in statuses if im.status != st], limit
+    )
+    models_patched = outcomes.count("patched")
+    gone += outcomes.count("gone")
     uids = {(im.metadata.namespace, im.metadata.name): im.metadata.uid for im in models}
-    for event in events:
+
+    async def post(event: reconcile.Event) -> None:
         try:
             await cluster.post_event(event, uids.get((event.namespace, event.name)))
         except ApiError as err:  # best effort: an event is never worth a failed pass
@@ -155,6 +174,8 @@ async def reconcile_once(
                 "could not post event %s on %s/%s: %s",
                 event.reason, event.namespace, event.name, err,
             )  # fmt: skip
+
+    await _bounded([post(e) for e in events], limit)
     if settings.autoscaling.enabled:
         await _sync_autoscaler(cluster, settings, problem, plan, k8s_nodes)
     return PassResult(
@@ -170,19 +191,31 @@ async def reconcile_once(
     )
 
 
-def _adds_first(
-    nodes: list[api.GPUNode], want: Mapping[str, list[gn.Assignment]]
-) -> list[api.GPUNode]:
-    """Nodes that gain a replica are written before nodes that only lose some, so a pass cut
+def _gaining(nodes: list[api.GPUNode], want: Mapping[str, list[gn.Assignment]]) -> set[str]:
+    """Nodes that gain a replica: written before the nodes that only lose some, so a pass cut
     off half-way leaves a moving replica in two places, never in none."""
-
-    def gains(node: api.GPUNode) -> bool:
+    out = set()
+    for node in nodes:
         have = {(a.model, a.replica, a.gpu) for a in node.spec.assignments}
-        return any(
-            (a.model, a.replica, a.gpu) not in have for a in want.get(node.metadata.name, [])
-        )
+        if any((a.model, a.replica, a.gpu) not in have for a in want.get(node.metadata.name, [])):
+            out.add(node.metadata.name)
+    return out
 
-    return sorted(nodes, key=lambda n: not gains(n))
+
+async def _bounded(calls: list[Coroutine[Any, Any, _T]], limit: int) -> list[_T]:
+    """Await ``calls`` with at most ``limit`` in flight; every one finishes before the first
+    error (if any) is raised."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Coroutine[Any, Any, _T]) -> _T:
+        async with gate:
+            return await call
+
+    results = await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return [r for r in results if not isinstance(r, BaseException)]
 
 
 def _timed_out(move: moves.MoveKey, old_node: str, settings: OperatorSettings) -> reconcile.Event:

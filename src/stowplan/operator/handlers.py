@@ -52,7 +52,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.posting.level = 20  # INFO and above become events
     ours = OperatorSettings.from_env()
     log.info("settings: %s", ours.model_dump_json())
-    cluster = kube.KubeCluster(kube.api_client(), request_timeout_s=ours.api.request_timeout_s)
+    cluster = kube.KubeCluster(
+        kube.api_client(connections=ours.api.max_concurrent_writes + 4),
+        request_timeout_s=ours.api.request_timeout_s,
+    )
     memo.elector = leadership.Elector(
         read=cluster.read_lease,
         write=cluster.write_lease,

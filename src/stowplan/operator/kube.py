@@ -40,14 +40,16 @@ GROUP, VERSION = api.GROUP, api.VERSION
 _W = TypeVar("_W", bound=api.WireModel)
 
 
-def api_client() -> kubernetes.client.ApiClient:
+def api_client(connections: int = 16) -> kubernetes.client.ApiClient:
     """In-cluster credentials, else the kubeconfig (``$KUBECONFIG``); one client (one
-    connection pool) serves every call."""
+    connection pool of ``connections``) serves every call."""
+    config = kubernetes.client.Configuration()
     try:
-        kubernetes.config.load_incluster_config()
+        kubernetes.config.load_incluster_config(client_configuration=config)
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
+        kubernetes.config.load_kube_config(client_configuration=config)
+    config.connection_pool_maxsize = connections
+    return kubernetes.client.ApiClient(config)
 
 
 def _parse_status(body: dict[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,8 @@ class LeaderSettings(_Group):
 class ApiSettings(_Group):
     #: Every API request (connect + read) gives up after this long (ApiUnavailable).
     request_timeout_s: float = Field(default=10.0, gt=0)
+    #: Writes of one pass (GPUNode assignments, model statuses, events) in flight at once.
+    max_concurrent_writes: int = Field(default=8, ge=1, le=64)
 
 
 class MetricsSettings(_Group):
@@ -99,6 +101,7 @@ ENV: dict[tuple[str, str], str] = {
     ("leader", "lease_duration_s"): "STOWPLAN_LEASE_DURATION_S",
     ("leader", "renew_s"): "STOWPLAN_LEASE_RENEW_S",
     ("api", "request_timeout_s"): "STOWPLAN_API_TIMEOUT_S",
+    ("api", "max_concurrent_writes"): "STOWPLAN_API_CONCURRENT_WRITES",
     ("metrics", "port"): "STOWPLAN_METRICS_PORT",
     ("autoscaling", "enabled"): "STOWPLAN_AUTOSCALING",
     ("autoscaling", "namespace"): "STOWPLAN_NAMESPACE",
