@@ -75,7 +75,7 @@ def test_report_writes_markdown_and_plots(logs_dir: Path, tmp_path: Path) -> Non
     )
     assert res.exit_code == 0, res.output
     md = (out / "README.md").read_text()
-    assert "Targets (issue 5)" in md and "![" in md
+    assert "Targets (issues 5 and 15)" in md and "![" in md
     for png in ("comparison.png", "tradeoff.png", "memory_mobilenetv2_infer_bs8.png"):
         assert (out / png).stat().st_size > 1000
 

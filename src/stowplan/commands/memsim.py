@@ -147,5 +147,5 @@ def command(
         click.echo()
     stow = [n for n in ("stowplan", "stowplan-warm") if n in names]
     if stow and "pytorch" in names:
-        click.echo("Targets (issue 5):\n")
+        click.echo("Targets (issues 5 and 15):\n")
         click.echo(targets_table(runs, stow))

@@ -8,7 +8,11 @@ every request, reserves exactly the live requested bytes: the space lower bound.
 Cost-model defaults come from ``../shared/reference/allocator-anchors.md`` section 4.3 (an
 [assumption] table to be calibrated on a GPU): cudaMalloc = 50 us + 2 us per 2 MiB page,
 cudaFree = 20 us + 1 us per page + a device-drain stall (cudaFree synchronises the device), a
-caching allocator's own malloc/free = 1 us / 0.5 us. Callers: every allocator module and
+caching allocator's own malloc/free = 1 us / 0.5 us. Virtual memory (what PyTorch's expandable
+segments use): ``reserve_address_space`` costs cuMemAddressReserve (19 us, no memory) and
+``map`` backs part of it with one physical handle, a device allocation counted with the
+cudaMalloc calls, at 230 us (cuMemCreate 193 + cuMemMap 1.5 + cuMemSetAccess 36, A100, anchors
+4.2) + 2 us per page [assumption: per-page term unmeasured]. Callers: every allocator module and
 :mod:`stowplan.memlab.simulate`. Must not know about traces or allocator policies.
 """
 
@@ -34,6 +38,11 @@ class CostModel(BaseModel):
     free_sync_us: float = Field(
         0.0, ge=0, description="device drain stall per cudaFree (queued GPU work; 0 offline)"
     )
+    map_base_us: float = Field(
+        230.0, ge=0, description="cuMemCreate + cuMemMap + cuMemSetAccess of one physical handle"
+    )
+    map_per_page_us: float = Field(2.0, ge=0, description="mapping cost per 2 MiB page")
+    va_reserve_us: float = Field(19.0, ge=0, description="cuMemAddressReserve (no memory)")
     hit_malloc_us: float = Field(1.0, ge=0, description="caching allocator malloc served")
     hit_free_us: float = Field(0.5, ge=0, description="caching allocator free (merge+reinsert)")
     page_bytes: int = Field(2 << 20, gt=0)
@@ -41,6 +50,10 @@ class CostModel(BaseModel):
     def malloc_us(self, size_bytes: int) -> float:
         pages = -(-size_bytes // self.page_bytes)
         return self.malloc_base_us + self.malloc_per_page_us * pages
+
+    def map_us(self, size_bytes: int) -> float:
+        pages = -(-size_bytes // self.page_bytes)
+        return self.map_base_us + self.map_per_page_us * pages
 
     def free_us(self, size_bytes: int) -> float:
         pages = -(-size_bytes // self.page_bytes)
@@ -62,6 +75,7 @@ class SimDevice:
         self.peak_reserved_bytes = 0
         self.malloc_calls = 0
         self.free_calls = 0
+        self.map_calls = 0  # physical handles mapped into reserved ranges (in malloc_calls too)
         self.time_us = 0.0
         self._next_addr = 1 << 40
         self._sizes: dict[int, int] = {}
@@ -102,6 +116,30 @@ class SimDevice:
         self.free_calls += 1
         self.time_us += self.cost.free_us(size)
         self.reserved_bytes -= size
+        self.timeline.append((self.clock, self.reserved_bytes))
+
+    def reserve_address_space(self, size_bytes: int) -> int:
+        """cuMemAddressReserve: a virtual range with no memory behind it (not reserved bytes)."""
+        addr = self._next_addr
+        self._next_addr += -(-size_bytes // DEVICE_ALIGNMENT) * DEVICE_ALIGNMENT + DEVICE_GAP
+        self.time_us += self.cost.va_reserve_us
+        return addr
+
+    def map(self, size_bytes: int) -> None:
+        """Back ``size_bytes`` more of a reserved range with one physical handle (cuMemCreate +
+        cuMemMap + cuMemSetAccess): a device allocation, counted with the cudaMalloc calls."""
+        if size_bytes <= 0 or size_bytes % self.cost.page_bytes:
+            raise ValueError("map a positive multiple of the page size")
+        if self.capacity_bytes and self.reserved_bytes + size_bytes > self.capacity_bytes:
+            raise DeviceOutOfMemoryError(
+                f"simulated device full: {self.reserved_bytes} + {size_bytes} bytes"
+            )
+        self.malloc_calls += 1
+        self.map_calls += 1
+        self.time_us += self.cost.map_us(size_bytes)
+        self.reserved_bytes += size_bytes
+        if self.reserved_bytes > self.peak_reserved_bytes:
+            self.peak_reserved_bytes = self.reserved_bytes
         self.timeline.append((self.clock, self.reserved_bytes))
 
     def segment_size(self, addr: int) -> int:

@@ -167,7 +167,7 @@ def write_report(
             md += [f"![reserved memory over {stem}]({png})", ""]
     stow = [n for n in ("stowplan", "stowplan-warm") if runs and runs[0].result(n)]
     if stow and runs and runs[0].result("pytorch"):
-        md += ["## Targets (issue 5)", "", targets_table(runs, stow), ""]
+        md += ["## Targets (issues 5 and 15)", "", targets_table(runs, stow), ""]
     md += [
         "## Reference floors",
         "",

@@ -117,5 +117,58 @@ class CoalescingHeap:
         return released
 
 
+class ExpandableHeap(CoalescingHeap):
+    """Best fit in ONE virtually contiguous range, backed by physical memory on demand.
+
+    The range (``address_space_bytes``) is reserved once with no memory behind it; whenever a
+    block ends beyond the mapped part, more is mapped (``device.map``, one device allocation):
+    up to the block's end plus ``ahead(block end, request)`` bytes, rounded to the device page.
+    Free blocks on both sides of a former mapping boundary merge, so the heap never has the
+    segment-end holes of a cudaMalloc'ed heap; mapped memory is never unmapped.
+    """
+
+    def __init__(
+        self,
+        device: SimDevice,
+        should_split: Callable[[int, int], bool],
+        ahead: Callable[[int, int], int],
+        address_space_bytes: int = 1 << 40,
+    ) -> None:
+        super().__init__(device, _no_growth, should_split)
+        self.ahead = ahead
+        self.base = device.reserve_address_space(address_space_bytes)
+        self.limit = self.base + address_space_bytes
+        self.mapped_end = self.base
+        self.page = device.cost.page_bytes
+        self.adopt(self.base, address_space_bytes)
+
+    def malloc(self, request: int) -> int:
+        addr = super().malloc(request)
+        end = addr + self.used[addr]
+        if end > self.mapped_end:
+            want = end + self.ahead(end - self.base, request)
+            want = self.base + -(-(want - self.base) // self.page) * self.page
+            self.device.map(want - self.mapped_end)
+            self.mapped_end = want
+        return addr
+
+    def largest_free(self) -> int:
+        """Largest free block inside the mapped part (taking it never maps more)."""
+        best = 0
+        for size, addr in reversed(self.free_list.keys):
+            inside = min(addr + size, self.mapped_end) - addr
+            if inside >= size:
+                return max(best, size)
+            best = max(best, inside)  # only the block at the mapped end is cut
+        return best
+
+    def mapped_bytes(self) -> int:
+        return self.mapped_end - self.base
+
+
+def _no_growth(request: int) -> int:
+    raise AssertionError("an expandable heap never needs a new segment")
+
+
 def round_up(size: int, multiple: int) -> int:
     return -(-size // multiple) * multiple

@@ -13,13 +13,14 @@ lifetimes (event ordinals) of the requests of >= ``PLAN_MIN_BYTES`` that a run m
   steady-state step reuses its addresses. Requests below ``PLAN_MIN_BYTES`` use a small best-fit
   heap whose first segment is sized from the profile, behind an exact-size LIFO cache of freed
   small blocks (a repeated step gets them back in the same order).
-* **Cold** (no profile, the first run ever): requests are served online from best-fit heaps with
-  coalescing (small and large requests apart, so one long-lived scalar cannot pin a hole meant
-  for activations; 2 MiB segment granule, like the best-fit baseline). At every step hint the
-  requests that lived and died inside the finished step are planned into an arena carved from a
-  free hole of the large heap (it never grows the heap for a plan, so planning cannot raise the
-  peak); later steps take planned offsets as above, and a step whose size multiset differs
-  triggers a replan.
+* **Cold** (no profile, the first run ever): requests are served online by best fit with
+  coalescing in ONE virtually contiguous range backed by memory mapped on demand
+  (:class:`~stowplan.memlab.allocators.base.ExpandableHeap`; a block past the mapped end maps up
+  to its end plus min(2 x request, 1/5 of the mapped size)), so there are no segment-end holes.
+  At a step hint, a step that repeated the previous one (same size multiset) is planned into an
+  arena carved from a free hole of the mapped part (never mapping for a plan, so planning
+  cannot raise the peak); later steps take planned offsets as above, and a step whose size
+  multiset differs triggers a replan. One-off steps (TF's tracing pass) are not planned.
 
 Anything without a free planned slot (a step that differs, a request that outlives its step)
 falls back to the online heaps, so the allocator stays correct on any sequence; only space and
@@ -33,7 +34,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from itertools import pairwise
 
-from stowplan.memlab.allocators.base import Allocator, CoalescingHeap
+from stowplan.memlab.allocators.base import Allocator, CoalescingHeap, ExpandableHeap
 from stowplan.memlab.device import SimDevice
 from stowplan.memlab.planner import align_repeated_steps, plan_offsets
 
@@ -42,7 +43,9 @@ PLAN_MIN_BYTES = 4096
 MAX_STEP_TENSORS = 20000
 SMALL_SEGMENT = 64 * 1024
 SEARCH_WINDOW = 8  # planned slots of the same size tried around the expected one
-LARGE_SEGMENT = 2 << 20  # cold large heap: smallest segment
+LARGE_SEGMENT = 2 << 20  # warm fallback heap: smallest segment
+MAP_AHEAD_REQUESTS = 2  # cold: map this many requests' worth beyond a block that needs more
+MAP_AHEAD_FRACTION = 5  # ... but at most 1/5 of what is mapped
 
 
 @dataclass(frozen=True)
@@ -61,11 +64,17 @@ class StowplanAllocator(Allocator):
 
     def __init__(self, device: SimDevice, profile: Profile | None = None) -> None:
         super().__init__(device)
-        self.large = CoalescingHeap(device, self._large_segment, _split)
         self._small_first = SMALL_SEGMENT
         if profile is not None and profile.small_peak_bytes > 0:
             self._small_first = -(-profile.small_peak_bytes // ALIGNMENT) * ALIGNMENT
-        self.small = CoalescingHeap(device, self._small_segment, _split)
+        self.large: CoalescingHeap
+        self.small: CoalescingHeap
+        if profile is None:  # cold: every request in one expandable range
+            self.large = ExpandableHeap(device, _split, _map_ahead)
+            self.small = self.large
+        else:
+            self.large = CoalescingHeap(device, self._large_segment, _split)
+            self.small = CoalescingHeap(device, self._small_segment, _split)
         self.small_live = 0
         self.small_cache: dict[int, list[int]] = {}  # freed small blocks by size (LIFO)
         self.small_peak = 0
@@ -81,6 +90,7 @@ class StowplanAllocator(Allocator):
         self.warm = profile is not None
         self.plan: dict[tuple[int, int], int] = {}
         self.plan_signature: list[int] | None = None
+        self.last_signature: list[int] | None = None  # the previous step's sizes (cold)
         self.arena_base = -1
         self.arena_size = 0
         self.arena_pending = 0  # warm: arena reserved lazily on first large request
@@ -120,7 +130,7 @@ class StowplanAllocator(Allocator):
             self.small_live = live
             if live > self.small_peak:
                 self.small_peak = live
-            stack = self.small_cache.get(r)
+            stack = self.small_cache.get(r) if self.warm else None
             if stack:
                 return stack.pop()
             return self.small.malloc(r)
@@ -213,8 +223,11 @@ class StowplanAllocator(Allocator):
         if i is None:
             size = self.small.used[addr]
             self.small_live -= size
-            # exact-size LIFO cache: a repeated step gets its small blocks back in the same order
-            self.small_cache.setdefault(size, []).append(addr)
+            if self.warm:
+                # exact-size LIFO cache: a repeated step gets its small blocks back in order
+                self.small_cache.setdefault(size, []).append(addr)
+            else:
+                self.small.free(addr)
             return
         self.rec_last[i] = t
         if addr in self.live_end:
@@ -241,8 +254,9 @@ class StowplanAllocator(Allocator):
         if not sizes or len(sizes) > MAX_STEP_TENSORS:
             return
         signature = sorted(sizes)
-        if signature == self.plan_signature:
-            return
+        seen_before, self.last_signature = signature == self.last_signature, signature
+        if signature == self.plan_signature or not seen_before:
+            return  # plan a step once it has repeated: a one-off step's arena would be a hole
         offsets, arena = plan_offsets(sizes, firsts, lasts, ALIGNMENT)
         if arena > self.arena_size:
             if self.live_starts:
@@ -292,6 +306,12 @@ class StowplanAllocator(Allocator):
             small_peak_bytes=self.small_peak,
             step_starts=tuple(self.step_starts),
         )
+
+
+def _map_ahead(end_bytes: int, request: int) -> int:
+    """Cold growth: map past a new block's end by twice the request, at most a fifth of the
+    mapped size (big requests announce big activations; the cap bounds the unused tail)."""
+    return min(MAP_AHEAD_REQUESTS * request, end_bytes // MAP_AHEAD_FRACTION)
 
 
 def _split(block: int, request: int) -> bool:
