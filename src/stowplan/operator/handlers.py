@@ -24,7 +24,7 @@ import prometheus_client
 
 from stowplan import api, placement
 from stowplan.api import gpunode, inferencemodel
-from stowplan.operator import fleet, kube, leadership
+from stowplan.operator import fleet, kube, leadership, wakeups
 from stowplan.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     )
     if ours.metrics.port:
         prometheus_client.start_http_server(ours.metrics.port)
+    memo.wakeups = wakeups.Wakeups()  # only events that change what a pass reads wake it
     memo.fleet = fleet.FleetLoop(
         ours,
         cluster,
@@ -110,10 +111,12 @@ def fleet_alive(memo: kopf.Memo, **_: Any) -> str:
 
 
 @kopf.on.event(api.GROUP, api.VERSION, inferencemodel.PLURAL)
-async def model_changed(memo: kopf.Memo, **_: Any) -> None:
-    memo.fleet.poke()
+async def model_changed(memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
+    if memo.wakeups.changed("model", event.get("type"), event.get("object") or {}):
+        memo.fleet.poke()
 
 
 @kopf.on.event(api.GROUP, api.VERSION, gpunode.PLURAL)
-async def node_changed(memo: kopf.Memo, **_: Any) -> None:
-    memo.fleet.poke()
+async def node_changed(memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
+    if memo.wakeups.changed("node", event.get("type"), event.get("object") or {}):
+        memo.fleet.poke()

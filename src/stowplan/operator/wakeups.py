@@ -1,0 +1,56 @@
+"""Which watch events are worth a fleet pass (pure).
+
+Every status patch the operator writes, and every heartbeat an agent writes, comes back as a
+watch event; at fleet scale a pass per such event keeps the loop busy re-planning an
+unchanged fleet. :class:`Wakeups` remembers a fingerprint of what a pass reads from each object
+(an InferenceModel's generation, labels and deletion; a GPUNode's spec, labels, GPUs, allocatable,
+and the state of each replica its agent reports) and says to wake only when it changed or the
+object is gone. A stale heartbeat needs no event: the loop wakes when the next node turns stale
+(:func:`.health.next_stale_in_s`). Callers: :mod:`stowplan.operator.handlers`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+
+def model_fingerprint(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return json.dumps(
+        [meta.get("generation"), meta.get("labels"), bool(meta.get("deletionTimestamp"))],
+        sort_keys=True,
+    )
+
+
+def node_fingerprint(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    replicas = sorted(
+        (m.get("model"), m.get("replica"), m.get("gpu"), m.get("state"))
+        for m in status.get("models") or []
+    )
+    conditions = sorted((c.get("type"), c.get("status")) for c in status.get("conditions") or [])
+    return json.dumps(
+        [body.get("spec"), meta.get("labels"), bool(meta.get("deletionTimestamp")),
+         status.get("gpus"), status.get("allocatable"), replicas, conditions],
+        sort_keys=True, default=str,
+    )  # fmt: skip
+
+
+class Wakeups:
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str, str], str] = {}
+
+    def changed(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        meta = body.get("metadata") or {}
+        key = (kind, meta.get("namespace") or "", meta.get("name") or "")
+        if event_type == "DELETED":
+            self._seen.pop(key, None)
+            return True
+        print_ = model_fingerprint(body) if kind == "model" else node_fingerprint(body)
+        if self._seen.get(key) == print_:
+            return False
+        self._seen[key] = print_
+        return True
