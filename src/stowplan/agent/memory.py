@@ -136,6 +136,7 @@ class ResidencyManager:
         clock: Callable[[], float] = time.monotonic,
         alignment_bytes: int = DEFAULT_ALIGNMENT_BYTES,
         relocate: bool = True,
+        record: bool = False,
     ) -> None:
         if pool_bytes < 0:
             raise ValueError("pool_bytes must be >= 0")
@@ -152,6 +153,9 @@ class ResidencyManager:
         self._prefetches = 0
         self._loads = 0
         self._relocations = 0
+        # with ``record``: every block placed in or taken out of the pool, in order, as
+        # ("alloc" | "free", model, bytes); the allocator lab replays it (``memsim --residency``)
+        self.events: list[tuple[str, str, int]] | None = [] if record else None
 
     # -- registration -------------------------------------------------------------------------
     def register(self, model: str, weights_bytes: int, workspace_bytes: int) -> None:
@@ -180,10 +184,10 @@ class ResidencyManager:
             self._models[model] = m
             got = self._free.take(size) if size else (0, 0)
             if got is not None:
-                off = got[0]
-                m.offset = off
+                m.offset = got[0]
                 m.loaded = True
                 self._loads += 1
+                self._note("alloc", m)
 
     def unregister(self, model: str) -> None:
         """Forget a model and free its block. Raises :class:`ModelBusyError` while in use."""
@@ -210,6 +214,7 @@ class ResidencyManager:
                     self._free.give(v.offset, v.size)
                 v.offset = None
                 self._offloads += 1
+                self._note("free", v)
             moved: list[str] = []
             if layout is None:
                 got = self._free.take(m.size) if m.size else (0, 0)
@@ -221,10 +226,13 @@ class ResidencyManager:
                     if x.name in layout and x.offset != layout[x.name]:
                         x.offset = layout[x.name]
                         moved.append(x.name)
+                        self._note("free", x)  # a relocation: the old block goes, a new one comes
+                        self._note("alloc", x)
                 self._relocations += len(moved)
                 m.offset = off
                 self._rebuild_free()
             m.offset = off
+            self._note("alloc", m)
             if m.loaded:
                 self._prefetches += 1
             else:
@@ -260,6 +268,7 @@ class ResidencyManager:
                 self._free.give(m.offset, m.size)
             m.offset = None
             self._offloads += 1
+            self._note("free", m)
             return True
 
     # -- views --------------------------------------------------------------------------------
@@ -308,7 +317,13 @@ class ResidencyManager:
             raise UnknownModelError(f"model {model!r} is not registered")
         return m
 
+    def _note(self, kind: str, m: _Model) -> None:
+        if self.events is not None and m.size:
+            self.events.append((kind, m.name, m.size))
+
     def _drop(self, m: _Model) -> None:
+        if m.offset is not None:
+            self._note("free", m)
         if m.offset is not None and m.size:
             self._free.give(m.offset, m.size)
         m.offset = None

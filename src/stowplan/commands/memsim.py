@@ -42,7 +42,7 @@ def _cost_model(settings: tuple[str, ...]) -> CostModel:
 
 
 @click.command(name="memsim")
-@click.argument("traces", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("traces", nargs=-1, type=click.Path(dir_okay=False))
 @click.option(
     "--allocator",
     "allocator",
@@ -81,8 +81,15 @@ def _cost_model(settings: tuple[str, ...]) -> CostModel:
     type=click.Path(file_okay=False),
     help="Also write each parsed trace to DIR/<name>.stwtrace.npz (reload it much faster).",
 )
+@click.option(
+    "--residency",
+    is_flag=True,
+    help="Replay the agent's own residency sequence (its ResidencyManager serving a seeded "
+    "8-model Zipf workload in a 2 GiB pool: loads, offloads, prefetches, relocations) instead.",
+)
 def command(
     traces: tuple[str, ...],
+    residency: bool,
     allocator: str,
     as_json: bool,
     report_dir: str | None,
@@ -103,6 +110,11 @@ def command(
     from stowplan.memlab.runner import markdown_table, resolve_allocators, run_trace, targets_table
 
     cost_model = _cost_model(cost)
+    if residency:
+        _residency(cost_model, allocator, as_json)
+        return
+    if not traces:
+        raise click.UsageError("give TRACES or --residency")
     try:
         names = resolve_allocators(allocator)
         source = load_trace(profile_from) if profile_from else None
@@ -149,3 +161,65 @@ def command(
     if stow and "pytorch" in names:
         click.echo("Targets (issues 5 and 15):\n")
         click.echo(targets_table(runs, stow))
+
+
+POOL_BYTES = 2 << 30  # the demo's device pool (the agent reserves it once)
+RESIDENCY_ALLOCATORS = ("naive", "bfc", "pytorch", "bestfit", "buddy", "stowplan")
+
+
+def _residency(cost_model: CostModel, allocator: str, as_json: bool) -> None:
+    """Drive the agent's ResidencyManager with the demo workload and replay what it did."""
+    from stowplan.agent.memory import ResidencyManager
+    from stowplan.memlab.residency import demo_workload, residency_ops
+    from stowplan.memlab.runner import resolve_allocators
+    from stowplan.memlab.simulate import replay_ops
+
+    ticks = iter(range(1 << 62))
+    pool = ResidencyManager(POOL_BYTES, clock=lambda: float(next(ticks)), record=True)
+    sizes, order = demo_workload()
+    for name, size in sizes.items():
+        pool.register(name, size, 0)
+    for name in order:
+        pool.acquire(name)
+        pool.release(name)
+    assert pool.events is not None
+    ops, blocks, peak = residency_ops(pool.events)
+    stats = pool.stats()
+    names = [n for n in resolve_allocators(allocator) if n in RESIDENCY_ALLOCATORS]
+    results = [replay_ops(n, ops, blocks, peak, cost=cost_model, repeats=1) for n in names]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "pool_bytes": POOL_BYTES,
+                    "peak_live_bytes": peak,
+                    "blocks": len(blocks),
+                    "loads": stats.loads,
+                    "offloads": stats.offloads,
+                    "prefetches": stats.prefetches,
+                    "relocations": stats.relocations,
+                    "results": [r.summary() for r in results],
+                },
+                indent=2,
+            )
+        )
+        return
+    mib = float(1 << 20)
+    click.echo(
+        f"residency: {len(sizes)} models ({sum(sizes.values()) / mib:,.0f} MiB) in a "
+        f"{POOL_BYTES / mib:,.0f} MiB pool, {len(order)} requests: {stats.loads} loads, "
+        f"{stats.offloads} offloads, {stats.prefetches} prefetches, {stats.relocations} "
+        f"relocations; peak live {peak / mib:,.1f} MiB\n"
+    )
+    click.echo("| allocator | peak reserved MiB | x peak live | cudaMalloc | cudaFree |")
+    click.echo("|---|---:|---:|---:|---:|")
+    click.echo(
+        f"| agent pool (reserved once) | {POOL_BYTES / mib:,.1f} | "
+        f"{POOL_BYTES / peak:.3f} | 1 | 0 |"
+    )
+    for r in results:
+        click.echo(
+            f"| {r.allocator} | {r.peak_reserved_bytes / mib:,.1f} | "
+            f"{r.peak_reserved_bytes / peak:.3f} | {r.device_malloc_calls:,} "
+            f"| {r.device_free_calls:,} |"
+        )
