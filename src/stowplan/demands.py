@@ -2,7 +2,8 @@
 :class:`stowplan.placement.ModelDemand`, shared by the operator (``operator.inventory``, names
 ``namespace/name``) and standalone mode (``standalone``, names the object's name).
 
-SLO, profile, priority, node selector and GPU type map one to one; ``spec.resources.requests``
+SLO, profile, priority, node selector, GPU type and the batching policy (with its static batch
+size) map one to one; ``spec.resources.requests``
 becomes ``cpu_milli`` / ``host_memory_mib`` (Kubernetes quantities rounded up). It lives outside
 both packages because the operator package imports kopf on import and the placement package
 must not see API types. Pure; no I/O.
@@ -37,4 +38,8 @@ def model_demand(name: str, spec: InferenceModelSpec) -> placement.ModelDemand:
         gpu_type=spec.gpu_type,
         cpu_milli=quantity.cpu_milli(requests.cpu),
         host_memory_mib=quantity.memory_mib(requests.memory),
+        batching=placement.BatchingPolicy(str(spec.batching.policy)),
+        static_batch_size=spec.batching.static_batch_size or 0
+        if str(spec.batching.policy) == "static"
+        else 0,
     )

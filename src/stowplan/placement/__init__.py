@@ -12,6 +12,7 @@ from stowplan.placement.capacity import DUTY_LEVELS_MS, ReplicaCapacity, replica
 from stowplan.placement.errors import InvalidProblem, PlacementError, SolverFailed
 from stowplan.placement.models import (
     Assignment,
+    BatchingPolicy,
     Gpu,
     LatencyProfile,
     MemoryProfile,
@@ -29,6 +30,7 @@ from stowplan.placement.verify import Violation, check_plan
 __all__ = [
     "DUTY_LEVELS_MS",
     "Assignment",
+    "BatchingPolicy",
     "Gpu",
     "InvalidProblem",
     "LatencyProfile",

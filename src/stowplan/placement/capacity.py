@@ -1,10 +1,15 @@
 """SLO -> capacity: batch size, busy time and memory of a replica at a duty cycle (DESIGN §3).
 
 A GPU shared by several replicas runs them round-robin in a duty cycle of ``d`` ms. A replica
-receiving ``qps`` requests/s runs one batch of ``b = max(1, ceil(qps * d / 1000))`` items per cycle,
-taking ``t = base + per_item * b`` ms and ``weights + per_item_mib * b`` MiB. A set of replicas fits
-on one GPU at ``d`` iff ``sum t <= d``, ``d + t_i <= slo_i`` (a request that just missed a batch
-waits one cycle, then runs) and ``b_i <= max_batch_i`` for every member, and the memory sum fits.
+receiving ``qps`` requests/s collects ``n = max(1, ceil(qps * d / 1000))`` requests per cycle and
+runs them as its batching policy says (``ModelDemand.batching``): ``aimd`` runs one batch of
+``b = n``; ``static`` runs ``ceil(n / N)`` batches of its fixed size ``N``; ``none`` runs ``n``
+batches of 1. Its GPU time per cycle is ``t = runs * (base + per_item * b)`` ms and it holds
+``weights + per_item_mib * b`` MiB. A set of replicas fits on one GPU at ``d`` iff ``sum t <= d``,
+``d + t_i <= slo_i`` for every member (the queueing assumed: a request that just missed its
+model's turn waits at most one cycle ``d``, then at most all of that model's runs of the cycle,
+``t_i``), ``b_i <= max_batch_i``, and the memory sum fits. This is the one "meets the SLO"
+formula; ``verify.check_plan`` re-derives it with its own arithmetic.
 A replica with ``target_qps == 0`` still runs batches of 1 (it must answer a stray request within
 its SLO) and holds its weights.
 
@@ -13,7 +18,10 @@ take ``gpu_milli / 1000`` of every cycle whatever ``d`` is, need no batching and
 ``weights_mib``.
 
 ``d`` is discretised over ``DUTY_LEVELS_MS`` so that at a fixed level every replica has a fixed
-time and memory cost (the linear formulation used by best-fit and CP-SAT). Callers: bestfit,
+time and memory cost (the linear formulation used by best-fit and CP-SAT). A replica that fits
+alone on a GPU only in a narrow band of ``d`` between two levels is found exactly by
+:func:`alone_capacity` (over the intervals where its batch size is constant), so the planner
+never reports it as not fitting a GPU of its own. Callers: bestfit,
 cpsat, bounds, planner, verify (for the reason texts only) and ``placement.replica_capacity``.
 Pure arithmetic: no solver, no I/O.
 """
@@ -27,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from stowplan.placement.models import ModelDemand, _Frozen
+from stowplan.placement.models import BatchingPolicy, ModelDemand, _Frozen
 
 # Duty-cycle levels in ms: roughly geometric (x1.25), fine enough that the packing loses little
 # against a continuous d, coarse enough that a GPU has few level choices.
@@ -39,6 +47,9 @@ DUTY_LEVELS_MS: tuple[float, ...] = (
 
 # Relative slack when comparing floats computed in different orders (solver vs verifier).
 EPS = 1e-9
+
+# alone_capacity looks at no more request counts per cycle than this (static / none policies)
+_MAX_COUNTS = 100_000
 
 
 class ReplicaCapacity(_Frozen):
@@ -57,20 +68,42 @@ def replica_qps(model: ModelDemand) -> float:
     return model.target_qps / model.replicas if model.replicas else 0.0
 
 
-def batch_size(model: ModelDemand, duty_cycle_ms: float) -> int:
-    """Items per cycle: max(1, ceil(qps * d / 1000)); 0 for a fixed (gpu_milli) demand."""
-    if model.gpu_milli:
-        return 0
+def items_per_cycle(model: ModelDemand, duty_cycle_ms: float) -> int:
+    """Requests one replica collects per cycle: max(1, ceil(qps * d / 1000))."""
     need = replica_qps(model) * duty_cycle_ms / 1000.0
     return max(1, math.ceil(need - EPS * max(1.0, need)))
 
 
+def batch_size(model: ModelDemand, duty_cycle_ms: float) -> int:
+    """Items per batch: the cycle's requests (aimd), the fixed size (static) or 1 (none); 0 for
+    a fixed (gpu_milli) demand."""
+    if model.gpu_milli:
+        return 0
+    if model.batching is BatchingPolicy.NONE:
+        return 1
+    if model.batching is BatchingPolicy.STATIC:
+        return model.static_batch_size
+    return items_per_cycle(model, duty_cycle_ms)
+
+
+def runs_per_cycle(model: ModelDemand, duty_cycle_ms: float) -> int:
+    """Batches one replica runs per cycle: 1 (aimd, fixed demands), ceil(n / N) (static), n
+    (none), with n = :func:`items_per_cycle`."""
+    if model.gpu_milli or model.batching is BatchingPolicy.AIMD:
+        return 1
+    n = items_per_cycle(model, duty_cycle_ms)
+    if model.batching is BatchingPolicy.NONE:
+        return n
+    return -(-n // model.static_batch_size)
+
+
 def busy_ms(model: ModelDemand, duty_cycle_ms: float) -> float:
-    """GPU time per cycle of one replica at duty cycle ``d``."""
+    """GPU time per cycle of one replica at duty cycle ``d``: its runs times one batch's time."""
     if model.gpu_milli:
         return model.gpu_milli / 1000.0 * duty_cycle_ms
     b = batch_size(model, duty_cycle_ms)
-    return model.latency.base_ms + model.latency.per_item_ms * b
+    runs = runs_per_cycle(model, duty_cycle_ms)
+    return runs * (model.latency.base_ms + model.latency.per_item_ms * b)
 
 
 def memory_mib(model: ModelDemand, duty_cycle_ms: float) -> float:
@@ -100,8 +133,12 @@ def replica_capacity(model: ModelDemand, duty_cycle_ms: float) -> ReplicaCapacit
         return None
     if model.gpu_milli:
         max_qps = math.inf
-    else:
+    elif model.batching is BatchingPolicy.AIMD:
         max_qps = model.max_batch * 1000.0 / duty_cycle_ms if duty_cycle_ms else 0.0
+    else:  # as many runs of b as one cycle holds
+        one = model.latency.base_ms + model.latency.per_item_ms * b
+        runs = math.floor(duty_cycle_ms / one * (1 + EPS)) if one > 0 else 0
+        max_qps = runs * b * 1000.0 / duty_cycle_ms
     return ReplicaCapacity(
         duty_cycle_ms=duty_cycle_ms,
         batch_size=b,
@@ -110,6 +147,57 @@ def replica_capacity(model: ModelDemand, duty_cycle_ms: float) -> ReplicaCapacit
         gpu_share=t / duty_cycle_ms,
         max_qps=max_qps,
     )
+
+
+def alone_capacity(model: ModelDemand) -> ReplicaCapacity | None:
+    """The cheapest duty cycle at which one replica of ``model`` runs alone on a GPU, searched
+    exactly (not over ``DUTY_LEVELS_MS``); None only when no duty cycle at all works.
+
+    For ``n`` requests per cycle the duty cycles giving that count form the interval
+    ``((n - 1) * 1000 / qps, n * 1000 / qps]``; there the replica's runs take a constant ``t_n``
+    (see the module docstring) and it fits iff ``t_n <= d`` and ``d + t_n <= slo``. The largest
+    such ``d`` in the interval, ``min(n * 1000 / qps, slo - t_n)``, gives the smallest GPU share
+    ``t_n / d``; the answer is the ``n`` with the smallest share (``n <= max_batch`` for aimd),
+    confirmed by
+    :func:`replica_capacity` at that ``d`` (same arithmetic as every other caller). Example (the
+    model of issue 14): base 9.65 ms, per item 0.0934 ms, 1,420 qps, max batch 16, SLO 494 ms:
+    no level fits (10 ms gives batch 15 taking 11.05 ms > 10; 12 ms gives batch 18 > 16), but
+    b = 16 at d = 16,000 / 1,420 = 11.27 ms takes 11.14 ms (98.9 % of the GPU). Fixed demands
+    (``gpu_milli``) fit at any level: this returns their cost at the first level.
+    """
+    if model.gpu_milli:
+        return replica_capacity(model, DUTY_LEVELS_MS[0])
+    qps = replica_qps(model)
+    base, per = model.latency.base_ms, model.latency.per_item_ms
+    if qps <= 0:
+        counts: range | tuple[int, ...] = (1,)
+    elif model.batching is BatchingPolicy.AIMD:
+        counts = range(1, model.max_batch + 1)
+    else:  # n requests per cycle need d > (n - 1) * 1000 / qps, and d < slo
+        counts = range(1, min(_MAX_COUNTS, math.floor(model.slo_ms * qps / 1000.0) + 1) + 1)
+    best: ReplicaCapacity | None = None
+    for n in counts:
+        if model.batching is BatchingPolicy.AIMD:
+            b, runs = n, 1
+        elif model.batching is BatchingPolicy.NONE:
+            b, runs = 1, n
+        else:
+            b, runs = model.static_batch_size, -(-n // model.static_batch_size)
+        t = runs * (base + per * b)
+        top = n * 1000.0 / qps if qps > 0 else math.inf
+        d = min(top, model.slo_ms - t)
+        if not (d > 0 and math.isfinite(d)) or d < t:
+            continue
+        if qps > 0 and d <= (n - 1) * 1000.0 / qps:  # the SLO cuts the interval away
+            continue
+        cap = replica_capacity(model, d)
+        if cap is not None and (best is None or cap.gpu_share < best.gpu_share):
+            best = cap
+    return best
+
+
+# batching policy as a number for the vectorised costs (aimd 0, static 1, none 2)
+_POLICY_CODE = {BatchingPolicy.AIMD: 0, BatchingPolicy.STATIC: 1, BatchingPolicy.NONE: 2}
 
 
 @dataclass(frozen=True)
@@ -202,18 +290,23 @@ def level_cost_matrices(models: Sequence[ModelDemand]) -> LevelMatrices:
                 m.memory.per_item_mib,
                 m.max_batch,
                 m.slo_ms,
+                _POLICY_CODE[m.batching],
+                m.static_batch_size,
             )
             for m in models
         ],
         dtype=float,
     ).T[:, :, None]
-    reps, tq, milli, base, per, weights, per_mib, max_batch, slo = cols
+    reps, tq, milli, base, per, weights, per_mib, max_batch, slo, policy, size = cols
     qps = np.divide(tq, reps, out=np.zeros_like(tq), where=reps > 0)
     fixed = milli > 0
     need = qps * d / 1000.0
-    b = np.maximum(1.0, np.ceil(need - EPS * np.maximum(1.0, need)))
+    n = np.maximum(1.0, np.ceil(need - EPS * np.maximum(1.0, need)))
+    static, single = policy == 1, policy == 2
+    b = np.where(single, 1.0, np.where(static, size, n))
+    runs = np.where(single, n, np.where(static, np.ceil(n / np.maximum(size, 1.0)), 1.0))
     b = np.where(fixed, 0.0, b)
-    t = np.where(fixed, milli / 1000.0 * d, base + per * b)
+    t = np.where(fixed, milli / 1000.0 * d, runs * (base + per * b))
     mem = np.where(fixed, weights, weights + per_mib * b)
     ok = t <= d * (1 + EPS)
     ok &= fixed | ((b <= max_batch) & (d + t <= slo * (1 + EPS)))

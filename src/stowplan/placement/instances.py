@@ -10,7 +10,9 @@ The instance format (issue 3)::
 Optional keys: gpus ``labels``; models ``priority``, ``node_selector``, ``gpu_type``,
 ``gpu_milli`` (a fixed GPU fraction in thousandths), ``cpu_milli`` and ``host_memory_mib`` (per
 replica, counted against its node), ``gpus`` (whole GPUs per replica, one node; needs
-``gpu_milli: 1000``); top level ``memory_reserve_mib`` and ``nodes``
+``gpu_milli: 1000``), ``batching`` (``{"policy": "aimd" | "static" | "none", "batch_size": N}``,
+N with static only; aimd when absent: see ``capacity`` for what each costs); top level
+``memory_reserve_mib`` and ``nodes``
 (``[{"node", "cpu_milli", "memory_mib"}]``: CPU and host memory of a node; a node not listed has
 no limit). Unknown keys and negative numbers are refused with the field path. The ``--json``
 output lists ``extra_gpus`` (the other GPU indices of a multi-GPU replica) only where non-empty.
@@ -28,6 +30,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from stowplan.placement.errors import InvalidProblem
 from stowplan.placement.models import (
+    BatchingPolicy,
     Gpu,
     LatencyProfile,
     MemoryProfile,
@@ -47,6 +50,17 @@ class _LatencyIn(_Frozen):
 class _MemoryIn(_Frozen):
     weights: float = Field(ge=0)
     per_item: float = Field(ge=0)
+
+
+class _BatchingIn(_Frozen):
+    policy: BatchingPolicy = BatchingPolicy.AIMD
+    batch_size: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _size_with_static_only(self) -> _BatchingIn:
+        if (self.policy is BatchingPolicy.STATIC) != (self.batch_size is not None):
+            raise ValueError("batch_size is required with policy static and only there")
+        return self
 
 
 class _GpuIn(_Frozen):
@@ -72,6 +86,7 @@ class _ModelIn(_Frozen):
     cpu_milli: int = Field(default=0, ge=0)
     host_memory_mib: int = Field(default=0, ge=0)
     gpus: int = Field(default=1, ge=1, le=16)
+    batching: _BatchingIn = Field(default_factory=_BatchingIn)
 
     @model_validator(mode="after")
     def _gang_is_whole_gpus(self) -> _ModelIn:
@@ -128,6 +143,8 @@ def problem_from_json(data: Any) -> Problem:
                     cpu_milli=m.cpu_milli,
                     host_memory_mib=m.host_memory_mib,
                     gpus_per_replica=m.gpus,
+                    batching=m.batching.policy,
+                    static_batch_size=m.batching.batch_size or 0,
                 )
                 for m in inst.models
             ),
@@ -200,6 +217,10 @@ def _model_json(m: ModelDemand) -> dict[str, Any]:
         out["host_memory_mib"] = m.host_memory_mib
     if m.gpus_per_replica > 1:
         out["gpus"] = m.gpus_per_replica
+    if m.batching is not BatchingPolicy.AIMD:
+        out["batching"] = {"policy": str(m.batching)}
+        if m.batching is BatchingPolicy.STATIC:
+            out["batching"]["batch_size"] = m.static_batch_size
     return out
 
 

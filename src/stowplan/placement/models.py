@@ -58,6 +58,18 @@ class MemoryProfile(_Frozen):
     per_item_mib: float = Field(ge=0)
 
 
+class BatchingPolicy(StrEnum):
+    """How the agent batches a model's requests (``InferenceModel.spec.batching.policy``).
+
+    ``aimd``: one batch per cycle of whatever arrived (the batch the duty cycle gives);
+    ``static``: batches of exactly ``static_batch_size`` (as many per cycle as the load needs);
+    ``none``: every request runs alone (one batch-1 run per request)."""
+
+    AIMD = "aimd"
+    STATIC = "static"
+    NONE = "none"
+
+
 class ModelDemand(_Frozen):
     """A model to place: ``replicas`` copies, each receiving target_qps / replicas."""
 
@@ -83,6 +95,21 @@ class ModelDemand(_Frozen):
     # (no other replica on them); requires gpu_milli == 1000. memory.weights_mib is then the
     # device memory taken on EACH GPU of the gang.
     gpus_per_replica: int = Field(default=1, ge=1, le=16)
+    # how the agent batches (capacity.py prices each policy); static_batch_size only for static
+    batching: BatchingPolicy = BatchingPolicy.AIMD
+    static_batch_size: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _static_size_with_static_only(self) -> ModelDemand:
+        if self.batching is BatchingPolicy.STATIC:
+            if not 1 <= self.static_batch_size <= self.max_batch:
+                raise ValueError(
+                    f"batching static needs 1 <= static_batch_size <= max_batch "
+                    f"({self.max_batch}), got {self.static_batch_size}"
+                )
+        elif self.static_batch_size:
+            raise ValueError(f"static_batch_size is only for batching static, not {self.batching}")
+        return self
 
     @model_validator(mode="after")
     def _gang_is_whole_gpus(self) -> ModelDemand:

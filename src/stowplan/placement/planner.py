@@ -4,9 +4,10 @@ Steps: validate, classify replicas nobody could host (each gets an ``Unplaced`` 
 the current placement where it still fits (pinned first, then by priority: stability), best-fit
 decreasing for the rest, evict lower-priority replicas for higher-priority ones when short, then,
 with a time budget, price-and-branch over GPU configurations (``colgen``; fresh plans on one
-GPU class) and LNS/CP-SAT improvement (never worse than best-fit). Every plan carries a
-lower bound. Callers: the operator, ``stowplan up``, ``stowplan place``, the benchmarks. Pure:
-no I/O; the clock is injectable for tests.
+GPU class) and LNS/CP-SAT improvement (never worse than best-fit). Replicas that fit only
+alone, at a duty cycle between the levels, are given GPUs of their own first (``alone``).
+Every plan carries a lower bound. Callers: the operator, ``stowplan up``, ``stowplan place``,
+the benchmarks. Pure: no I/O; the clock is injectable for tests.
 
 Fixed node demands: a model no single node can host (CPU, host memory, GPUs per replica) is
 ``ResourcesExceedEveryNode``; GPUs of multi-GPU replicas are exclusive, so the lower bound is
@@ -18,15 +19,24 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
 
+from stowplan.placement.alone import fits_only_alone, place_alone
 from stowplan.placement.bestfit import best_fit, decreasing_order
 from stowplan.placement.bounds import gpu_lower_bound
-from stowplan.placement.capacity import EPS
+from stowplan.placement.capacity import EPS, level_cost_matrices
 from stowplan.placement.errors import InvalidProblem
-from stowplan.placement.models import Plan, Problem, Unplaced, UnplacedReason, count_moves
+from stowplan.placement.models import (
+    Assignment,
+    Plan,
+    Problem,
+    Unplaced,
+    UnplacedReason,
+    count_moves,
+)
 from stowplan.placement.nodefit import resources_message
 from stowplan.placement.nodestate import current_gpus, place
 from stowplan.placement.packing import LEVELS, PackIndex, PackState
@@ -340,12 +350,81 @@ def plan(
     ``time_limit_s == 0``: best-fit decreasing only. ``> 0``: for a fresh plan (no current
     placement) on one GPU class, price-and-branch over GPU configurations (``colgen``, 90 % of
     the budget), then LNS with CP-SAT sub-problems for the rest; never worse than best-fit.
-    Raises ``InvalidProblem``.
+    Replicas that fit only alone, at a duty cycle between the levels (``alone``), first take
+    GPUs that no other replica runs on (their current one if they have one); the search then
+    plans the rest on the other GPUs. Raises ``InvalidProblem``.
     """
     start = clock()
     if not (time_limit_s >= 0 and math.isfinite(time_limit_s)):
         raise InvalidProblem(f"time_limit_s must be a finite number >= 0, got {time_limit_s}")
     validate(problem)
+    level_ok = np.asarray(level_cost_matrices(problem.models).ok.any(axis=1), dtype=bool)
+    alone = [
+        (m, cap)
+        for m, ok in zip(problem.models, level_ok.tolist(), strict=True)
+        if (cap := fits_only_alone(m, ok)) is not None
+    ]
+    if not alone:
+        return _plan(problem, time_limit_s=time_limit_s, seed=seed, clock=clock)
+    names = {m.name for m, _ in alone}
+    others = [a for a in problem.current if a.model not in names]
+    reserved, alone_unplaced = place_alone(problem, alone, others)
+    rest = _without(problem, names, reserved)
+    left = max(0.0, time_limit_s - (clock() - start)) if time_limit_s > 0 else 0.0
+    sub = _plan(rest, time_limit_s=left, seed=seed, clock=clock)
+    assignments = (*sub.assignments, *reserved)
+    return sub.model_copy(
+        update={
+            "assignments": assignments,
+            "unplaced": tuple(
+                sorted((*sub.unplaced, *alone_unplaced), key=lambda u: (u.model, u.replica))
+            ),
+            "gpus_used": sub.gpus_used + len(reserved),
+            "moves": count_moves(problem.current, assignments),
+            "solve_seconds": max(0.0, clock() - start),
+        }
+    )
+
+
+def _without(problem: Problem, names: set[str], reserved: list[Assignment]) -> Problem:
+    """``problem`` less the models in ``names`` and the GPUs (and node CPU/host memory) that
+    ``reserved`` gives them; the lower bound of what is left stays valid for the whole."""
+    taken = {a.gpu_key for a in reserved}
+    demand = {m.name: m for m in problem.models}
+    cpu: dict[str, int] = defaultdict(int)
+    mem: dict[str, int] = defaultdict(int)
+    for a in reserved:
+        cpu[a.node] += demand[a.model].cpu_milli
+        mem[a.node] += demand[a.model].host_memory_mib
+    return problem.model_copy(
+        update={
+            "gpus": tuple(g for g in problem.gpus if g.key not in taken),
+            "models": tuple(m for m in problem.models if m.name not in names),
+            "current": tuple(
+                a for a in problem.current if a.model not in names and not set(a.gpu_keys) & taken
+            ),
+            "pinned": frozenset(k for k in problem.pinned if k[0] not in names),
+            "nodes": tuple(
+                n.model_copy(
+                    update={
+                        "cpu_milli": max(0, n.cpu_milli - cpu[n.node]),
+                        "memory_mib": max(0, n.memory_mib - mem[n.node]),
+                    }
+                )
+                for n in problem.nodes
+            ),
+        }
+    )
+
+
+def _plan(
+    problem: Problem,
+    *,
+    time_limit_s: float,
+    seed: int,
+    clock: Clock,
+) -> Plan:
+    start = clock()
     index = PackIndex.build(problem)
     placeable, unplaced = split_placeable(index)
 

@@ -78,15 +78,24 @@ def _check_assignment(a: Assignment, m: ModelDemand, gpu: Gpu) -> list[Violation
     b = a.batch_size
     if b < 1:
         bad("Batch", f"{where}: batch {b} < 1")
+        return out
     if b > m.max_batch:
         bad("Batch", f"{where}: batch {b} > max_batch {m.max_batch}")
-    if not _le(qps * d / 1000.0, b):
-        bad("Throughput", f"{where}: batch {b} per {d} ms cycle < {qps:.3f} qps arriving")
-    t = m.latency.base_ms + m.latency.per_item_ms * b
+    policy = str(m.batching)
+    if policy == "none" and b != 1:
+        bad("Batch", f"{where}: batching none runs batches of 1, not {b}")
+    if policy == "static" and b != m.static_batch_size:
+        bad("Batch", f"{where}: batching static runs batches of {m.static_batch_size}, not {b}")
+    # aimd: one batch per cycle; static and none: as many runs of b as the cycle's requests need
+    arriving = qps * d / 1000.0
+    runs = 1 if policy == "aimd" else max(1, math.ceil(arriving / b - _TOL * max(1.0, arriving)))
+    if not _le(arriving, runs * b):
+        bad("Throughput", f"{where}: {runs} x batch {b} per {d} ms cycle < {qps:.3f} qps arriving")
+    t = runs * (m.latency.base_ms + m.latency.per_item_ms * b)
     if not _le(t, a.busy_ms):
-        bad("BusyTime", f"{where}: busy {a.busy_ms:.4f} ms < latency({b}) = {t:.4f} ms")
+        bad("BusyTime", f"{where}: busy {a.busy_ms:.4f} ms < {runs} x latency({b}) = {t:.4f} ms")
     if not _le(d + t, m.slo_ms):
-        bad("Slo", f"{where}: cycle {d} + batch {t:.3f} ms > SLO {m.slo_ms} ms")
+        bad("Slo", f"{where}: cycle {d} + runs {t:.3f} ms > SLO {m.slo_ms} ms")
     mem = m.memory.weights_mib + m.memory.per_item_mib * b
     if not _le(mem, a.memory_mib):
         bad("Memory", f"{where}: memory {a.memory_mib} < {mem} MiB needed at batch {b}")

@@ -10,14 +10,21 @@ import random
 
 from hypothesis import strategies as st
 
-from stowplan.placement import Gpu, LatencyProfile, MemoryProfile, ModelDemand, Problem
+from stowplan.placement import (
+    BatchingPolicy,
+    Gpu,
+    LatencyProfile,
+    MemoryProfile,
+    ModelDemand,
+    Problem,
+)
 
 
 @st.composite
 def small_problems(draw: st.DrawFn, max_gpus: int = 8, max_models: int = 6) -> Problem:
     """Up to ``max_gpus`` GPUs (two per node, two types, two zones, three capacities) and up to
-    ``max_models`` models mixing SLO models, GPU fractions, whole GPUs, types, selectors and
-    priorities; some replicas are unplaceable by design."""
+    ``max_models`` models mixing SLO models (every batching policy), GPU fractions, whole GPUs,
+    types, selectors and priorities; some replicas are unplaceable by design."""
     n_gpus = draw(st.integers(1, max_gpus))
     gpus = tuple(
         Gpu(
@@ -29,6 +36,12 @@ def small_problems(draw: st.DrawFn, max_gpus: int = 8, max_models: int = 6) -> P
         )
         for i in range(n_gpus)
     )
+
+    def static_size(policy: BatchingPolicy, max_batch: int) -> int:
+        if policy is not BatchingPolicy.STATIC:
+            return 0
+        return min(max_batch, draw(st.integers(1, 8)))
+
     models = [
         ModelDemand(
             name=f"m{j}",
@@ -41,11 +54,13 @@ def small_problems(draw: st.DrawFn, max_gpus: int = 8, max_models: int = 6) -> P
             memory=MemoryProfile(
                 weights_mib=draw(st.floats(0, 20000)), per_item_mib=draw(st.floats(0, 50))
             ),
-            max_batch=draw(st.integers(1, 256)),
+            max_batch=(max_batch := draw(st.integers(1, 256))),
             priority=draw(st.integers(0, 2)),
             gpu_type=draw(st.sampled_from(["", "", "A100", "T4"])),
             node_selector=draw(st.sampled_from([{}, {}, {"zone": "a"}])),
             gpu_milli=draw(st.sampled_from([0, 0, 0, 250, 1000])),
+            batching=(policy := draw(st.sampled_from(list(BatchingPolicy)))),
+            static_batch_size=static_size(policy, max_batch),
         )
         for j in range(draw(st.integers(0, max_models)))
     ]
