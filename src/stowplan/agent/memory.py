@@ -22,7 +22,7 @@ clock. Callers: :mod:`stowplan.agent.serving` (the ``Residency`` seam) and the G
 sync (via :meth:`ResidencyManager.snapshot` and :meth:`ResidencyManager.stats`).
 
 Pure Python bookkeeping: this module must not import onnxruntime, placement or kopf (from the
-lab only the standard-library-only free list), and does
+lab only the standard-library-only free list and compaction helpers), and does
 no I/O; applying an offload/prefetch to a runtime session is the caller's job.
 """
 
@@ -36,6 +36,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from stowplan.agent.errors import AgentError
+from stowplan.memlab.compaction import best_fit_into, gaps
 from stowplan.memlab.freelist import FreeList
 
 DEFAULT_ALIGNMENT_BYTES = 256  # cudaMalloc alignment; every block starts on this boundary
@@ -395,13 +396,15 @@ class ResidencyManager:
         for _, w, hit in candidates[:MAX_WINDOWS]:
             kept = [x for x in movable if x not in hit]
             taken = [*fixed, *((x.offset or 0, x.size) for x in kept), (w, m.size)]
-            placed = _best_fit_into(_gaps(taken, self.pool_bytes), hit)
+            placed = best_fit_into(gaps(taken, self.pool_bytes), [(x.name, x.size) for x in hit])
             if placed is not None:
                 layout = {x.name: x.offset or 0 for x in kept}
                 layout.update(placed)
                 layout[m.name] = w
                 return layout
-        return _best_fit_into(_gaps(fixed, self.pool_bytes), [m, *movable])
+        return best_fit_into(
+            gaps(fixed, self.pool_bytes), [(x.name, x.size) for x in (m, *movable)]
+        )
 
     def _rebuild_free(self) -> None:
         """Recompute the free list from the resident models (after a relocation)."""
@@ -416,34 +419,6 @@ class ResidencyManager:
         if cursor < self.pool_bytes:
             free.insert(cursor, self.pool_bytes - cursor)
         self._free = free
-
-
-def _gaps(taken: list[tuple[int, int]], limit: int) -> list[list[int]]:
-    """Free [start, end) ranges of [0, limit) around the (offset, size) blocks in ``taken``."""
-    gaps: list[list[int]] = []
-    cursor = 0
-    for off, size in sorted(taken):
-        if off > cursor:
-            gaps.append([cursor, off])
-        cursor = max(cursor, off + size)
-    if cursor < limit:
-        gaps.append([cursor, limit])
-    return gaps
-
-
-def _best_fit_into(gaps: list[list[int]], items: list[_Model]) -> dict[str, int] | None:
-    """Place ``items`` largest first, each into the smallest gap that holds it (mutates gaps)."""
-    layout: dict[str, int] = {}
-    for x in sorted(items, key=lambda x: (-x.size, x.name)):
-        best = -1
-        for g, (start, end) in enumerate(gaps):
-            if end - start >= x.size and (best < 0 or end - start < gaps[best][1] - gaps[best][0]):
-                best = g
-        if best < 0:
-            return None
-        layout[x.name] = gaps[best][0]
-        gaps[best][0] += x.size
-    return layout
 
 
 __all__ = [
