@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("models", "Build the example ONNX models the project ships as recipes."),
     "crds": ("crds", "Generate the CRD YAML under crds/ from the API types."),
     "controlplane": ("controlplane", "Run a local kube-apiserver + etcd for trying stowplan out."),
+    "cluster": ("cluster", "Run a real single-node Kubernetes cluster with stowplan's images."),
 }
 
 BENCHMARKS: dict[str, tuple[str, str]] = {

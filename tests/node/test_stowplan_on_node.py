@@ -1,0 +1,304 @@
+"""stowplan deployed on a real node: exactly what the README's cluster section tells a user to do.
+
+``kubectl apply -k manifests/overlays/local`` -> the operator Deployment Available with both
+replicas (one holds the Lease), the namespace enforcing the restricted Pod Security Standard with
+every pod passing it, the agent DaemonSet pod on the GPU node with its GPUNode registered; then
+``kubectl apply -f manifests/examples/`` -> every example Ready and answering inference from
+inside the agent pod and, by pod IP, from the node's network namespace (after ``ip route get``
+shows the address is on the node). Refused manifests fail with the cluster's own reason.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stowplan import nodecluster
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.node, pytest.mark.slow, pytest.mark.timeout(1200)]  # first: builds
+NS = "stowplan-system"
+CLIENT = Path(__file__).with_name("infer_client.py")
+EXAMPLES = sorted((REPO / "manifests" / "examples").glob("*.yaml"))
+
+
+def _examples() -> list[str]:
+    import yaml
+
+    return [yaml.safe_load(p.read_text())["metadata"]["name"] for p in EXAMPLES]
+
+
+@pytest.fixture(scope="module")
+def deployed(kubectl: Any) -> Any:
+    kubectl.run("apply", "-k", str(REPO / "manifests" / "overlays" / "local"))
+    kubectl.run(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/inferencemodels.stowplan.io",
+        "crd/gpunodes.stowplan.io",
+    )
+    return kubectl
+
+
+def test_operator_available_with_two_replicas_one_leading(deployed: Any) -> None:
+    def available() -> bool:
+        dep = deployed.json("get", "deployment", "-n", NS, "stowplan-operator")
+        conds = {c["type"]: c["status"] for c in dep.get("status", {}).get("conditions", [])}
+        return conds.get("Available") == "True" and dep["status"].get("readyReplicas") == 2
+
+    deployed.wait_for(
+        available,
+        240,
+        "operator Deployment Available with 2 ready replicas",
+        lambda: deployed.pod_problems(NS, "app.kubernetes.io/name=stowplan-operator"),
+    )
+    pods = [
+        p["metadata"]["name"]
+        for p in deployed.json(
+            "get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=stowplan-operator"
+        )["items"]
+    ]
+    holder = deployed.wait_for(
+        lambda: (
+            deployed.json("get", "lease", "-n", NS, "stowplan-operator")
+            .get("spec", {})
+            .get("holderIdentity")
+        ),
+        60,
+        "the operator Lease held",
+    )
+    assert holder in pods, (holder, pods)
+
+
+def test_namespace_enforces_restricted_and_every_pod_passes(deployed: Any) -> None:
+    labels = deployed.json("get", "namespace", NS)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    # the API server re-evaluates every existing pod of the namespace against the level
+    r = deployed.run(
+        "label",
+        "--dry-run=server",
+        "--overwrite",
+        "namespace",
+        NS,
+        "pod-security.kubernetes.io/enforce=restricted",
+    )
+    assert "violate" not in r.stderr, r.stderr
+    pods = deployed.json("get", "pods", "-n", NS)["items"]
+    assert len(pods) >= 3, [p["metadata"]["name"] for p in pods]
+
+
+def test_agent_runs_on_the_gpu_node_and_registers(
+    deployed: Any, node: nodecluster.NodeCluster
+) -> None:
+    def running() -> dict | None:
+        pods = deployed.json("get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=stowplan-agent")
+        ready = [
+            p
+            for p in pods["items"]
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p.get("status", {}).get("conditions", [])
+            )
+        ]
+        return ready[0] if ready else None
+
+    pod = deployed.wait_for(
+        running,
+        240,
+        "the agent DaemonSet pod Ready",
+        lambda: deployed.pod_problems(NS, "app.kubernetes.io/name=stowplan-agent"),
+    )
+    assert pod["spec"]["nodeName"] == node.node_name
+    limits = pod["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == str(node.gpus)  # the scheduler's accounting is true
+    gn = deployed.wait_for(
+        lambda: deployed.run("get", "gpunode", node.node_name, "-o", "json", check=False).stdout,
+        60,
+        "the agent's GPUNode",
+    )
+    status = json.loads(gn).get("status", {})
+    assert status.get("endpoint", "").startswith(f"http://{pod['status']['podIP']}:")
+
+
+def _agent_pod(kubectl: Any) -> dict:
+    pods = kubectl.json("get", "pods", "-n", NS, "-l", "app.kubernetes.io/name=stowplan-agent")
+    return pods["items"][0]
+
+
+def test_examples_ready_and_served(deployed: Any, node: nodecluster.NodeCluster) -> None:
+    test_agent_runs_on_the_gpu_node_and_registers(deployed, node)
+    names = _examples()
+    t0 = time.monotonic()
+    deployed.run("apply", "-f", str(REPO / "manifests" / "examples"))
+
+    def all_ready() -> bool:
+        items = deployed.json("get", "inferencemodels", "-n", "default")["items"]
+        ready = {
+            i["metadata"]["name"]
+            for i in items
+            if (i.get("status") or {}).get("readyReplicas") == i["spec"]["replicas"]
+        }
+        return set(names) <= ready
+
+    def why() -> list[str]:
+        return [
+            f"{i['metadata']['name']}: {c.get('type')}={c.get('status')} "
+            f"{c.get('reason')}: {c.get('message')}"
+            for i in deployed.json("get", "inferencemodels", "-n", "default")["items"]
+            for c in (i.get("status") or {}).get("conditions", [])
+        ] + deployed.pod_problems(NS)
+
+    deployed.wait_for(all_ready, 300, f"every example Ready ({', '.join(names)})", why)
+    print(f"kubectl apply -f manifests/examples/ -> all Ready in {time.monotonic() - t0:.1f} s")
+    pod = _agent_pod(deployed)
+    pod_ip = pod["status"]["podIP"]
+    script = CLIENT.read_text()
+    for name in names:
+        inside = subprocess.run(
+            [
+                str(node.kubectl),
+                "--kubeconfig",
+                str(node.kubeconfig),
+                "exec",
+                "-i",
+                "-n",
+                NS,
+                pod["metadata"]["name"],
+                "--",
+                "python3",
+                "-",
+                "http://127.0.0.1:8000",
+                name,
+                "3",
+            ],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert inside.returncode == 0, (
+            f"{name} inside the agent pod: {inside.stdout}{inside.stderr}"
+        )
+        assert node.route_is_local(pod_ip), f"{pod_ip} would leave the node's namespace"
+        outside = node.in_netns(["python3", str(CLIENT), f"http://{pod_ip}:8000", name, "3"], 120)
+        assert outside.returncode == 0, f"{name} via {pod_ip}: {outside.stdout}{outside.stderr}"
+
+
+def test_a_foreign_gpu_pod_does_not_land_on_the_stowplan_node(deployed: Any) -> None:
+    name = f"foreign-{uuid.uuid4().hex[:6]}"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "registry.k8s.io/pause:3.10",
+                    "imagePullPolicy": "Never",
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                }
+            ],
+        },
+    }
+    proc = subprocess.run(
+        [str(deployed.nc.kubectl), "--kubeconfig", str(deployed.nc.kubeconfig), "apply", "-f", "-"],
+        input=json.dumps(pod),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    try:
+        msg = deployed.wait_for(
+            lambda: next(
+                (
+                    c.get("message")
+                    for c in deployed.json("get", "pod", "-n", "default", name)
+                    .get("status", {})
+                    .get("conditions", [])
+                    if c.get("reason") == "Unschedulable"
+                ),
+                None,
+            ),
+            60,
+            "the scheduler's verdict on a foreign nvidia.com/gpu pod",
+        )
+        assert "untolerated taint" in msg and "stowplan.io/gpu-node" in msg, msg
+        assert not deployed.json("get", "pod", "-n", "default", name)["spec"].get("nodeName")
+    finally:
+        deployed.run("delete", "pod", "-n", "default", name, "--wait=false", check=False)
+
+
+def test_a_pss_violation_fails_with_the_admission_reason(deployed: Any) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged", "namespace": NS},
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "registry.k8s.io/pause:3.10",
+                    "securityContext": {"privileged": True},
+                }
+            ]
+        },
+    }
+    path = deployed.nc.d / "privileged.json"
+    path.write_text(json.dumps(pod))
+    with pytest.raises(pytest.fail.Exception) as refused:
+        deployed.run("apply", "-f", str(path))
+    assert 'violates PodSecurity "restricted:latest"' in str(refused.value), refused.value
+    assert "privileged" in str(refused.value)
+
+
+def test_a_missing_image_fails_with_the_kubelet_reason(deployed: Any) -> None:
+    name, ns = "noimage", f"t-{uuid.uuid4().hex[:6]}"
+    deployed.run("create", "namespace", ns)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "tolerations": [{"key": "stowplan.io/gpu-node", "operator": "Exists"}],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 10001,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "localhost/stowplan/nope:dev",
+                    "imagePullPolicy": "Never",
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    path = deployed.nc.d / f"{name}.json"
+    path.write_text(json.dumps(pod))
+    deployed.run("apply", "-f", str(path))
+    try:
+        with pytest.raises(pytest.fail.Exception) as refused:
+            deployed.wait_for(
+                lambda: False, 60, f"pod {name} running", lambda: deployed.pod_problems(ns)
+            )
+        assert "ErrImageNeverPull" in str(refused.value), refused.value
+        assert "localhost/stowplan/nope:dev" in str(refused.value)
+    finally:
+        deployed.run("delete", "namespace", ns, "--wait=false", check=False)
