@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from stowplan import placement
+from stowplan.fgdbench.synth import LatencyFit, synthetic_problem, usable_fits
 from stowplan.placement.bestfit import kernel_status
 from stowplan.placement.instances import problem_from_json
 from stowplan.placement.models import Plan, Problem
-from stowplan.placement.synth import LatencyFit, synthetic_problem, usable_fits
 from stowplan.testing.placement_problems import mixed_fleet
 
 FITS = [
@@ -60,7 +60,7 @@ def test_kernel_plans_equal_numpy_plans_on_synthetic_instances(
 def test_kernel_plans_equal_numpy_plans_on_the_benchmark_instances(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from stowplan.commands.bench_placement import load_fits
+    from stowplan.fgdbench.tracefiles import load_fits
 
     fits = usable_fits(load_fits(FITS_CSV))
     for n in (50, 200, 1000, 3000, 10000):  # what ``stowplan bench placement`` builds

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 
 from stowplan.cli import main
+from stowplan.fgdbench.synth import LatencyFit, synthetic_problem
 from stowplan.placement.bestfit import best_fit, choose_gpu, decreasing_order
 from stowplan.placement.holds import Holds
 from stowplan.placement.models import (
@@ -30,7 +31,6 @@ from stowplan.placement.models import (
 )
 from stowplan.placement.packing import PackIndex, PackState, Replica, trusted_assignment
 from stowplan.placement.planner import split_placeable
-from stowplan.placement.synth import LatencyFit, synthetic_problem
 from stowplan.testing.placement_problems import mixed_fleet, small_problems
 
 FITS = [

@@ -89,8 +89,8 @@ FITS = DATA / "gpu-inference-latency" / "latency_vs_batch_linear_fits.csv"
 @pytest.mark.skipif(not FITS.exists(), reason="fits not present")
 def test_best_fit_is_optimal_on_the_50_replica_benchmark_instance() -> None:
     # the bound that proves it: 27 GPUs (the older bounds said 22-23)
-    from stowplan.commands.bench_placement import load_fits
-    from stowplan.placement.synth import synthetic_problem, usable_fits
+    from stowplan.fgdbench.synth import synthetic_problem, usable_fits
+    from stowplan.fgdbench.tracefiles import load_fits
 
     problem = synthetic_problem(usable_fits(load_fits(FITS)), 50, seed=1)
     index = PackIndex.build(problem)
@@ -103,8 +103,8 @@ def test_best_fit_is_optimal_on_the_50_replica_benchmark_instance() -> None:
 def test_configurations_beat_best_fit_on_the_200_replica_instance() -> None:
     # price-and-branch inside plan(): best-fit 97 GPUs, the old LNS 96, configurations 93
     # (the configuration bound is also 93, so that plan is optimal over the levels)
-    from stowplan.commands.bench_placement import load_fits
-    from stowplan.placement.synth import synthetic_problem, usable_fits
+    from stowplan.fgdbench.synth import synthetic_problem, usable_fits
+    from stowplan.fgdbench.tracefiles import load_fits
 
     problem = synthetic_problem(usable_fits(load_fits(FITS)), 200, seed=1)
     quick = plan(problem)
@@ -215,9 +215,9 @@ def test_grouped_bound_is_valid_on_the_200_replica_instance(
     # the path of the 10,000-replica bound (group LPs, then the whole LP warm-started from
     # their columns and duals, exact rounds once the greedy stalls), forced here by groups of
     # 30 of the 78 models: never above the optimum (93), and not far below it
-    from stowplan.commands.bench_placement import load_fits
+    from stowplan.fgdbench.synth import synthetic_problem, usable_fits
+    from stowplan.fgdbench.tracefiles import load_fits
     from stowplan.placement import colgen
-    from stowplan.placement.synth import synthetic_problem, usable_fits
 
     problem = synthetic_problem(usable_fits(load_fits(FITS)), 200, seed=1)
     index = PackIndex.build(problem)

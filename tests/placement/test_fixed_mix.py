@@ -15,11 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 from stowplan.cli import main
-from stowplan.commands.bench_fgd import load_nodes, load_pods
-from stowplan.commands.bench_placement import load_fits
+from stowplan.fgdbench.synth import alibaba_mix_problem
+from stowplan.fgdbench.tracefiles import load_fits, load_nodes, load_pods
 from stowplan.placement import check_plan, plan
 from stowplan.placement.instances import instance_text, problem_from_json
-from stowplan.placement.synth import alibaba_mix_problem
 
 REPO = Path(__file__).resolve().parents[2]
 MIX = REPO / "placement" / "instances" / "alibaba-mix.json"

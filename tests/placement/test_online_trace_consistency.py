@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from stowplan.commands.bench_fgd import load_nodes, load_pods
+from stowplan.fgdbench.synth import pod_demand
+from stowplan.fgdbench.tracefiles import load_nodes, load_pods
+from stowplan.fgdbench.tracesim import Cluster, NodeRow, Simulator, arrivals
 from stowplan.placement import (
     Gpu,
     ModelDemand,
@@ -25,8 +27,6 @@ from stowplan.placement import (
     place_arrivals,
 )
 from stowplan.placement.models import Assignment, NodeResources
-from stowplan.placement.synth import pod_demand
-from stowplan.placement.tracesim import Cluster, NodeRow, Simulator, arrivals
 
 DATA = Path(os.environ.get("STOWPLAN_DATA", Path.cwd().parent / "shared" / "data"))
 TRACE = DATA / "alibaba-gpu-v2023"

@@ -1,16 +1,15 @@
 """``stowplan bench fgd``: the public GPU-sharing benchmark (Alibaba 2023 trace, FGD protocol).
 
 Reads ``../shared/data/alibaba-gpu-v2023`` and ``../shared/data/fgd-simulator-results`` (or
-``$STOWPLAN_DATA``), runs our policies with ``stowplan.placement.tracesim`` and prints a
+``$STOWPLAN_DATA``), runs our policies with ``stowplan.fgdbench.tracesim`` and prints a
 Markdown table of the GPU allocation ratio at 130 % arrived (mean over seeds) beside the six
-published policies, plus two upper bounds (``stowplan.placement.tracebound``) and, with
+published policies, plus two upper bounds (``stowplan.fgdbench.tracebound``) and, with
 ``--explain``, where the idle GPU capacity of the final state lies. Thin shell: file reading and
 printing only.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import statistics
 import time
@@ -21,8 +20,9 @@ import click
 from tqdm import tqdm
 
 from stowplan import shareddata
-from stowplan.placement.tracebound import trace_bounds
-from stowplan.placement.tracesim import Cluster, IdleBreakdown, NodeRow, PodRow, Simulator, arrivals
+from stowplan.fgdbench.tracebound import trace_bounds
+from stowplan.fgdbench.tracefiles import TraceFileError, load_nodes, load_pods, load_published
+from stowplan.fgdbench.tracesim import Cluster, IdleBreakdown, Simulator, arrivals
 
 PUBLISHED = ("01-Random", "02-DotProd", "03-GpuClustering", "04-GpuPacking", "05-BestFit", "06-FGD")
 DEFAULT_WORKLOADS = ("default", "gpushare100", "multigpu50", "gpuspec33")
@@ -31,55 +31,6 @@ DEFAULT_WORKLOADS = ("default", "gpushare100", "multigpu50", "gpuspec33")
 def data_dir() -> Path:
     """The shared data folder (:mod:`stowplan.shareddata`)."""
     return shareddata.data_root()
-
-
-def _rows(path: Path) -> list[dict[str, str]]:
-    try:
-        with path.open(newline="") as fh:
-            return list(csv.DictReader(fh))
-    except OSError as exc:
-        raise click.ClickException(f"{path}: {exc.strerror or exc} (set STOWPLAN_DATA?)") from None
-
-
-def load_nodes(path: Path) -> list[NodeRow]:
-    out = []
-    for line, r in enumerate(_rows(path), start=2):
-        try:
-            out.append(
-                NodeRow(
-                    r["sn"], int(r["cpu_milli"]), int(r["memory_mib"]), int(r["gpu"]), r["model"]
-                )
-            )
-        except (KeyError, ValueError) as exc:
-            raise click.ClickException(f"{path}:{line}: bad node row ({exc})") from None
-    return out
-
-
-def load_pods(path: Path) -> list[PodRow]:
-    out = []
-    for line, r in enumerate(_rows(path), start=2):
-        try:
-            out.append(
-                PodRow(
-                    r["name"],
-                    int(r["cpu_milli"]),
-                    int(r["memory_mib"]),
-                    int(r["num_gpu"]),
-                    int(r["gpu_milli"]),
-                    r.get("gpu_spec") or "",
-                )
-            )
-        except (KeyError, ValueError) as exc:
-            raise click.ClickException(f"{path}:{line}: bad pod row ({exc})") from None
-    return out
-
-
-def load_published(path: Path, column: str) -> dict[tuple[str, str], float]:
-    acc: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in _rows(path):
-        wl = r["workload"].removeprefix("openb_pod_list_")
-        acc[(wl, r["sc_policy"])].append(float(r[column]))
-    return {k: statistics.fmean(v) for k, v in acc.items()}
 
 
 @click.command(name="fgd")
@@ -156,11 +107,15 @@ def command(
         raise click.BadParameter("no run selected", param_hint="--policies")
     if quick:
         seeds, wls = 1, ["default"]
-    nodes = load_nodes(trace / "openb_node_list_gpu_node.csv")
+    try:
+        nodes = load_nodes(trace / "openb_node_list_gpu_node.csv")
+        published = load_published(
+            root / "fgd-simulator-results" / "analysis_allo_discrete.csv", str(arrived)
+        )
+        pods_by_wl = {wl: load_pods(trace / f"openb_pod_list_{wl}.csv") for wl in wls}
+    except TraceFileError as exc:
+        raise click.ClickException(str(exc)) from None
     capacity = Cluster(nodes).capacity_milli
-    published = load_published(
-        root / "fgd-simulator-results" / "analysis_allo_discrete.csv", str(arrived)
-    )
     results: dict[tuple[str, str], list[float]] = defaultdict(list)
     bounds: dict[str, list[float]] = defaultdict(list)
     pbounds: dict[str, list[float]] = defaultdict(list)
@@ -168,7 +123,6 @@ def command(
     secs: dict[tuple[str, str], list[float]] = defaultdict(list)
     moves: dict[tuple[str, str], list[int]] = defaultdict(list)
     jobs = [(wl, seed, run) for wl in wls for seed in range(42, 42 + seeds) for run in runs]
-    pods_by_wl = {wl: load_pods(trace / f"openb_pod_list_{wl}.csv") for wl in wls}
     for wl, seed, (policy, moves_k) in tqdm(jobs, desc="fgd", unit="run", leave=False):
         pods = pods_by_wl[wl]
         seq = arrivals(pods, capacity, seed)

@@ -1,7 +1,7 @@
 """``stowplan bench placement``: SLO-aware packing on instances built from real latency fits.
 
 Reads ``gpu-inference-latency/latency_vs_batch_linear_fits.csv`` (under ``../shared/data`` or
-``$STOWPLAN_DATA``), builds instances with ``placement.synth`` and prints a Markdown table:
+``$STOWPLAN_DATA``), builds instances with ``fgdbench.synth`` and prints a Markdown table:
 GPUs used by best-fit and by the engine with a time budget, the lower bound, solve times, and
 time and memory per 1,000 replicas. ``--bestfit-only`` prints the best-fit speed table instead
 (``plan(problem)`` with no budget, what the operator runs on every pass): min and median
@@ -23,24 +23,22 @@ from tqdm import tqdm
 
 from stowplan import latencyfits, placement, shareddata
 from stowplan.commands.bench_fgd import data_dir
+from stowplan.fgdbench import tracefiles
+from stowplan.fgdbench.synth import LatencyFit, synthetic_problem, usable_fits
 from stowplan.placement.bestfit import kernel_status
 from stowplan.placement.colgen_kernel import warm_up
 from stowplan.placement.planner import tight_lower_bound
-from stowplan.placement.synth import LatencyFit, synthetic_problem, usable_fits
 
 DEFAULT_SIZES = "50,200,1000,3000,10000"
 BESTFIT_SIZES = "1000,3000,10000"
 
 
 def load_fits(path: Path) -> list[LatencyFit]:
-    """The published fits as placement's LatencyFit (read by :mod:`stowplan.latencyfits`)."""
+    """The published fits (:func:`stowplan.fgdbench.tracefiles.load_fits`), errors as CLI errors."""
     try:
-        rows = latencyfits.read_fits(path)
+        return tracefiles.load_fits(path)
     except (shareddata.DataMissing, latencyfits.FitsFileError) as exc:
         raise click.ClickException(f"{exc} (set {shareddata.ENV_VAR}?)") from None
-    return [
-        LatencyFit(r.source_file, r.gpu_model, r.base_ms, r.per_item_ms, r.batch_max) for r in rows
-    ]
 
 
 def _budget(replicas: int) -> float:

@@ -1,4 +1,4 @@
-"""CP-SAT models of the engine (with ``tracebound``, the only modules importing OR-Tools): LNS
+"""CP-SAT models of the engine (with colgen, the only engine modules importing OR-Tools): LNS
 repacking of a few GPUs and the lower bounds that need a solver.
 
 ``repack`` solves the DESIGN §3 discretised model on a neighbourhood: binary ``x[r, g]`` (replica

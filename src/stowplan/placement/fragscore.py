@@ -10,8 +10,8 @@ the tightest GPU), between nodes equal scores go to the tightest node (``node_ti
 free GPU milli, plus a CPU weight), then a fixed node order. ``ScoreRule`` holds the constants
 that make this stowplan's online policy (``rule_for``).
 
-Callers: ``stowplan.placement.tracesim`` (the ``stowplan`` and ``fgd`` policies of the public
-GPU-sharing benchmark), ``stowplan.placement.tracedefrag`` (through the simulator's model) and
+Callers: ``stowplan.fgdbench.tracesim`` (the ``stowplan`` and ``fgd`` policies of the public
+GPU-sharing benchmark), ``stowplan.fgdbench.tracedefrag`` (through the simulator's model) and
 ``stowplan.placement.online`` (``place_arrivals`` for fixed demands). Pure arithmetic: no
 PackState, no trace rows, no I/O; it must stay bit-for-bit what the benchmark measured.
 """

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from stowplan.cli import main
-from stowplan.placement.tracesim import (
+from stowplan.fgdbench.tracesim import (
     Cluster,
     FragModel,
     NodeRow,

@@ -292,7 +292,7 @@ class Simulator:
         self.rank = np.asarray(rank)
         self.spec_cache: dict[str, np.ndarray] = {}
         self.running: dict[int, list[tuple[PodRow, list[int]]]] = {}
-        from stowplan.placement.tracedefrag import Defragmenter  # it imports this module
+        from stowplan.fgdbench.tracedefrag import Defragmenter  # it imports this module
 
         self.defrag = Defragmenter(self, defrag_moves) if defrag_moves else None
         # stowplan: fragscore's rule (sigmoid over 150 milli, or FGD's 1,000 for whole GPUs

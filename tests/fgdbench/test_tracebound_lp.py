@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from stowplan.placement.tracebound import (
+from stowplan.fgdbench.tracebound import (
     forced_by_lp,
     forced_kinds,
     pod_kind,
     trace_bounds,
     upper_bound,
 )
-from stowplan.placement.tracesim import NodeRow, PodRow
+from stowplan.fgdbench.tracesim import NodeRow, PodRow
 
 TWO_T4 = [NodeRow("a", 64000, 262144, 1, "T4"), NodeRow("b", 64000, 262144, 1, "T4")]
 

@@ -21,6 +21,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from stowplan.fgdbench.tracesim import NodeRow, PodRow
 from stowplan.placement.capacity import DUTY_LEVELS_MS, replica_capacity
 from stowplan.placement.instances import make_gpus
 from stowplan.placement.models import (
@@ -31,7 +32,6 @@ from stowplan.placement.models import (
     NodeResources,
     Problem,
 )
-from stowplan.placement.tracesim import NodeRow, PodRow
 
 
 @dataclass(frozen=True)

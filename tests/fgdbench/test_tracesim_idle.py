@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stowplan.placement.tracesim import NodeRow, PodRow, Simulator
+from stowplan.fgdbench.tracesim import NodeRow, PodRow, Simulator
 
 
 def test_idle_breakdown_splits_holes_partial_stranded_and_free() -> None:

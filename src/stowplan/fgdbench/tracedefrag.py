@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from stowplan.fgdbench.tracesim import PodRow
 from stowplan.placement.fragscore import MILLI
-from stowplan.placement.tracesim import PodRow
 
 if TYPE_CHECKING:
-    from stowplan.placement.tracesim import Simulator
+    from stowplan.fgdbench.tracesim import Simulator
 
 HOLE_PODS_MILLI = 200  # pods this small fit beside the commonest large pod (810 milli)
 
