@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from stowplan.agent.batching import AimdController, FixedPolicy
-from stowplan.agent.simulate import SimModel, max_goodput_per_s, poisson_arrivals, simulate
 from stowplan.agentbench.data import data_dir
+from stowplan.agentbench.simulate import SimModel, max_goodput_per_s, poisson_arrivals, simulate
 from stowplan.cli import main
 
 needs_data = pytest.mark.skipif(

@@ -16,7 +16,7 @@ from stowplan.agent.batching import (
 )
 from stowplan.agent.config import BatchingConfig
 from stowplan.agent.executor import Lane, SliceScheduler
-from stowplan.agent.simulate import SimModel, max_goodput_per_s, poisson_arrivals, simulate
+from stowplan.agentbench.simulate import SimModel, max_goodput_per_s, poisson_arrivals, simulate
 
 # ResNet-50 on an A100, FP16 (the published fit the batching benchmark uses)
 BASE_MS, PER_ITEM_MS, SLO_MS, MAX_BATCH = 0.9461, 0.367541, 20.0, 128

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from stowplan.agent.cluster import (
+from stowplan.agent.config import AgentSettings
+from stowplan.agent.gpunode_sync import (
     GpuNodeSync,
     allocatable,
     build_status,
@@ -16,7 +17,6 @@ from stowplan.agent.cluster import (
     reconcile,
     session_threads,
 )
-from stowplan.agent.config import AgentSettings
 from stowplan.agent.serving import Agent
 from stowplan.agent.telemetry import SimulatedTelemetry
 from stowplan.api.gpunode import GPUNodeSpec, GPUNodeStatus

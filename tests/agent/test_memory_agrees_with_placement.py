@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from stowplan import standalone
-from stowplan.agent.cluster import desired_configs
 from stowplan.agent.config import AgentSettings
+from stowplan.agent.gpunode_sync import desired_configs
 from stowplan.agent.serving import reserved_bytes
 from stowplan.api.gpunode import GPUNodeSpec
 

@@ -10,16 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from stowplan.agent.serving import Agent
-
-
-def _mlp_request(rows: int = 1, seed: int = 0) -> dict[str, Any]:
-    x = np.random.default_rng(seed).standard_normal((rows, 64)).astype(np.float32)
-    return {
-        "id": "r1",
-        "inputs": [
-            {"name": "input", "shape": [rows, 64], "datatype": "FP32", "data": x.ravel().tolist()}
-        ],
-    }
+from stowplan.testing.agent import mlp_request
 
 
 def test_health_and_metadata(client: TestClient) -> None:
@@ -32,7 +23,7 @@ def test_health_and_metadata(client: TestClient) -> None:
 
 
 def test_infer_matches_direct_onnxruntime(client: TestClient, model_dir: Any) -> None:
-    body = _mlp_request(rows=3, seed=7)
+    body = mlp_request(rows=3, seed=7)
     resp = client.post("/v2/models/mlp/infer", json=body)
     assert resp.status_code == 200, resp.text
     out = resp.json()
@@ -48,13 +39,13 @@ def test_infer_matches_direct_onnxruntime(client: TestClient, model_dir: Any) ->
 
 
 def test_nested_data_is_accepted(client: TestClient) -> None:
-    body = _mlp_request(rows=2)
+    body = mlp_request(rows=2)
     body["inputs"][0]["data"] = np.asarray(body["inputs"][0]["data"]).reshape(2, 64).tolist()
     assert client.post("/v2/models/mlp/infer", json=body).status_code == 200
 
 
 def _with(**changes: Any) -> dict[str, Any]:
-    body = _mlp_request()
+    body = mlp_request()
     body["inputs"][0].update(changes)
     return body
 
@@ -106,22 +97,22 @@ def test_oversized_body_is_413(client: TestClient) -> None:
 def test_unknown_model_is_404(client: TestClient) -> None:
     for path in ("/v2/models/nope", "/v2/models/nope/ready"):
         assert client.get(path).status_code == 404
-    assert client.post("/v2/models/nope/infer", json=_mlp_request()).status_code == 404
+    assert client.post("/v2/models/nope/infer", json=mlp_request()).status_code == 404
 
 
 def test_failed_model_is_reported_and_others_keep_serving(client: TestClient, agent: Agent) -> None:
     assert agent.models["broken"].state.value == "Failed"
     assert "not found" in agent.models["broken"].reason
     assert client.get("/v2/models/broken/ready").status_code == 503
-    resp = client.post("/v2/models/broken/infer", json=_mlp_request())
+    resp = client.post("/v2/models/broken/infer", json=mlp_request())
     assert resp.status_code == 503 and "Failed" in resp.json()["error"]
-    assert client.post("/v2/models/mlp/infer", json=_mlp_request()).status_code == 200
+    assert client.post("/v2/models/mlp/infer", json=mlp_request()).status_code == 200
     index = {m["name"]: m for m in client.get("/v2/models").json()["models"]}
     assert index["broken"]["state"] == "Failed" and index["mlp"]["state"] == "Ready"
 
 
 def test_metrics_use_triton_names(client: TestClient) -> None:
-    assert client.post("/v2/models/mlp/infer", json=_mlp_request()).status_code == 200
+    assert client.post("/v2/models/mlp/infer", json=mlp_request()).status_code == 200
     text = client.get("/metrics").text
     for name in (
         "nv_inference_request_success",
@@ -140,8 +131,7 @@ def test_metrics_use_triton_names(client: TestClient) -> None:
 def test_integer_inputs_are_range_checked() -> None:
     from stowplan.agent.errors import InvalidRequest
     from stowplan.agent.protocol import RequestInput
-    from stowplan.agent.runtime import TensorSpec
-    from stowplan.agent.tensors import decode_inputs
+    from stowplan.agent.tensors import TensorSpec, decode_inputs
 
     spec = [TensorSpec("ids", "INT8", (-1, 2))]
     ok, items = decode_inputs(
@@ -156,7 +146,7 @@ def test_integer_inputs_are_range_checked() -> None:
 
 
 def test_outputs_filter_and_unknown_output(client: TestClient) -> None:
-    body = _mlp_request()
+    body = mlp_request()
     body["outputs"] = [{"name": "logits"}]
     resp = client.post("/v2/models/mlp/infer", json=body)
     assert resp.status_code == 200 and [o["name"] for o in resp.json()["outputs"]] == ["logits"]
@@ -170,7 +160,7 @@ def test_curl_style_form_content_type_is_parsed_as_json(client: TestClient) -> N
 
     resp = client.post(
         "/v2/models/mlp/infer",
-        content=json.dumps(_mlp_request()),
+        content=json.dumps(mlp_request()),
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
     assert resp.status_code == 200, resp.text

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stowplan.agent.cluster import build_status
 from stowplan.agent.config import AgentSettings, ModelConfig
+from stowplan.agent.gpunode_sync import build_status
 from stowplan.agent.protocol import InferenceRequest
 from stowplan.agent.serving import Agent
 from stowplan.agent.telemetry import SimulatedTelemetry

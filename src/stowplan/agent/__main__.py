@@ -147,12 +147,12 @@ def main(
     """Run the stowplan agent for NODE: serve models and sync the node's GPUNode."""
     import uvicorn
 
-    from stowplan.agent import cluster
+    from stowplan.agent import gpunode_sync
     from stowplan.agent.server import create_app
     from stowplan.agent.serving import Agent
     from stowplan.agent.telemetry import detect
 
-    offered = cluster.allocatable(
+    offered = gpunode_sync.allocatable(
         allocatable_cpu, allocatable_memory, reserved_cpu, reserved_memory
     )
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -162,13 +162,13 @@ def main(
         host=host,
         port=port,
         cache_dir=models_dir,
-        intra_op_threads=intra_op_threads or cluster.session_threads(offered),
+        intra_op_threads=intra_op_threads or gpunode_sync.session_threads(offered),
     )
     agent = Agent(settings, detect(simulated_devices=sim_devices))
     url = endpoint or f"http://{os.environ.get('POD_IP', host)}:{port}"
     try:
-        api, labels = cluster.kube_api(kubeconfig)
-        sync = cluster.GpuNodeSync(
+        api, labels = gpunode_sync.kube_api(kubeconfig)
+        sync = gpunode_sync.GpuNodeSync(
             agent,
             api,
             node,

@@ -2,8 +2,8 @@
 
 Everything here is pure and single-threaded: no locks, no clocks read, no I/O. Time is passed in
 as seconds from an injected monotonic clock, so the same code drives the real executor
-(:mod:`stowplan.agent.executor`) and the discrete-event simulator (:mod:`stowplan.agent.simulate`),
-and is unit-tested with a fake clock.
+(:mod:`stowplan.agent.executor`) and the discrete-event simulator
+(:mod:`stowplan.agentbench.simulate`), and is unit-tested with a fake clock.
 
 AIMD (Clipper, NSDI'17; AI-System 8.4): after each batch, if its latency exceeded the target
 (or one of its requests missed its SLO end to end) the cap is cut multiplicatively (x0.9 by

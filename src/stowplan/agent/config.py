@@ -1,7 +1,7 @@
 """The agent's own configuration types: what to serve (ModelConfig) and how (AgentSettings).
 
 These are the agent's domain types, independent of the Kubernetes wire types: cluster mode
-(:mod:`stowplan.agent.cluster`) and standalone mode (:mod:`stowplan.standalone`) translate
+(:mod:`stowplan.agent.gpunode_sync`) and standalone mode (:mod:`stowplan.standalone`) translate
 InferenceModel / GPUNode objects into them. Data only; no I/O.
 """
 

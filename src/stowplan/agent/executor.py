@@ -19,7 +19,7 @@ up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rul
   late answers and made AIMD cut its cap (measured: 0.94 -> 0.99 of the best static goodput
   at 150 % Poisson load on the simulated A100, and static batching gains too).
 
-Callers: :mod:`stowplan.agent.serving` (real sessions) and :mod:`stowplan.agent.simulate` (the
+Callers: :mod:`stowplan.agent.serving` (real sessions) and :mod:`stowplan.agentbench.simulate` (the
 pure scheduler with simulated time). Batches never run concurrently on one device.
 """
 

@@ -1,63 +1,20 @@
 """ONNX Runtime sessions: open a model file, describe its tensors, run a batch.
 
 The only module that imports ``onnxruntime``. CPU execution provider everywhere; the CUDA
-execution provider on a GPU device when onnxruntime-gpu provides it. Callers: serving (load and
-run) and the profiler/benchmarks. It knows nothing of HTTP, batching or scheduling.
+execution provider on a GPU device when onnxruntime-gpu provides it. Callers: the registry (load and
+run) and the profiler/benchmarks. It knows nothing of HTTP, batching or scheduling; the datatype
+tables it maps ONNX types with belong to the codec (:mod:`stowplan.agent.tensors`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from stowplan.agent.errors import ExecutionError, ModelLoadError
-
-# Open Inference Protocol datatype <-> numpy dtype <-> ONNX Runtime type string.
-V2_TO_NUMPY: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-}
-NUMPY_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NUMPY.items()}
-ORT_TO_V2: dict[str, str] = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """A model input or output: shape uses -1 for dynamic dimensions (the batch one first)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+from stowplan.agent.tensors import ORT_TO_V2, V2_TO_NUMPY, TensorSpec
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:

@@ -139,7 +139,7 @@ def create_app(agent: Agent) -> FastAPI:
     @app.get("/v2/models", response_model=protocol.ModelIndex, tags=["metadata"])
     async def model_index() -> protocol.ModelIndex:
         return protocol.ModelIndex(
-            models=[protocol.ModelStatus(**row) for row in agent.model_rows()]
+            models=[protocol.ModelStatus(**r.model_dump()) for r in agent.model_reports()]
         )
 
     @app.get(

@@ -1,162 +1,36 @@
-"""The agent's core: the set of served models, one executor per device, and the request path.
+"""The agent: its model registry (:mod:`stowplan.agent.registry`: load, unload, replicas,
+residency) with its data plane (:mod:`stowplan.agent.dataplane`: decode -> route -> submit ->
+encode) and its reports (:mod:`stowplan.agent.reports`) on top, as one object per process.
 
-``Agent.load`` opens a model (a failure marks that model Failed with its reason; the others keep
-serving), gives it a batching lane on its device's executor, and registers it with the residency
-manager when one is plugged in. ``Agent.infer`` validates a request against the model's inputs
-and queues it; the executor thread runs the batch, and the result comes back on a future.
-Callers: :mod:`stowplan.agent.server` (HTTP), :mod:`stowplan.agent.cluster`,
-:mod:`stowplan.standalone`. Must not import FastAPI, kubernetes or the placement engine.
+Callers: :mod:`stowplan.agent.server` (HTTP), :mod:`stowplan.agent.gpunode_sync`,
+:mod:`stowplan.standalone`. Composition only: no logic of its own. Must not import FastAPI,
+kubernetes or the placement engine.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import math
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
-
-from stowplan.agent import modelstore, tensors
-from stowplan.agent.batching import BatchPolicy, make_policy
-from stowplan.agent.config import AgentSettings, DeviceSpec, ModelConfig, Policy, ReplicaSlot
-from stowplan.agent.errors import (
-    AgentError,
-    ExecutionError,
-    InvalidRequest,
-    ModelLoadError,
-    ModelNotFound,
-    ModelNotReady,
-    Overloaded,
-)
-from stowplan.agent.executor import BatchRecord, DeviceExecutor
-from stowplan.agent.memory import ResidencyManager
+from stowplan.agent.config import AgentSettings
+from stowplan.agent.dataplane import DataPlane
+from stowplan.agent.errors import ModelLoadError
 from stowplan.agent.metrics import AgentMetrics
 from stowplan.agent.protocol import InferenceRequest, InferenceResponse
-from stowplan.agent.runtime import OnnxModel
-from stowplan.agent.telemetry import DeviceSample, SimulatedTelemetry, Telemetry
-
-MIB = 1024 * 1024
-
-
-class ModelState(StrEnum):
-    LOADING = "Loading"
-    READY = "Ready"
-    FAILED = "Failed"
-    UNLOADED = "Unloaded"
+from stowplan.agent.registry import (
+    ModelRegistry,
+    ModelState,
+    Residency,
+    ServedModel,
+    reserved_bytes,
+)
+from stowplan.agent.reports import ModelReport, device_samples, model_reports
+from stowplan.agent.telemetry import DeviceSample, Telemetry
 
 
-class Residency(Protocol):
-    """What the agent needs from :class:`stowplan.agent.memory.ResidencyManager` (one per
-    device; tests may plug in their own)."""
-
-    def register(self, model: str, weights_bytes: int, workspace_bytes: int) -> None: ...
-
-    def acquire(self, model: str) -> object: ...
-
-    def release(self, model: str) -> None: ...
-
-    def unregister(self, model: str) -> None: ...
-
-    def is_resident(self, model: str) -> bool: ...
-
-
-class ModelStats:
-    """Rolling window of completions for qps, p99 and mean batch size (thread-safe)."""
-
-    def __init__(self, window_s: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.window_s = window_s
-        self.clock = clock
-        self._lat: deque[tuple[float, float]] = deque()  # (time, latency ms)
-        self._batches: deque[tuple[float, int]] = deque()
-        self._lock = threading.Lock()
-
-    def _trim(self, now: float) -> None:
-        while self._lat and self._lat[0][0] < now - self.window_s:
-            self._lat.popleft()
-        while self._batches and self._batches[0][0] < now - self.window_s:
-            self._batches.popleft()
-
-    def request(self, latency_ms: float) -> None:
-        now = self.clock()
-        with self._lock:
-            self._lat.append((now, latency_ms))
-            self._trim(now)
-
-    def batch(self, items: int) -> None:
-        now = self.clock()
-        with self._lock:
-            self._batches.append((now, items))
-            self._trim(now)
-
-    def snapshot(self) -> tuple[float, float | None, float | None]:
-        """(qps, p99 latency ms, mean batch items) over the window."""
-        now = self.clock()
-        with self._lock:
-            self._trim(now)
-            lats = [v for _, v in self._lat]
-            sizes = [v for _, v in self._batches]
-        qps = len(lats) / self.window_s
-        p99 = float(np.percentile(lats, 99)) if lats else None
-        mean_batch = sum(sizes) / len(sizes) if sizes else None
-        return qps, p99, mean_batch
-
-
-@dataclass
-class ServedModel:
-    config: ModelConfig
-    state: ModelState = ModelState.LOADING
-    reason: str = ""
-    runtime: OnnxModel | None = None
-    policy: BatchPolicy | None = None  # the first replica's (reported as the model's cap)
-    stats: ModelStats = field(default_factory=ModelStats)
-    #: device -> the batch policy of this model's lane there (one lane per replica/device)
-    lanes: dict[int, BatchPolicy] = field(default_factory=dict)
-    #: device -> ONNX Runtime session (simulated devices share the CPU session)
-    runtimes: dict[int, OnnxModel] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def max_items(self) -> int:
-        if self.runtime is not None and not self.runtime.batched:
-            return 1
-        return self.config.max_batch
-
-
-def primary_slot(config: ModelConfig) -> ReplicaSlot:
-    """The replica a config names first, as a slot like its extra replicas."""
-    return ReplicaSlot(
-        device=config.device,
-        duty_cycle_ms=config.duty_cycle_ms,
-        busy_ms=config.busy_ms,
-        planned_memory_mib=config.planned_memory_mib,
-    )
-
-
-def reserved_bytes(
-    config: ModelConfig, file_size_bytes: int, slot: ReplicaSlot | None = None
-) -> tuple[int, int]:
-    """(weights, workspace) bytes a replica takes in its device's pool: exactly what placement
-    planned for it (split by ``weights_memory_mib``) when there is a plan, else the model
-    file's size plus per-item memory at the largest batch."""
-    planned = (slot or primary_slot(config)).planned_memory_mib
-    if planned > 0:
-        weights = int(config.weights_memory_mib * MIB)
-        return weights, max(int(planned * MIB) - weights, 0)
-    return file_size_bytes, int(config.per_item_memory_mib * config.max_batch * MIB)
-
-
-class Agent:
-    """Owns the models and the per-device executors of one node (or one standalone process)."""
+class Agent(ModelRegistry):
+    """The registry of one node (or one standalone process), its data plane and its reports."""
 
     def __init__(
         self,
@@ -166,279 +40,29 @@ class Agent:
         residency: Residency | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings or AgentSettings()
-        self.telemetry = telemetry or SimulatedTelemetry()
-        self.metrics = metrics or AgentMetrics()
-        self._residency_override = residency
-        self._residency: dict[int, Residency] = {}
-        self.clock = clock
-        self.devices: dict[int, DeviceSpec] = {d.index: d for d in self.telemetry.devices()}
-        self.executors: dict[int, DeviceExecutor] = {}
-        self.models: dict[str, ServedModel] = {}
-        self._lock = threading.Lock()
-
-    # -- lifecycle -----------------------------------------------------------------------
-    def executor(self, device: int) -> DeviceExecutor:
-        with self._lock:
-            ex = self.executors.get(device)
-            if ex is None:
-                ex = DeviceExecutor(
-                    device, drop_expired=self.settings.drop_expired, clock=self.clock
-                )
-                ex.start()
-                self.executors[device] = ex
-            return ex
-
-    def residency(self, device: int) -> Residency | None:
-        """The device's model-memory pool (created on first use), or None when disabled."""
-        if self._residency_override is not None:
-            return self._residency_override
-        fraction = self.settings.memory_pool_fraction
-        spec = self.devices.get(device)
-        if fraction <= 0 or spec is None:
-            return None
-        with self._lock:
-            if device not in self._residency:
-                pool = int(spec.memory_total_bytes * fraction)
-                self._residency[device] = ResidencyManager(pool, clock=self.clock)
-            return self._residency[device]
-
-    def close(self) -> None:
-        for name in list(self.models):
-            self.unload(name)
-        for ex in self.executors.values():
-            ex.stop()
-        self.executors.clear()
-        self.telemetry.close()
-
-    def load(self, config: ModelConfig) -> ServedModel:
-        """Load (or reload) a model. Never raises for a bad model: it is marked Failed."""
-        if config.name in self.models:
-            self.unload(config.name)
-        served = ServedModel(config, stats=ModelStats(clock=self.clock))
-        self.models[config.name] = served
-        self.metrics.set_ready(config.name, False)
-        try:
-            path = modelstore.resolve_uri(config.uri, self.settings.cache_dir, config.base_dir)
-            runtime = OnnxModel(
-                path,
-                config.device if self._is_gpu(config.device) else -1,
-                self.settings.intra_op_threads,
-            )
-        except AgentError as exc:
-            served.state, served.reason = ModelState.FAILED, str(exc)
-            return served
-        served.runtime = runtime
-        served.runtimes[config.device] = runtime
-        try:
-            served.policy = self._attach(served, primary_slot(config))
-        except (AgentError, ValueError) as exc:  # the model can never fit the device's pool
-            served.state, served.reason = ModelState.FAILED, f"device memory: {exc}"
-            return served
-        served.state = ModelState.READY
-        self.metrics.set_ready(config.name, True)
-        for slot in config.replicas:
-            try:
-                self.add_replica(config.name, slot)
-            except (AgentError, ValueError) as exc:  # the model still serves on its other lanes
-                served.reason = f"replica on device {slot.device} not loaded: {exc}"
-        return served
-
-    def add_replica(self, name: str, slot: ReplicaSlot) -> None:
-        """Serve a loaded model on one more device too (another replica on this machine);
-        requests go to the replica with the fewest queued items. Raises AgentError."""
-        device = slot.device
-        served = self.get(name)
-        if served.state is not ModelState.READY or served.runtime is None:
-            raise ModelNotReady(f"model {name!r} is {served.state.value}")
-        if device in served.lanes:
-            return
-        runtime = served.runtime
-        if self._is_gpu(device):
-            runtime = OnnxModel(served.runtime.path, device, self.settings.intra_op_threads)
-        served.runtimes[device] = runtime
-        self._attach(served, slot)
-
-    def _attach(self, served: ServedModel, slot: ReplicaSlot) -> BatchPolicy:
-        """Register the model in the device's memory pool and give it a lane there."""
-        config = served.config
-        device, duty_cycle_ms, busy_ms = slot.device, slot.duty_cycle_ms, slot.busy_ms
-        runtime = served.runtimes[device]
-        residency = self.residency(device)
-        if residency is not None:
-            residency.register(config.name, *reserved_bytes(config, runtime.size_bytes, slot))
-        batching = config.batching
-        if not runtime.batched and batching.policy is not Policy.NONE:
-            batching = batching.model_copy(update={"policy": Policy.NONE})
-        policy = make_policy(batching, served.max_items, config.slo_ms, duty_cycle_ms, busy_ms)
-        ex = self.executor(device)
-        if duty_cycle_ms > 0:
-            ex.set_cycle_ms(max(duty_cycle_ms, ex.cycle_ms))
-        ex.add_lane(
-            config.name,
-            policy,
-            config.slo_ms,
-            self._batch_fn(served, device),
-            self._observer(served),
-            budget_ms=busy_ms,
-            priority=config.priority,
-            max_requests=self.settings.max_queue_requests,
-        )
-        served.lanes[device] = policy
-        self.metrics.cap.labels(config.name, "1").set(policy.cap)
-        return policy
-
-    def unload(self, name: str) -> None:
-        served = self.models.pop(name, None)
-        if served is None:
-            return
-        for device in served.lanes or [served.config.device]:
-            ex = self.executors.get(device)
-            if ex is not None:
-                ex.remove_lane(name)
-            residency = self.residency(device)
-            if residency is not None and served.runtime is not None:
-                with contextlib.suppress(AgentError):  # never registered (it failed to fit)
-                    residency.unregister(name)
-        served.state = ModelState.UNLOADED
-        self.metrics.set_ready(name, False)
-
-    def _is_gpu(self, device: int) -> bool:
-        spec = self.devices.get(device)
-        return spec is not None and not spec.simulated
-
-    # -- requests ------------------------------------------------------------------------
-    def get(self, name: str) -> ServedModel:
-        served = self.models.get(name)
-        if served is None:
-            raise ModelNotFound(f"model {name!r} is not served here")
-        return served
-
-    def ready(self) -> bool:
-        return all(m.state is not ModelState.LOADING for m in list(self.models.values()))
+        super().__init__(settings, telemetry, metrics, residency, clock)
+        self.dataplane = DataPlane(self)
 
     async def infer(self, name: str, request: InferenceRequest) -> InferenceResponse:
-        start = self.clock()
-        served = self.get(name)
-        if served.state is not ModelState.READY or served.runtime is None:
-            raise ModelNotReady(
-                f"model {name!r} is {served.state.value}"
-                + (f": {served.reason}" if served.reason else "")
-            )
-        arrays, items = tensors.decode_inputs(
-            request.inputs, served.runtime.inputs, served.max_items
-        )
-        wanted = [o.name for o in request.outputs or []]
-        known = {o.name for o in served.runtime.outputs}
-        bad = [w for w in wanted if w not in known]
-        if bad:
-            raise InvalidRequest(f"unknown output(s) {bad}; the model has {sorted(known)}")
-        try:
-            device = min(served.lanes, key=lambda d: self.executor(d).queued_items(name))
-            fut = self.executor(device).submit(name, arrays, items)
-            outputs: dict[str, np.ndarray] = await asyncio.wrap_future(fut)
-        except Overloaded:
-            self.metrics.observe_request(name, 0.0, ok=False, reason="overloaded")
-            self.metrics.dropped.labels(name, "1").inc()
-            raise
-        except AgentError:
-            self.metrics.observe_request(name, 0.0, ok=False, reason="error")
-            raise
-        latency = self.clock() - start
-        served.stats.request(latency * 1000.0)
-        self.metrics.observe_request(name, latency, ok=True)
-        names = wanted or [o.name for o in served.runtime.outputs]
-        return InferenceResponse(
-            model_name=name,
-            model_version="1",
-            id=request.id,
-            outputs=[tensors.encode_output(n, outputs[n]) for n in names],
-        )
+        return await self.dataplane.infer(name, request)
 
-    def _batch_fn(self, served: ServedModel, device: int) -> Callable[[list[Any]], Sequence[Any]]:
-        runtime = served.runtimes[device]
-        residency = self.residency(device)
-        out_names = [o.name for o in runtime.outputs]
-
-        def run(batch: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-            if residency is not None:
-                residency.acquire(served.name)
-            try:
-                if len(batch) == 1:
-                    return [runtime.run(batch[0])]
-                feeds = {k: np.concatenate([r[k] for r in batch]) for k in batch[0]}
-                outs = runtime.run(feeds)
-            finally:
-                if residency is not None:
-                    residency.release(served.name)
-            sizes = [next(iter(r.values())).shape[0] for r in batch]
-            total = sum(sizes)
-            for k in out_names:
-                if outs[k].ndim == 0 or outs[k].shape[0] != total:
-                    raise ExecutionError(f"output {k!r} has no batch dimension to split")
-            bounds = np.cumsum(sizes)[:-1]
-            split = {k: np.split(outs[k], bounds) for k in out_names}
-            return [{k: split[k][i] for k in out_names} for i in range(len(batch))]
-
-        return run
-
-    def _observer(self, served: ServedModel) -> Callable[[BatchRecord], None]:
-        def observe(rec: BatchRecord) -> None:
-            served.stats.batch(rec.items)
-            cap = served.policy.cap if served.policy is not None else 1
-            self.metrics.observe_batch(served.name, rec.items, rec.latency_s, rec.queue_s, cap)
-
-        return observe
-
-    # -- reporting -----------------------------------------------------------------------
-    def memory_used_bytes(self, device: int) -> int:
-        pool = self._residency.get(device)
-        if isinstance(pool, ResidencyManager):
-            return pool.stats().used_bytes
-        total = 0
-        for m in list(self.models.values()):
-            if m.runtime is not None and device in m.lanes:
-                total += sum(reserved_bytes(m.config, m.runtime.size_bytes))
-        return total
-
-    def device_samples(self) -> list[DeviceSample]:
-        def busy(index: int) -> float:
-            ex = self.executors.get(index)
-            return ex.utilisation() if ex is not None else 0.0
-
-        samples = self.telemetry.sample(busy, self.memory_used_bytes)
-        self.metrics.set_devices(samples)
-        return samples
+    def model_reports(self) -> list[ModelReport]:
+        return model_reports(self)
 
     def model_rows(self) -> list[dict[str, Any]]:
-        rows = []
-        for m in list(self.models.values()):
-            qps, p99, mean_batch = m.stats.snapshot()
-            pool = self._residency.get(m.config.device) or self._residency_override
-            resident = (
-                pool.is_resident(m.name)
-                if pool is not None and m.state is ModelState.READY
-                else None
-            )
-            rows.append(
-                {
-                    "name": m.name,
-                    "state": m.state.value,
-                    "reason": m.reason,
-                    "device": m.config.device,
-                    "devices": sorted(m.lanes) or [m.config.device],
-                    "policy": m.config.batching.policy.value,
-                    "batch_cap": m.policy.cap if m.policy is not None else 0,
-                    "slo_ms": m.config.slo_ms,
-                    "resident": resident,
-                    "qps": round(qps, 3),
-                    "p99_ms": None if p99 is None else round(p99, 3),
-                    "mean_batch": None
-                    if mean_batch is None or math.isnan(mean_batch)
-                    else round(mean_batch, 2),
-                }
-            )
-        return rows
+        """The reports as plain dicts (kept for callers that index rows by key)."""
+        return [r.model_dump() for r in model_reports(self)]
+
+    def device_samples(self) -> list[DeviceSample]:
+        return device_samples(self)
 
 
-__all__ = ["Agent", "ModelLoadError", "ModelState", "Residency", "ServedModel"]
+__all__ = [
+    "Agent",
+    "ModelLoadError",
+    "ModelReport",
+    "ModelState",
+    "Residency",
+    "ServedModel",
+    "reserved_bytes",
+]

@@ -2,19 +2,65 @@
 and encode outputs back. Pure functions; every problem is an InvalidRequest (HTTP 400) whose
 message names the tensor and what was expected.
 
-Callers: :mod:`stowplan.agent.serving`.
+The datatype tables (Open Inference Protocol name <-> numpy dtype <-> ONNX Runtime type string)
+live here, with the codec. Callers: :mod:`stowplan.agent.dataplane`, and
+:mod:`stowplan.agent.runtime` for the tables.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from stowplan.agent.errors import InvalidRequest, PayloadTooLarge
 from stowplan.agent.protocol import RequestInput, ResponseOutput
-from stowplan.agent.runtime import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+
+# Open Inference Protocol datatype <-> numpy dtype <-> ONNX Runtime type string.
+V2_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+}
+NUMPY_TO_V2: dict[np.dtype, str] = {v: k for k, v in V2_TO_NUMPY.items()}
+ORT_TO_V2: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output: shape uses -1 for dynamic dimensions (the batch one first)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
 def decode_inputs(

@@ -4,7 +4,7 @@ For each device fit (published latency-vs-batch lines) and each workload (Poisso
 of the device's SLO-bounded capacity, and the bursty Azure LLM traces compressed to a mean rate),
 it simulates no batching, every static batch size on a sweep (reporting the best), a
 Triton-style batcher (largest batch up to maxBatch after a fixed max queue delay) and AIMD with
-default knobs, all through the agent's own batching code (:mod:`stowplan.agent.simulate`).
+default knobs, all through the agent's own batching code (:mod:`stowplan.agentbench.simulate`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from stowplan.agent.batching import AimdController, BatchPolicy, FixedPolicy, derive_target_ms
-from stowplan.agent.simulate import SimModel, SimResult, max_goodput_per_s, poisson_arrivals
-from stowplan.agent.simulate import simulate as run_sim
 from stowplan.agentbench.data import DEFAULT_FITS, DeviceFit, load_fit, scale_trace, trace_arrivals
+from stowplan.agentbench.simulate import SimModel, SimResult, max_goodput_per_s, poisson_arrivals
+from stowplan.agentbench.simulate import simulate as run_sim
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stowplan.agent.runtime import V2_TO_NUMPY, OnnxModel
+from stowplan.agent.runtime import OnnxModel
+from stowplan.agent.tensors import V2_TO_NUMPY
 
 
 @dataclass(frozen=True)

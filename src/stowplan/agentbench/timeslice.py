@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from stowplan import placement
 from stowplan.agent.batching import AimdController, BatchPolicy, derive_target_ms
-from stowplan.agent.simulate import SimModel, SimResult, poisson_arrivals, simulate
 from stowplan.agentbench.data import DeviceFit, FitQuery, load_fit
+from stowplan.agentbench.simulate import SimModel, SimResult, poisson_arrivals, simulate
 
 A100 = "A100-80GB"
 TRITON = "PyTorch/LanguageModeling/BERT/triton"
@@ -276,7 +276,7 @@ def run_real(
 
             asyncio.run(drive())  # warm-up pass (ORT allocations, AIMD caps settle)
             results = asyncio.run(drive())
-            stats = {r["name"]: r for r in agent.model_rows()}
+            stats = {r.name: r for r in agent.model_reports()}
             agent.close()
             for name, slo, rate in REAL_MIX:
                 lats = results[name]
@@ -291,7 +291,7 @@ def run_real(
                         sum(1 for x in ok if x <= slo),
                         len(lats) - len(ok),
                         float(np.percentile(ok, 99)) if ok else float("nan"),
-                        float(stats[name]["mean_batch"] or 0.0),
+                        float(stats[name].mean_batch or 0.0),
                     )
                 )
             if progress:

@@ -1,4 +1,4 @@
-"""Cluster mode: keep this node's ``GPUNode`` in step with the agent.
+"""The GPUNode sync (cluster mode): keep this node's ``GPUNode`` in step with the agent.
 
 * **register**: create the cluster-scoped ``GPUNode`` named after the node if it is missing
   (labels copied from the Node when the agent may read it); never touch ``spec`` otherwise.
@@ -34,7 +34,7 @@ from stowplan.api.gpunode import GpuInfo, GPUNodeSpec, GPUNodeStatus, ResidentMo
 from stowplan.api.inferencemodel import GROUP, VERSION, ResourceQuantities
 from stowplan.api.meta import Condition
 
-log = logging.getLogger("stowplan.agent.cluster")
+log = logging.getLogger("stowplan.agent.gpunode_sync")
 MIB = 1024 * 1024
 
 
@@ -167,7 +167,7 @@ def build_status(
         )
         for s in samples
     ]
-    rows = {r["name"]: r for r in agent.model_rows()}
+    reports = {r.name: r for r in agent.model_reports()}
     models = []
     pairs = sorted(
         ((n, a) for n, group in assignments.items() for a in group),
@@ -176,7 +176,7 @@ def build_status(
     for name, a in pairs:
         served = agent.models.get(name)
         share = 1 / max(1, len(assignments[name]))  # stats are per model; split across replicas
-        row = rows.get(name, {})
+        row = reports.get(name)
         state = (
             "Loading"
             if served is None
@@ -190,7 +190,7 @@ def build_status(
         reason = served.reason if served else ""
         if state == "Ready" and served is not None and a.gpu not in served.lanes:
             state = "Failed"  # this replica's lane could not be added (see reason)
-        elif state == "Ready" and row.get("resident") is False:
+        elif state == "Ready" and row is not None and row.resident is False:
             state = "Offloaded"  # registered but evicted to host memory; back on next request
         models.append(
             ResidentModel(
@@ -199,9 +199,9 @@ def build_status(
                 gpu=a.gpu,
                 state=state,
                 reason=reason,
-                qps=round(row.get("qps", 0.0) * share, 3),
-                p99_ms=row.get("p99_ms"),
-                batch_size=row.get("mean_batch"),
+                qps=round((row.qps if row is not None else 0.0) * share, 3),
+                p99_ms=row.p99_ms if row is not None else None,
+                batch_size=row.mean_batch if row is not None else None,
             )
         )
     ready = sum(1 for m in models if m.state == "Ready")
