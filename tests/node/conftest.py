@@ -94,6 +94,12 @@ class Kubectl:
                         problems.append(
                             f"{name}/{cs['name']}: {st.get('reason')}: {st.get('message', '')}"
                         )
+                        if st.get("reason") == "CrashLoopBackOff":  # the container's own words
+                            logs = self.run(
+                                "logs", "-n", namespace, name, "-c", cs["name"],
+                                "--previous", "--tail=20", check=False,
+                            )  # fmt: skip
+                            problems.append(logs.stdout[-2000:] + logs.stderr[-500:])
         events = self.json("get", "events", "-n", namespace, "--field-selector", "type=Warning")
         problems += [
             f"event {e['involvedObject'].get('name')}: {e.get('reason')}: {e.get('message')}"
