@@ -63,6 +63,7 @@ def _with(**changes: Any) -> dict[str, Any]:
         pytest.param(_with(data=[[1.0], [1.0, 2.0]]), 400, "input", id="ragged"),
         pytest.param({"inputs": []}, 400, "inputs", id="no-inputs"),
         pytest.param({"foo": 1}, 400, "invalid request", id="schema"),
+        pytest.param(_with(data=[1e39] + [0.0] * 63), 400, "'input'", id="fp32-out-of-range"),
         pytest.param(
             _with(shape=[17, 64], data=[0.0] * 17 * 64), 413, "max batch", id="batch-over-max"
         ),
@@ -91,13 +92,32 @@ def test_oversized_body_is_413(client: TestClient) -> None:
         headers={"content-type": "application/json"},
     )
     assert resp.status_code == 413
-    assert "larger than" in resp.json()["error"]
+    assert list(resp.json()) == ["error"] and "larger than" in resp.json()["error"]
 
 
 def test_unknown_model_is_404(client: TestClient) -> None:
     for path in ("/v2/models/nope", "/v2/models/nope/ready"):
         assert client.get(path).status_code == 404
     assert client.post("/v2/models/nope/infer", json=mlp_request()).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/nope", 404),
+        ("GET", "/v2/models/mlp/nope", 404),
+        ("DELETE", "/v2/models/mlp/infer", 405),
+        ("GET", "/v2/models/mlp/infer", 405),
+        ("PUT", "/v2/health/live", 405),
+    ],
+)
+def test_unknown_routes_and_methods_answer_in_the_protocol_error_shape(
+    client: TestClient, method: str, path: str, status: int
+) -> None:
+    resp = client.request(method, path)
+    assert resp.status_code == status
+    body = resp.json()
+    assert list(body) == ["error"] and path in body["error"]
 
 
 def test_failed_model_is_reported_and_others_keep_serving(client: TestClient, agent: Agent) -> None:

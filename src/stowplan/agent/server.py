@@ -7,7 +7,8 @@ Routes: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v
 Error mapping (the only place it happens): AgentError subclasses carry their status code;
 malformed JSON and schema violations are 400; bodies over ``max_body_bytes`` are 413 (checked
 from Content-Length and while streaming); anything unexpected is a 500 with a message, never a
-dropped connection. Every error body is ``{"error": "..."}`` as the protocol asks.
+dropped connection; unknown routes are 404 and wrong methods 405. Every error body, whatever
+its status, is ``{"error": "..."}`` as the protocol asks.
 Callers: ``stowplan up`` and ``python -m stowplan.agent``. Must not contain serving logic.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import stowplan
@@ -102,6 +104,18 @@ def create_app(agent: Agent) -> FastAPI:
     @app.exception_handler(AgentError)
     async def _agent_error(request: Request, exc: AgentError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown routes (404) and wrong methods (405) answer in the protocol's error shape too.
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404:
+            detail = f"no route {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"method {request.method} not allowed on {request.url.path}"
+        return JSONResponse(
+            {"error": detail}, status_code=exc.status_code, headers=exc.headers or None
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -136,6 +136,15 @@ def _decode_one(t: RequestInput, spec: TensorSpec) -> np.ndarray:
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
             raise InvalidRequest(f"input {t.name!r}: values out of range for {spec.datatype}")
+    if dtype.kind == "f" and raw.size:
+        # A finite JSON number past the datatype's range (1e39 into FP32) would become inf.
+        limit = float(np.finfo(dtype).max)
+        biggest = float(np.max(np.abs(raw.astype(np.float64, copy=False))))
+        if math.isfinite(biggest) and biggest > limit:
+            raise InvalidRequest(
+                f"input {t.name!r}: value {biggest:g} is out of range for {spec.datatype} "
+                f"(largest magnitude {limit:g})"
+            )
     flat = raw.astype(dtype, copy=False).reshape(-1)
     return flat.reshape(t.shape)
 
