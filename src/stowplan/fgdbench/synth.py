@@ -21,7 +21,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stowplan.fgdbench.tracesim import NodeRow, PodRow
+from stowplan.fgdbench.tracecluster import NodeRow, PodRow
 from stowplan.placement.capacity import DUTY_LEVELS_MS, replica_capacity
 from stowplan.placement.instances import make_gpus
 from stowplan.placement.models import (

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 import numpy as np
 from ortools.linear_solver import pywraplp
 
-from stowplan.fgdbench.tracesim import MILLI, NodeRow, PodRow
+from stowplan.fgdbench.tracecluster import NodeRow, PodRow
 from stowplan.placement.errors import InvalidProblem, SolverFailed
+from stowplan.placement.fragscore import MILLI
 
 Kind = tuple[int, int, int, int, str]  # cpu_milli, memory_mib, num_gpu, gpu_milli, gpu_spec
 NodeClass = tuple[str, int, int, int]  # model, gpus, cpu_milli, memory_mib

@@ -12,23 +12,37 @@ attempt is rolled back. Pure state changes: no I/O, no clock.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from stowplan.fgdbench.tracesim import PodRow
+from stowplan.fgdbench.tracecluster import Cluster, FragModel, PodRow
 from stowplan.placement.fragscore import MILLI
 
-if TYPE_CHECKING:
-    from stowplan.fgdbench.tracesim import Simulator
-
 HOLE_PODS_MILLI = 200  # pods this small fit beside the commonest large pod (810 milli)
+
+
+class Simulation(Protocol):
+    """What the moves need of the simulator (``tracesim.Simulator`` is one): its cluster and
+    fragmentation model, the running pods per node, and its placement decisions."""
+
+    cluster: Cluster
+    frag: FragModel
+    running: dict[int, list[tuple[PodRow, list[int]]]]
+
+    def _spec(self, spec: str) -> np.ndarray: ...
+
+    def _choose(self, pod: PodRow, exclude: int = -1) -> tuple[int, list[int]] | None: ...
+
+    def _bestfit_gpus(self, i: int, pod: PodRow) -> list[int]: ...
+
+    def _commit(self, i: int, pod: PodRow, gpus: list[int]) -> None: ...
 
 
 class Defragmenter:
     """The moves of one simulation run (``moves`` counts them)."""
 
-    def __init__(self, sim: Simulator, moves_per_arrival: int) -> None:
+    def __init__(self, sim: Simulation, moves_per_arrival: int) -> None:
         self.sim = sim
         self.moves_per_arrival = moves_per_arrival
         self.moves = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from stowplan import latencyfits
 from stowplan.fgdbench.synth import LatencyFit
-from stowplan.fgdbench.tracesim import NodeRow, PodRow
+from stowplan.fgdbench.tracecluster import NodeRow, PodRow
 
 
 class TraceFileError(Exception):

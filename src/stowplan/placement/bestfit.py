@@ -39,7 +39,6 @@ import numpy.typing as npt
 
 from stowplan.placement.capacity import EPS
 from stowplan.placement.nodefit import first_free_per_class, gang_candidates
-from stowplan.placement.nodestate import place
 from stowplan.placement.packing import ROW, PackIndex, PackState, Replica
 
 _INF = np.inf
@@ -252,7 +251,7 @@ def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
                 if gs is None:
                     left.append(rep)
                 else:
-                    place(state, rep, gs)
+                    state.place(rep, gs)
         else:
             _place_run(state, mi, reps[i:j], left)
         i = j

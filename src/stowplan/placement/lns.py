@@ -27,7 +27,6 @@ from stowplan.placement.bestfit import choose_gpu, decreasing_order
 from stowplan.placement.capacity import EPS
 from stowplan.placement.cpsat import GPU_WEIGHT, PLACE_WEIGHT, repack
 from stowplan.placement.models import Problem
-from stowplan.placement.nodestate import gang_fits, place
 from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
 
 MAX_STEP_S = 2.0  # CP-SAT budget of one neighbourhood
@@ -155,11 +154,11 @@ def _room_for_gang(
     log = [(r, g) for g in gpus for r in list(best.residents[g])]
     for r, _ in log:
         best.remove(r)
-    if not gang_fits(best, mi, gpus):
+    if not best.gang_fits(mi, gpus):
         for r, g in log:
             best.add(r, g)
         return left, False
-    place(best, rep, gpus)
+    best.place(rep, gpus)
     placed: list[Replica] = []
     failed = _place_each(best, decreasing_order(index, [r for r, _ in log]), placed)
     new_left = [r for r in left if r != rep]

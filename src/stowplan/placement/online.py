@@ -60,7 +60,6 @@ from stowplan.placement.models import (
     UnplacedReason,
     count_moves,
 )
-from stowplan.placement.nodestate import current_gpus, place
 from stowplan.placement.packing import PackIndex, PackState, Replica
 from stowplan.placement.planner import (
     lower_bound,
@@ -221,7 +220,7 @@ def place_replicas(
         if gs is None:
             left.append(rep)
         else:
-            place(state, rep, gs)
+            state.place(rep, gs)
     if run:
         left += best_fit(state, run)
     return left
@@ -233,9 +232,9 @@ def _state_from_current(index: PackIndex, problem: Problem) -> PackState:
         mi = index.model_pos.get(a.model)
         if mi is None or a.replica >= index.models[mi].replicas:
             continue
-        gs = current_gpus(state, mi, a)
+        gs = state.current_gpus(mi, a)
         if gs is not None:
-            place(state, (mi, a.replica), gs)
+            state.place((mi, a.replica), gs)
     return state
 
 

@@ -4,8 +4,8 @@ The level costs of every model as matrices, GPU classes, eligibility, the fit-te
 best-fit hot path (``EvalTables``) and the row layout of ``PackState`` (``ROW``: per level busy
 ms | memory MiB | forbidding residents | busy ms with +inf where forbidden). Vectorised; what only
 slow paths need (per-model ``LevelCosts``, the full eligibility matrix, key lookups) is computed
-on first use. Callers: ``packing`` (the mutable state), bestfit, planner, lns, cpsat, online,
-nodestate. Pure; no I/O, no solver.
+on first use. Callers: ``packing`` (the mutable state), bestfit, planner, lns, cpsat, online.
+Pure; no I/O, no solver.
 """
 
 from __future__ import annotations

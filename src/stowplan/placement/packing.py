@@ -11,7 +11,8 @@ with the row layout constants). Private to the placement package: nothing here l
 Fixed node demands (``nodefit``): when the problem has them, ``PackIndex.nodes`` is set and the
 state also tracks the CPU and host memory left per node; a multi-GPU replica ("gang") is added to
 each of its GPUs with every level forbidden, so a gang GPU is full to every other replica, and
-``gangs`` maps it to its GPUs (``where`` holds the first; ``nodestate`` adds and removes gangs).
+``gangs`` maps it to its GPUs (``where`` holds the first; ``add_gang`` and ``remove_gang`` keep
+them; ``current_gpus`` says whether a running assignment can be kept as it is).
 Without them (``nodes is None``) nothing here costs extra.
 """
 
@@ -245,9 +246,7 @@ class PackState:
 
     def remove(self, rep: Replica) -> int:
         if self.gangs and rep in self.gangs:
-            from stowplan.placement.nodestate import remove_gang  # rare path, no import cycle
-
-            return remove_gang(self, rep)
+            return self.remove_gang(rep)
         g = self.where.pop(rep)
         nodes = self.index.nodes
         if nodes is not None and nodes.uses_node[rep[0]]:
@@ -267,6 +266,74 @@ class PackState:
         self._refresh(g)
         return g
 
+    def add_gang(self, rep: Replica, gpus: tuple[int, ...]) -> None:
+        """Place a multi-GPU replica on ``gpus`` (one node, all empty): each is full after (every
+        level forbidden); its node CPU and memory are taken once."""
+        mi = rep[0]
+        for g in gpus:
+            self.add(rep, g)
+            row = self.rows[g]
+            row[2 * NL : BUSYX] += 1.0
+            row[BUSYX:] = np.inf
+            self.open_slack[g] = -np.inf
+        nodes = self.index.nodes
+        assert nodes is not None
+        if nodes.uses_node[mi]:  # ``add`` took it once per GPU
+            self.node_take(mi, gpus[0], 1.0 - len(gpus))
+        self.where[rep] = gpus[0]
+        self.gangs[rep] = gpus
+
+    def remove_gang(self, rep: Replica) -> int:
+        """Undo ``add_gang``; returns the first GPU (what ``remove`` returns)."""
+        mi = rep[0]
+        gpus = self.gangs.pop(rep)
+        nodes = self.index.nodes
+        assert nodes is not None
+        if nodes.uses_node[mi]:  # ``remove`` gives it back once per GPU
+            self.node_take(mi, gpus[0], len(gpus) - 1.0)
+        for g in gpus:
+            self.rows[g, 2 * NL : BUSYX] -= 1.0
+            self.where[rep] = g
+            self.remove(rep)
+        return gpus[0]
+
+    def place(self, rep: Replica, gpus: tuple[int, ...]) -> None:
+        """``add`` for one GPU, ``add_gang`` for several."""
+        if len(gpus) == 1:
+            self.add(rep, gpus[0])
+        else:
+            self.add_gang(rep, gpus)
+
+    def gang_fits(self, mi: int, gpus: tuple[int, ...]) -> bool:
+        """Whether a multi-GPU replica of ``mi`` may take exactly ``gpus`` now: as many as it
+        needs, distinct, empty, on one node with its CPU/memory, eligible, not reserved."""
+        index = self.index
+        nodes = index.nodes
+        if nodes is None or len(gpus) != nodes.gang[mi] or len(set(gpus)) != len(gpus):
+            return False
+        ids = np.asarray(gpus, dtype=np.intp)
+        node = nodes.gpu_node[ids]
+        if (node != node[0]).any() or not nodes.room(mi, self.cpu_left, self.hmem_left, node)[0]:
+            return False
+        return bool(
+            (self.count[ids] == 0).all()
+            and index.elig_rows[index.elig_kind[mi], ids].all()
+            and not self.holds.closed(mi, ids).any()
+            and (index.min_mem[mi] <= index.cap_mib[ids] + EPS).all()
+        )
+
+    def current_gpus(self, mi: int, a: Assignment) -> tuple[int, ...] | None:
+        """The GPU indices of assignment ``a`` if a replica of ``mi`` may be added there now
+        (eligible, not reserved, fits; a multi-GPU replica: exactly its GPUs), else None."""
+        index = self.index
+        if a.extra_gpus or (index.nodes is not None and index.nodes.gang[mi] > 1):
+            gs = tuple(index.gpu_pos.get(k, -1) for k in a.gpu_keys)
+            return gs if -1 not in gs and self.gang_fits(mi, gs) else None
+        g = index.gpu_pos.get(a.gpu_key)
+        if g is None or not index.is_eligible(mi, g) or self.holds.is_closed(mi, g):
+            return None
+        return (g,) if self.fits(mi, g) else None
+
     def loads(self, mi: int, cand: npt.NDArray[np.intp]) -> npt.NDArray[np.float64]:
         """(len(cand), levels) load max(time share, memory share) after adding a replica of
         model ``mi``; inf where it does not fit at that level."""
@@ -284,7 +351,7 @@ class PackState:
         nodes = self.index.nodes
         if nodes is not None and nodes.special[mi]:
             if nodes.gang[mi] > 1:
-                return False  # a multi-GPU replica: ``nodestate.gang_fits``
+                return False  # a multi-GPU replica: ``gang_fits``
             if not nodes.room(mi, self.cpu_left, self.hmem_left, nodes.gpu_node[g : g + 1])[0]:
                 return False
         return bool(np.isfinite(self.loads(mi, np.asarray([g]))).any())

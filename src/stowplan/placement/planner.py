@@ -38,7 +38,6 @@ from stowplan.placement.models import (
     count_moves,
 )
 from stowplan.placement.nodefit import resources_message
-from stowplan.placement.nodestate import current_gpus, place
 from stowplan.placement.packing import LEVELS, PackIndex, PackState
 from stowplan.placement.preempt import preempt
 
@@ -333,9 +332,9 @@ def _keep_current(state: PackState, problem: Problem) -> None:
             continue
         if (mi, a.replica) in state.where:
             continue
-        gs = current_gpus(state, mi, a)
+        gs = state.current_gpus(mi, a)
         if gs is not None:
-            place(state, (mi, a.replica), gs)
+            state.place((mi, a.replica), gs)
 
 
 def plan(

@@ -25,7 +25,6 @@ import numpy as np
 
 from stowplan.placement.bestfit import choose
 from stowplan.placement.capacity import EPS
-from stowplan.placement.nodestate import gang_fits, place
 from stowplan.placement.packing import PackState, Replica
 
 
@@ -48,7 +47,7 @@ def preempt(state: PackState, left: list[Replica], pinned: set[Replica]) -> list
             if gs is None:
                 still.append(v)
             else:
-                place(state, v, gs)
+                state.place(v, gs)
     return still
 
 
@@ -100,7 +99,7 @@ def _for_one(state: PackState, rep: Replica, pinned: set[Replica]) -> list[Repli
             state.add(rep, g)
             return [v for v, _ in removed]
         for v, gs in reversed(removed):
-            place(state, v, gs)
+            state.place(v, gs)
     return None
 
 
@@ -139,9 +138,9 @@ def _for_gang(state: PackState, rep: Replica, pinned: set[Replica]) -> list[Repl
             if v in state.where:  # a multi-GPU victim leaves all its GPUs at once
                 removed.append((v, state.gangs.get(v, (state.where[v],))))
                 state.remove(v)
-    if gang_fits(state, mi, gpus):
-        place(state, rep, gpus)
+    if state.gang_fits(mi, gpus):
+        state.place(rep, gpus)
         return [v for v, _ in removed]
     for v, gs in reversed(removed):  # the node's CPU or host memory still does not fit
-        place(state, v, gs)
+        state.place(v, gs)
     return None
