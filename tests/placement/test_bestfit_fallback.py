@@ -40,9 +40,7 @@ def _problem() -> Problem:
 
 def test_plan_survives_a_kernel_that_cannot_load(monkeypatch: pytest.MonkeyPatch) -> None:
     problem = _problem()
-    monkeypatch.setenv("STOWPLAN_NO_KERNEL", "1")
-    reference = plan(problem)
-    monkeypatch.delenv("STOWPLAN_NO_KERNEL")
+    reference = plan(problem, use_kernel=False)
     # what numba's "cannot cache function ...: no locator available" looks like to us: the
     # module import fails
     monkeypatch.setattr(bestfit, "_KERNEL_ERROR", None)

@@ -1,6 +1,6 @@
 """The compiled best-fit kernel (``bestfit_kernel``) gives exactly the plans of the numpy path.
 
-``plan(problem)`` with the kernel and with ``$STOWPLAN_NO_KERNEL`` set must return equal plans
+``plan(problem)`` with the kernel and with ``use_kernel=False`` must return equal plans
 (assignments, unplaced replicas, GPUs used): on synthetic instances, the committed instances in
 ``placement/instances/``, the benchmark instances (real latency fits, 50 to 10,000
 replicas), a mixed fleet short of capacity (several GPU classes, selectors,
@@ -36,9 +36,7 @@ pytest.importorskip("numba")
 
 
 def _both(problem: Problem, monkeypatch: pytest.MonkeyPatch) -> tuple[Plan, Plan]:
-    monkeypatch.setenv("STOWPLAN_NO_KERNEL", "1")
-    slow = placement.plan(problem)
-    monkeypatch.setenv("STOWPLAN_NO_KERNEL", "")
+    slow = placement.plan(problem, use_kernel=False)
     assert kernel_status().startswith("compiled kernel")
     return slow, placement.plan(problem)
 

@@ -8,7 +8,7 @@ use, the one with the highest load after adding the replica (at its best level, 
 ties); else the same over the empty GPUs. Both must agree replica for replica, also after
 removals (LNS) and with GPUs reserved through ``holds`` (online defragmentation). The
 equivalence tests run twice: with the compiled kernel (``bestfit_kernel``) and with the numpy
-path (``$STOWPLAN_NO_KERNEL``)."""
+path (``PackState.use_kernel``)."""
 
 from __future__ import annotations
 
@@ -73,18 +73,20 @@ def _mixed(base: Problem, seed: int, gpu_share: float) -> Problem:
 
 
 @pytest.fixture(params=["kernel", "numpy"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+def path(request: pytest.FixtureRequest) -> str:
     """Run the test with the compiled kernel (``bestfit_kernel``) and with the numpy path."""
-    monkeypatch.setenv("STOWPLAN_NO_KERNEL", "1" if request.param == "numpy" else "")
     return str(request.param)
 
 
-def _fast_and_reference(problem: Problem) -> tuple[PackState, list[Replica], PackState, list]:
+def _fast_and_reference(
+    problem: Problem, path: str = "kernel"
+) -> tuple[PackState, list[Replica], PackState, list]:
     index = PackIndex.build(problem)
     placeable, _ = split_placeable(index)
     todo = [(mi, r) for mi in placeable for r in range(index.models[mi].replicas)]
     order = decreasing_order(index, todo)
-    fast, ref = PackState(index), PackState(index)
+    fast = PackState(index, use_kernel=path == "kernel")
+    ref = PackState(index)
     return fast, best_fit(fast, order), ref, reference_best_fit(ref, order)
 
 
@@ -96,7 +98,7 @@ def _same(a: PackState, b: PackState) -> None:
 
 def test_best_fit_equals_definition_on_synthetic_instances(path: str) -> None:
     for n, seed in ((300, 1), (1000, 2)):
-        fast, left, ref, ref_left = _fast_and_reference(synthetic_problem(FITS, n, seed=seed))
+        fast, left, ref, ref_left = _fast_and_reference(synthetic_problem(FITS, n, seed=seed), path)
         assert left == ref_left == []
         _same(fast, ref)
 
@@ -104,7 +106,7 @@ def test_best_fit_equals_definition_on_synthetic_instances(path: str) -> None:
 def test_best_fit_equals_definition_on_mixed_fleets_short_of_capacity(path: str) -> None:
     for share, seed in ((0.25, 3), (0.3, 4)):
         problem = _mixed(synthetic_problem(FITS, 400, seed=seed), seed, share)
-        fast, left, ref, ref_left = _fast_and_reference(problem)
+        fast, left, ref, ref_left = _fast_and_reference(problem, path)
         assert left == ref_left
         assert left  # short of capacity: the no-fit paths run too
         _same(fast, ref)
@@ -116,7 +118,7 @@ def test_choices_agree_after_removals_and_reservations(path: str) -> None:
         synthetic_problem(FITS, 300, seed=6),
         _mixed(synthetic_problem(FITS, 300, seed=7), 7, 0.5),
     ):
-        fast, _, ref, _ = _fast_and_reference(problem)
+        fast, _, ref, _ = _fast_and_reference(problem, path)
         n_models = len(problem.models)
         for step in range(150):
             placed = sorted(fast.where)
@@ -180,7 +182,7 @@ def test_trusted_assignment_equals_the_validated_one() -> None:
 )
 @given(small_problems(max_gpus=10, max_models=8))
 def test_best_fit_equals_definition_property(path: str, problem: Problem) -> None:
-    fast, left, ref, ref_left = _fast_and_reference(problem)
+    fast, left, ref, ref_left = _fast_and_reference(problem, path)
     assert left == ref_left
     _same(fast, ref)
 

@@ -49,7 +49,7 @@ BestfitRow = tuple[int, int, int, float, float, float, float]
 
 
 def bestfit_speed(
-    fits: list[LatencyFit], ns: list[int], seed: int, repeat: int
+    fits: list[LatencyFit], ns: list[int], seed: int, repeat: int, use_kernel: bool = True
 ) -> list[BestfitRow]:
     """Per size: (replicas, models, GPUs used, min s, median s, peak MiB, first-call s) of
     best-fit ``plan(problem)``; the peak comes from one more run under tracemalloc (not
@@ -59,7 +59,9 @@ def bestfit_speed(
     for n in tqdm(ns, desc="best-fit", unit="instance", leave=False):
         problem = synthetic_problem(fits, n, seed)
         t0 = time.perf_counter()
-        out = placement.plan(problem)  # warm-up (imports, caches), and the plan to check
+        out = placement.plan(
+            problem, use_kernel=use_kernel
+        )  # warm-up (imports, caches), and the plan to check
         first_s = time.perf_counter() - t0
         bad = placement.check_plan(problem, out)
         if bad:
@@ -68,11 +70,11 @@ def bestfit_speed(
         for _ in range(repeat):
             gc.collect()  # each run starts from the same heap; the collector stays on
             t0 = time.perf_counter()
-            placement.plan(problem)
+            placement.plan(problem, use_kernel=use_kernel)
             times.append(time.perf_counter() - t0)
         gc.collect()
         tracemalloc.start()
-        placement.plan(problem)
+        placement.plan(problem, use_kernel=use_kernel)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         rows.append(
@@ -89,7 +91,7 @@ def bestfit_speed(
     return rows
 
 
-def _print_bestfit(rows: list[BestfitRow], repeat: int) -> None:
+def _print_bestfit(rows: list[BestfitRow], repeat: int, use_kernel: bool = True) -> None:
     click.echo(
         f"| replicas | models | GPUs used | best-fit min s | median s ({repeat} runs) | "
         "ms / 1k replicas (min) | peak MiB (tracemalloc) | first call s (this process) |"
@@ -100,7 +102,7 @@ def _print_bestfit(rows: list[BestfitRow], repeat: int) -> None:
             f"| {n} | {models} | {gpus} | {lo:.4f} | {med:.4f} | {lo * 1e6 / n:.1f} | "
             f"{peak:.1f} | {first:.3f} |"
         )
-    status = kernel_status()
+    status = kernel_status(use_kernel)
     note = (
         "; the first call of the first size includes the numba import and the kernel "
         "compile (or its load from the on-disk cache)"
@@ -122,8 +124,14 @@ def _print_bestfit(rows: list[BestfitRow], repeat: int) -> None:
     is_flag=True,
     help="Only time best-fit plan(problem) (no budget): min/median over --repeat runs, ms "
     "per 1,000 replicas, peak heap, and the first call in this process (numba compile or "
-    "cache load at the first size). Seconds per size; STOWPLAN_NO_KERNEL=1 times the numpy "
-    "path.",
+    "cache load at the first size). Seconds per size; --no-kernel times the numpy path.",
+)
+@click.option(
+    "--no-kernel",
+    is_flag=True,
+    envvar="STOWPLAN_NO_KERNEL",
+    help="Best-fit takes the numpy path instead of the compiled kernel (same plans; "
+    "environment: STOWPLAN_NO_KERNEL=1).",
 )
 @click.option(
     "--repeat",
@@ -157,6 +165,7 @@ def _print_bestfit(rows: list[BestfitRow], repeat: int) -> None:
 def command(
     sizes: str | None,
     bestfit_only: bool,
+    no_kernel: bool,
     repeat: int,
     time_limit_s: float | None,
     reference_s: float,
@@ -165,6 +174,7 @@ def command(
 ) -> None:
     """GPUs used by best-fit and by the engine vs a lower bound, with solve times; or, with
     --bestfit-only, the speed of best-fit alone."""
+    use_kernel = not no_kernel
     fits = usable_fits(
         load_fits(data_dir() / "gpu-inference-latency" / "latency_vs_batch_linear_fits.csv")
     )
@@ -181,35 +191,35 @@ def command(
     if bestfit_only:
         if quick:
             ns, repeat = [200, 1000], min(repeat, 3)
-        _print_bestfit(bestfit_speed(fits, ns, seed, repeat), repeat)
+        _print_bestfit(bestfit_speed(fits, ns, seed, repeat, use_kernel), repeat, use_kernel)
         return
     if quick:
         ns, time_limit_s = [50, 200], 2.0
     rows = []
     # warm-up: the numba import and kernel compile/cache load must not count in the first
     # size's traced peak heap (600 MiB per 1k replicas at 50 replicas without it)
-    placement.plan(synthetic_problem(fits, 10, seed))
+    placement.plan(synthetic_problem(fits, 10, seed), use_kernel=use_kernel)
     warm_up()  # the column generation kernels: compiled or loaded outside the budgets
     for n in tqdm(ns, desc="placement", unit="instance", leave=False):
         problem = synthetic_problem(fits, n, seed)
         tracemalloc.start()
         t0 = time.monotonic()
-        bf = placement.plan(problem)
+        bf = placement.plan(problem, use_kernel=use_kernel)
         bf_s = time.monotonic() - t0
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         t0 = time.monotonic()
-        bf = placement.plan(problem)  # untraced timing
+        bf = placement.plan(problem, use_kernel=use_kernel)  # untraced timing
         bf_s = time.monotonic() - t0
         budget = time_limit_s if time_limit_s is not None else _budget(n)
-        eng = placement.plan(problem, time_limit_s=budget)
+        eng = placement.plan(problem, time_limit_s=budget, use_kernel=use_kernel)
         bad = placement.check_plan(problem, bf) + placement.check_plan(problem, eng)
         if bad:
             raise click.ClickException(f"invalid plan at {n} replicas: {bad[0]}")
         lb = tight_lower_bound(problem)
         ref = ""
         if reference_s and n == 1000:
-            long = placement.plan(problem, time_limit_s=reference_s)
+            long = placement.plan(problem, time_limit_s=reference_s, use_kernel=use_kernel)
             ref = f"{long.gpus_used} ({(eng.gpus_used / long.gpus_used - 1) * 100:+.1f} %)"
         rows.append(
             (

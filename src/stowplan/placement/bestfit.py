@@ -17,7 +17,7 @@ Compiled kernel: without node demands, ``best_fit`` hands the whole sequence to
 ``bestfit_kernel`` (numba, imported on first use; compiled once and cached on disk) which makes
 the same choices with the same float operations (``tests/placement/test_bestfit_kernel.py``);
 the numpy code below stays the definition and the fallback (no numba, node demands, or
-``$STOWPLAN_NO_KERNEL`` set).
+``PackState.use_kernel`` False: ``plan(problem, use_kernel=False)``).
 
 Fixed node demands (``PackIndex.nodes``, None otherwise so the above is untouched): multi-GPU
 replicas go first within a priority (more GPUs first) onto the node fewest type-restricted
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import heapq
 import importlib.util
-import os
 from collections.abc import Iterable, Sequence
 from types import ModuleType
 
@@ -233,7 +232,7 @@ def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
     replicas of one model is placed with one candidate test."""
     reps = list(replicas)
     nodes = state.index.nodes
-    if nodes is None and len(reps) >= KERNEL_MIN_REPLICAS and _kernel_ok():
+    if nodes is None and len(reps) >= KERNEL_MIN_REPLICAS and state.use_kernel and _kernel_ok():
         kernel = _load_kernel()
         if kernel is not None:
             placed: list[tuple[int, int]] = kernel.place(state, reps)
@@ -259,10 +258,7 @@ def best_fit(state: PackState, replicas: Iterable[Replica]) -> list[Replica]:
 
 
 def _kernel_ok() -> bool:
-    """Whether the compiled path may run: numba imports and ``$STOWPLAN_NO_KERNEL`` is unset
-    (or 0)."""
-    if os.environ.get("STOWPLAN_NO_KERNEL", "") not in ("", "0"):
-        return False
+    """Whether the compiled path can run: numba imports."""
     global _HAVE_NUMBA
     if _HAVE_NUMBA is None:
         _HAVE_NUMBA = importlib.util.find_spec("numba") is not None
@@ -288,10 +284,10 @@ def _load_kernel() -> ModuleType | None:
     return bestfit_kernel
 
 
-def kernel_status() -> str:
+def kernel_status(use_kernel: bool = True) -> str:
     """Which path ``best_fit`` takes without node demands, in words (for benchmarks)."""
-    if os.environ.get("STOWPLAN_NO_KERNEL", "") not in ("", "0"):
-        return "numpy ($STOWPLAN_NO_KERNEL is set)"
+    if not use_kernel:
+        return "numpy (the kernel is switched off)"
     if not _kernel_ok():
         return "numpy (numba is not installed)"
     if _load_kernel() is None:

@@ -226,8 +226,8 @@ def place_replicas(
     return left
 
 
-def _state_from_current(index: PackIndex, problem: Problem) -> PackState:
-    state = PackState(index)
+def _state_from_current(index: PackIndex, problem: Problem, use_kernel: bool = True) -> PackState:
+    state = PackState(index, use_kernel=use_kernel)
     for a in problem.current:
         mi = index.model_pos.get(a.model)
         if mi is None or a.replica >= index.models[mi].replicas:
@@ -274,6 +274,7 @@ def place_arrivals(
     *,
     workload: Workload | None = None,
     clock: Callable[[], float] = time.monotonic,
+    use_kernel: bool = True,
 ) -> Plan:
     """Place the replicas without a GPU (priority first; see ``place_replicas``); never moves
     a running replica. ``workload``: the task distribution the fragmentation measure expects
@@ -283,7 +284,7 @@ def place_arrivals(
     validate(problem)
     index = PackIndex.build(problem)
     placeable, unplaced = split_placeable(index)
-    state = _state_from_current(index, problem)
+    state = _state_from_current(index, problem, use_kernel)
     todo = [(mi, r) for mi in placeable for r in range(index.models[mi].replicas)]
     order = decreasing_order(index, [t for t in todo if t not in state.where])
     left = place_replicas(state, order, workload)
@@ -296,14 +297,15 @@ def defragment(
     *,
     workload: Workload | None = None,
     clock: Callable[[], float] = time.monotonic,
+    use_kernel: bool = True,
 ) -> Plan:
     """Online placement, then empty the least loaded GPUs with at most ``max_moves`` moves
     (best fit), then place what still waits (``place_replicas``)."""
     start = clock()
-    base = place_arrivals(problem, workload=workload, clock=clock)
+    base = place_arrivals(problem, workload=workload, clock=clock, use_kernel=use_kernel)
     moved_problem = problem.model_copy(update={"current": base.assignments})
     index = PackIndex.build(moved_problem)
-    state = _state_from_current(index, moved_problem)
+    state = _state_from_current(index, moved_problem, use_kernel)
     pinned = {(index.model_pos[n], r) for n, r in problem.pinned if n in index.model_pos}
     budget = max_moves
     loads = gpu_loads(state)

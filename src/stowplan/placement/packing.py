@@ -55,6 +55,8 @@ class PackState:
     model off a GPU."""
 
     index: PackIndex
+    # best_fit may hand sequences to the compiled kernel (same plans; False: the numpy path)
+    use_kernel: bool = True
     rows: npt.NDArray[np.float64] = field(init=False)  # (gpus, ROW), see module docstring
     count: npt.NDArray[np.int64] = field(init=False)  # (gpus,)
     holds: Holds = field(init=False)  # closed (model, GPU) pairs
@@ -119,6 +121,7 @@ class PackState:
     def copy(self) -> PackState:
         new = PackState.__new__(PackState)
         new.index = self.index
+        new.use_kernel = self.use_kernel
         new.rows = self.rows.copy()
         new.count = self.count.copy()
         new.holds = self.holds.copy()

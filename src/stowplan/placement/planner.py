@@ -299,7 +299,7 @@ def _by_configurations(
         gpus += [[int(cg.models[k]) for k in sorted(col)] for col in best]
     if len(gpus) >= len(used):
         return state
-    new = PackState(index)
+    new = PackState(index, use_kernel=state.use_kernel)
     next_replica = dict.fromkeys(placeable, 0)
     for g, ms in enumerate(gpus):  # one GPU class: any GPU takes any configuration
         for mi in ms:
@@ -343,6 +343,7 @@ def plan(
     time_limit_s: float = 0.0,
     seed: int = 0,
     clock: Clock = time.monotonic,
+    use_kernel: bool = True,
 ) -> Plan:
     """Place every replica of ``problem`` (see module docstring); never returns an invalid plan.
 
@@ -351,7 +352,9 @@ def plan(
     the budget), then LNS with CP-SAT sub-problems for the rest; never worse than best-fit.
     Replicas that fit only alone, at a duty cycle between the levels (``alone``), first take
     GPUs that no other replica runs on (their current one if they have one); the search then
-    plans the rest on the other GPUs. Raises ``InvalidProblem``.
+    plans the rest on the other GPUs. ``use_kernel=False``: best-fit takes its numpy path instead
+    of the compiled kernel (the same plans, slower; benchmarks and tests compare the two).
+    Raises ``InvalidProblem``.
     """
     start = clock()
     if not (time_limit_s >= 0 and math.isfinite(time_limit_s)):
@@ -364,13 +367,15 @@ def plan(
         if (cap := fits_only_alone(m, ok)) is not None
     ]
     if not alone:
-        return _plan(problem, time_limit_s=time_limit_s, seed=seed, clock=clock)
+        return _plan(
+            problem, time_limit_s=time_limit_s, seed=seed, clock=clock, use_kernel=use_kernel
+        )
     names = {m.name for m, _ in alone}
     others = [a for a in problem.current if a.model not in names]
     reserved, alone_unplaced = place_alone(problem, alone, others)
     rest = _without(problem, names, reserved)
     left = max(0.0, time_limit_s - (clock() - start)) if time_limit_s > 0 else 0.0
-    sub = _plan(rest, time_limit_s=left, seed=seed, clock=clock)
+    sub = _plan(rest, time_limit_s=left, seed=seed, clock=clock, use_kernel=use_kernel)
     assignments = (*sub.assignments, *reserved)
     return sub.model_copy(
         update={
@@ -422,12 +427,13 @@ def _plan(
     time_limit_s: float,
     seed: int,
     clock: Clock,
+    use_kernel: bool,
 ) -> Plan:
     start = clock()
     index = PackIndex.build(problem)
     placeable, unplaced = split_placeable(index)
 
-    state = PackState(index)
+    state = PackState(index, use_kernel=use_kernel)
     _keep_current(state, problem)
     state_before = state.copy() if time_limit_s > 0 else state
     todo = [(mi, r) for mi in placeable for r in range(index.models[mi].replicas)]
