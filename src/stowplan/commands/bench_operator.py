@@ -25,7 +25,7 @@ def command(nodes: int, models_list: str, replicas: int, probes: int) -> None:
     from stowplan.operatorbench import fleet
 
     print("| GPUNodes | models | replicas | all Placed s | one more p50 s | one more max s "
-          "| writes/pass max | writes/pass idle | operator peak MiB |")  # fmt: skip
+          "| writes/pass max | writes, last pass | operator peak MiB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for models in (int(m) for m in models_list.split(",")):
         with tempfile.TemporaryDirectory() as d:
