@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "http": ("bench_http", "Open-loop load against the agent serving a real ONNX model."),
     "timeslice": ("bench_timeslice", "Time-sliced executor vs per-model threads."),
     "operator": ("bench_operator", "The operator at fleet scale on a real local control plane."),
+    "soak": ("bench_soak", "Mixed load with CPUs contended, then a lone client on every model."),
 }
 
 

@@ -1,0 +1,487 @@
+"""Benchmark and soak: the real agent under mixed load with the CPUs contended, then a quiet
+spell, then one sequential client per model (``stowplan bench soak``, ``tests/agent/test_soak``).
+
+Starts ``stowplan up`` on the example manifests in a subprocess (real ONNX Runtime on simulated
+CPU-backed devices, loopback only). Phases, each bounded in time and in requests:
+
+1. *load* (``load_s``): open-loop Poisson traffic to every model at once, ``burst_factor`` times
+   the base rate for the first ``burst_s`` of every ``burst_every_s`` so that the agent also
+   sheds real overload, while a second process (one busy loop per core) contends the CPUs;
+2. *quiet* (``quiet_s``): no traffic, no contention;
+3. *probe*: one model at a time, a sequential client (one request in flight, paced at
+   ``probe_rate`` req/s for ``probe_s``) records each answer's status and latency.
+
+Afterwards the agent's ``/metrics`` give the refusals per reason, the refusals made while the
+model's queue held nothing else (``stowplan_requests_refused_queue_empty_total``, which must stay
+0) and the batches whose executor wait went past one duty cycle. The wedged model of issue 12
+shows up here as a probe with refusals. Client, agent and contender share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+#: base offered load per example model during the load phase (req/s); others get DEFAULT_RATE
+BASE_RATES = {"mlp": 150.0, "convnet": 40.0, "mlp-wide": 40.0}
+DEFAULT_RATE = 40.0
+#: per-request timeout of the load generator and the probe (s)
+REQUEST_TIMEOUT_S = 10.0
+#: the contender's busy loop, bounded by its own deadline even if nobody stops it
+_BUSY = (
+    "import sys, time\n"
+    "end = time.monotonic() + float(sys.argv[1])\n"
+    "while time.monotonic() < end: pass\n"
+)
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    model: str
+    sent: int
+    ok: int
+    refused: int  # 503
+    refused_without_retry_after: int
+    errors: int  # anything else (other status, connection error, timeout)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    model: str
+    slo_ms: float
+    sent: int
+    ok: int
+    refused: int
+    errors: int
+    latencies_ms: Sequence[float]
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else math.nan
+
+    @property
+    def within_slo(self) -> int:
+        return sum(1 for v in self.latencies_ms if v <= self.slo_ms)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """What the agent's own /metrics say about one model (cumulative over the run)."""
+
+    refused_by_reason: Mapping[str, float]
+    refused_queue_empty: float
+    batches: float
+    wait_over_cycle: float
+    wait_bound_s: float
+
+
+@dataclass
+class SoakReport:
+    load_s: float
+    quiet_s: float
+    contended: bool
+    load: list[LoadResult] = field(default_factory=list)
+    probes: list[ProbeResult] = field(default_factory=list)
+    metrics: dict[str, ModelMetrics] = field(default_factory=dict)
+
+
+# -- the agent and the contender ----------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serve(manifests: Path, workdir: Path, ready_timeout_s: float = 120.0) -> Iterator[str]:
+    """Run ``stowplan up`` on a copy of ``manifests`` in a subprocess; yield its base URL."""
+    d = workdir / "manifests"
+    d.mkdir(parents=True, exist_ok=True)
+    for f in sorted(manifests.glob("*.yaml")):
+        shutil.copy(f, d / f.name)
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "stowplan", "up", str(d), "--port", str(port), "--no-nvml"]
+    cmd += ["--cache-dir", str(workdir / "cache")]
+    log = (workdir / "agent.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None:
+                log.flush()
+                tail = (workdir / "agent.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"agent exited with {proc.returncode}: {tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agent did not become ready within {ready_timeout_s:.0f} s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@contextlib.contextmanager
+def contend(duration_s: float, processes: int | None = None) -> Iterator[None]:
+    """A second process per core spinning on the CPU for at most ``duration_s``."""
+    n = processes or os.cpu_count() or 1
+    procs = [subprocess.Popen([sys.executable, "-c", _BUSY, f"{duration_s:.3f}"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+# -- requests -----------------------------------------------------------------------------
+def models(url: str) -> dict[str, tuple[bytes, float]]:
+    """Every Ready model's name -> (a valid OIP JSON body of one row, SLO ms)."""
+    out: dict[str, tuple[bytes, float]] = {}
+    index = httpx.get(f"{url}/v2/models", timeout=10).json()["models"]
+    for row in index:
+        if row["state"] != "Ready":
+            continue
+        meta = httpx.get(f"{url}/v2/models/{row['name']}", timeout=10).json()
+        inputs = []
+        for i, t in enumerate(meta["inputs"]):
+            shape = [1 if d == -1 else d for d in t["shape"]]
+            rng = np.random.default_rng(i)
+            data = [round(float(v), 4) for v in rng.standard_normal(int(np.prod(shape)))]
+            inputs.append(
+                {"name": t["name"], "shape": shape, "datatype": t["datatype"], "data": data}
+            )
+        out[row["name"]] = (json.dumps({"inputs": inputs}).encode(), float(row["slo_ms"]))
+    return out
+
+
+def rate_at(base: float, t_s: float, burst_factor: float, burst_s: float, every_s: float) -> float:
+    """The offered rate at ``t_s`` into the load phase: bursts at the start of each period."""
+    return base * burst_factor if every_s > 0 and (t_s % every_s) < burst_s else base
+
+
+class _Client:
+    """HTTP/1.1 keep-alive POSTs on asyncio streams (cheap, as httpload's RawClient), answering
+    (status, whether the response carried ``Retry-After``)."""
+
+    def __init__(self, host: str, port: int, max_connections: int) -> None:
+        self.host, self.port = host, port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._slots = asyncio.Semaphore(max_connections)
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bool]:
+        async with self._slots:
+            if self._idle:
+                reader, writer = self._idle.pop()
+            else:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                head = (
+                    f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+                    "Content-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                )
+                writer.write(head.encode() + body)
+                status = int((await reader.readline()).split()[1])
+                length, retry = 0, False
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    key = name.strip().lower()
+                    if key == b"content-length":
+                        length = int(value)
+                    retry = retry or key == b"retry-after"
+                await reader.readexactly(length)
+            except BaseException:
+                writer.close()
+                raise
+            self._idle.append((reader, writer))
+            return status, retry
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+async def _load(
+    url: str,
+    bodies: Mapping[str, bytes],
+    rates: Mapping[str, float],
+    duration_s: float,
+    burst_factor: float,
+    burst_s: float,
+    burst_every_s: float,
+    seed: int,
+) -> list[LoadResult]:
+    parsed = httpx.URL(url)
+    client = _Client(parsed.host, parsed.port or 80, max_connections=128)
+    counts = {m: {"sent": 0, "ok": 0, "refused": 0, "bare": 0, "errors": 0} for m in bodies}
+
+    async def one(model: str) -> None:
+        c = counts[model]
+        try:
+            status, retry = await asyncio.wait_for(
+                client.post(f"/v2/models/{model}/infer", bodies[model]), REQUEST_TIMEOUT_S
+            )
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, TimeoutError):
+            c["errors"] += 1
+            return
+        if status == 200:
+            c["ok"] += 1
+        elif status == 503:
+            c["refused"] += 1
+            c["bare"] += 0 if retry else 1
+        else:
+            c["errors"] += 1
+
+    async def stream(model: str, k: int) -> list[asyncio.Task[None]]:
+        rng = np.random.default_rng(seed + k)
+        tasks = []
+        start = time.monotonic()
+        next_t = start
+        while next_t < start + duration_s:
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(model)))
+            counts[model]["sent"] += 1
+            r = rate_at(rates[model], next_t - start, burst_factor, burst_s, burst_every_s)
+            next_t += float(rng.exponential(1.0 / r))
+        return tasks
+
+    per_model = await asyncio.gather(*(stream(m, k) for k, m in enumerate(bodies)))
+    await asyncio.gather(*(t for tasks in per_model for t in tasks))
+    client.close()
+    return [
+        LoadResult(m, c["sent"], c["ok"], c["refused"], c["bare"], c["errors"])
+        for m, c in counts.items()
+    ]
+
+
+def probe(
+    url: str, model: str, body: bytes, slo_ms: float, rate: float, duration_s: float
+) -> ProbeResult:
+    """One sequential client: a request, its answer, then the next at the paced time."""
+    parsed = httpx.URL(url)
+    conn = http.client.HTTPConnection(parsed.host, parsed.port or 80, timeout=REQUEST_TIMEOUT_S)
+    headers = {"Content-Type": "application/json"}
+    lat: list[float] = []
+    sent = ok = refused = errors = 0
+    n_max = max(1, int(rate * duration_s))
+    start = time.monotonic()
+    next_t = start
+    try:
+        while sent < n_max and time.monotonic() < start + duration_s + REQUEST_TIMEOUT_S:
+            delay = next_t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            t0 = time.perf_counter()
+            sent += 1
+            try:
+                conn.request("POST", f"/v2/models/{model}/infer", body, headers)
+                resp = conn.getresponse()
+                resp.read()
+                status = resp.status
+            except (OSError, http.client.HTTPException):
+                errors += 1
+                conn.close()
+                conn = http.client.HTTPConnection(
+                    parsed.host, parsed.port or 80, timeout=REQUEST_TIMEOUT_S
+                )
+                continue
+            finally:
+                next_t += 1.0 / rate
+            if status == 200:
+                ok += 1
+                lat.append((time.perf_counter() - t0) * 1000.0)
+            elif status == 503:
+                refused += 1
+            else:
+                errors += 1
+    finally:
+        conn.close()
+    return ProbeResult(model, slo_ms, sent, ok, refused, errors, lat)
+
+
+# -- metrics ------------------------------------------------------------------------------
+def scrape(url: str) -> dict[str, ModelMetrics]:
+    """The refusal and executor-wait series of every model from the agent's /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    by_reason: dict[str, dict[str, float]] = {}
+    empty: dict[str, float] = {}
+    batches: dict[str, float] = {}
+    over: dict[str, float] = {}
+    bound: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            model = s.labels.get("model")
+            if model is None:
+                continue
+            if s.name == "stowplan_requests_refused_total":
+                by_reason.setdefault(model, {})[s.labels.get("reason", "")] = s.value
+            elif s.name == "stowplan_requests_refused_queue_empty_total":
+                empty[model] = s.value
+            elif s.name == "nv_inference_exec_count_total":
+                batches[model] = s.value
+            elif s.name == "stowplan_executor_wait_over_cycle_total":
+                over[model] = s.value
+            elif s.name == "stowplan_executor_wait_bound_seconds":
+                bound[model] = s.value
+    names = set(by_reason) | set(empty) | set(batches)
+    return {
+        m: ModelMetrics(
+            by_reason.get(m, {}),
+            empty.get(m, 0.0),
+            batches.get(m, 0.0),
+            over.get(m, 0.0),
+            bound.get(m, 0.0),
+        )
+        for m in sorted(names)
+    }
+
+
+# -- the run ------------------------------------------------------------------------------
+def run(
+    manifests: Path,
+    load_s: float = 600.0,
+    quiet_s: float = 60.0,
+    probe_s: float = 10.0,
+    probe_rate: float = 120.0,
+    scale: float = 1.0,
+    burst_factor: float = 4.0,
+    burst_s: float = 2.0,
+    burst_every_s: float = 15.0,
+    contended: bool = True,
+    probe_contended: bool = False,
+    only: Sequence[str] = (),
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> SoakReport:
+    """Load, quiet, probe (see the module docstring); returns what each phase measured."""
+    say = progress or (lambda _: None)
+    report = SoakReport(load_s, quiet_s, contended)
+    with (
+        tempfile.TemporaryDirectory(prefix="stowplan-soak-") as tmp,
+        serve(manifests, Path(tmp)) as url,
+    ):
+        served = models(url)
+        chosen = {m: v for m, v in served.items() if not only or m in only}
+        if not chosen:
+            raise ValueError(f"no Ready model among {sorted(served)} matches {list(only)}")
+        if load_s > 0:
+            say(f"load: {load_s:.0f} s on {sorted(chosen)}, CPUs contended: {contended}")
+            bodies = {m: b for m, (b, _) in chosen.items()}
+            rates = {m: BASE_RATES.get(m, DEFAULT_RATE) * scale for m in chosen}
+            with contend(load_s + 5.0) if contended else contextlib.nullcontext():
+                report.load = asyncio.run(
+                    _load(url, bodies, rates, load_s, burst_factor, burst_s, burst_every_s, seed)
+                )
+        if quiet_s > 0:
+            say(f"quiet: {quiet_s:.0f} s")
+            time.sleep(quiet_s)
+        for m, (body, slo_ms) in chosen.items():
+            say(f"probe: {m}, one sequential client at {probe_rate:.0f} req/s for {probe_s:.0f} s")
+            with contend(probe_s + 5.0) if probe_contended else contextlib.nullcontext():
+                report.probes.append(probe(url, m, body, slo_ms, probe_rate, probe_s))
+        report.metrics = scrape(url)
+    return report
+
+
+def table(report: SoakReport) -> str:
+    out = []
+    if report.load:
+        out += [
+            f"Load phase: {report.load_s:.0f} s, CPUs contended by a second process: "
+            f"{'yes' if report.contended else 'no'}",
+            "",
+            "| model | sent | ok | 503 | 503 without Retry-After | other errors |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        out += [
+            f"| {r.model} | {r.sent} | {r.ok} | {r.refused} | {r.refused_without_retry_after} "
+            f"| {r.errors} |"
+            for r in report.load
+        ]
+        out.append("")
+    out += [
+        f"Sequential client after {report.quiet_s:.0f} s quiet:",
+        "",
+        "| model | SLO ms | sent | ok | 503 | errors | p50 ms | p99 ms | max ms | within SLO |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in report.probes:
+        out.append(
+            f"| {p.model} | {p.slo_ms:g} | {p.sent} | {p.ok} | {p.refused} | {p.errors} "
+            f"| {p.pct(50):.2f} | {p.pct(99):.2f} | {p.pct(100):.2f} "
+            f"| {p.within_slo / max(p.sent, 1) * 100:.1f}% |"
+        )
+    out += [
+        "",
+        "Agent metrics (cumulative over the run):",
+        "",
+        "| model | refused by reason | refused while queue empty | batches "
+        "| executor wait > one duty cycle | duty cycle ms |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for m, mm in report.metrics.items():
+        reasons = ", ".join(f"{k} {v:.0f}" for k, v in sorted(mm.refused_by_reason.items()) if v)
+        out.append(
+            f"| {m} | {reasons or '-'} | {mm.refused_queue_empty:.0f} | {mm.batches:.0f} "
+            f"| {mm.wait_over_cycle:.0f} | {mm.wait_bound_s * 1000:.1f} |"
+        )
+    load1, load5, _ = os.getloadavg()
+    out += [
+        "",
+        f"Machine: {os.cpu_count()} cores, load average {load1:.1f} (1 min) / {load5:.1f} "
+        "(5 min) at the end; client, agent and contender share it.",
+    ]
+    return "\n".join(out)
+
+
+__all__ = [
+    "BASE_RATES",
+    "LoadResult",
+    "ModelMetrics",
+    "ProbeResult",
+    "SoakReport",
+    "contend",
+    "models",
+    "probe",
+    "rate_at",
+    "run",
+    "scrape",
+    "serve",
+    "table",
+]

@@ -1,0 +1,91 @@
+"""``stowplan bench soak``: mixed load on every example model with the CPUs contended, a quiet
+spell, then a sequential client per model (issue 12's wedged-model check).
+
+Thin shell over :mod:`stowplan.agentbench.soak`; prints the Markdown tables and exits non-zero
+when a sequential client was refused or a model refused a request while its queue was empty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command(name="soak")
+@click.option(
+    "--manifests",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("manifests/examples"),
+    show_default=True,
+    help="InferenceModel YAML files to serve (stowplan up's directory).",
+)
+@click.option(
+    "--minutes",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0, 120),
+    help="Length of the mixed-load phase (0: only the sequential client).",
+)
+@click.option("--quiet-s", default=60.0, show_default=True, type=click.FloatRange(0, 3600))
+@click.option(
+    "--probe-s",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(1, 600),
+    help="Seconds of sequential client per model.",
+)
+@click.option("--probe-rate", default=120.0, show_default=True, type=click.FloatRange(1, 2000))
+@click.option(
+    "--scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.01, 100),
+    help="Multiplies the base load-phase rates (mlp 150, convnet 40, mlp-wide 40 req/s).",
+)
+@click.option("--no-contend", is_flag=True, help="No CPU contender during the load phase.")
+@click.option(
+    "--contend-probe", is_flag=True, help="Keep the CPUs contended during the sequential client."
+)
+@click.option("--model", "only", multiple=True, help="Only these models (repeatable).")
+@click.option("--seed", default=0, show_default=True)
+def command(
+    manifests: Path,
+    minutes: float,
+    quiet_s: float,
+    probe_s: float,
+    probe_rate: float,
+    scale: float,
+    no_contend: bool,
+    contend_probe: bool,
+    only: tuple[str, ...],
+    seed: int,
+) -> None:
+    """Soak the agent (`stowplan up` in a subprocess, loopback only), then check that every
+    model answers a lone sequential client with no refusal."""
+    from stowplan.agentbench import soak
+
+    try:
+        report = soak.run(
+            manifests,
+            load_s=minutes * 60.0,
+            quiet_s=quiet_s if minutes > 0 else 0.0,
+            probe_s=probe_s,
+            probe_rate=probe_rate,
+            scale=scale,
+            contended=not no_contend,
+            probe_contended=contend_probe,
+            only=only,
+            seed=seed,
+            progress=lambda msg: click.echo(msg, err=True),
+        )
+    except (RuntimeError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(soak.table(report))
+    refused = sum(p.refused for p in report.probes)
+    empty = sum(m.refused_queue_empty for m in report.metrics.values())
+    if refused or empty:
+        raise click.ClickException(
+            f"sequential clients refused {refused} time(s); "
+            f"refusals while the queue was empty: {empty:.0f}"
+        )
