@@ -130,3 +130,35 @@ def test_cap_cut_when_a_request_missed_its_slo_end_to_end() -> None:
     c = AimdController(max_batch=64, target_ms=20, initial=30)
     c.observe(batch_items=30, latency_ms=5, missed=True)  # fast batch, but queued too long
     assert c.cap == 27
+
+
+def test_a_sequential_client_never_waits_for_a_batch_to_fill() -> None:
+    q = _q(cap=8, wait_s=0.005)
+    for k in range(20):  # back to back: the next one arrives right after the answer, 1 ms later
+        t = k * 0.001
+        q.push(Pending(k, 1, arrival_s=t, deadline_s=t + 0.010))
+        assert q.ready_at_s() == t  # alone in its queue, no overlap seen: ready at once
+        assert [p.payload for p in q.take()] == [k]
+
+
+def test_overlapping_arrivals_wait_for_the_batch_to_fill() -> None:
+    q = _q(cap=8, wait_s=0.005)
+    for k in range(3):  # three requests 1 ms apart, all queued together
+        q.push(Pending(k, 1, arrival_s=1.0 + k / 1000, deadline_s=2.0))
+    assert q.overlap > 0.1 and q.gap_s == pytest.approx(0.001)
+    assert q.ready_at_s() == pytest.approx(1.005)  # the bounded wait is worth it here
+    sparse = _q(cap=8, wait_s=0.005)
+    for k in range(3):  # overlapping, but 20 ms apart: no fill expected within 5 ms
+        sparse.push(Pending(k, 1, arrival_s=1.0 + k / 50, deadline_s=2.0))
+    assert sparse.ready_at_s() == 1.0
+
+
+def test_backlogged_and_shed_keep_the_newest_batch() -> None:
+    q = _q(cap=2, wait_s=0.0)
+    q.push(Pending("a", 1, arrival_s=0.0, deadline_s=0.5))
+    q.push(Pending("b", 1, arrival_s=0.0, deadline_s=0.5))
+    assert not q.backlogged() and q.shed(deadline_before_s=1.0) == []  # one batch: never shed
+    q.push(Pending("c", 1, arrival_s=0.0, deadline_s=0.5))
+    assert q.backlogged()
+    assert [p.payload for p in q.shed(deadline_before_s=1.0)] == ["a"]
+    assert [p.payload for p in q] == ["b", "c"] and q.items == 2

@@ -33,19 +33,47 @@ def test_target_leaves_room_for_the_bounded_wait() -> None:
 
 
 def test_early_drop_keeps_a_jitter_margin() -> None:
+    def backlog(s: SliceScheduler) -> Lane:
+        lane = Lane("m", BatchQueue(FixedPolicy(1, 0.0)), slo_s=0.100)  # cap 1: a backlog
+        s.lanes = {"m": lane}
+        s.charge(lane, 0.010)  # smoothed batch time 10 ms
+        lane.queue.push(Pending("tight", 1, arrival_s=0.0, deadline_s=1.011))  # 11 ms < 12
+        lane.queue.push(Pending("ok", 1, arrival_s=0.0, deadline_s=1.013))  # slack 13 ms
+        lane.queue.push(Pending("newest", 1, arrival_s=0.95, deadline_s=1.05))
+        return lane
+
     s = SliceScheduler()  # drop_margin 1.2 by default
-    lane = Lane("m", BatchQueue(FixedPolicy(8, 0.0)), slo_s=0.100)
-    s.lanes = {"m": lane}
-    s.charge(lane, 0.010)  # smoothed batch time 10 ms
-    lane.queue.push(Pending("tight", 1, arrival_s=0.0, deadline_s=1.011))  # slack 11 ms < 12
-    lane.queue.push(Pending("ok", 1, arrival_s=0.0, deadline_s=1.013))  # slack 13 ms
+    backlog(s)
     assert [p.payload for _, p in s.expire(now_s=1.0)] == ["tight"]
     bare = SliceScheduler(drop_margin=1.0)
-    lane2 = Lane("m", BatchQueue(FixedPolicy(8, 0.0)), slo_s=0.100)
-    bare.lanes = {"m": lane2}
-    bare.charge(lane2, 0.010)
-    lane2.queue.push(Pending("tight", 1, arrival_s=0.0, deadline_s=1.011))
+    backlog(bare)
     assert bare.expire(now_s=1.0) == []  # the first version kept it, and it finished late
+
+
+def test_real_overload_still_sheds_but_never_the_newest_batch() -> None:
+    s = SliceScheduler()
+    lane = Lane("m", BatchQueue(FixedPolicy(2, 0.0)), slo_s=0.010)
+    s.lanes = {"m": lane}
+    s.charge(lane, 0.002)
+    for k in range(5):  # five requests, all past their deadline: more than one batch (cap 2)
+        lane.queue.push(Pending(k, 1, arrival_s=0.0, deadline_s=0.010))
+    assert [p.payload for _, p in s.expire(now_s=1.0)] == [0, 1, 2]
+    assert [p.payload for p in lane.queue] == [3, 4]  # one batch is kept, and runs (late)
+    assert s.expire(now_s=2.0) == []  # what fits in one batch is never shed
+
+
+def test_shedding_with_no_batch_run_decays_the_estimate() -> None:
+    s = SliceScheduler()
+    lane = Lane("m", BatchQueue(FixedPolicy(1, 0.0)), slo_s=0.100)
+    s.lanes = {"m": lane}
+    s.charge(lane, 0.040)  # one very slow batch: margin min(48, 50) ms
+    for now in (1.0, 1.05, 1.125, 1.25):  # it sheds, and no batch runs for two SLOs
+        for k in range(3):
+            lane.queue.push(Pending(k, 1, arrival_s=now, deadline_s=now + 0.010))
+        assert s.expire(now_s=now)
+    assert lane.est_batch_s == pytest.approx(0.010)  # halved at 1.125 and at 1.25 s
+    s.charge(lane, 0.002)  # a batch ran: its latency is the estimate's news again
+    assert lane.shedding_since_s is None
 
 
 def test_early_drop_never_refuses_a_fresh_request() -> None:
@@ -84,27 +112,38 @@ def test_aimd_keeps_static_goodput_under_sustained_overload() -> None:
     assert old < aimd
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 4, not fixed yet: a lone request held max_queue_delay for its batch "
-    "to fill reaches the early-drop test with SLO - delay of slack, less than the margin "
-    "min(1.2 x smoothed batch, SLO/2); est_batch_s and the AIMD cap change only when a batch "
-    "runs, so once dropped every later lone request is dropped too (the wedged model)",
-)
 def test_a_lone_request_on_an_idle_lane_is_never_dropped() -> None:
+    # issue 12 item 4, the wedged model: a lone request used to be held max_queue_delay for its
+    # batch to fill and reached the early-drop test with SLO - delay of slack, less than the
+    # margin min(1.2 x smoothed batch, SLO/2); est_batch_s and the AIMD cap change only when a
+    # batch runs, so once dropped every later lone request was dropped too
     s = SliceScheduler()
     lane = Lane("mlp", BatchQueue(FixedPolicy(4, 0.005)), slo_s=0.010)  # cap 4, wait 5 ms
     s.lanes = {"mlp": lane}
     s.charge(lane, 0.005)  # one 5 ms batch under CPU contention: margin = min(6, 5) ms
-    refused = []
+    refused, ran = [], []
     for k in range(3):  # a sequential client: one request at a time, the queue otherwise empty
         t = float(k)
         lane.queue.push(Pending(k, 1, arrival_s=t, deadline_s=t + 0.010))
-        assert s.pick(t)[0] is None  # waits for its batch to fill, until t + 5 ms
-        now = t + 0.0051  # the device thread wakes 0.1 ms after the batch's ready time
-        refused += [p.payload for _, p in s.expire(now)]
-        picked, _ = s.pick(now)
-        if picked is not None:
-            picked.queue.take()
-            s.charge(picked, 0.001)
-    assert refused == []  # today: [0, 1, 2], every request of the lone client
+        assert s.ready_at_s(lane) == t  # no second arrival expected: no wait to fill
+        # the device thread wakes late under contention, even past the deadline
+        for now in (t + 0.0051, t + 0.020):
+            refused += [p.payload for _, p in s.expire(now)]
+        picked, _ = s.pick(t + 0.020)
+        assert picked is lane
+        ran += [p.payload for p in picked.queue.take()]
+        s.charge(picked, 0.001)
+    assert refused == [] and ran == [0, 1, 2]
+
+
+def test_the_fill_wait_ends_while_the_oldest_request_can_still_finish() -> None:
+    s = SliceScheduler()
+    lane = Lane("m", BatchQueue(FixedPolicy(64, 0.008)), slo_s=0.010)  # waits up to 8 ms
+    s.lanes = {"m": lane}
+    s.charge(lane, 0.004)  # margin 4.8 ms
+    for k in range(3):  # arrivals 1 ms apart: a fill is expected, the batch waits
+        lane.queue.push(Pending(k, 1, arrival_s=1.0 + k / 1000, deadline_s=1.010 + k / 1000))
+    assert lane.queue.ready_at_s() == pytest.approx(1.008)  # the queue's own timer
+    assert s.ready_at_s(lane) == pytest.approx(1.0052)  # deadline 1.010 less the margin
+    assert s.pick(1.005) == (None, pytest.approx(1.0052))
+    assert s.pick(1.0052)[0] is lane and s.expire(1.0052) == []

@@ -50,8 +50,9 @@ def test_pick_reports_wake_time_while_waiting_for_fill() -> None:
     s = SliceScheduler()
     lane = Lane("a", BatchQueue(FixedPolicy(8, 0.005)), 1.0)
     s.lanes = {"a": lane}
-    lane.queue.push(Pending(0, 1, arrival_s=1.0, deadline_s=2.0))
-    assert s.pick(1.001) == (None, pytest.approx(1.005))
+    lane.queue.push(Pending(0, 1, arrival_s=1.000, deadline_s=2.0))
+    lane.queue.push(Pending(1, 1, arrival_s=1.001, deadline_s=2.0))  # a fill is expected
+    assert s.pick(1.002) == (None, pytest.approx(1.005))
 
 
 def test_batches_form_under_concurrent_load() -> None:
@@ -107,16 +108,22 @@ def test_failure_fans_out_and_expired_requests_are_dropped() -> None:
 
     now = [0.0]
     ex = DeviceExecutor(0, clock=lambda: now[0])
-    ex.add_lane("m", FixedPolicy(4, 0.0), slo_ms=10, run=boom)
-    late = ex.submit("m", 1)
-    now[0] = 1.0  # the request is now 1 s old with a 10 ms SLO
+    ex.add_lane("m", FixedPolicy(2, 0.0), slo_ms=10, run=boom)
+    late = [ex.submit("m", i) for i in range(5)]  # a backlog: five requests, batches of two
+    now[0] = 1.0  # they are now 1 s old with a 10 ms SLO
     ex.start()
     try:
-        with pytest.raises(Overloaded):
-            late.result(timeout=5)
-        f1 = ex.submit("m", 2)
-        with pytest.raises(ExecutionError, match="kaput"):
-            f1.result(timeout=5)
+        for f in late[:3]:  # real overload sheds the backlog...
+            with pytest.raises(Overloaded) as info:
+                f.result(timeout=5)
+            assert info.value.reason == "deadline" and not info.value.queue_empty
+        for f in late[3:]:  # ...but one batch always runs, and its failure fans out
+            with pytest.raises(ExecutionError, match="kaput"):
+                f.result(timeout=5)
+        lone = ex.submit("m", 6)  # a lone request, 1 s past its deadline when it is looked at
+        now[0] = 2.0
+        with pytest.raises(ExecutionError, match="kaput"):  # run (late), not refused
+            lone.result(timeout=5)
     finally:
         ex.stop()
 
@@ -140,3 +147,42 @@ def test_a_model_slower_than_its_slo_still_answers() -> None:
     lane.queue.push(Pending("fresh", 1, arrival_s=1.0, deadline_s=1.010))
     assert s.expire(now_s=1.0) == []  # not refused up front...
     assert s.pick(1.0)[0] is lane  # ...it runs, and answers late
+
+
+def _starve(cycle_s: float) -> float | None:
+    """A lane with a 1 s SLO next to one whose 5 ms deadlines always come first under EDF;
+    returns how long the patient lane's ready batch waited before it ran (None: never)."""
+    s = SliceScheduler(cycle_s=cycle_s)
+    hog, patient = _lane("hog", slo_s=0.005), _lane("patient", slo_s=1.0)
+    s.lanes = {"hog": hog, "patient": patient}
+    patient.queue.push(Pending("p", 1, arrival_s=0.0, deadline_s=1.0))
+    now = 0.0
+    for _ in range(50):  # 100 ms of 2 ms batches
+        hog.queue.push(Pending("h", 1, arrival_s=now, deadline_s=now + 0.005))
+        lane, _ = s.pick(now)
+        assert lane is not None
+        if lane is patient:
+            return now - s.ready_since_s(patient)
+        lane.queue.take()
+        s.charge(lane, 0.002)
+        now += 0.002
+    return None
+
+
+def test_the_executors_added_wait_is_bounded_by_one_duty_cycle() -> None:
+    assert _starve(cycle_s=0.0) is None  # EDF alone: the patient lane waits for its deadline
+    wait = _starve(cycle_s=0.010)
+    assert wait is not None and wait <= 0.010
+
+
+def test_batch_records_carry_the_executors_added_wait() -> None:
+    records: list[BatchRecord] = []
+    ex = DeviceExecutor(0, cycle_ms=6.0)
+    ex.add_lane("m", FixedPolicy(1, 0.0), slo_ms=5000, run=list, observer=records.append)
+    ex.start()
+    try:
+        ex.submit("m", 1).result(timeout=5)
+    finally:
+        ex.stop()
+    assert len(records) == 1 and records[0].cycle_s == pytest.approx(0.006)
+    assert 0.0 <= records[0].wait_s < 5.0

@@ -46,9 +46,8 @@ class DataPlane:
             device = min(served.lanes, key=lambda d: reg.executor(d).queued_items(name))
             fut = reg.executor(device).submit(name, arrays, items)
             outputs: dict[str, np.ndarray] = await asyncio.wrap_future(fut)
-        except Overloaded:
-            reg.metrics.observe_request(name, 0.0, ok=False, reason="overloaded")
-            reg.metrics.dropped.labels(name, "1").inc()
+        except Overloaded as exc:
+            reg.metrics.observe_refusal(name, exc.reason, exc.queue_empty)
             raise
         except AgentError:
             reg.metrics.observe_request(name, 0.0, ok=False, reason="error")

@@ -37,7 +37,24 @@ class PayloadTooLarge(AgentError):
 
 
 class Overloaded(AgentError):
+    """Load shedding. ``reason`` labels the refusal in the metrics (``queue_full``,
+    ``deadline``, ``unloading``); ``queue_empty`` says no other request was queued for the
+    model when this one was refused (an alarm: it must never happen); ``retry_after_s`` is the
+    ``Retry-After`` the HTTP boundary sends."""
+
     status_code = 503
+
+    def __init__(
+        self,
+        message: str,
+        reason: str = "overloaded",
+        queue_empty: bool = False,
+        retry_after_s: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.queue_empty = queue_empty
+        self.retry_after_s = retry_after_s
 
 
 class ModelLoadError(AgentError):

@@ -10,14 +10,31 @@ up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rul
   A model that used up its budget in the current cycle yields to ready models that have not;
   when nobody else is ready it runs anyway (work-conserving). This keeps one overloaded model
   from eating its neighbours' slices.
-* Requests that can no longer meet their deadline (deadline < now + ``drop_margin`` x the
-  lane's smoothed batch latency, at most half the SLO) are failed with ``Overloaded`` before a
+* A partial batch waiting to fill stops waiting when its oldest request must start to finish
+  in time (deadline less ``drop_margin`` x the lane's smoothed batch latency, at most half the
+  SLO), or at once when no further arrival is expected before its timer
+  (:class:`stowplan.agent.batching.BatchQueue`).
+* Under real overload (a lane holding more than one batch) the requests that can no longer
+  meet their deadline (deadline < now + that margin) are failed with ``Overloaded`` before a
   batch forms (early drop, as Clockwork and Nexus do), so a backlog never makes every later
   request late too. The margin (1.2 by default) covers batch-time jitter: with the bare mean,
   under overload the oldest requests of every batch had slack of about one mean batch time,
   about half of them finished a little late, and each such batch both wasted its slots on
   late answers and made AIMD cut its cap (measured: 0.94 -> 0.99 of the best static goodput
   at 150 % Poisson load on the simulated A100, and static batching gains too).
+* A lane never sheds its newest batch, so a lone request (a model with an empty queue) is
+  always admitted and run, late if it must be. The first version early-dropped from any
+  lane, and that state was absorbing (issue 12's wedged model): a lone request held
+  ``max_queue_delay`` (5 ms) for its batch to fill reached the drop test with 5 ms of slack
+  against a 10 ms SLO; one slow batch under CPU contention had raised the smoothed batch time
+  so that the margin was SLO/2 = 5 ms, every request was dropped, and since the estimate and
+  the AIMD cap change only when a batch runs, nothing ever lowered it again. Now a lane
+  always keeps a batch to run, and a lane that keeps shedding for a whole SLO with no batch
+  run halves its estimate.
+* A batch that has been ready for about one duty cycle runs next whatever EDF and the budgets
+  say, so the executor's added wait (ready to started, ``BatchRecord.wait_s``, exported as
+  ``stowplan_executor_wait_seconds``) is bounded by one duty cycle while batches take the
+  time their lanes' estimates say.
 
 Callers: :mod:`stowplan.agent.serving` (real sessions) and :mod:`stowplan.agentbench.simulate` (the
 pure scheduler with simulated time). Batches never run concurrently on one device.
@@ -52,6 +69,10 @@ class Lane:
     #: Smoothed latency of this lane's recent batches: a request that cannot finish by its
     #: deadline even if its batch started now is dropped instead of run late.
     est_batch_s: float = 0.0
+    #: when this lane first shed requests since it last ran a batch (None: it has not): if it
+    #: keeps shedding for a whole SLO with no batch run, est_batch_s is halved (once per SLO),
+    #: as an estimate no batch confirms must not keep shedding
+    shedding_since_s: float | None = None
 
 
 @dataclass
@@ -72,25 +93,61 @@ class SliceScheduler:
             for lane in self.lanes.values():
                 lane.used_s = 0.0
 
+    def margin_s(self, lane: Lane) -> float:
+        """How long before its deadline a request must start: drop_margin x the smoothed batch
+        time, capped at half the SLO (a model slower than its SLO still answers, late)."""
+        return min(self.drop_margin * lane.est_batch_s, 0.5 * lane.slo_s)
+
+    def ready_at_s(self, lane: Lane) -> float:
+        """When the lane's next batch may run: the queue's own rule (full, or its bounded wait
+        over), but never later than the oldest deadline less the margin, so a partial batch
+        stops waiting to fill while its oldest request can still finish in time."""
+        ready = lane.queue.ready_at_s()
+        if math.isinf(ready):
+            return ready
+        return min(ready, lane.queue.oldest_deadline_s() - self.margin_s(lane))
+
+    def ready_since_s(self, lane: Lane) -> float:
+        """When the lane's next batch became ready (the start of the executor's added wait)."""
+        since = lane.queue.ready_since_s()
+        if math.isinf(since):
+            return since
+        return min(since, lane.queue.oldest_deadline_s() - self.margin_s(lane))
+
     def expire(self, now_s: float) -> list[tuple[Lane, Pending[Any]]]:
-        """Drop requests that would miss their deadline even if their batch started now."""
-        return [
-            (lane, p)
-            for lane in self.lanes.values()
-            # capped at half the SLO so a fresh request is never dropped: a model slower than
-            # its SLO still answers (late) instead of refusing everything forever
-            for p in lane.queue.expire(
-                now_s + min(self.drop_margin * lane.est_batch_s, 0.5 * lane.slo_s)
-            )
-        ]
+        """Shed the backlog's requests that would miss their deadline even if their batch
+        started now. Only a lane that holds more than one batch sheds, and never its newest
+        batch (:meth:`BatchQueue.shed`): a lone request, or a partial batch waiting to fill, is
+        run (late if it must), never refused."""
+        out: list[tuple[Lane, Pending[Any]]] = []
+        for lane in self.lanes.values():
+            dead = lane.queue.shed(now_s + self.margin_s(lane))
+            if not dead:
+                continue
+            if lane.shedding_since_s is None:
+                lane.shedding_since_s = now_s
+            elif now_s - lane.shedding_since_s >= lane.slo_s:  # no batch ran for a whole SLO
+                lane.est_batch_s *= 0.5
+                lane.shedding_since_s = now_s
+            out += [(lane, p) for p in dead]
+        return out
 
     def pick(self, now_s: float) -> tuple[Lane | None, float]:
         """Return (lane to run now, inf) or (None, time at which some lane becomes ready)."""
         self._roll(now_s)
-        ready = [lane for lane in self.lanes.values() if lane.queue.ready_at_s() <= now_s]
+        ready_at = {name: self.ready_at_s(lane) for name, lane in self.lanes.items()}
+        ready = [lane for lane in self.lanes.values() if ready_at[lane.name] <= now_s]
         if not ready:
-            wake = min((lane.queue.ready_at_s() for lane in self.lanes.values()), default=math.inf)
-            return None, wake
+            return None, min(ready_at.values(), default=math.inf)
+        if self.cycle_s > 0 and len(ready) > 1:
+            # Bound the executor's added wait by one duty cycle: a batch that has waited
+            # nearly a cycle (a cycle less the longest batch another ready lane may run) goes
+            # first, whatever EDF and the budgets say; the longest-waiting one first.
+            longest = max(lane.est_batch_s for lane in ready)
+            since = {lane.name: self.ready_since_s(lane) for lane in ready}
+            aged = [lane for lane in ready if now_s - since[lane.name] >= self.cycle_s - longest]
+            if aged:
+                return min(aged, key=lambda lane: since[lane.name]), math.inf
         in_budget = [lane for lane in ready if lane.budget_s <= 0 or lane.used_s < lane.budget_s]
         pool = in_budget or ready
         best = min(pool, key=lambda lane: (lane.queue.oldest_deadline_s(), -lane.priority))
@@ -98,6 +155,7 @@ class SliceScheduler:
 
     def charge(self, lane: Lane, busy_s: float) -> None:
         lane.used_s += busy_s
+        lane.shedding_since_s = None
         lane.est_batch_s = (
             busy_s if lane.est_batch_s == 0 else (0.8 * lane.est_batch_s + 0.2 * busy_s)
         )
@@ -114,6 +172,10 @@ class BatchRecord:
     latency_s: float
     queue_s: Sequence[float]
     ok: bool
+    #: the executor's added wait: from when the batch was ready to run until it started
+    wait_s: float = 0.0
+    #: the device's duty cycle, the bound on ``wait_s`` (0: no duty cycle, no bound)
+    cycle_s: float = 0.0
 
 
 RunBatch = Callable[[list[Any]], Sequence[Any]]
@@ -187,7 +249,9 @@ class DeviceExecutor:
             self._runs.pop(name, None)
         if lane is not None:
             for p in lane.queue.drain():
-                p.payload.future.set_exception(Overloaded(f"model {name} was unloaded"))
+                p.payload.future.set_exception(
+                    Overloaded(f"model {name} was unloaded", reason="unloading")
+                )
 
     def lane(self, name: str) -> Lane | None:
         return self._sched.lanes.get(name)
@@ -199,7 +263,9 @@ class DeviceExecutor:
         with self._cond:
             lane = self._sched.lanes.get(name)
             if lane is None:
-                raise Overloaded(f"model {name} has no lane on device {self.device_index}")
+                raise Overloaded(
+                    f"model {name} has no lane on device {self.device_index}", reason="unloading"
+                )
             lane.queue.push(Pending(_Job(payload, fut), items, now, now + lane.slo_s))
             self._cond.notify()
         return fut
@@ -241,22 +307,33 @@ class DeviceExecutor:
                         for dead_lane, p in self._sched.expire(now):
                             p.payload.future.set_exception(
                                 Overloaded(
-                                    f"request for {dead_lane.name} waited past its "
-                                    f"{dead_lane.slo_s * 1000:.0f} ms SLO in the queue"
+                                    f"request for {dead_lane.name} could not finish within its "
+                                    f"{dead_lane.slo_s * 1000:.0f} ms SLO: "
+                                    f"{len(dead_lane.queue)} more queued behind it",
+                                    reason="deadline",
+                                    queue_empty=len(dead_lane.queue) == 0,
                                 )
                             )
                     picked, wake = self._sched.pick(now)
                     if picked is not None:
                         lane = picked
+                        ready_s = self._sched.ready_since_s(lane)
+                        cycle_s = self._sched.cycle_s
                         batch = lane.queue.take()
                         run, observer = self._runs[lane.name]
                         break
                     timeout = None if math.isinf(wake) else max(0.0, wake - now)
                     self._cond.wait(timeout)
-            self._run(lane, batch, run, observer)
+            self._run(lane, batch, run, observer, ready_s, cycle_s)
 
     def _run(
-        self, lane: Lane, batch: list[Pending[Any]], run: RunBatch, observer: Observer | None
+        self,
+        lane: Lane,
+        batch: list[Pending[Any]],
+        run: RunBatch,
+        observer: Observer | None,
+        ready_s: float,
+        cycle_s: float,
     ) -> None:
         start = self.clock()
         ok = True
@@ -296,5 +373,7 @@ class DeviceExecutor:
                     busy,
                     [start - p.arrival_s for p in batch],
                     ok,
+                    max(0.0, start - ready_s) if math.isfinite(ready_s) else 0.0,
+                    cycle_s,
                 )
             )

@@ -4,7 +4,19 @@ average batch size = nv_inference_count / nv_inference_exec_count.
 
 Extra stowplan series: ``stowplan_batch_cap`` (the AIMD cap), ``stowplan_model_ready``,
 ``stowplan_request_latency_seconds`` (histogram, for p99 in PromQL), ``stowplan_batch_size``
-(histogram of items per batch) and ``stowplan_request_dropped`` (early drops).
+(histogram of items per batch) and ``stowplan_request_dropped`` (every load-shedding 503).
+
+Load shedding and the executor's wait (issue 12 item 4):
+
+* ``stowplan_requests_refused_total{reason}``: 503s from load shedding per reason
+  (``queue_full``, ``deadline``, ``unloading``);
+* ``stowplan_requests_refused_queue_empty_total``: refusals made while no other request was
+  queued for the model, an alarm that must stay 0 (a lone client is never refused);
+* ``stowplan_executor_wait_seconds`` (histogram): per batch, how long the time-sliced
+  executor kept a ready batch waiting (for other models' slices);
+  ``stowplan_executor_wait_bound_seconds``: the bound it keeps, one duty cycle (0: none);
+  ``stowplan_executor_wait_over_bound_total``: batches that waited longer (a contended CPU
+  can delay the executor's thread past it).
 Callers: serving (per batch / request) and the server (``/metrics``). Each Agent owns its own
 registry so tests and several agents never collide.
 """
@@ -80,6 +92,55 @@ class AgentMetrics:
         self.dropped = Counter(
             "stowplan_request_dropped", "Requests dropped past their SLO", _M, registry=r
         )
+
+        self.refused = Counter(
+            "stowplan_requests_refused",
+            "Requests refused (503) by load shedding, per reason",
+            (*_M, "reason"),
+            registry=r,
+        )
+        self.refused_queue_empty = Counter(
+            "stowplan_requests_refused_queue_empty",
+            "Requests refused while no other request was queued for the model (must stay 0)",
+            _M,
+            registry=r,
+        )
+        self.executor_wait = Histogram(
+            "stowplan_executor_wait_seconds",
+            "Time a ready batch waited for the device (other models' slices)",
+            _M,
+            registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+        )
+        self.executor_wait_bound = Gauge(
+            "stowplan_executor_wait_bound_seconds",
+            "Bound on the executor's added wait: one duty cycle (0: no duty cycle)",
+            _M,
+            registry=r,
+        )
+        self.executor_wait_over = Counter(
+            "stowplan_executor_wait_over_bound",
+            "Batches whose executor wait exceeded one duty cycle",
+            _M,
+            registry=r,
+        )
+
+    def observe_refusal(self, model: str, reason: str, queue_empty: bool = False) -> None:
+        """One load-shedding 503 (also counted as a Triton failure and a drop, as before)."""
+        labels = (model, "1")
+        self.failure.labels(*labels, "overloaded").inc()
+        self.dropped.labels(*labels).inc()
+        self.refused.labels(*labels, reason).inc()
+        if queue_empty:
+            self.refused_queue_empty.labels(*labels).inc()
+
+    def observe_wait(self, model: str, wait_s: float, bound_s: float) -> None:
+        """The executor's added wait of one batch, against its bound (one duty cycle)."""
+        labels = (model, "1")
+        self.executor_wait.labels(*labels).observe(wait_s)
+        self.executor_wait_bound.labels(*labels).set(bound_s)
+        if bound_s > 0 and wait_s > bound_s:
+            self.executor_wait_over.labels(*labels).inc()
 
     def observe_batch(
         self, model: str, items: int, compute_s: float, queue_s: Sequence[float], cap: int

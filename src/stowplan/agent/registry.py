@@ -321,6 +321,7 @@ class ModelRegistry:
             served.stats.batch(rec.items)
             cap = served.policy.cap if served.policy is not None else 1
             self.metrics.observe_batch(served.name, rec.items, rec.latency_s, rec.queue_s, cap)
+            self.metrics.observe_wait(served.name, rec.wait_s, rec.cycle_s)
 
         return observe
 

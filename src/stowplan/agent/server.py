@@ -103,7 +103,10 @@ def create_app(agent: Agent) -> FastAPI:
 
     @app.exception_handler(AgentError)
     async def _agent_error(request: Request, exc: AgentError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
+        # a 503 (shed or not ready) tells the client when to come back (RFC 9110 Retry-After)
+        retry = getattr(exc, "retry_after_s", 1) if exc.status_code == 503 else None
+        headers = {"Retry-After": str(retry)} if retry is not None else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -355,7 +355,7 @@ def scrape(url: str) -> dict[str, ModelMetrics]:
                 empty[model] = s.value
             elif s.name == "nv_inference_exec_count_total":
                 batches[model] = s.value
-            elif s.name == "stowplan_executor_wait_over_cycle_total":
+            elif s.name == "stowplan_executor_wait_over_bound_total":
                 over[model] = s.value
             elif s.name == "stowplan_executor_wait_bound_seconds":
                 bound[model] = s.value
