@@ -207,6 +207,16 @@ def test_data_and_binary_size_together_is_400(client: TestClient) -> None:
     assert resp.status_code == 400 and "both data and" in resp.json()["error"]
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_json_numbers_are_400_naming_the_input(client: TestClient, token: str) -> None:
+    body = mlp_request()
+    body["inputs"][0]["data"] = ["X"] + [0.0] * 63
+    text = json.dumps(body).replace('"X"', token)  # what Python's json.dumps writes for nan/inf
+    resp = client.post("/v2/models/mlp/infer", content=text)
+    assert resp.status_code == 400, resp.text
+    assert "'input'" in resp.json()["error"] and "must be finite" in resp.json()["error"]
+
+
 def test_unsupported_parameters_are_400(client: TestClient) -> None:
     body = mlp_request()
     body["outputs"] = [{"name": "logits", "parameters": {"classification": 3}}]

@@ -165,7 +165,14 @@ def _decode_one(t: RequestInput, spec: TensorSpec) -> np.ndarray:
         # A finite JSON number past the datatype's range (1e39 into FP32) would become inf.
         limit = float(np.finfo(dtype).max)
         biggest = float(np.max(np.abs(raw.astype(np.float64, copy=False))))
-        if math.isfinite(biggest) and biggest > limit:
+        if not math.isfinite(biggest):
+            # Infinity and NaN are not JSON (some encoders write them anyway); a client that
+            # means them sends the tensor binary.
+            raise InvalidRequest(
+                f"input {t.name!r}: {spec.datatype} data holds {biggest:g}; JSON numbers must "
+                "be finite (send non-finite values with the binary tensor data extension)"
+            )
+        if biggest > limit:
             raise InvalidRequest(
                 f"input {t.name!r}: value {biggest:g} is out of range for {spec.datatype} "
                 f"(largest magnitude {limit:g})"
