@@ -54,6 +54,15 @@ class DataPlane:
                 + (f": {served.reason}" if served.reason else "")
             )
         try:
+            if request.model_name not in (None, name):
+                raise InvalidRequest(
+                    f"model_name {request.model_name!r} in the body disagrees with the URL's "
+                    f"model {name!r}"
+                )
+            if request.model_version not in (None, "", "1"):
+                raise InvalidRequest(
+                    f"model_version {request.model_version!r}: model {name!r} has only version '1'"
+                )
             arrays, items = tensors.decode_inputs(
                 request.inputs, served.runtime.inputs, served.max_items, raw
             )

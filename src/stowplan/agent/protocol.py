@@ -40,6 +40,9 @@ class RequestOutput(_Msg):
 
 class InferenceRequest(_Msg):
     id: str | None = Field(default=None, max_length=256)
+    # Not in the protocol's request body, but KServe's SDK sends them: checked against the URL.
+    model_name: str | None = Field(default=None, max_length=256)
+    model_version: str | None = Field(default=None, max_length=64)
     parameters: dict[str, Any] | None = None
     inputs: list[RequestInput] = Field(min_length=1, max_length=64)
     outputs: list[RequestOutput] | None = Field(default=None, max_length=64)
