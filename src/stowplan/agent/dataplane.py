@@ -1,15 +1,18 @@
 """The agent's data path, as KServe's ``DataPlane``: decode a request against the model's
 inputs, route it to the replica with the fewest queued items, submit it to that device's
-executor, and encode the outputs.
+executor, and hand back the output arrays (``predict``), or encode them as the protocol's
+JSON response (``infer``).
 
-Callers: :mod:`stowplan.agent.serving` (``Agent.infer``), hence the HTTP server. It looks
-models up in the registry and never loads, unloads or schedules anything itself. Must not
-import FastAPI.
+Callers: :mod:`stowplan.agent.serving` (``Agent.infer``/``Agent.predict``), hence the HTTP
+server, which encodes binary outputs itself. It looks models up in the registry and never
+loads, unloads or schedules anything itself. Must not import FastAPI.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -19,13 +22,29 @@ from stowplan.agent.protocol import InferenceRequest, InferenceResponse
 from stowplan.agent.registry import ModelRegistry, ModelState
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """The outputs of one request: ``names`` in the order to answer them (those asked for,
+    else all of the model's), ``outputs`` by name."""
+
+    names: list[str]
+    outputs: dict[str, np.ndarray]
+
+
 class DataPlane:
-    """decode -> route -> submit -> encode, over one registry."""
+    """decode -> route -> submit -> (encode), over one registry."""
 
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
 
-    async def infer(self, name: str, request: InferenceRequest) -> InferenceResponse:
+    async def predict(
+        self,
+        name: str,
+        request: InferenceRequest,
+        raw: Mapping[str, bytes | memoryview] | None = None,
+    ) -> Prediction:
+        """Run one request; ``raw`` holds the binary contents of inputs sent with the binary
+        tensor data extension (by input name)."""
         reg = self.registry
         start = reg.clock()
         served = reg.get(name)
@@ -34,34 +53,52 @@ class DataPlane:
                 f"model {name!r} is {served.state.value}"
                 + (f": {served.reason}" if served.reason else "")
             )
-        arrays, items = tensors.decode_inputs(
-            request.inputs, served.runtime.inputs, served.max_items
-        )
-        wanted = [o.name for o in request.outputs or []]
-        known = {o.name for o in served.runtime.outputs}
-        bad = [w for w in wanted if w not in known]
-        if bad:
-            raise InvalidRequest(f"unknown output(s) {bad}; the model has {sorted(known)}")
         try:
+            if request.model_name not in (None, name):
+                raise InvalidRequest(
+                    f"model_name {request.model_name!r} in the body disagrees with the URL's "
+                    f"model {name!r}"
+                )
+            if request.model_version not in (None, "", "1"):
+                raise InvalidRequest(
+                    f"model_version {request.model_version!r}: model {name!r} has only version '1'"
+                )
+            arrays, items = tensors.decode_inputs(
+                request.inputs, served.runtime.inputs, served.max_items, raw
+            )
+            wanted = [o.name for o in request.outputs or []]
+            known = {o.name for o in served.runtime.outputs}
+            bad = [w for w in wanted if w not in known]
+            if bad:
+                raise InvalidRequest(f"unknown output(s) {bad}; the model has {sorted(known)}")
             device = min(served.lanes, key=lambda d: reg.executor(d).queued_items(name))
             fut = reg.executor(device).submit(name, arrays, items)
             outputs: dict[str, np.ndarray] = await asyncio.wrap_future(fut)
         except Overloaded as exc:
+            served.stats.failure((reg.clock() - start) * 1000.0)
             reg.metrics.observe_refusal(name, exc.reason, exc.queue_empty)
             raise
-        except AgentError:
-            reg.metrics.observe_request(name, 0.0, ok=False, reason="error")
+        except AgentError as exc:
+            served.stats.failure((reg.clock() - start) * 1000.0)
+            invalid = exc.status_code < 500
+            reg.metrics.observe_request(
+                name, 0.0, ok=False, reason="invalid" if invalid else "error"
+            )
             raise
         latency = reg.clock() - start
         served.stats.request(latency * 1000.0)
         reg.metrics.observe_request(name, latency, ok=True)
-        names = wanted or [o.name for o in served.runtime.outputs]
+        return Prediction(wanted or [o.name for o in served.runtime.outputs], outputs)
+
+    async def infer(self, name: str, request: InferenceRequest) -> InferenceResponse:
+        """Run one request and answer it in the protocol's JSON form."""
+        p = await self.predict(name, request)
         return InferenceResponse(
             model_name=name,
             model_version="1",
             id=request.id,
-            outputs=[tensors.encode_output(n, outputs[n]) for n in names],
+            outputs=[tensors.encode_output(n, p.outputs[n]) for n in p.names],
         )
 
 
-__all__ = ["DataPlane"]
+__all__ = ["DataPlane", "Prediction"]

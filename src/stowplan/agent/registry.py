@@ -318,7 +318,7 @@ class ModelRegistry:
 
     def _observer(self, served: ServedModel) -> Callable[[BatchRecord], None]:
         def observe(rec: BatchRecord) -> None:
-            served.stats.batch(rec.items)
+            served.stats.batch(rec.items, rec.latency_s, rec.queue_s)
             cap = served.policy.cap if served.policy is not None else 1
             self.metrics.observe_batch(served.name, rec.items, rec.latency_s, rec.queue_s, cap)
             self.metrics.observe_wait(served.name, rec.wait_s, rec.cycle_s)

@@ -2,7 +2,19 @@
 
 Routes: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v2/models``
 (stowplan extension: every model with state, qps, p99, batch cap), ``GET /v2/models/{name}``,
-``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``, ``GET /metrics``.
+``GET /v2/models/{name}/ready``, ``POST /v2/models/{name}/infer``, ``GET /metrics``; the
+model routes also under ``/v2/models/{name}/versions/1/...``. Triton-only routes that
+Triton's clients call (:mod:`stowplan.agent.tritonapi`): ``GET /v2/models/{name}/config``,
+``POST /v2/repository/index``, ``GET /v2/models/stats``, ``GET /v2/models/{name}/stats``;
+``POST /v2/repository/models/{name}/load|unload`` answer 400 (no model control).
+
+Inference bodies are read raw, not through FastAPI's body parsing: with an
+``Inference-Header-Content-Length`` header the body is that many bytes of JSON followed by
+the inputs' raw tensors (the binary tensor data extension); without it the body is JSON.
+``Content-Encoding: gzip|deflate`` bodies are inflated (up to the body limit). Responses
+carry outputs as JSON data, or after the JSON header as raw bytes when the request asks for
+them binary (``parameters.binary_data_output``, or an output's ``parameters.binary_data``),
+with ``Inference-Header-Content-Length`` set.
 
 Error mapping (the only place it happens): AgentError subclasses carry their status code;
 malformed JSON and schema violations are 400; bodies over ``max_body_bytes`` are 413 (checked
@@ -14,20 +26,29 @@ Callers: ``stowplan up`` and ``python -m stowplan.agent``. Must not contain serv
 
 from __future__ import annotations
 
+import json
 import logging
+import zlib
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import stowplan
-from stowplan.agent import protocol
-from stowplan.agent.errors import AgentError
+from stowplan.agent import protocol, tensors, tritonapi
+from stowplan.agent.errors import AgentError, InvalidRequest, PayloadTooLarge
 from stowplan.agent.metrics import CONTENT_TYPE
 from stowplan.agent.serving import Agent, ModelState
+
+#: the binary tensor data extension's header: bytes of JSON at the start of the body
+HEADER_LENGTH = "Inference-Header-Content-Length"
+_HEADER_LENGTH_KEY = HEADER_LENGTH.lower()
 
 log = logging.getLogger("stowplan.agent")
 
@@ -93,6 +114,91 @@ def _too_large(limit: int) -> JSONResponse:
     return JSONResponse({"error": f"request body larger than {limit} bytes"}, status_code=413)
 
 
+def _validation_message(errors: Sequence[Any]) -> str:
+    parts = []
+    for err in list(errors)[:5]:
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise InvalidRequest(
+            f"Content-Encoding {encoding!r} is not supported (use gzip, deflate or none)"
+        )
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise InvalidRequest(f"body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes once inflated")
+    return out
+
+
+def parse_infer_body(
+    body: bytes, header_length: str | None
+) -> tuple[protocol.InferenceRequest, dict[str, memoryview] | None]:
+    """(request, binary inputs by name) from an inference body; ``header_length`` is the
+    ``Inference-Header-Content-Length`` header (None: the whole body is JSON)."""
+    tail: memoryview | None = None
+    head = body
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise InvalidRequest(
+                f"{HEADER_LENGTH} must be a byte count, got {header_length!r}"
+            ) from None
+        if not 0 <= n <= len(body):
+            raise InvalidRequest(f"{HEADER_LENGTH} is {n} but the body has {len(body)} bytes")
+        view = memoryview(body)
+        head, tail = body[:n], view[n:]
+    try:
+        request = protocol.InferenceRequest.model_validate_json(head)
+    except ValidationError as exc:
+        msg = _validation_message(exc.errors())
+        if tail is None and any(e.get("type") == "json_invalid" for e in exc.errors()):
+            msg += f" (a body with binary tensors needs the {HEADER_LENGTH} header)"
+        raise InvalidRequest(msg) from None
+    if tail is None:
+        for t in request.inputs:
+            if t.parameters and "binary_data_size" in t.parameters:
+                raise InvalidRequest(
+                    f"input {t.name!r} has parameters.binary_data_size but the request has no "
+                    f"{HEADER_LENGTH} header saying where its JSON ends"
+                )
+        return request, None
+    return request, tensors.split_binary_inputs(request.inputs, tail)
+
+
+def _infer_openapi() -> dict[str, Any]:
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "parameters": [
+            {
+                "name": HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "Binary tensor data extension: the body's first N bytes are "
+                "the JSON request, the rest the inputs with parameters.binary_data_size.",
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+                "application/octet-stream": binary,
+            },
+        },
+        "responses": {"200": {"content": {"application/octet-stream": binary}}},
+    }
+
+
 def create_app(agent: Agent) -> FastAPI:
     app = FastAPI(
         title="stowplan agent",
@@ -122,11 +228,7 @@ def create_app(agent: Agent) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors()[:5]:
-            loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
-            parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"error": "invalid request: " + "; ".join(parts)}, status_code=400)
+        return JSONResponse({"error": _validation_message(exc.errors())}, status_code=400)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -150,7 +252,15 @@ def create_app(agent: Agent) -> FastAPI:
     @app.get("/v2", response_model=protocol.ServerMetadata, tags=["metadata"])
     async def server_metadata() -> protocol.ServerMetadata:
         return protocol.ServerMetadata(
-            name="stowplan", version=stowplan.__version__, extensions=["model_index", "metrics"]
+            name="stowplan",
+            version=stowplan.__version__,
+            extensions=[
+                "binary_tensor_data",
+                "model_configuration",
+                "statistics",
+                "model_index",
+                "metrics",
+            ],
         )
 
     @app.get("/v2/models", response_model=protocol.ModelIndex, tags=["metadata"])
@@ -160,11 +270,13 @@ def create_app(agent: Agent) -> FastAPI:
         )
 
     @app.get(
-        "/v2/models/{name}",
-        response_model=protocol.ModelMetadata,
-        tags=["metadata"],
-        responses=_ERRORS,
+        "/v2/models/stats",
+        response_model=protocol.InferenceStatistics,
+        tags=["triton"],
     )
+    async def all_statistics() -> protocol.InferenceStatistics:
+        return tritonapi.statistics(agent, None)
+
     async def model_metadata(name: str) -> protocol.ModelMetadata:
         m = agent.get(name)
         rt = m.runtime
@@ -176,28 +288,152 @@ def create_app(agent: Agent) -> FastAPI:
             reason=m.reason,
         )
 
-    @app.get(
-        "/v2/models/{name}/ready",
-        response_model=protocol.ModelReady,
-        tags=["health"],
-        responses={**_ERRORS, 503: {"model": protocol.ModelReady}},
-    )
     async def model_ready(name: str) -> Response:
         ok = agent.get(name).state is ModelState.READY
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
+    async def infer(name: str, request: Request) -> Response:
+        body = await request.body()
+        headers = request.headers
+        encoding = headers.get("content-encoding")
+        if encoding:
+            body = _inflate(body, encoding.strip().lower(), agent.settings.max_body_bytes)
+        parsed, raw = parse_infer_body(body, headers.get(_HEADER_LENGTH_KEY))
+        binary = tensors.wants_binary(parsed.outputs, parsed.parameters)
+        prediction = await agent.predict(name, parsed, raw)
+        content, header_length = tensors.encode_response(
+            name, parsed.id, prediction.outputs, prediction.names, binary
+        )
+        if header_length is None:
+            return Response(content, media_type="application/json")
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={HEADER_LENGTH: str(header_length)},
+        )
+
+    async def model_config(name: str) -> protocol.ModelConfigResponse:
+        return tritonapi.model_config(agent.get(name))
+
+    async def model_statistics(name: str) -> protocol.InferenceStatistics:
+        return tritonapi.statistics(agent, name)
+
+    # Every model route twice: /v2/models/{name}/... and /v2/models/{name}/versions/{v}/...
+    # (only version 1 exists; another is a 404 naming it).
+    ready_responses = {**_ERRORS, 503: {"model": protocol.ModelReady}}
+    routes: list[tuple[str, str, Any, Any, dict[Any, Any], str, dict[str, Any] | None]] = [
+        ("GET", "", model_metadata, protocol.ModelMetadata, _ERRORS, "metadata", None),
+        ("GET", "/ready", model_ready, protocol.ModelReady, ready_responses, "health", None),
+        (
+            "POST",
+            "/infer",
+            infer,
+            protocol.InferenceResponse,
+            _ERRORS,
+            "inference",
+            _infer_openapi(),
+        ),
+        ("GET", "/config", model_config, protocol.ModelConfigResponse, _ERRORS, "triton", None),
+        ("GET", "/stats", model_statistics, protocol.InferenceStatistics, _ERRORS, "triton", None),
+    ]
+    for method, suffix, handler, model, responses, tag, extra in routes:
+        app.add_api_route(
+            "/v2/models/{name}" + suffix,
+            handler,
+            methods=[method],
+            response_model=model,
+            responses=responses,
+            tags=[tag],
+            openapi_extra=extra,
+        )
+        app.add_api_route(
+            "/v2/models/{name}/versions/{version}" + suffix,
+            _versioned(handler),
+            methods=[method],
+            response_model=model,
+            responses=responses,
+            tags=[tag],
+            openapi_extra=extra,
+            name=f"{handler.__name__}_versioned",
+        )
+
     @app.post(
-        "/v2/models/{name}/infer",
-        response_model=protocol.InferenceResponse,
-        tags=["inference"],
+        "/v2/repository/index",
+        response_model=list[protocol.RepositoryModel],
+        tags=["triton"],
         responses=_ERRORS,
     )
-    async def infer(name: str, request: protocol.InferenceRequest) -> protocol.InferenceResponse:
-        return await agent.infer(name, request)
+    async def repository_index(request: Request) -> list[protocol.RepositoryModel]:
+        body = await request.body()
+        ready_only = False
+        if body.strip():
+            try:
+                ask = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                raise InvalidRequest(
+                    'repository index body must be JSON, e.g. {"ready": true}'
+                ) from None
+            if not isinstance(ask, dict) or not isinstance(ask.get("ready", False), bool):
+                raise InvalidRequest('repository index body must be {"ready": true|false}')
+            ready_only = bool(ask.get("ready", False))
+        return tritonapi.repository_index(agent, ready_only)
+
+    @app.post(
+        "/v2/repository/models/{name}/load",
+        tags=["triton"],
+        responses={400: {"model": protocol.ErrorBody, "description": "No model control"}},
+    )
+    async def load_model(name: str) -> None:
+        raise tritonapi.refuse_model_control(name, "load")
+
+    @app.post(
+        "/v2/repository/models/{name}/unload",
+        tags=["triton"],
+        responses={400: {"model": protocol.ErrorBody, "description": "No model control"}},
+    )
+    async def unload_model(name: str) -> None:
+        raise tritonapi.refuse_model_control(name, "unload")
 
     @app.get("/metrics", tags=["metrics"], response_class=Response)
     async def metrics() -> Response:
         agent.device_samples()
         return Response(agent.metrics.render(), media_type=CONTENT_TYPE)
 
+    def openapi() -> dict[str, Any]:
+        # The inference route reads its body raw (binary extension), so FastAPI does not see
+        # the JSON request's schema: add it to the components the route refers to.
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            request_schema = protocol.InferenceRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request_schema.pop("$defs", {}))
+            components["InferenceRequest"] = request_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _versioned(handler: Any) -> Any:
+    """The same route handler under ``/versions/{version}``, checking the version first."""
+    import functools
+    import inspect
+
+    @functools.wraps(handler)
+    async def route(*, version: str, **kwargs: Any) -> Any:
+        tritonapi.check_version(kwargs["name"], version)
+        return await handler(**kwargs)
+
+    sig = inspect.signature(handler)
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()]
+    params.append(inspect.Parameter("version", inspect.Parameter.KEYWORD_ONLY, annotation=str))
+    route.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+    return route

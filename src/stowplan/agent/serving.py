@@ -10,11 +10,11 @@ kubernetes or the placement engine.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from stowplan.agent.config import AgentSettings
-from stowplan.agent.dataplane import DataPlane
+from stowplan.agent.dataplane import DataPlane, Prediction
 from stowplan.agent.errors import ModelLoadError
 from stowplan.agent.metrics import AgentMetrics
 from stowplan.agent.protocol import InferenceRequest, InferenceResponse
@@ -46,6 +46,14 @@ class Agent(ModelRegistry):
     async def infer(self, name: str, request: InferenceRequest) -> InferenceResponse:
         return await self.dataplane.infer(name, request)
 
+    async def predict(
+        self,
+        name: str,
+        request: InferenceRequest,
+        raw: Mapping[str, bytes | memoryview] | None = None,
+    ) -> Prediction:
+        return await self.dataplane.predict(name, request, raw)
+
     def model_reports(self) -> list[ModelReport]:
         return model_reports(self)
 
@@ -62,6 +70,7 @@ __all__ = [
     "ModelLoadError",
     "ModelReport",
     "ModelState",
+    "Prediction",
     "Residency",
     "ServedModel",
     "reserved_bytes",

@@ -1,0 +1,105 @@
+"""KServe's Python SDK REST client (``kserve==0.21.0``, ``InferenceRESTClient`` with protocol v2)
+against ``stowplan up``: readiness calls, inference with binary and JSON inputs and outputs on
+every example model equal to a direct ONNX Runtime call and to each other, and the documented
+errors raised as ``httpx.HTTPStatusError`` carrying the server's message.
+
+KServe's SDK cannot be installed beside stowplan's pins (it requires python-dateutil<3;
+kubernetes 37.0.2 requires >=3), so it lives in its own venv made by
+``scripts/setup-kserve-client`` (on first use, from PyPI) and is driven through
+``kserve_rest_driver.py`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+MODELS = ("mlp", "convnet", "mlp-wide")  # the shipped examples (conftest.MODELS)
+
+
+@pytest.fixture(scope="session")
+def kserve_python() -> Path:
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "setup-kserve-client")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, f"scripts/setup-kserve-client failed:\n{done.stderr[-3000:]}"
+    return ROOT / done.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session", params=MODELS)
+def report(
+    request: pytest.FixtureRequest,
+    kserve_python: Path,
+    served: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[str, np.ndarray, dict[str, Any]]:
+    model = request.param
+    meta = httpx.get(f"http://{served.url}/v2/models/{model}", timeout=10).json()
+    x = served.example_input(meta["inputs"][0]["shape"], rows=2, seed=2)
+    path = tmp_path_factory.mktemp(f"kserve-{model}") / "x.npy"
+    np.save(path, x)
+    done = subprocess.run(
+        [
+            str(kserve_python),
+            str(HERE / "kserve_rest_driver.py"),
+            f"http://{served.url}",
+            model,
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return model, x, json.loads(done.stdout)
+
+
+def test_readiness_calls(report: tuple[str, np.ndarray, dict[str, Any]]) -> None:
+    _, _, r = report
+    assert r["is_server_live"] is True and r["is_server_ready"] is True
+    assert r["is_model_ready"] is True and r["is_model_ready_unknown"] is False
+
+
+def test_outputs_equal_across_paths_and_direct_onnxruntime(
+    report: tuple[str, np.ndarray, dict[str, Any]], served: Any
+) -> None:
+    model, x, r = report
+    want = served.direct(model, x)
+    answers = r["outputs"]
+    assert len(answers) == 6
+    first = np.asarray(next(iter(answers.values()))["data"], np.float32).reshape(want.shape)
+    for path, out in answers.items():
+        assert out["datatype"] == "FP32" and out["shape"] == list(want.shape), path
+        assert out["id"] == "k1" and out["model_name"] == model, path
+        got = np.asarray(out["data"], np.float32).reshape(want.shape)
+        np.testing.assert_array_equal(got, first, err_msg=path)
+    np.testing.assert_allclose(first, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "fragment"),
+    [
+        ("unknown-model", 404, "'nope' is not served here"),
+        ("bad-shape", 400, "has shape"),
+        ("bad-datatype", 400, "has datatype 'INT32'"),
+        ("fp32-out-of-range", 400, "'input': value 1e+39 is out of range for FP32"),
+    ],
+)
+def test_documented_errors_carry_the_server_message(
+    report: tuple[str, np.ndarray, dict[str, Any]], case: str, status: int, fragment: str
+) -> None:
+    _, _, r = report
+    err = r["errors"][case]
+    assert err["status"] == status, err
+    assert fragment in err["message"], err
