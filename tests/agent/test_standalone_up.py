@@ -155,6 +155,9 @@ def test_up_serves_and_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        grpc_port = s.getsockname()[1]
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -164,6 +167,8 @@ def test_up_serves_and_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
             str(tmp_path),
             "--port",
             str(port),
+            "--grpc-port",
+            str(grpc_port),
             "--no-nvml",
             "--cache-dir",
             str(tmp_path / "cache"),

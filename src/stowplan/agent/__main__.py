@@ -1,7 +1,8 @@
 """``python -m stowplan.agent`` / ``stowplan-agent``: the per-node agent in cluster mode.
 
-Serves the Open Inference Protocol on HOST:PORT and keeps this node's ``GPUNode`` in step
-(register, watch own object, load/unload to match ``spec.assignments``, write ``status``).
+Serves the Open Inference Protocol on HOST:PORT (HTTP) and HOST:GRPC_PORT (gRPC) and keeps
+this node's ``GPUNode`` in step (register, watch own object, load/unload to match
+``spec.assignments``, write ``status``).
 Configuration comes from flags or the environment: ``STOWPLAN_NODE_NAME`` from the downward
 API, ``KUBECONFIG`` outside a cluster, and the CPU / host memory replicas may use
 (``STOWPLAN_ALLOCATABLE_CPU`` / ``STOWPLAN_ALLOCATABLE_MEMORY``, from the container's own limits
@@ -54,6 +55,13 @@ _BUDGET = (
 )
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--grpc-port",
+    default=8001,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port of the gRPC service (inference.GRPCInferenceService); 0: no gRPC.",
+)
 @click.option(
     "--models-dir",
     type=click.Path(path_type=Path),
@@ -133,6 +141,7 @@ def main(
     kubeconfig: str | None,
     host: str,
     port: int,
+    grpc_port: int,
     models_dir: Path,
     endpoint: str | None,
     status_interval: float,
@@ -145,9 +154,7 @@ def main(
     log_level: str,
 ) -> None:
     """Run the stowplan agent for NODE: serve models and sync the node's GPUNode."""
-    import uvicorn
-
-    from stowplan.agent import gpunode_sync
+    from stowplan.agent import gpunode_sync, listeners
     from stowplan.agent.server import create_app
     from stowplan.agent.serving import Agent
     from stowplan.agent.telemetry import detect
@@ -182,15 +189,10 @@ def main(
     except Exception as exc:
         agent.close()
         raise click.ClickException(f"cannot reach the Kubernetes API: {exc}") from None
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(agent), host=host, port=port, log_level="warning", access_log=False
-        )
-    )
     try:
-        server.run()
-    except KeyboardInterrupt:
-        pass
+        listeners.run(create_app(agent), agent, host, port, grpc_port or None)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         sync.stop()
         agent.close()

@@ -4,14 +4,15 @@ executor, and hand back the output arrays (``predict``), or encode them as the p
 JSON response (``infer``).
 
 Callers: :mod:`stowplan.agent.serving` (``Agent.infer``/``Agent.predict``), hence the HTTP
-server, which encodes binary outputs itself. It looks models up in the registry and never
-loads, unloads or schedules anything itself. Must not import FastAPI.
+server, which encodes binary outputs itself, and the gRPC server
+(:mod:`stowplan.agent.grpc_server`, through ``ready_model`` and ``run``). It looks models up
+in the registry and never loads, unloads or schedules anything itself. Must not import FastAPI.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from stowplan.agent import tensors
 from stowplan.agent.errors import AgentError, InvalidRequest, ModelNotReady, Overloaded
 from stowplan.agent.protocol import InferenceRequest, InferenceResponse
-from stowplan.agent.registry import ModelRegistry, ModelState
+from stowplan.agent.registry import ModelRegistry, ModelState, ServedModel
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,16 @@ class DataPlane:
     def __init__(self, registry: ModelRegistry) -> None:
         self.registry = registry
 
+    def ready_model(self, name: str) -> ServedModel:
+        """The model ``name`` if it serves now; ModelNotFound / ModelNotReady otherwise."""
+        served = self.registry.get(name)
+        if served.state is not ModelState.READY or served.runtime is None:
+            raise ModelNotReady(
+                f"model {name!r} is {served.state.value}"
+                + (f": {served.reason}" if served.reason else "")
+            )
+        return served
+
     async def predict(
         self,
         name: str,
@@ -47,12 +58,8 @@ class DataPlane:
         tensor data extension (by input name)."""
         reg = self.registry
         start = reg.clock()
-        served = reg.get(name)
-        if served.state is not ModelState.READY or served.runtime is None:
-            raise ModelNotReady(
-                f"model {name!r} is {served.state.value}"
-                + (f": {served.reason}" if served.reason else "")
-            )
+        served = self.ready_model(name)
+        assert served.runtime is not None
         try:
             if request.model_name not in (None, name):
                 raise InvalidRequest(
@@ -66,7 +73,29 @@ class DataPlane:
             arrays, items = tensors.decode_inputs(
                 request.inputs, served.runtime.inputs, served.max_items, raw
             )
-            wanted = [o.name for o in request.outputs or []]
+        except AgentError as exc:
+            self._failed(served, start, exc)
+            raise
+        wanted = [o.name for o in request.outputs or []]
+        outputs = await self.run(served, arrays, items, wanted, start)
+        return Prediction(list(outputs), outputs)
+
+    async def run(
+        self,
+        served: ServedModel,
+        arrays: dict[str, np.ndarray],
+        items: int,
+        wanted: Sequence[str],
+        start: float,
+    ) -> dict[str, np.ndarray]:
+        """Route decoded ``arrays`` (``items`` batch items, checked against the model) to a
+        replica, await the outputs, record the request; return the ``wanted`` outputs (all,
+        when empty) in that order. ``start`` is the registry clock when the request arrived.
+        Shared by every front end (HTTP and gRPC)."""
+        reg = self.registry
+        name = served.name
+        assert served.runtime is not None
+        try:
             known = {o.name for o in served.runtime.outputs}
             bad = [w for w in wanted if w not in known]
             if bad:
@@ -79,16 +108,21 @@ class DataPlane:
             reg.metrics.observe_refusal(name, exc.reason, exc.queue_empty)
             raise
         except AgentError as exc:
-            served.stats.failure((reg.clock() - start) * 1000.0)
-            invalid = exc.status_code < 500
-            reg.metrics.observe_request(
-                name, 0.0, ok=False, reason="invalid" if invalid else "error"
-            )
+            self._failed(served, start, exc)
             raise
         latency = reg.clock() - start
         served.stats.request(latency * 1000.0)
         reg.metrics.observe_request(name, latency, ok=True)
-        return Prediction(wanted or [o.name for o in served.runtime.outputs], outputs)
+        names = list(wanted) or [o.name for o in served.runtime.outputs]
+        return {n: outputs[n] for n in names}
+
+    def _failed(self, served: ServedModel, start: float, exc: AgentError) -> None:
+        reg = self.registry
+        served.stats.failure((reg.clock() - start) * 1000.0)
+        invalid = exc.status_code < 500
+        reg.metrics.observe_request(
+            served.name, 0.0, ok=False, reason="invalid" if invalid else "error"
+        )
 
     async def infer(self, name: str, request: InferenceRequest) -> InferenceResponse:
         """Run one request and answer it in the protocol's JSON form."""

@@ -96,6 +96,8 @@ def serve(workdir: Path, policy: str, model_path: Path, slo_ms: float) -> Iterat
             str(d),
             "--port",
             str(port),
+            "--grpc-port",
+            "0",  # HTTP only
             "--no-nvml",
             "--sim-devices",
             "1",

@@ -1,8 +1,8 @@
 """``stowplan up DIR``: serve InferenceModel YAML files on this machine (standalone mode).
 
 Thin shell over :mod:`stowplan.standalone` (read, place, load) and
-:mod:`stowplan.agent.server` (HTTP). Prints where everything went, serves until Ctrl-C, then
-stops the executors cleanly.
+:mod:`stowplan.agent.listeners` (HTTP and gRPC). Prints where everything went, serves until
+Ctrl-C, then stops the executors cleanly.
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ from stowplan.agent.config import AgentSettings
     show_default=True,
     type=click.IntRange(0, 65535),
     help="Port to listen on.",
+)
+@click.option(
+    "--grpc-port",
+    default=8001,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port of the gRPC service (inference.GRPCInferenceService); 0: no gRPC.",
 )
 @click.option(
     "--cache-dir",
@@ -52,17 +59,19 @@ def command(
     directory: Path,
     host: str,
     port: int,
+    grpc_port: int,
     cache_dir: Path,
     sim_devices: int | None,
     no_nvml: bool,
     solver_seconds: float,
     check: bool,
 ) -> None:
-    """Serve the InferenceModel YAML files in DIRECTORY (default manifests/examples) on one port.
+    """Serve the InferenceModel YAML files in DIRECTORY (default manifests/examples).
 
     Places every model on this machine's GPUs (simulated CPU-backed devices when there are
     none), loads them with ONNX Runtime, and serves the Open Inference Protocol (KServe v2) at
-    http://HOST:PORT/v2/... with Prometheus metrics at /metrics. Ctrl-C stops.
+    http://HOST:PORT/v2/... with Prometheus metrics at /metrics, and over gRPC
+    (inference.GRPCInferenceService) at HOST:GRPC_PORT. Ctrl-C stops.
     """
     from stowplan import standalone
     from stowplan.agent.telemetry import Telemetry, detect
@@ -84,23 +93,18 @@ def command(
     if check:
         dep.agent.close()
         return
-    import uvicorn
-
+    from stowplan.agent import grpc_server, listeners
     from stowplan.agent.server import create_app
 
     # Hand the GIL to the executor threads within 1 ms instead of Python's default 5 ms, so a
-    # finished batch is not held back behind the HTTP event loop.
+    # finished batch is not held back behind the event loop.
     sys.setswitchinterval(0.001)
-    click.echo(f"serving on {url} (Ctrl-C to stop)")
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(dep.agent), host=host, port=port, log_level="warning", access_log=False
-        )
-    )
+    grpc_at = f" and grpc {grpc_server.address(host, grpc_port)}" if grpc_port else ""
+    click.echo(f"serving on {url}{grpc_at} (Ctrl-C to stop)")
     try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
-        pass
+        listeners.run(create_app(dep.agent), dep.agent, host, port, grpc_port or None)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
     finally:
         dep.agent.close()
         click.echo("stopped")

@@ -150,13 +150,14 @@ def free_port() -> int:
 
 
 class Agent(Process):
-    """``python -m stowplan.agent`` for ``node`` on a fixed free local port."""
+    """``python -m stowplan.agent`` for ``node`` on fixed free local ports (HTTP and gRPC)."""
 
     def __init__(self, node: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.node, self.port = node, free_port()
+        self.node, self.port, self.grpc_port = node, free_port(), free_port()
         super().__init__(
             [sys.executable, "-m", "stowplan.agent", "--node", node,
-             "--host", "127.0.0.1", "--port", str(self.port), *args],
+             "--host", "127.0.0.1", "--port", str(self.port),
+             "--grpc-port", str(self.grpc_port), *args],
             env,
             log_path,
         )  # fmt: skip

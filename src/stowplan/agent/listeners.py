@@ -1,0 +1,61 @@
+"""Run the agent's two front ends in one event loop: HTTP (uvicorn, the FastAPI app of
+:mod:`stowplan.agent.server`) on ``port`` and gRPC (:mod:`stowplan.agent.grpc_server`) on
+``grpc_port``, both over the same agent and data plane.
+
+The gRPC port is bound first, so a busy port fails before anything serves; when uvicorn begins
+to shut down (Ctrl-C, SIGTERM) the gRPC server stops too, letting calls in flight finish within
+``grace_s``. The loop is asyncio's own (not uvloop, whether or not it is installed), so the
+agent image and a development install run the same loop. Callers: ``stowplan up`` and
+``python -m stowplan.agent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from stowplan.agent import grpc_server
+from stowplan.agent.serving import Agent
+
+
+async def serve(
+    app: Any,
+    agent: Agent,
+    host: str,
+    port: int,
+    grpc_port: int | None,
+    grace_s: float = 1.0,
+) -> None:
+    """Serve until uvicorn exits; ``grpc_port`` None serves HTTP only."""
+    import uvicorn
+
+    http = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    )
+    grpc = await grpc_server.start(agent, host, grpc_port) if grpc_port is not None else None
+
+    async def stop_grpc_with_http() -> None:
+        while not http.should_exit:
+            await asyncio.sleep(0.1)
+        if grpc is not None:
+            await grpc.stop(grace_s)
+
+    watcher = asyncio.create_task(stop_grpc_with_http())
+    try:
+        await http.serve()
+    finally:
+        http.should_exit = True
+        await watcher
+
+
+def run(
+    app: Any, agent: Agent, host: str, port: int, grpc_port: int | None, grace_s: float = 1.0
+) -> None:
+    """:func:`serve` on a fresh asyncio loop; returns after a clean stop (Ctrl-C included)."""
+    # uvicorn re-raises Ctrl-C after its graceful shutdown
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(app, agent, host, port, grpc_port, grace_s))
+
+
+__all__ = ["run", "serve"]
