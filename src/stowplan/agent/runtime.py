@@ -181,9 +181,9 @@ class OnnxModel:
         self._open()
         session = self._session
         assert session is not None
-        self.providers = list(session.get_providers())
-        self.inputs = tuple(_spec(a) for a in session.get_inputs())
-        self.outputs = tuple(_spec(a) for a in session.get_outputs())
+        self.providers: list[str] = list(session.get_providers())
+        self.inputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in session.get_inputs())
+        self.outputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in session.get_outputs())
         unsupported = [t.name for t in self.inputs if t.datatype not in V2_TO_NUMPY]
         if unsupported:
             raise ModelLoadError(f"inputs {unsupported} have datatypes the agent cannot serve")
