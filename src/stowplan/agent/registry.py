@@ -341,8 +341,10 @@ class ModelRegistry:
                     residency.unregister(name)
             runtime = served.runtimes.get(device)
             if runtime is not None:
-                self._give_back(device, [runtime])
-        if served.runtime is not None and served.runtime.release():  # it never got a lane
+                runtime.close()  # a stale reference (the executor's last batch) keeps no bytes
+                self._give_back(device, [])
+        if served.runtime is not None and served.runtime.loaded:  # it never got a lane
+            served.runtime.close()
             self._give_back(served.config.device, [])
         served.state = ModelState.UNLOADED
         self.metrics.set_ready(name, False)
