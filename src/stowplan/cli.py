@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "place": ("place", "Solve a placement instance (JSON) and print the plan."),
     "memsim": ("memsim", "Replay allocation traces through the allocators and compare them."),
     "profile": ("profile_model", "Measure an ONNX model's latency and memory profile here."),
+    "memprobe": ("memprobe", "The agent's memory books vs measured memory, example models."),
     "models": ("models", "Build the example ONNX models the project ships as recipes."),
     "crds": ("crds", "Generate the CRD YAML under crds/ from the API types."),
     "controlplane": ("controlplane", "Run a local kube-apiserver + etcd for trying stowplan out."),

@@ -56,6 +56,10 @@ def test_lru_offload_and_prefetch_through_the_agent(model_dir: Path, tmp_path: P
         asyncio.run(go())
         rows = {r["name"]: r for r in agent.model_rows()}
         assert rows["wide"]["resident"] is False and rows["small"]["resident"] is True
+        # the memory moved, not only the books: wide's session is released, small's is built
+        assert not agent.get("wide").runtime.loaded  # type: ignore[union-attr]
+        assert agent.get("small").runtime.loaded  # type: ignore[union-attr]
+        assert agent.get("wide").offloads == 1
         assert small <= agent.memory_used_bytes(0) < small + 512  # 256-byte alignment
         spec = GPUNodeSpec.model_validate(
             {

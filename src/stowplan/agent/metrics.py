@@ -4,7 +4,8 @@ average batch size = nv_inference_count / nv_inference_exec_count.
 
 Extra stowplan series: ``stowplan_batch_cap`` (the AIMD cap), ``stowplan_model_ready``,
 ``stowplan_request_latency_seconds`` (histogram, for p99 in PromQL), ``stowplan_batch_size``
-(histogram of items per batch) and ``stowplan_request_dropped`` (every load-shedding 503).
+(histogram of items per batch), ``stowplan_request_dropped`` (every load-shedding 503) and
+``stowplan_model_prefetch_seconds`` (histogram of offloaded-model prefetches).
 
 Load shedding and the executor's wait (issue 12 item 4):
 
@@ -92,6 +93,15 @@ class AgentMetrics:
         self.dropped = Counter(
             "stowplan_request_dropped", "Requests dropped past their SLO", _M, registry=r
         )
+        # residency (issue 15): seconds to rebuild an offloaded model's session from host memory
+        self.prefetch_seconds = Histogram(
+            "stowplan_model_prefetch_seconds",
+            "Time to prefetch an offloaded model back into device memory (session rebuilt "
+            "from its bytes in host memory)",
+            _M,
+            registry=r,
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0),
+        )
 
         self.refused = Counter(
             "stowplan_requests_refused",
@@ -173,3 +183,7 @@ class AgentMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def observe_prefetch(self, model: str, seconds: float) -> None:
+        """One prefetch (offloaded -> resident) of ``model`` took ``seconds``."""
+        self.prefetch_seconds.labels(model, "1").observe(seconds)

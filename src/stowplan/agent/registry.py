@@ -4,9 +4,22 @@ state; load, unload and extra replicas; one executor per device; the residency h
 ``ModelRegistry.load`` opens a model (a failure marks that model Failed with its reason; the
 others keep serving), gives it a batching lane on its device's executor, and registers it with
 the device's residency pool. Every call into the residency pool (register, acquire/release
-around a batch, unregister, is_resident) is in this module, in :meth:`ModelRegistry.residency`,
-:meth:`ModelRegistry._attach`, :meth:`ModelRegistry._batch_fn`, :meth:`ModelRegistry.unload`
-and :meth:`ModelRegistry.is_resident`.
+around a batch, offload, unregister, is_resident) is in this module, in
+:meth:`ModelRegistry.residency`, :meth:`ModelRegistry._attach`, :meth:`ModelRegistry._batch_fn`,
+:meth:`ModelRegistry.offload`, :meth:`ModelRegistry.unload` and
+:meth:`ModelRegistry.is_resident`.
+
+The books and the memory move together. Each device with a pool gets one
+:class:`stowplan.agent.runtime.DeviceArena` (every CPU-backed device of the process shares the
+CPU one) that its sessions carve from. What ``acquire`` returns is applied before the batch
+runs: the sessions of the models it offloaded are released (their bytes stay in host memory)
+and the arena gives the memory back; the model itself, if its session was released, is
+rebuilt from host memory (timed: ``stowplan_model_prefetch_seconds``). A model the books leave
+offloaded at load has its session released at once, so ``resident`` (hence ``Offloaded`` in
+GPUNode.status) is the session's state, not only the books'. When the pool is full of busy
+models the batch waits for a release up to its model's SLO, then fails with a 503 naming the
+memory it waited for; ``relocated`` models need nothing on the CPU (the arena places blocks
+where the system allocator puts them; offsets are books only).
 
 Callers: :mod:`stowplan.agent.serving` (the ``Agent`` composes it with the data plane and the
 reports), :mod:`stowplan.agent.gpunode_sync`, :mod:`stowplan.standalone`. Must not decode
@@ -30,9 +43,9 @@ from stowplan.agent.batching import BatchPolicy, make_policy
 from stowplan.agent.config import AgentSettings, DeviceSpec, ModelConfig, Policy, ReplicaSlot
 from stowplan.agent.errors import AgentError, ExecutionError, ModelNotFound, ModelNotReady
 from stowplan.agent.executor import BatchRecord, DeviceExecutor
-from stowplan.agent.memory import ResidencyManager
+from stowplan.agent.memory import MemoryPoolExhausted, ResidencyManager
 from stowplan.agent.metrics import AgentMetrics
-from stowplan.agent.runtime import OnnxModel
+from stowplan.agent.runtime import DeviceArena, DeviceMemoryExhausted, OnnxModel
 from stowplan.agent.stats import ModelStats
 from stowplan.agent.telemetry import SimulatedTelemetry, Telemetry
 
@@ -60,6 +73,8 @@ class Residency(Protocol):
 
     def is_resident(self, model: str) -> bool: ...
 
+    def offload(self, model: str) -> bool: ...
+
 
 @dataclass
 class ServedModel:
@@ -71,8 +86,12 @@ class ServedModel:
     stats: ModelStats = field(default_factory=ModelStats)
     #: device -> the batch policy of this model's lane there (one lane per replica/device)
     lanes: dict[int, BatchPolicy] = field(default_factory=dict)
-    #: device -> ONNX Runtime session (simulated devices share the CPU session)
+    #: device -> ONNX Runtime session (one per replica; they share the model's host bytes)
     runtimes: dict[int, OnnxModel] = field(default_factory=dict)
+    #: sessions released to host memory / rebuilt from it (first loads not counted)
+    offloads: int = 0
+    prefetches: int = 0
+    prefetch_s: list[float] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -124,6 +143,8 @@ class ModelRegistry:
         self.metrics = metrics or AgentMetrics()
         self._residency_override = residency
         self._residency: dict[int, Residency] = {}
+        self.arenas: dict[int, DeviceArena] = {}
+        self._memory_freed = threading.Condition()
         self.clock = clock
         self.devices: dict[int, DeviceSpec] = {d.index: d for d in self.telemetry.devices()}
         self.executors: dict[int, DeviceExecutor] = {}
@@ -145,6 +166,9 @@ class ModelRegistry:
     def residency(self, device: int) -> Residency | None:
         """The device's model-memory pool (created on first use), or None when disabled."""
         if self._residency_override is not None:
+            with self._lock:
+                if device not in self.arenas and device in self.devices:
+                    self._arena_for(device, int(getattr(self._residency_override, "pool_bytes", 0)))
             return self._residency_override
         fraction = self.settings.memory_pool_fraction
         spec = self.devices.get(device)
@@ -154,14 +178,41 @@ class ModelRegistry:
             if device not in self._residency:
                 pool = int(spec.memory_total_bytes * fraction)
                 self._residency[device] = ResidencyManager(pool, clock=self.clock)
+                self._arena_for(device, pool)
             return self._residency[device]
 
+    def _arena_for(self, device: int, pool: int) -> None:
+        """Reserve the device's arena at start of use: a GPU gets its own; the CPU-backed
+        devices share one capped at the sum of their pools (called under ``self._lock``)."""
+        if self._is_gpu(device):
+            self.arenas[device] = DeviceArena(device, pool, gpu=True)
+            return
+        sim = [i for i, d in self.devices.items() if d.simulated]
+        if self._residency_override is not None:
+            total = pool  # one pool for every device: its arena is capped at that pool
+        else:
+            fraction = self.settings.memory_pool_fraction
+            total = sum(int(self.devices[i].memory_total_bytes * fraction) for i in sim)
+        shared = next((a for i, a in self.arenas.items() if i in sim), None)
+        if shared is None:
+            shared = DeviceArena(-1, total)
+        self.arenas[device] = shared
+
+    def arena(self, device: int) -> DeviceArena | None:
+        """The arena the device's sessions carve from (None: no pool, sessions keep their own)."""
+        if self.residency(device) is None:
+            return None
+        return self.arenas.get(device)
+
     def is_resident(self, served: ServedModel) -> bool | None:
-        """Whether a Ready model sits in its device's pool (None: no pool, or not Ready)."""
+        """Whether a Ready model's memory is in its device's pool: the books say so *and* its
+        session is loaded (None: no pool, or not Ready)."""
         pool = self._residency.get(served.config.device) or self._residency_override
         if pool is None or served.state is not ModelState.READY:
             return None
-        return pool.is_resident(served.name)
+        runtime = served.runtimes.get(served.config.device, served.runtime)
+        loaded = runtime is None or runtime.loaded
+        return pool.is_resident(served.name) and loaded
 
     def memory_used_bytes(self, device: int) -> int:
         pool = self._residency.get(device)
@@ -199,6 +250,7 @@ class ModelRegistry:
                 path,
                 config.device if self._is_gpu(config.device) else -1,
                 self.settings.intra_op_threads,
+                self.arena(config.device),
             )
         except AgentError as exc:
             served.state, served.reason = ModelState.FAILED, str(exc)
@@ -209,6 +261,7 @@ class ModelRegistry:
             served.policy = self._attach(served, primary_slot(config))
         except (AgentError, ValueError) as exc:  # the model can never fit the device's pool
             served.state, served.reason = ModelState.FAILED, f"device memory: {exc}"
+            self._give_back(config.device, [runtime])
             return served
         served.state = ModelState.READY
         self.metrics.set_ready(config.name, True)
@@ -228,11 +281,20 @@ class ModelRegistry:
             raise ModelNotReady(f"model {name!r} is {served.state.value}")
         if device in served.lanes:
             return
-        runtime = served.runtime
-        if self._is_gpu(device):
-            runtime = OnnxModel(served.runtime.path, device, self.settings.intra_op_threads)
+        runtime = OnnxModel(  # its own session: each replica's memory is its device's
+            served.runtime.path,
+            device if self._is_gpu(device) else -1,
+            self.settings.intra_op_threads,
+            self.arena(device),
+            served.runtime.model_bytes,
+        )
         served.runtimes[device] = runtime
-        self._attach(served, slot)
+        try:
+            self._attach(served, slot)
+        except BaseException:
+            served.runtimes.pop(device, None)
+            self._give_back(device, [runtime])
+            raise
 
     def _attach(self, served: ServedModel, slot: ReplicaSlot) -> BatchPolicy:
         """Register the model in the device's memory pool and give it a lane there."""
@@ -242,6 +304,8 @@ class ModelRegistry:
         residency = self.residency(device)
         if residency is not None:
             residency.register(config.name, *reserved_bytes(config, runtime.size_bytes, slot))
+            if not residency.is_resident(config.name):  # the books keep it in host memory
+                self._give_back(device, [runtime])
         batching = config.batching
         if not runtime.batched and batching.policy is not Policy.NONE:
             batching = batching.model_copy(update={"policy": Policy.NONE})
@@ -275,8 +339,85 @@ class ModelRegistry:
             if residency is not None and served.runtime is not None:
                 with contextlib.suppress(AgentError):  # never registered (it failed to fit)
                     residency.unregister(name)
+            runtime = served.runtimes.get(device)
+            if runtime is not None:
+                runtime.close()  # a stale reference (the executor's last batch) keeps no bytes
+                self._give_back(device, [])
+        if served.runtime is not None and served.runtime.loaded:  # it never got a lane
+            served.runtime.close()
+            self._give_back(served.config.device, [])
         served.state = ModelState.UNLOADED
         self.metrics.set_ready(name, False)
+
+    # -- memory that moves ---------------------------------------------------------------
+    def offload(self, name: str, device: int | None = None) -> bool:
+        """Move an idle model's memory to host now (books and session); False if it is busy,
+        not resident or has no pool. Call it between batches (the device's batches never run
+        while ``acquire`` hands out memory, so the session is never released mid-run)."""
+        served = self.get(name)
+        dev = served.config.device if device is None else device
+        residency = self.residency(dev)
+        runtime = served.runtimes.get(dev)
+        if residency is None or runtime is None or not residency.offload(name):
+            return False
+        self._give_back(dev, [runtime])
+        served.offloads += 1
+        return True
+
+    def _give_back(self, device: int, runtimes: Sequence[OnnxModel]) -> None:
+        """Release sessions and hand the freed memory back to the system."""
+        for runtime in runtimes:
+            runtime.release()
+        arena = self.arenas.get(device)
+        if arena is not None:
+            arena.give_back()
+        with self._memory_freed:
+            self._memory_freed.notify_all()
+
+    def _acquire(self, served: ServedModel, device: int, residency: Residency) -> object:
+        """``acquire``, waiting up to the model's SLO while busy models hold the pool."""
+        deadline = time.monotonic() + served.config.slo_ms / 1000.0
+        while True:
+            try:
+                return residency.acquire(served.name)
+            except MemoryPoolExhausted as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise MemoryPoolExhausted(
+                        f"device {device} memory: waited {served.config.slo_ms:.0f} ms (the "
+                        f"model's SLO) for room to prefetch {served.name}: {exc}"
+                    ) from exc
+                with self._memory_freed:
+                    self._memory_freed.wait(min(left, 0.02))
+
+    def _make_resident(
+        self, served: ServedModel, device: int, runtime: OnnxModel, residency: Residency
+    ) -> None:
+        """Apply what ``acquire`` did: release the victims, rebuild this model's session."""
+        got = self._acquire(served, device, residency)
+        try:
+            victims = []
+            for name in getattr(got, "offloaded", ()):
+                other = self.models.get(name)
+                victim = other.runtimes.get(device) if other is not None else None
+                if other is not None and victim is not None and victim.loaded:
+                    victims.append(victim)
+                    other.offloads += 1
+            if victims:
+                self._give_back(device, victims)
+            if not runtime.loaded:
+                seconds = runtime.restore()
+                served.prefetches += 1
+                served.prefetch_s.append(seconds)
+                del served.prefetch_s[:-1000]
+                self.metrics.observe_prefetch(served.name, seconds)
+        except BaseException as exc:
+            residency.release(served.name)
+            if not runtime.loaded:  # the books must not keep a block the session never took
+                residency.offload(served.name)
+            if isinstance(exc, AgentError) and not isinstance(exc, DeviceMemoryExhausted):
+                raise DeviceMemoryExhausted(f"prefetch of {served.name} failed: {exc}") from exc
+            raise
 
     # -- look-up -------------------------------------------------------------------------
     def get(self, name: str) -> ServedModel:
@@ -296,7 +437,7 @@ class ModelRegistry:
 
         def run(batch: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
             if residency is not None:
-                residency.acquire(served.name)
+                self._make_resident(served, device, runtime, residency)
             try:
                 if len(batch) == 1:
                     return [runtime.run(batch[0])]
@@ -305,6 +446,8 @@ class ModelRegistry:
             finally:
                 if residency is not None:
                     residency.release(served.name)
+                    with self._memory_freed:
+                        self._memory_freed.notify_all()
             sizes = [next(iter(r.values())).shape[0] for r in batch]
             total = sum(sizes)
             for k in out_names:
