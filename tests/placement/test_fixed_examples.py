@@ -15,14 +15,9 @@ from stowplan.placement import (
     place_arrivals,
     plan,
 )
-from stowplan.placement.instances import (
-    make_gpus,
-    make_model,
-    plan_to_json,
-    problem_from_json,
-    problem_to_json,
-)
+from stowplan.placement.instances import plan_to_json, problem_from_json, problem_to_json
 from stowplan.placement.models import NodeResources
+from stowplan.testing.placement_problems import make_gpus, make_model
 
 
 def _pod(name: str, **extra: Any) -> ModelDemand:
