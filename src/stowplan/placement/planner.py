@@ -42,7 +42,8 @@ from stowplan.placement.models import (
     count_moves,
 )
 from stowplan.placement.nodefit import resources_message
-from stowplan.placement.packing import LEVELS, PackIndex, PackState
+from stowplan.placement.packindex import LEVELS, PackIndex
+from stowplan.placement.packing import PackState
 from stowplan.placement.preempt import preempt
 
 Clock = Callable[[], float]
