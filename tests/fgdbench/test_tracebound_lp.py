@@ -13,7 +13,7 @@ from stowplan.fgdbench.tracebound import (
     trace_bounds,
     upper_bound,
 )
-from stowplan.fgdbench.tracesim import NodeRow, PodRow
+from stowplan.fgdbench.tracecluster import NodeRow, PodRow
 
 TWO_T4 = [NodeRow("a", 64000, 262144, 1, "T4"), NodeRow("b", 64000, 262144, 1, "T4")]
 

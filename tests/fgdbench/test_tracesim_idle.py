@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from stowplan.fgdbench.tracesim import NodeRow, PodRow, Simulator
+from stowplan.fgdbench.tracecluster import NodeRow, PodRow
+from stowplan.fgdbench.tracesim import Simulator
 
 
 def test_idle_breakdown_splits_holes_partial_stranded_and_free() -> None:

@@ -10,14 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from stowplan.cli import main
-from stowplan.fgdbench.tracesim import (
-    Cluster,
-    FragModel,
-    NodeRow,
-    PodRow,
-    Simulator,
-    arrivals,
-)
+from stowplan.fgdbench.tracecluster import Cluster, FragModel, NodeRow, PodRow, arrivals
+from stowplan.fgdbench.tracesim import Simulator
 
 _ticks = itertools.count()
 

@@ -13,7 +13,7 @@ import stowplan.placement as placement
 from stowplan.fgdbench.synth import LatencyFit, synthetic_problem
 from stowplan.placement.bounds import martello_toth_l2, volume_bound
 from stowplan.placement.capacity import level_costs, level_costs_many
-from stowplan.placement.instances import make_model
+from stowplan.testing.placement_problems import make_model
 
 FITS = [
     LatencyFit("a", "A100-80GB", 1.2, 0.05, 128),

@@ -8,7 +8,6 @@ priorities) and an operator pass that keeps current assignments (closed GPUs at 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from stowplan import placement
 from stowplan.fgdbench.synth import LatencyFit, synthetic_problem, usable_fits
 from stowplan.placement.bestfit import kernel_status
-from stowplan.placement.instances import problem_from_json
+from stowplan.placement.instances import read_instance
 from stowplan.placement.models import Plan, Problem
 from stowplan.testing.placement_problems import mixed_fleet
 
@@ -69,7 +68,7 @@ def test_kernel_plans_equal_numpy_plans_on_the_benchmark_instances(
 def test_kernel_plans_equal_numpy_plans_on_committed_instances(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    problem = problem_from_json(json.loads(path.read_text()))
+    problem = read_instance(path)
     _same(*_both(problem, monkeypatch))
 
 

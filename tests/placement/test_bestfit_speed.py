@@ -29,7 +29,8 @@ from stowplan.placement.models import (
     Assignment,
     Problem,
 )
-from stowplan.placement.packing import PackIndex, PackState, Replica, trusted_assignment
+from stowplan.placement.packindex import PackIndex, Replica
+from stowplan.placement.packing import PackState, trusted_assignment
 from stowplan.placement.planner import split_placeable
 from stowplan.testing.placement_problems import mixed_fleet, small_problems
 

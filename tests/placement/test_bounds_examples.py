@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import stowplan.placement as placement
 from stowplan.placement.bounds import martello_toth_l2, matching_bound, volume_bound
-from stowplan.placement.instances import make_gpus, make_model
 from stowplan.placement.planner import tight_lower_bound
+from stowplan.testing.placement_problems import make_gpus, make_model
 
 
 def test_volume_and_l2() -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from stowplan.placement import replica_capacity
-from stowplan.placement.instances import make_model
+from stowplan.testing.placement_problems import make_model
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from stowplan.placement import (
     plan,
 )
 from stowplan.placement.colgen import configuration_bound
-from stowplan.placement.packing import PackIndex
+from stowplan.placement.packindex import PackIndex
 from stowplan.placement.planner import lower_bound, split_placeable
 
 

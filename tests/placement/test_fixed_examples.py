@@ -15,14 +15,9 @@ from stowplan.placement import (
     place_arrivals,
     plan,
 )
-from stowplan.placement.instances import (
-    make_gpus,
-    make_model,
-    plan_to_json,
-    problem_from_json,
-    problem_to_json,
-)
+from stowplan.placement.instances import plan_to_json, problem_from_json, problem_to_json
 from stowplan.placement.models import NodeResources
+from stowplan.testing.placement_problems import make_gpus, make_model
 
 
 def _pod(name: str, **extra: Any) -> ModelDemand:
@@ -217,7 +212,8 @@ def test_cpsat_neighbourhood_respects_node_cpu() -> None:
     # limit. Without the node constraint the cheapest repack keeps a1 (it is in ``current``)
     # and moves a2 next to it on n0, which overcommits n0's CPU; with it, a1 moves to n1.
     from stowplan.placement.cpsat import repack
-    from stowplan.placement.packing import PackIndex, PackState
+    from stowplan.placement.packindex import PackIndex
+    from stowplan.placement.packing import PackState
 
     gpus = (*make_gpus(1, per_node=1, prefix="n"), *make_gpus(1, per_node=1, prefix="m"))
     a1 = make_model("a1", target_qps=10, cpu_milli=1000)

@@ -18,7 +18,7 @@ from stowplan.cli import main
 from stowplan.fgdbench.synth import alibaba_mix_problem
 from stowplan.fgdbench.tracefiles import load_fits, load_nodes, load_pods
 from stowplan.placement import check_plan, plan
-from stowplan.placement.instances import instance_text, problem_from_json
+from stowplan.placement.instances import instance_text, read_instance
 
 REPO = Path(__file__).resolve().parents[2]
 MIX = REPO / "placement" / "instances" / "alibaba-mix.json"
@@ -41,12 +41,12 @@ def test_mix_instance_is_what_the_builder_makes() -> None:
     )
     if os.environ.get("STOWPLAN_WRITE_INSTANCES") == "1":
         MIX.write_text(instance_text(built))
-    assert problem_from_json(json.loads(MIX.read_text())) == built
+    assert read_instance(MIX) == built
     assert MIX.stat().st_size < 60_000
 
 
 def test_mix_instance_has_both_kinds() -> None:
-    problem = problem_from_json(json.loads(MIX.read_text()))
+    problem = read_instance(MIX)
     gangs = Counter(m.gpus_per_replica for m in problem.models if m.gpus_per_replica > 1)
     assert gangs and set(gangs) <= {2, 4, 8}
     assert any(0 < m.gpu_milli < 1000 for m in problem.models)  # fractions
@@ -60,7 +60,7 @@ def test_place_cli_on_the_mix_instance() -> None:
     out = json.loads(result.output)
     gangs = [a for a in out["assignments"] if "extra_gpus" in a]
     assert gangs and all(len(a["extra_gpus"]) in (1, 3, 7) for a in gangs)
-    problem = problem_from_json(json.loads(MIX.read_text()))
+    problem = read_instance(MIX)
     cpu: Counter[str] = Counter()
     need = {m.name: m.cpu_milli for m in problem.models}
     for a in out["assignments"]:
@@ -71,7 +71,7 @@ def test_place_cli_on_the_mix_instance() -> None:
 
 
 def test_mix_instance_with_a_time_budget_is_valid() -> None:
-    problem = problem_from_json(json.loads(MIX.read_text()))
+    problem = read_instance(MIX)
     fast = plan(problem)
     slow = plan(problem, time_limit_s=1.0)
     assert check_plan(problem, fast) == [] and check_plan(problem, slow) == []

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from stowplan.placement import Assignment, ModelDemand, Plan, Problem, check_plan
-from stowplan.placement.instances import make_gpus, make_model
 from stowplan.placement.models import NodeResources
+from stowplan.testing.placement_problems import make_gpus, make_model
 
 # two nodes n0, n1 with 4 GPUs of 16 GB each; n0 has 8 cores and 32 GiB, n1 is not listed
 GPUS = make_gpus(8, memory_mib=16000, per_node=4)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from stowplan.placement import Problem, check_plan, place_arrivals
 from stowplan.placement.bestfit import best_fit, decreasing_order
-from stowplan.placement.instances import make_gpus, make_model
 from stowplan.placement.models import Assignment, ModelDemand, NodeResources
 from stowplan.placement.online import _state_from_current
-from stowplan.placement.packing import PackIndex
+from stowplan.placement.packindex import PackIndex
+from stowplan.testing.placement_problems import make_gpus, make_model
 
 
 def _fixed(name: str, milli: int, replicas: int = 1, gpus: int = 1) -> ModelDemand:

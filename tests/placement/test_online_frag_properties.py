@@ -8,9 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stowplan.placement import Problem, check_plan, defragment, place_arrivals
-from stowplan.placement.instances import make_model
 from stowplan.placement.models import NodeResources
-from stowplan.testing.placement_problems import small_problems
+from stowplan.testing.placement_problems import make_model, small_problems
 
 
 @st.composite

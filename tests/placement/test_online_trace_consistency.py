@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from stowplan.fgdbench.synth import pod_demand
+from stowplan.fgdbench.tracecluster import Cluster, NodeRow, arrivals
 from stowplan.fgdbench.tracefiles import load_nodes, load_pods
-from stowplan.fgdbench.tracesim import Cluster, NodeRow, Simulator, arrivals
+from stowplan.fgdbench.tracesim import Simulator
 from stowplan.placement import (
     Gpu,
     ModelDemand,

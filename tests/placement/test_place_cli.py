@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from stowplan.cli import main
-from stowplan.placement import check_plan
-from stowplan.placement.instances import problem_from_json
+from stowplan.placement import InvalidProblem, check_plan
+from stowplan.placement.instances import problem_from_json, read_instance
 
 INSTANCES = Path(__file__).resolve().parents[2] / "placement" / "instances"
 
@@ -42,7 +42,7 @@ def test_time_limit_option() -> None:
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    problem = problem_from_json(json.loads((INSTANCES / "small.json").read_text()))
+    problem = read_instance(INSTANCES / "small.json")
     assert data["gpus_used"] <= 3 and problem.models
 
 
@@ -124,7 +124,37 @@ def test_plan_from_json_round_trip() -> None:
     from stowplan.placement import plan
     from stowplan.placement.instances import problem_to_json
 
-    problem = problem_from_json(json.loads((INSTANCES / "small.json").read_text()))
+    problem = read_instance(INSTANCES / "small.json")
     again = problem_from_json(problem_to_json(problem))
     assert again == problem
     assert check_plan(problem, plan(problem)) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "start"),
+    [
+        pytest.param(b'{"gpus": [],\n "models": [,]}', "bad.json:2:13: ", id="bad json"),
+        pytest.param(b'{"gpus": [],\n\n "models": ["\xff"]}', "bad.json:3: not UTF-8", id="bytes"),
+        pytest.param(b'{"gpus": [], "models": [], "x": 1}', "bad.json: x: ", id="bad field"),
+        pytest.param(b"", "bad.json:1:1: Expecting value", id="empty"),
+    ],
+)
+def test_read_instance_names_the_file_and_line(tmp_path: Path, data: bytes, start: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_bytes(data)
+    with pytest.raises(InvalidProblem) as err:
+        read_instance(path)
+    assert str(err.value).startswith(str(tmp_path / start))
+
+
+def test_read_instance_of_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidProblem, match=r"nope\.json: No such file"):
+        read_instance(tmp_path / "nope.json")
+
+
+def test_a_binary_file_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"\x08\x07\x12\x07pytorch\xff\xfe")
+    result = CliRunner().invoke(main, ["place", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{path}:1: not UTF-8" in result.output

@@ -13,7 +13,7 @@ from stowplan.placement import (
     check_plan,
     plan,
 )
-from stowplan.placement.instances import make_gpus, make_model
+from stowplan.testing.placement_problems import make_gpus, make_model
 
 
 def test_small_models_share_one_gpu() -> None:

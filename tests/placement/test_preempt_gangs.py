@@ -18,8 +18,8 @@ from stowplan.placement import (
     check_plan,
     plan,
 )
-from stowplan.placement.instances import make_gpus, make_model
 from stowplan.placement.models import NodeResources
+from stowplan.testing.placement_problems import make_gpus, make_model
 
 
 def _pod(name: str, **extra: Any) -> ModelDemand:

@@ -16,8 +16,6 @@ from pathlib import Path
 from stowplan import latencyfits, shareddata
 from stowplan.shareddata import DataMissing
 
-__all__ = ["DataMissing"]  # re-exported for the bench commands
-
 TRACES = {
     "azure-code": "azure-llm-inference/AzureLLMInferenceTrace_code.csv",
     "azure-conv": "azure-llm-inference/AzureLLMInferenceTrace_conv.csv",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import click
 
+from stowplan.shareddata import DataMissing
+
 
 @click.command(name="batching")
 @click.option(
@@ -35,7 +37,6 @@ def command(duration_s: float, max_queue_delay_ms: float | None, seed: int, quic
     from tqdm import tqdm
 
     from stowplan.agentbench import batching
-    from stowplan.agentbench.data import DataMissing
 
     if quick:
         duration_s = min(duration_s, 5.0)

@@ -21,8 +21,9 @@ from tqdm import tqdm
 
 from stowplan import shareddata
 from stowplan.fgdbench.tracebound import trace_bounds
+from stowplan.fgdbench.tracecluster import Cluster, IdleBreakdown, arrivals
 from stowplan.fgdbench.tracefiles import TraceFileError, load_nodes, load_pods, load_published
-from stowplan.fgdbench.tracesim import Cluster, IdleBreakdown, Simulator, arrivals
+from stowplan.fgdbench.tracesim import Simulator
 
 PUBLISHED = ("01-Random", "02-DotProd", "03-GpuClustering", "04-GpuPacking", "05-BestFit", "06-FGD")
 DEFAULT_WORKLOADS = ("default", "gpushare100", "multigpu50", "gpuspec33")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import click
 
+from stowplan.shareddata import DataMissing
+
 
 @click.command(name="timeslice")
 @click.option(
@@ -50,7 +52,6 @@ def command(
     from tqdm import tqdm
 
     from stowplan.agentbench import timeslice
-    from stowplan.agentbench.data import DataMissing
 
     mixes = (2, 3) if quick else (2, 3, 4)
     if quick:

@@ -1,8 +1,8 @@
 """``stowplan place INSTANCE.json``: solve one placement instance and print the plan.
 
-Thin shell: read the file, call ``placement.instances.problem_from_json`` and ``placement.plan``,
+Thin shell: read the file with ``placement.instances.read_instance``, call ``placement.plan``,
 print a table (default) or JSON. Bad input (missing file, bad JSON with its line, unknown or
-negative fields) is a clear error and exit status 1, never a traceback.
+negative fields) is a clear error naming the file and exit status 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from stowplan import placement
-from stowplan.placement.instances import plan_to_json, problem_from_json
+from stowplan.placement.instances import plan_to_json, read_instance
 
 
 @click.command(name="place")
@@ -34,15 +34,10 @@ def command(instance: Path, time_limit_s: float, as_json: bool) -> None:
     placement/README.md for the instance format; examples are in placement/instances/.
     """
     try:
-        text = instance.read_text()
-    except OSError as exc:
-        raise click.ClickException(f"{instance}: {exc.strerror or exc}") from None
+        problem = read_instance(instance)
+    except placement.PlacementError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise click.ClickException(f"{instance}:{exc.lineno}:{exc.colno}: {exc.msg}") from None
-    try:
-        problem = problem_from_json(data)
         result = placement.plan(problem, time_limit_s=time_limit_s)
     except placement.PlacementError as exc:
         raise click.ClickException(f"{instance}: {exc}") from None

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 from stowplan.fgdbench.tracecluster import NodeRow, PodRow
 from stowplan.placement.capacity import DUTY_LEVELS_MS, replica_capacity
-from stowplan.placement.instances import make_gpus
 from stowplan.placement.models import (
     Gpu,
     LatencyProfile,
@@ -68,7 +67,10 @@ def synthetic_problem(fits: Sequence[LatencyFit], replicas: int, seed: int) -> P
             continue
         models.append(m)
         total += n
-    gpus = make_gpus(max(8, replicas), memory_mib=81920, per_node=8, gpu_type="A100")
+    gpus = tuple(
+        Gpu(node=f"n{i // 8}", index=i % 8, memory_mib=81920, gpu_type="A100")
+        for i in range(max(8, replicas))
+    )
     return Problem(gpus=gpus, models=tuple(models))
 
 

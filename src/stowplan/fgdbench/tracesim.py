@@ -17,7 +17,7 @@ arrival, made by ``tracedefrag.Defragmenter``). The measure, the score and the t
 in ``fragscore``, which the engine's ``online.place_arrivals`` uses too, so the benchmarked
 policy is the product's (``tests/placement/test_online_trace_consistency.py`` replays arrivals
 through both). The rows, the arrival sequence and the cluster model are ``tracecluster``'s
-(re-exported here). Callers: ``stowplan bench fgd``, tests.
+(import them from there). Callers: ``stowplan bench fgd``, tests.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from stowplan.fgdbench.tracecluster import (
     IdleBreakdown,
     NodeRow,
     PodRow,
-    arrivals,
     gpu_choices,
     idle_breakdown,
 )
@@ -51,21 +50,7 @@ from stowplan.placement.fragscore import (
     rule_for,
 )
 
-__all__ = [
-    "MAX_SPEC_CPU",
-    "MAX_SPEC_GPU",
-    "MILLI",
-    "Cluster",
-    "FragModel",
-    "IdleBreakdown",
-    "NodeRow",
-    "PodRow",
-    "SimResult",
-    "Simulator",
-    "arrivals",
-    "gpu_choices",
-    "idle_breakdown",
-]
+__all__ = ["SimResult", "Simulator"]
 
 
 @dataclass

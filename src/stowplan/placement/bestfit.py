@@ -38,7 +38,8 @@ import numpy.typing as npt
 
 from stowplan.placement.capacity import EPS
 from stowplan.placement.nodefit import first_free_per_class, gang_candidates
-from stowplan.placement.packing import ROW, PackIndex, PackState, Replica
+from stowplan.placement.packindex import ROW, PackIndex, Replica
+from stowplan.placement.packing import PackState
 
 _INF = np.inf
 # best_fit hands sequences at least this long to the compiled kernel (``bestfit_kernel``)

@@ -64,7 +64,7 @@ from stowplan.placement.colgen_kernel import (
     upper_kernel,
 )
 from stowplan.placement.errors import SolverFailed
-from stowplan.placement.packing import LEVELS, PackIndex
+from stowplan.placement.packindex import LEVELS, PackIndex
 
 DUAL_SCALE = 1_000_000  # duals are priced as integers in millionths
 PRICE_TIME_S = 2.0  # per exact knapsack; its proven bound is used if it stops early

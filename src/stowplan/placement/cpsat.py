@@ -22,7 +22,8 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from stowplan.placement.errors import SolverFailed
-from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
+from stowplan.placement.packindex import LEVELS, PackIndex, Replica
+from stowplan.placement.packing import PackState
 
 GPU_WEIGHT = 10_000  # one GPU saved is worth more than any number of moves in a neighbourhood
 PLACE_WEIGHT = 1_000_000  # placing an unplaced replica beats anything else

@@ -1,4 +1,4 @@
-"""Instances: the ``stowplan place`` JSON format <-> Problem, plus small builders.
+"""Instances: the file format of ``stowplan place`` (JSON) <-> ``Problem``, and ``Plan`` -> JSON.
 
 The instance format (issue 3)::
 
@@ -16,14 +16,18 @@ N with static only; aimd when absent: see ``capacity`` for what each costs); top
 (``[{"node", "cpu_milli", "memory_mib"}]``: CPU and host memory of a node; a node not listed has
 no limit). Unknown keys and negative numbers are refused with the field path. The ``--json``
 output lists ``extra_gpus`` (the other GPU indices of a multi-GPU replica) only where non-empty.
-Callers: the place CLI, the benchmarks, the tests. Pure: takes parsed JSON (dicts), never opens
-files.
+``read_instance(path)`` reads one file: a missing or unreadable file, text that is not UTF-8,
+bad JSON (with its line and column) and a bad field are each an ``InvalidProblem`` whose message
+starts with the path. ``problem_from_json`` / ``problem_to_json`` / ``instance_text`` convert
+parsed JSON; ``plan_to_json`` is the ``--json`` output. Callers: the place CLI, the tests (the
+shipped ``placement/instances/*.json``). The builders of test problems are in
+``stowplan.testing.placement_problems``, those of the benchmark problems in ``fgdbench.synth``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
@@ -106,6 +110,28 @@ class _InstanceIn(_Frozen):
     models: list[_ModelIn]
     memory_reserve_mib: int = Field(default=0, ge=0)
     nodes: list[_NodeIn] = Field(default_factory=list)
+
+
+def read_instance(path: Path) -> Problem:
+    """The Problem in instance file ``path``; ``InvalidProblem`` starts with the path (then the
+    line and column of bad JSON, or the bad field)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InvalidProblem(f"{path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InvalidProblem(f"{path}:{line}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidProblem(f"{path}:{exc.lineno}:{exc.colno}: {exc.msg}") from None
+    try:
+        return problem_from_json(data)
+    except InvalidProblem as exc:
+        raise InvalidProblem(f"{path}: {exc}") from None
 
 
 def problem_from_json(data: Any) -> Problem:
@@ -264,51 +290,3 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
             for a in plan.assignments
         ],
     }
-
-
-def make_gpus(
-    n: int,
-    *,
-    memory_mib: int = 16000,
-    per_node: int = 4,
-    gpu_type: str = "A100",
-    labels: Mapping[str, str] | None = None,
-    prefix: str = "n",
-) -> tuple[Gpu, ...]:
-    """``n`` identical GPUs, ``per_node`` per node named ``{prefix}{k}``."""
-    return tuple(
-        Gpu(
-            node=f"{prefix}{i // per_node}",
-            index=i % per_node,
-            memory_mib=memory_mib,
-            gpu_type=gpu_type,
-            labels=dict(labels or {}),
-        )
-        for i in range(n)
-    )
-
-
-def make_model(
-    name: str,
-    *,
-    replicas: int = 1,
-    slo_ms: float = 50,
-    target_qps: float = 100,
-    base_ms: float = 4.0,
-    per_item_ms: float = 0.5,
-    weights_mib: float = 500,
-    per_item_mib: float = 20,
-    max_batch: int = 128,
-    **extra: Any,
-) -> ModelDemand:
-    """A ModelDemand with the ResNet-50-like defaults used across the tests."""
-    return ModelDemand(
-        name=name,
-        replicas=replicas,
-        slo_ms=slo_ms,
-        target_qps=target_qps,
-        latency=LatencyProfile(base_ms=base_ms, per_item_ms=per_item_ms),
-        memory=MemoryProfile(weights_mib=weights_mib, per_item_mib=per_item_mib),
-        max_batch=max_batch,
-        **extra,
-    )

@@ -27,7 +27,8 @@ from stowplan.placement.bestfit import choose_gpu, decreasing_order
 from stowplan.placement.capacity import EPS
 from stowplan.placement.cpsat import GPU_WEIGHT, PLACE_WEIGHT, repack
 from stowplan.placement.models import Problem
-from stowplan.placement.packing import LEVELS, PackIndex, PackState, Replica
+from stowplan.placement.packindex import LEVELS, PackIndex, Replica
+from stowplan.placement.packing import PackState
 
 MAX_STEP_S = 2.0  # CP-SAT budget of one neighbourhood
 MAX_OPTIONAL = 12  # unplaced replicas offered to one neighbourhood

@@ -60,7 +60,8 @@ from stowplan.placement.models import (
     UnplacedReason,
     count_moves,
 )
-from stowplan.placement.packing import PackIndex, PackState, Replica
+from stowplan.placement.packindex import PackIndex, Replica
+from stowplan.placement.packing import PackState
 from stowplan.placement.planner import (
     lower_bound,
     split_placeable,

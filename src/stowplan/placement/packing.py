@@ -4,8 +4,8 @@
 busy time, the summed memory, the number of residents that forbid the level, and the busy time
 again with +inf where a resident forbids the level, so adding a replica is one row addition and
 testing "does replica r fit on GPU g at some level" is one gather over the candidate GPUs (see
-``bestfit``). The per-problem read-only tables are ``packindex.PackIndex`` (re-exported here
-with the row layout constants). Private to the placement package: nothing here leaves
+``bestfit``). The per-problem read-only tables are ``packindex.PackIndex`` (with the row layout
+constants; import them from there). Private to the placement package: nothing here leaves
 ``plan()``, which returns frozen values. No I/O, no solver.
 
 Fixed node demands (``nodefit``): when the problem has them, ``PackIndex.nodes`` is set and the
@@ -27,23 +27,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stowplan.placement.capacity import (
-    EPS,
-)
+from stowplan.placement.capacity import EPS
 from stowplan.placement.holds import Holds
 from stowplan.placement.models import Assignment
 from stowplan.placement.packindex import BUSYX, LEVELS, NL, ROW, PackIndex, Replica
 
-__all__ = [
-    "BUSYX",
-    "LEVELS",
-    "NL",
-    "ROW",
-    "PackIndex",
-    "PackState",
-    "Replica",
-    "trusted_assignment",
-]
+__all__ = ["PackState", "trusted_assignment"]
 
 _NONE = np.zeros(0)
 

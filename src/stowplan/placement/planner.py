@@ -26,11 +26,15 @@ import numpy as np
 
 from stowplan.placement.alone import fits_only_alone, place_alone
 from stowplan.placement.bestfit import best_fit, decreasing_order
-from stowplan.placement.bounds import gpu_lower_bound
+from stowplan.placement.bounds import big_pairs, gpu_lower_bound, matching_bound
 from stowplan.placement.capacity import EPS, level_cost_matrices
 from stowplan.placement.errors import InvalidProblem
 from stowplan.placement.models import (
     Assignment,
+    Gpu,
+    LatencyProfile,
+    MemoryProfile,
+    ModelDemand,
     Plan,
     Problem,
     Unplaced,
@@ -38,7 +42,8 @@ from stowplan.placement.models import (
     count_moves,
 )
 from stowplan.placement.nodefit import resources_message
-from stowplan.placement.packing import LEVELS, PackIndex, PackState
+from stowplan.placement.packindex import LEVELS, PackIndex
+from stowplan.placement.packing import PackState
 from stowplan.placement.preempt import preempt
 
 Clock = Callable[[], float]
@@ -218,8 +223,7 @@ def tight_lower_bound(problem: Problem, colgen_s: float = 60.0) -> int:
 
 
 def _tight(index: PackIndex, placeable: list[int]) -> int:
-    from stowplan.placement.bounds import big_pairs, matching_bound
-    from stowplan.placement.cpsat import fractional_matching
+    from stowplan.placement.cpsat import fractional_matching  # OR-Tools: with a budget only
 
     base = lower_bound(index, placeable)
     placeable, excl = _gang_split(index, placeable)
@@ -489,9 +493,17 @@ def warm_up(search: bool = True) -> None:
     About 3 s + 12 s in a fresh environment, well under 1 s from numba's on-disk cache; the
     operator runs it at startup, so its first timed plan does not pay for it inside the budget.
     A kernel that cannot load leaves its plain fallback in place (same plans)."""
-    from stowplan.placement.instances import make_gpus, make_model
-
-    plan(Problem(gpus=make_gpus(2), models=(make_model("warm-up", replicas=2),)))
+    gpus = tuple(Gpu(node="n0", index=i, memory_mib=16000, gpu_type="A100") for i in range(2))
+    model = ModelDemand(
+        name="warm-up",
+        replicas=2,
+        slo_ms=50,
+        target_qps=100,
+        latency=LatencyProfile(base_ms=4.0, per_item_ms=0.5),
+        memory=MemoryProfile(weights_mib=500, per_item_mib=20),
+        max_batch=128,
+    )
+    plan(Problem(gpus=gpus, models=(model,)))
     if search:
         from stowplan.placement.colgen_kernel import warm_up as colgen_warm_up
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from stowplan.placement.bestfit import choose
 from stowplan.placement.capacity import EPS
-from stowplan.placement.packing import PackState, Replica
+from stowplan.placement.packindex import Replica
+from stowplan.placement.packing import PackState
 
 
 def preempt(state: PackState, left: list[Replica], pinned: set[Replica]) -> list[Replica]:

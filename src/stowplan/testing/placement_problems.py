@@ -1,12 +1,17 @@
-"""Placement problems for tests: a hypothesis strategy of small mixed problems and a mixed
+"""Placement problems for tests: the builders of GPUs and models with the defaults the tests
+share (``make_gpus``, ``make_model``), a hypothesis strategy of small mixed problems and a mixed
 fleet (three GPU classes, selectors, priorities) built around an existing problem's models.
 
-Callers: tests/placement (best-fit equivalence, kernel equivalence, property tests). No I/O.
+Callers: tests/placement (examples, best-fit equivalence, kernel equivalence, property tests).
+No I/O. The benchmark problems are ``fgdbench.synth``'s; the instance file format is
+``placement.instances``'.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -93,3 +98,51 @@ def mixed_fleet(base: Problem, n_gpus: int, rng: random.Random) -> Problem:
             upd["node_selector"] = {"zone": "z1"}
         models.append(m.model_copy(update=upd))
     return Problem(gpus=gpus, models=tuple(models), memory_reserve_mib=512)
+
+
+def make_gpus(
+    n: int,
+    *,
+    memory_mib: int = 16000,
+    per_node: int = 4,
+    gpu_type: str = "A100",
+    labels: Mapping[str, str] | None = None,
+    prefix: str = "n",
+) -> tuple[Gpu, ...]:
+    """``n`` identical GPUs, ``per_node`` per node named ``{prefix}{k}``."""
+    return tuple(
+        Gpu(
+            node=f"{prefix}{i // per_node}",
+            index=i % per_node,
+            memory_mib=memory_mib,
+            gpu_type=gpu_type,
+            labels=dict(labels or {}),
+        )
+        for i in range(n)
+    )
+
+
+def make_model(
+    name: str,
+    *,
+    replicas: int = 1,
+    slo_ms: float = 50,
+    target_qps: float = 100,
+    base_ms: float = 4.0,
+    per_item_ms: float = 0.5,
+    weights_mib: float = 500,
+    per_item_mib: float = 20,
+    max_batch: int = 128,
+    **extra: Any,
+) -> ModelDemand:
+    """A ModelDemand with the ResNet-50-like defaults used across the tests."""
+    return ModelDemand(
+        name=name,
+        replicas=replicas,
+        slo_ms=slo_ms,
+        target_qps=target_qps,
+        latency=LatencyProfile(base_ms=base_ms, per_item_ms=per_item_ms),
+        memory=MemoryProfile(weights_mib=weights_mib, per_item_mib=per_item_mib),
+        max_batch=max_batch,
+        **extra,
+    )
