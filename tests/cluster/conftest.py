@@ -108,11 +108,14 @@ def agent_kubeconfig(
 def _agent_process(
     installed: Kubectl, node: str, args: list[str], env: dict[str, str], log_path: Path
 ) -> Iterator[int]:
-    """A real ``python -m stowplan.agent`` for ``node`` on a free local port (yielded); on exit
+    """A real ``python -m stowplan.agent`` for ``node`` on a free local port (yielded; gRPC off
+    unless ``args`` name a ``--grpc-port``); on exit
     it is stopped, its GPUNode deleted, and its log printed if it did not stop cleanly."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
+    if "--grpc-port" not in args:  # not Triton's 8001: agents of one run would share it
+        args = ["--grpc-port", "0", *args]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "stowplan.agent", "--node", node,

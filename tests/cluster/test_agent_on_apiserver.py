@@ -9,6 +9,7 @@ Inference Protocol and reports status, which the operator folds into the Inferen
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,16 +34,23 @@ def models_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def agent(installed, agent_kubeconfig, operator, agent_process, tmp_path_factory) -> Iterator[str]:
-    """A real agent process for node NODE; yields its base URL."""
+    """A real agent process for node NODE; yields its base URL (gRPC on GRPC[0])."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        GRPC[:] = [f"127.0.0.1:{s.getsockname()[1]}"]
     with agent_process(
         installed,
         NODE,
         ["--kubeconfig", str(agent_kubeconfig), "--status-interval", "0.5",
-         "--sim-devices", "1", "--models-dir", str(tmp_path_factory.mktemp("cache"))],
+         "--sim-devices", "1", "--models-dir", str(tmp_path_factory.mktemp("cache")),
+         "--grpc-port", GRPC[0].rpartition(":")[2]],
         {**os.environ, "KUBECONFIG": str(agent_kubeconfig)},
         tmp_path_factory.mktemp("agent") / "agent.log",
     ) as port:  # fmt: skip
         yield f"http://127.0.0.1:{port}"
+
+
+GRPC: list[str] = []  # the agent's gRPC address, set by the fixture
 
 
 def _model_doc(models_dir: Path) -> dict:
@@ -107,6 +115,20 @@ def test_assigned_model_is_loaded_served_and_reported(
         assert answer.json()["outputs"][0]["shape"][0] == 2
         bad = client.post(f"/v2/models/{target}/infer", json={"inputs": "nope"})
         assert 400 <= bad.status_code < 500
+
+    # the same model over gRPC (tritonclient, raw contents) answers what HTTP answered
+    import numpy as np
+    import tritonclient.grpc as tg
+
+    with tg.InferenceServerClient(GRPC[0]) as grpc_client:
+        assert grpc_client.is_model_ready(target, client_timeout=10)
+        x = tg.InferInput(spec["name"], [2, width], "FP32")
+        x.set_data_from_numpy(np.full((2, width), 0.5, np.float32))
+        result = grpc_client.infer(target, [x], client_timeout=10)
+        http_out = answer.json()["outputs"][0]
+        got = result.as_numpy(http_out["name"])
+        assert got.shape == tuple(http_out["shape"])
+        np.testing.assert_allclose(got.reshape(-1), http_out["data"], rtol=1e-6, atol=1e-6)
 
     # the agent reports traffic; the operator folds qps / p99 back into the model's status
     def observed():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from typing import Any
 
 from stowplan.agent import grpc_server
@@ -52,10 +53,16 @@ async def serve(
 def run(
     app: Any, agent: Agent, host: str, port: int, grpc_port: int | None, grace_s: float = 1.0
 ) -> None:
-    """:func:`serve` on a fresh asyncio loop; returns after a clean stop (Ctrl-C included)."""
-    # uvicorn re-raises Ctrl-C after its graceful shutdown
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(app, agent, host, port, grpc_port, grace_s))
+    """:func:`serve` on a fresh asyncio loop; returns after a clean stop, on Ctrl-C and on
+    SIGTERM alike (so the caller's cleanup runs when Kubernetes stops the pod)."""
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the
+    # handler it found: make that one raise KeyboardInterrupt for SIGTERM too, not kill us
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(app, agent, host, port, grpc_port, grace_s))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 __all__ = ["run", "serve"]
