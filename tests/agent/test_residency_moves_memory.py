@@ -31,6 +31,8 @@ from stowplan.agent.telemetry import SimulatedTelemetry
 from stowplan.api.gpunode import GPUNodeSpec
 
 MIB = 1024 * 1024
+# resident memory is read in a process that ran nothing before (tests/agent/conftest.py)
+pytestmark = pytest.mark.fresh_process
 
 
 def _req(cols: int) -> InferenceRequest:
@@ -152,7 +154,10 @@ def test_offload_and_unload_return_the_memory(model_dir: Path, tmp_path: Path) -
         agent.unload("wide")
         gone = rss_bytes()
         assert again - gone >= 2 * 0.9 * size, ((again - gone) / MIB, size / MIB)
-        assert gone - base <= 0.1 * size
+        # what stays after the unload is heap fragmentation and ONNX Runtime's per-process
+        # caches: 1.5-1.8 MiB measured (stowplan memprobe: 1.55 MiB after unloading all three
+        # examples), a fifth of this file; a leak of the session or of the host bytes is 9.4 MiB
+        assert gone - base <= 0.25 * size, ((gone - base) / MIB, size / MIB)
     finally:
         agent.close()
 
