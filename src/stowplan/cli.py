@@ -31,6 +31,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "fgd": ("bench_fgd", "The public GPU-sharing benchmark (Alibaba trace, FGD protocol)."),
     "batching": ("bench_batching", "Batching policies vs load on a simulated device."),
     "http": ("bench_http", "Open-loop load against the agent serving a real ONNX model."),
+    "dataplane": (
+        "bench_dataplane",
+        "Direct ONNX Runtime vs the agent's data paths, side by side.",
+    ),
     "timeslice": ("bench_timeslice", "Time-sliced executor vs per-model threads."),
     "operator": ("bench_operator", "The operator at fleet scale on a real local control plane."),
     "soak": ("bench_soak", "Mixed load with CPUs contended, then a lone client on every model."),

@@ -1,5 +1,8 @@
 """Schemathesis drives the agent's own OpenAPI document: no generated input makes the server
-answer 5xx, and every response matches the documented schema. Bounded examples keep it fast.
+answer 5xx, and every response matches the documented schema (the inference route's document
+includes the binary tensor data extension: octet-stream bodies and the
+Inference-Header-Content-Length header); a structured fuzz of binary-extension bodies with sizes
+right or slightly off follows. Bounded examples keep it fast.
 
 The agent here serves only healthy models (a Failed model answers 503 by design)."""
 
@@ -63,3 +66,68 @@ def test_no_input_crashes_the_server(fuzz_agent: Agent, label: str) -> None:
         )
 
     check()
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(
+    rows=st.integers(0, 5),
+    size_delta=st.sampled_from([0, 0, 0, -4, -1, 1, 4]),
+    header_delta=st.sampled_from([0, 0, 0, -1, 1, 7]),
+    trailing=st.binary(max_size=8),
+    binary_out=st.booleans(),
+    payload=st.binary(min_size=0, max_size=5 * 256),
+)
+def test_binary_extension_bodies_are_answered_or_refused_with_400(
+    fuzz_agent: Agent,
+    rows: int,
+    size_delta: int,
+    header_delta: int,
+    trailing: bytes,
+    binary_out: bool,
+    payload: bytes,
+) -> None:
+    """Binary-extension bodies with the sizes right or off by a little (binary_data_size,
+    Inference-Header-Content-Length, bytes after the tensor) and arbitrary tensor bytes: a
+    consistent body is answered 200 (binary outputs when asked), anything else is a 400 in the
+    protocol's shape; never a 5xx."""
+    import json
+
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    need = rows * 64 * 4
+    raw = (payload * (need // max(len(payload), 1) + 1))[:need] if payload else bytes(need)
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [rows, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": max(need + size_delta, 0)},
+                }
+            ],
+            "parameters": {"binary_data_output": binary_out},
+        }
+    ).encode()
+    body = head + raw + trailing
+    header_length = len(head) + header_delta
+    with TestClient(create_app(fuzz_agent)) as c:
+        resp = c.post(
+            "/v2/models/mlp/infer",
+            content=body,
+            headers={"Inference-Header-Content-Length": str(header_length)},
+        )
+    consistent = size_delta == 0 and header_delta == 0 and not trailing and 1 <= rows <= 4
+    if consistent:
+        assert resp.status_code == 200, resp.text
+        if binary_out:
+            n = int(resp.headers["Inference-Header-Content-Length"])
+            (out,) = json.loads(resp.content[:n])["outputs"]
+            assert out["parameters"]["binary_data_size"] == len(resp.content) - n == rows * 40
+            np.frombuffer(resp.content[n:], "<f4")  # whole float32 values
+        else:
+            assert "Inference-Header-Content-Length" not in resp.headers
+    else:
+        assert resp.status_code in (400, 413), resp.text
+        assert list(resp.json()) == ["error"]

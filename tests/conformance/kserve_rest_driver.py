@@ -1,10 +1,11 @@
 """Run by tests/conformance/test_kserve_rest.py with the KServe SDK's own interpreter
 (``scripts/setup-kserve-client``: kserve==0.21.0 cannot share stowplan's venv), never by pytest
-itself. Drives KServe's ``InferenceRESTClient`` (protocol v2) against a running server for one
-model and prints a JSON report of every call: the readiness answers, the outputs of each
-binary/JSON combination (as lists), and each documented error's status code and message.
+itself. Drives KServe's ``InferenceRESTClient`` (protocol v2) against a running server for
+each model given and prints one JSON report per model of every call: the readiness answers, the
+outputs of each binary/JSON combination (as lists), and each documented error's status code and
+message.
 
-Usage: python kserve_rest_driver.py BASE_URL MODEL INPUT.npy
+Usage: python kserve_rest_driver.py BASE_URL MODEL=INPUT.npy [MODEL=INPUT.npy ...]
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ async def main(base_url: str, model: str, x: np.ndarray) -> dict[str, Any]:
     return report
 
 
+async def every(base_url: str, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {model: await main(base_url, model, x) for model, x in inputs.items()}
+
+
 if __name__ == "__main__":
-    url, model_name, path = sys.argv[1:4]
-    print(json.dumps(asyncio.run(main(url, model_name, np.load(path)))))
+    pairs = [arg.split("=", 1) for arg in sys.argv[2:]]
+    print(json.dumps(asyncio.run(every(sys.argv[1], {m: np.load(p) for m, p in pairs}))))

@@ -37,32 +37,35 @@ def kserve_python() -> Path:
     return ROOT / done.stdout.strip().splitlines()[-1]
 
 
-@pytest.fixture(scope="session", params=MODELS)
-def report(
-    request: pytest.FixtureRequest,
-    kserve_python: Path,
-    served: Any,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[str, np.ndarray, dict[str, Any]]:
-    model = request.param
-    meta = httpx.get(f"http://{served.url}/v2/models/{model}", timeout=10).json()
-    x = served.example_input(meta["inputs"][0]["shape"], rows=2, seed=2)
-    path = tmp_path_factory.mktemp(f"kserve-{model}") / "x.npy"
-    np.save(path, x)
+@pytest.fixture(scope="session")
+def reports(
+    kserve_python: Path, served: Any, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """One driver run (KServe's import is slow) over every example model."""
+    work = tmp_path_factory.mktemp("kserve")
+    inputs = {}
+    for model in MODELS:
+        meta = httpx.get(f"http://{served.url}/v2/models/{model}", timeout=10).json()
+        inputs[model] = served.example_input(meta["inputs"][0]["shape"], rows=2, seed=2)
+        np.save(work / f"{model}.npy", inputs[model])
     done = subprocess.run(
-        [
-            str(kserve_python),
-            str(HERE / "kserve_rest_driver.py"),
-            f"http://{served.url}",
-            model,
-            str(path),
-        ],
+        [str(kserve_python), str(HERE / "kserve_rest_driver.py"), f"http://{served.url}"]
+        + [f"{m}={work / f'{m}.npy'}" for m in MODELS],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return model, x, json.loads(done.stdout)
+    out = json.loads(done.stdout)
+    return {m: (inputs[m], out[m]) for m in MODELS}
+
+
+@pytest.fixture(params=MODELS)
+def report(
+    request: pytest.FixtureRequest, reports: dict[str, tuple[np.ndarray, dict[str, Any]]]
+) -> tuple[str, np.ndarray, dict[str, Any]]:
+    x, r = reports[request.param]
+    return request.param, x, r
 
 
 def test_readiness_calls(report: tuple[str, np.ndarray, dict[str, Any]]) -> None:

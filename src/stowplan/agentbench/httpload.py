@@ -153,6 +153,9 @@ def _body(model: str, seed: int = 0) -> bytes:
     ).encode()
 
 
+_JSON_CONTENT_TYPE = "Content-Type: application/json\r\n"
+
+
 class RawClient:
     """A minimal HTTP/1.1 keep-alive client on asyncio streams, several times cheaper per request
     than httpx, so that on a small machine the load generator does not starve the agent it
@@ -163,7 +166,16 @@ class RawClient:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._slots = asyncio.Semaphore(max_connections)
 
-    async def post(self, path: str, body: bytes) -> int:
+    async def post(self, path: str, body: bytes, headers: str = "") -> int:
+        """POST ``body``; ``headers`` are extra header lines, each ending in CRLF (the default
+        Content-Type is JSON)."""
+        status, _, _ = await self.request(path, body, headers)
+        return status
+
+    async def request(
+        self, path: str, body: bytes, headers: str = ""
+    ) -> tuple[int, bytes, int | None]:
+        """POST ``body``; (status, response body, its Inference-Header-Content-Length)."""
         async with self._slots:
             if self._idle:
                 reader, writer = self._idle.pop()
@@ -172,22 +184,26 @@ class RawClient:
             try:
                 head = (
                     f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                    "Content-Type: application/json\r\n"
+                    f"{headers or _JSON_CONTENT_TYPE}"
                     f"Content-Length: {len(body)}\r\n\r\n"
                 )
                 writer.write(head.encode() + body)
                 status = int((await reader.readline()).split()[1])
                 length = 0
+                json_length: int | None = None
                 while (line := await reader.readline()) not in (b"\r\n", b""):
                     name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
+                    key = name.strip().lower()
+                    if key == b"content-length":
                         length = int(value)
-                await reader.readexactly(length)
+                    elif key == b"inference-header-content-length":
+                        json_length = int(value)
+                content = await reader.readexactly(length)
             except BaseException:
                 writer.close()
                 raise
             self._idle.append((reader, writer))
-            return status
+            return status, content, json_length
 
     def close(self) -> None:
         for _, writer in self._idle:
