@@ -20,7 +20,6 @@ from stowplan.agent.serving import Agent
 from stowplan.models import build_all
 from stowplan.testing.agent import example_agent
 
-
 _FRESH = "STOWPLAN_TEST_IN_FRESH_PROCESS"
 
 

@@ -1,9 +1,8 @@
-"""Run by tests/conformance/test_kserve_rest.py with the KServe SDK's own interpreter
-(``scripts/setup-kserve-client``: kserve==0.21.0 cannot share stowplan's venv), never by pytest
-itself. Drives KServe's ``InferenceRESTClient`` (protocol v2) against a running server for
-each model given and prints one JSON report per model of every call: the readiness answers, the
-outputs of each binary/JSON combination (as lists), and each documented error's status code and
-message.
+"""Run by tests/conformance/test_kserve_rest.py in a subprocess (importing kserve registers
+protobuf messages that tritonclient.grpc registers too), never by pytest itself. Drives
+KServe's ``InferenceRESTClient`` (protocol v2) against a running server for each model given
+and prints one JSON report per model of every call: the readiness answers, the outputs of each
+binary/JSON combination (as lists), and each documented error's status code and message.
 
 Usage: python kserve_rest_driver.py BASE_URL MODEL=INPUT.npy [MODEL=INPUT.npy ...]
 """

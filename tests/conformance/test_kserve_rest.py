@@ -3,15 +3,15 @@ against ``stowplan up``: readiness calls, inference with binary and JSON inputs 
 every example model equal to a direct ONNX Runtime call and to each other, and the documented
 errors raised as ``httpx.HTTPStatusError`` carrying the server's message.
 
-KServe's SDK cannot be installed beside stowplan's pins (it requires python-dateutil<3;
-kubernetes 37.0.2 requires >=3), so it lives in its own venv made by
-``scripts/setup-kserve-client`` (on first use, from PyPI) and is driven through
-``kserve_rest_driver.py`` in a subprocess."""
+KServe's SDK is in the dev extra (kubernetes is pinned at 37.0.1 for it), but importing it
+registers the protocol's protobuf messages, which tritonclient.grpc (in the same pytest
+process) registers too; so it is driven through ``kserve_rest_driver.py`` in a subprocess."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +25,8 @@ MODELS = ("mlp", "convnet", "mlp-wide")  # the shipped examples (conftest.MODELS
 
 
 @pytest.fixture(scope="session")
-def kserve_python() -> Path:
-    done = subprocess.run(
-        [str(ROOT / "scripts" / "setup-kserve-client")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, f"scripts/setup-kserve-client failed:\n{done.stderr[-3000:]}"
-    return ROOT / done.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="session")
 def reports(
-    kserve_python: Path, served: Any, tmp_path_factory: pytest.TempPathFactory
+    served: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
     """One driver run (KServe's import is slow) over every example model."""
     work = tmp_path_factory.mktemp("kserve")
@@ -49,7 +36,7 @@ def reports(
         inputs[model] = served.example_input(meta["inputs"][0]["shape"], rows=2, seed=2)
         np.save(work / f"{model}.npy", inputs[model])
     done = subprocess.run(
-        [str(kserve_python), str(HERE / "kserve_rest_driver.py"), f"http://{served.url}"]
+        [sys.executable, str(HERE / "kserve_rest_driver.py"), f"http://{served.url}"]
         + [f"{m}={work / f'{m}.npy'}" for m in MODELS],
         capture_output=True,
         text=True,
