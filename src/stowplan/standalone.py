@@ -24,11 +24,12 @@ import pydantic
 import yaml
 
 from stowplan import placement
-from stowplan.agent.config import AgentSettings, ModelConfig, batching_config, extra_slots
+from stowplan.agent import config as agent_config
+from stowplan.agent.config import AgentSettings, ModelConfig
 from stowplan.agent.serving import Agent, ServedModel
 from stowplan.agent.telemetry import SimulatedTelemetry, Telemetry, detect
 from stowplan.api.inferencemodel import InferenceModel
-from stowplan.demands import model_demand
+from stowplan.demands import model_demand, node_assignment
 from stowplan.models import materialize
 
 NODE = "local"
@@ -139,25 +140,29 @@ def make_problem(manifests: list[Manifest], telemetry: Telemetry) -> placement.P
 
 def model_config(m: Manifest, uri: str, replicas: list[placement.Assignment]) -> ModelConfig:
     """The agent config for one manifest; ``replicas`` are its placed replicas here (the first
-    one's device is primary, replicas on other devices become extra lanes)."""
-    assignment = replicas[0] if replicas else None
-    spec = m.model.spec
-    return ModelConfig(
-        name=m.model.metadata.name,
-        uri=uri,
-        slo_ms=spec.slo.latency_ms,
-        max_batch=spec.profile.max_batch,
-        batching=batching_config(spec.batching),
-        device=assignment.gpu if assignment else 0,
-        duty_cycle_ms=assignment.duty_cycle_ms if assignment else 0.0,
-        busy_ms=assignment.busy_ms if assignment else 0.0,
-        priority=spec.priority,
-        per_item_memory_mib=spec.profile.memory_mib.per_item_mib,
-        planned_memory_mib=assignment.memory_mib if assignment else 0.0,
-        weights_memory_mib=spec.profile.memory_mib.weights_mib,
-        replicas=extra_slots(replicas),
-        base_dir=m.path.parent,
+    one's device is primary, replicas on other devices become extra lanes). The same
+    translation as cluster mode: each replica becomes the ``GPUNode`` assignment the operator
+    would write (:func:`stowplan.demands.node_assignment`) and the agent's
+    :func:`stowplan.agent.config.model_config` reads those. A model with no placed replica is
+    served best-effort on device 0, without a plan."""
+    name = m.model.metadata.name
+    spec = m.model.spec.model_copy(
+        update={"model": m.model.spec.model.model_copy(update={"uri": uri})}
     )
+    placed = replicas or [
+        placement.Assignment(
+            model=name,
+            replica=0,
+            node=NODE,
+            gpu=0,
+            batch_size=0,
+            duty_cycle_ms=spec.slo.latency_ms,  # any: unplanned() drops the plan's fields
+            busy_ms=0.0,
+            memory_mib=0.0,
+        )
+    ]
+    cfg = agent_config.model_config(name, [node_assignment(spec, a) for a in placed], m.path.parent)
+    return cfg if replicas else agent_config.unplanned(cfg, spec.batching)
 
 
 def up(

@@ -38,7 +38,6 @@ def _assignment(
         "busyMs": 5,
         "memoryMiB": 100,
         "sloMs": 100,
-        "latencyMs": {"base": 1, "perItem": 0.1},
         **extra,
     }
 

@@ -25,7 +25,6 @@ def test_cluster_assignment_reserves_exactly_the_planned_memory():
                     "batchSize": 3, "maxBatch": 16, "dutyCycleMs": 20, "busyMs": 4,
                     # 200 MiB weights + 3 items x 10 MiB = 230 MiB planned
                     "memoryMiB": 230, "weightsMiB": 200, "sloMs": 50,
-                    "latencyMs": {"base": 1, "perItem": 1},
                 }
             ]
         }

@@ -75,7 +75,6 @@ def test_lru_offload_and_prefetch_through_the_agent(model_dir: Path, tmp_path: P
                         "busyMs": 1,
                         "memoryMiB": 10,
                         "sloMs": 100,
-                        "latencyMs": {"base": 1, "perItem": 0.1},
                     }
                 ]
             }

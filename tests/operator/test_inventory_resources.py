@@ -63,6 +63,7 @@ def test_without_the_fields_the_problem_is_exactly_what_it_was():
             latency=placement.LatencyProfile(base_ms=2, per_item_ms=0.5),
             memory=placement.MemoryProfile(weights_mib=1000, per_item_mib=10),
             max_batch=64,
+            max_queue_delay_ms=5.0,  # spec.batching's default batch-fill bound
         )
         for name, replicas in (("a", 2), ("b", 1))
     )
@@ -163,7 +164,6 @@ def _assignment(model_key: str, replica: int, gpu: int) -> dict[str, Any]:
         "model": model_key, "replica": replica, "gpu": gpu,
         "source": {"uri": "file:///m/a.onnx"}, "batchSize": 1, "maxBatch": 64,
         "dutyCycleMs": 20, "busyMs": 2.5, "memoryMiB": 1010, "sloMs": 50,
-        "latencyMs": {"base": 2, "perItem": 0.5},
     }  # fmt: skip
 
 

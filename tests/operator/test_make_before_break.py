@@ -80,7 +80,7 @@ def _assignment(node_gpu: int = 0) -> dict:
     return {
         "model": "ns/a", "replica": 0, "gpu": node_gpu, "source": {"uri": "file:///m/a.onnx"},
         "batchSize": 4, "maxBatch": 64, "dutyCycleMs": 20, "busyMs": 4, "memoryMiB": 1040,
-        "sloMs": 50, "latencyMs": {"base": 2, "perItem": 0.5},
+        "sloMs": 50,
     }  # fmt: skip
 
 

@@ -56,7 +56,6 @@ def _assignment(model_key, replica, gpu=0):
         "model": model_key, "replica": replica, "gpu": gpu,
         "source": {"uri": "file:///m/a.onnx"}, "batchSize": 4, "maxBatch": 64,
         "dutyCycleMs": 20, "busyMs": 4, "memoryMiB": 1040, "sloMs": 50,
-        "latencyMs": {"base": 2, "perItem": 0.5},
     }  # fmt: skip
 
 

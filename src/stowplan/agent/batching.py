@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from stowplan import slo
 from stowplan.agent.config import BatchingConfig, Policy
 from stowplan.agent.errors import Overloaded
 
@@ -112,18 +113,13 @@ class FixedPolicy:
 def derive_target_ms(
     slo_ms: float, duty_cycle_ms: float = 0.0, busy_ms: float = 0.0, max_wait_ms: float = 0.0
 ) -> float:
-    """AIMD's per-batch latency target from the SLO.
-
-    A request that arrives just after its model's batch started waits for that batch, for the
-    other models' slices of the duty cycle, and for the bounded wait of its own batch to fill,
-    and then runs in the next batch: worst case 2*t + others + wait <= slo, so
-    t <= (slo - others - wait) / 2 where others = duty_cycle - busy (Nexus's "wait one cycle,
-    then run" rule; alone on a device with no wait, t <= slo / 2). Leaving the bounded wait out
-    (as the first version did) let the cap settle where a full batch plus its wait overran the
-    SLO, which cost 2-4 % goodput on the bursty Azure code trace.
+    """AIMD's per-batch latency target from the SLO: :func:`stowplan.slo.batch_target_ms`, the
+    longest batch with which a request still meets ``slo_ms`` under the queueing the plan
+    assumes (a request waits for its model's running batch and the other models' slices, or
+    for the bounded wait, then runs in the next batch; alone on a device with no wait, slo / 2).
+    The same formula placement uses, so the batch the plan budgeted is never above the target.
     """
-    others = max(0.0, duty_cycle_ms - busy_ms)
-    return max(0.05 * slo_ms, (slo_ms - others - max(0.0, max_wait_ms)) / 2.0)
+    return slo.batch_target_ms(slo_ms, duty_cycle_ms, busy_ms, max_wait_ms)
 
 
 def make_policy(
@@ -132,14 +128,21 @@ def make_policy(
     slo_ms: float,
     duty_cycle_ms: float = 0.0,
     busy_ms: float = 0.0,
+    planned_batch: int = 0,
 ) -> BatchPolicy:
+    """The policy ``cfg`` names; AIMD starts at ``planned_batch`` (the plan's batch; 0: 1)."""
     wait_s = cfg.max_queue_delay_ms / 1000.0
     if cfg.policy is Policy.AIMD:
         target = cfg.target_batch_ms or derive_target_ms(
             slo_ms, duty_cycle_ms, busy_ms, cfg.max_queue_delay_ms
         )
         return AimdController(
-            max_batch, target, cfg.additive_step, cfg.multiplicative_decrease, max_wait_s=wait_s
+            max_batch,
+            target,
+            cfg.additive_step,
+            cfg.multiplicative_decrease,
+            initial=max(1, planned_batch),
+            max_wait_s=wait_s,
         )
     if cfg.policy is Policy.STATIC:
         return FixedPolicy(min(max_batch, cfg.static_batch_size or 1), wait_s)

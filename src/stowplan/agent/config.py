@@ -1,8 +1,11 @@
 """The agent's own configuration types: what to serve (ModelConfig) and how (AgentSettings).
 
-These are the agent's domain types, independent of the Kubernetes wire types: cluster mode
-(:mod:`stowplan.agent.gpunode_sync`) and standalone mode (:mod:`stowplan.standalone`) translate
-InferenceModel / GPUNode objects into them. Data only; no I/O.
+These are the agent's domain types, independent of the Kubernetes wire types. The one
+translation of placed replicas into them is :func:`model_config`: ``GPUNode`` assignments (as
+:func:`stowplan.demands.node_assignment` writes them, from the InferenceModel spec and the plan)
+in, the config of the model they serve out. Cluster mode (:mod:`stowplan.agent.gpunode_sync`)
+calls it on its node's ``GPUNode.spec``, standalone mode (:mod:`stowplan.standalone`) on the
+assignments of its own plan, so both serve a model alike. Data and pure functions; no I/O.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from stowplan import slo
+from stowplan.api.gpunode import Assignment
 from stowplan.api.inferencemodel import Batching
 
 
@@ -49,6 +54,8 @@ class ReplicaSlot(_Frozen):
     busy_ms: float = Field(default=0.0, ge=0)
     #: Memory placement planned for this replica (0: none planned; see ModelConfig).
     planned_memory_mib: float = Field(default=0.0, ge=0)
+    #: The batch placement planned for this replica (AIMD starts there; 0: none planned).
+    planned_batch: int = Field(default=0, ge=0)
 
 
 class ModelConfig(_Frozen):
@@ -71,6 +78,8 @@ class ModelConfig(_Frozen):
     #: it. When set, the residency pool reserves exactly this, so placement and agent agree.
     planned_memory_mib: float = Field(default=0.0, ge=0)
     weights_memory_mib: float = Field(default=0.0, ge=0)
+    #: From placement: the primary replica's planned batch (AIMD starts there; 0: none planned).
+    planned_batch: int = Field(default=0, ge=0)
     #: Further replicas on other devices, served under the same name (least-queued routing).
     replicas: tuple[ReplicaSlot, ...] = ()
     #: Directory that relative file:// URIs are resolved against (the manifest's folder).
@@ -124,6 +133,8 @@ class PlacedReplica(Protocol):
     def busy_ms(self) -> float: ...
     @property
     def memory_mib(self) -> float: ...
+    @property
+    def batch_size(self) -> int: ...
 
 
 def extra_slots(replicas: Sequence[PlacedReplica]) -> tuple[ReplicaSlot, ...]:
@@ -139,17 +150,77 @@ def extra_slots(replicas: Sequence[PlacedReplica]) -> tuple[ReplicaSlot, ...]:
                     duty_cycle_ms=r.duty_cycle_ms,
                     busy_ms=r.busy_ms,
                     planned_memory_mib=r.memory_mib,
+                    planned_batch=r.batch_size,
                 )
             )
     return tuple(slots)
 
 
-def batching_config(spec: Batching) -> BatchingConfig:
-    """The agent's batching settings from an InferenceModel's ``spec.batching``."""
+def batching_config(
+    spec: Batching, slo_ms: float = 0.0, duty_cycle_ms: float = 0.0, busy_ms: float = 0.0
+) -> BatchingConfig:
+    """The agent's batching settings from an InferenceModel's ``spec.batching``, for a lane
+    with the SLO ``slo_ms`` planned at ``busy_ms`` per cycle of ``duty_cycle_ms`` (0: unplanned,
+    the spec as it is). A planned lane waits for a batch to fill up to
+    :func:`stowplan.slo.batch_wait_ms` (the plan's collection window, so the agent runs the
+    batches the plan priced, not more and smaller ones), and AIMD's target is
+    :func:`stowplan.slo.batch_target_ms` of the plan's cycle, busy time and the spec's bound, the
+    same formula placement checked (so the planned batch is within it)."""
+    planned = duty_cycle_ms > 0
+    target = None
+    if planned and spec.policy.value == Policy.AIMD.value:
+        target = slo.batch_target_ms(slo_ms, duty_cycle_ms, busy_ms, spec.max_queue_delay_ms)
     return BatchingConfig(
         policy=Policy(spec.policy.value),
-        max_queue_delay_ms=spec.max_queue_delay_ms,
+        max_queue_delay_ms=slo.batch_wait_ms(spec.max_queue_delay_ms, duty_cycle_ms),
         additive_step=spec.additive_step,
         multiplicative_decrease=spec.multiplicative_decrease,
         static_batch_size=spec.static_batch_size,
+        target_batch_ms=target,
+    )
+
+
+def model_config(
+    name: str, assignments: Sequence[Assignment], base_dir: Path | None = None
+) -> ModelConfig:
+    """The config of the model served as ``name`` for its replicas ``assignments`` on this
+    node (one ``GPUNode`` assignment each, at least one; the lowest replica's GPU is primary,
+    replicas on other GPUs become extra lanes): the one translation of a plan into what the
+    agent does. Raises ``ValueError`` for no assignments."""
+    if not assignments:
+        raise ValueError(f"model {name!r}: no assignments to serve")
+    replicas = sorted(assignments, key=lambda a: a.replica)
+    first = replicas[0]
+    return ModelConfig(
+        name=name,
+        uri=first.source.uri,
+        slo_ms=first.slo_ms,
+        max_batch=first.max_batch,
+        batching=batching_config(first.batching, first.slo_ms, first.duty_cycle_ms, first.busy_ms),
+        device=first.gpu,
+        duty_cycle_ms=first.duty_cycle_ms,
+        busy_ms=first.busy_ms,
+        priority=first.priority,
+        per_item_memory_mib=first.per_item_mib,
+        planned_memory_mib=first.memory_mib,
+        weights_memory_mib=first.weights_mib,
+        planned_batch=first.batch_size,
+        replicas=extra_slots(replicas),
+        base_dir=base_dir,
+    )
+
+
+def unplanned(config: ModelConfig, batching: Batching) -> ModelConfig:
+    """``config`` served best-effort, without a plan (standalone mode, a model placement could
+    not place): no duty cycle, budget, planned memory or batch, no extra replicas, and the
+    spec's own batch-fill bound (``batching``)."""
+    return config.model_copy(
+        update={
+            "batching": batching_config(batching),
+            "duty_cycle_ms": 0.0,
+            "busy_ms": 0.0,
+            "planned_memory_mib": 0.0,
+            "planned_batch": 0,
+            "replicas": (),
+        }
     )

@@ -8,7 +8,8 @@
   batch size, heartbeat, and the CPU / host memory the node offers replicas) through the status
   subresource. The agent never writes ``spec``.
 
-The translation (:func:`desired_configs`, :func:`reconcile`, :func:`allocatable`,
+The translation (:func:`desired_configs`, through :func:`stowplan.agent.config.model_config`,
+the same function standalone mode uses; :func:`reconcile`, :func:`allocatable`,
 :func:`build_status`) is pure and
 unit-tested; :class:`GpuNodeSync` is the only code that talks to the API server, through the
 ``kubernetes`` client's CustomObjectsApi (or a test double with the same methods). Callers:
@@ -26,7 +27,7 @@ from typing import Any, Protocol, cast
 
 import stowplan
 from stowplan import models
-from stowplan.agent.config import ModelConfig, batching_config, extra_slots
+from stowplan.agent.config import ModelConfig, model_config
 from stowplan.agent.serving import Agent, ModelState
 from stowplan.agent.telemetry import DeviceSample
 from stowplan.api import gpunode, quantity
@@ -66,29 +67,16 @@ def served_name(model: str) -> str:
 def desired_configs(
     spec: GPUNodeSpec, cache_dir: Path | None = None
 ) -> dict[str, tuple[ModelConfig, list[gpunode.Assignment]]]:
-    """What the agent should serve for ``spec``, keyed by served name. Several replicas of one
-    model on this node are one served model with a lane per GPU (the lowest replica's GPU is
-    primary); requests go to the least-queued lane."""
+    """What the agent should serve for ``spec``, keyed by served name, each with its
+    assignments: :func:`stowplan.agent.config.model_config` of each model's assignments.
+    Several replicas of one model on this node are one served model with a lane per GPU (the
+    lowest replica's GPU is primary); requests go to the least-queued lane."""
     grouped: dict[str, list[gpunode.Assignment]] = {}
     for a in sorted(spec.assignments, key=lambda a: (a.model, a.replica)):
         grouped.setdefault(a.model, []).append(a)
     out: dict[str, tuple[ModelConfig, list[gpunode.Assignment]]] = {}
     for model, replicas in grouped.items():
-        first = replicas[0]
-        cfg = ModelConfig(
-            name=served_name(model),
-            uri=first.source.uri,
-            slo_ms=first.slo_ms,
-            max_batch=first.max_batch,
-            batching=batching_config(first.batching),
-            device=first.gpu,
-            duty_cycle_ms=first.duty_cycle_ms,
-            busy_ms=first.busy_ms,
-            planned_memory_mib=first.memory_mib,
-            weights_memory_mib=first.weights_mib,
-            replicas=extra_slots(replicas),
-            base_dir=cache_dir,
-        )
+        cfg = model_config(served_name(model), replicas, cache_dir)
         out[cfg.name] = (cfg, replicas)
     return out
 

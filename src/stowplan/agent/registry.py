@@ -111,6 +111,7 @@ def primary_slot(config: ModelConfig) -> ReplicaSlot:
         duty_cycle_ms=config.duty_cycle_ms,
         busy_ms=config.busy_ms,
         planned_memory_mib=config.planned_memory_mib,
+        planned_batch=config.planned_batch,
     )
 
 
@@ -309,7 +310,9 @@ class ModelRegistry:
         batching = config.batching
         if not runtime.batched and batching.policy is not Policy.NONE:
             batching = batching.model_copy(update={"policy": Policy.NONE})
-        policy = make_policy(batching, served.max_items, config.slo_ms, duty_cycle_ms, busy_ms)
+        policy = make_policy(
+            batching, served.max_items, config.slo_ms, duty_cycle_ms, busy_ms, slot.planned_batch
+        )
         ex = self.executor(device)
         if duty_cycle_ms > 0:
             ex.set_cycle_ms(max(duty_cycle_ms, ex.cycle_ms))

@@ -14,12 +14,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from stowplan.api.inferencemodel import (
-    Batching,
-    LatencyProfileSpec,
-    ModelSource,
-    ResourceQuantities,
-)
+from stowplan.api.inferencemodel import Batching, ModelSource, ResourceQuantities
 from stowplan.api.meta import Condition, ObjectMeta, WireModel
 
 KIND = "GPUNode"
@@ -29,24 +24,33 @@ SHORT_NAMES = ("gn",)
 
 
 class Assignment(WireModel):
-    """One replica the operator wants this node to run."""
+    """One replica the operator wants this node to run: everything the agent needs to serve it
+    as planned (written by ``stowplan.demands.node_assignment``, read by
+    ``stowplan.agent.config.model_config``; every field is read)."""
 
     model: str = Field(description="The InferenceModel as namespace/name.")
     replica: int = Field(ge=0, description="Replica index.")
     gpu: int = Field(ge=0, description="GPU index on this node.")
     source: ModelSource = Field(description="Where to load the model from.")
-    batch_size: int = Field(alias="batchSize", ge=0, description="Planned items per batch.")
+    batch_size: int = Field(
+        alias="batchSize", ge=0, description="Planned items per batch (AIMD starts there)."
+    )
     max_batch: int = Field(alias="maxBatch", ge=1, description="Largest batch the model takes.")
     duty_cycle_ms: float = Field(alias="dutyCycleMs", gt=0, description="GPU duty cycle, in ms.")
-    busy_ms: float = Field(alias="busyMs", ge=0, description="GPU time per cycle, in ms.")
+    busy_ms: float = Field(
+        alias="busyMs", ge=0, description="Planned GPU time per cycle (the replica's budget), ms."
+    )
     memory_mib: float = Field(
         alias="memoryMiB", ge=0, description="Planned device memory: weights + workspace, MiB."
     )
     weights_mib: float = Field(
         default=0, alias="weightsMiB", ge=0, description="The weights' share of memoryMiB."
     )
+    per_item_mib: float = Field(
+        default=0, alias="perItemMiB", ge=0, description="Activation memory per batch item, MiB."
+    )
     slo_ms: float = Field(alias="sloMs", gt=0, description="p99 latency target, in ms.")
-    latency_ms: LatencyProfileSpec = Field(alias="latencyMs", description="Latency profile.")
+    priority: int = Field(default=0, ge=-1000, le=1000, description="The model's priority.")
     batching: Batching = Field(default_factory=Batching, description="Batching policy.")
 
 

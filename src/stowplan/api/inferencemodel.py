@@ -125,7 +125,11 @@ class Batching(WireModel):
         alias="maxQueueDelayMs",
         ge=0,
         le=60_000,
-        description="Longest a request waits for its batch to fill, in ms.",
+        description=(
+            "Longest a request waits for its batch to fill, in ms; on a GPU shared in a duty "
+            "cycle, up to that cycle (status.capacity.dutyCycleMs) if it is longer, since a "
+            "request waits for its model's turn anyway. Ignored for policy none."
+        ),
     )
     additive_step: int = Field(
         default=1,

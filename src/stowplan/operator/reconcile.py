@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from stowplan import api, placement
+from stowplan import api, demands, placement
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
 from stowplan.operator import inventory
@@ -83,23 +83,7 @@ def desired_state(
     for a in plan.assignments:
         im = by_key[a.model]
         per_model[a.model].append(a)
-        node_assignments.setdefault(a.node, []).append(
-            gn.Assignment(
-                model=a.model,
-                replica=a.replica,
-                gpu=a.gpu,
-                source=im.spec.model,
-                batch_size=a.batch_size,
-                max_batch=im.spec.profile.max_batch,
-                duty_cycle_ms=a.duty_cycle_ms,
-                busy_ms=round(a.busy_ms, 6),
-                memory_mib=round(a.memory_mib, 6),
-                weights_mib=im.spec.profile.memory_mib.weights_mib,
-                slo_ms=im.spec.slo.latency_ms,
-                latency_ms=im.spec.profile.latency_ms,
-                batching=im.spec.batching,
-            )
-        )
+        node_assignments.setdefault(a.node, []).append(demands.node_assignment(im.spec, a))
     for node_name, kept in keep:
         node_assignments.setdefault(node_name, []).append(kept)
     for assignments in node_assignments.values():

@@ -6,10 +6,11 @@ runs them as its batching policy says (``ModelDemand.batching``): ``aimd`` runs 
 ``b = n``; ``static`` runs ``ceil(n / N)`` batches of its fixed size ``N``; ``none`` runs ``n``
 batches of 1. Its GPU time per cycle is ``t = runs * (base + per_item * b)`` ms and it holds
 ``weights + per_item_mib * b`` MiB. A set of replicas fits on one GPU at ``d`` iff ``sum t <= d``,
-``d + t_i <= slo_i`` for every member (the queueing assumed: a request that just missed its
-model's turn waits at most one cycle ``d``, then at most all of that model's runs of the cycle,
-``t_i``), ``b_i <= max_batch_i``, and the memory sum fits. This is the one "meets the SLO"
-formula; ``verify.check_plan`` re-derives it with its own arithmetic.
+every member meets its SLO by :func:`stowplan.slo.meets_slo` (``d + wait_i + t_i <= slo_i``,
+``wait`` its batch-fill bound ``ModelDemand.max_queue_delay_ms``; the queueing it assumes is
+written out in :mod:`stowplan.slo`, which the agent uses for AIMD's target too),
+``b_i <= max_batch_i``, and the memory sum fits. ``verify.check_plan`` re-derives the SLO test
+with its own arithmetic (``d + t <= slo``, the same with no wait, weaker with one).
 A replica with ``target_qps == 0`` still runs batches of 1 (it must answer a stray request within
 its SLO) and holds its weights.
 
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from stowplan import slo
 from stowplan.placement.models import BatchingPolicy, ModelDemand, _Frozen
 
 # Duty-cycle levels in ms: roughly geometric (x1.25), fine enough that the packing loses little
@@ -46,7 +48,7 @@ DUTY_LEVELS_MS: tuple[float, ...] = (
 )  # fmt: skip
 
 # Relative slack when comparing floats computed in different orders (solver vs verifier).
-EPS = 1e-9
+EPS = slo.EPS
 
 # alone_capacity looks at no more request counts per cycle than this (static / none policies)
 _MAX_COUNTS = 100_000
@@ -65,13 +67,12 @@ class ReplicaCapacity(_Frozen):
 
 def replica_qps(model: ModelDemand) -> float:
     """Requests per second each replica receives: target_qps / replicas (0 if no replicas)."""
-    return model.target_qps / model.replicas if model.replicas else 0.0
+    return slo.per_replica_qps(model.target_qps, model.replicas)
 
 
 def items_per_cycle(model: ModelDemand, duty_cycle_ms: float) -> int:
     """Requests one replica collects per cycle: max(1, ceil(qps * d / 1000))."""
-    need = replica_qps(model) * duty_cycle_ms / 1000.0
-    return max(1, math.ceil(need - EPS * max(1.0, need)))
+    return slo.items_per_cycle(replica_qps(model), duty_cycle_ms)
 
 
 def batch_size(model: ModelDemand, duty_cycle_ms: float) -> int:
@@ -117,7 +118,8 @@ def replica_capacity(model: ModelDemand, duty_cycle_ms: float) -> ReplicaCapacit
     """Batch, busy time and memory of one replica of ``model`` at ``duty_cycle_ms``.
 
     None when no GPU could run it at that duty cycle: the batch exceeds ``max_batch``, a request
-    could miss its SLO (``d + busy > slo``) or the replica alone needs more than the whole cycle.
+    could miss its SLO (not :func:`stowplan.slo.meets_slo`: ``d + wait + busy > slo``) or
+    the replica alone needs more than the whole cycle.
     Memory is not checked here (it depends on the GPU).
     """
     if not (duty_cycle_ms > 0 and math.isfinite(duty_cycle_ms)):
@@ -127,7 +129,7 @@ def replica_capacity(model: ModelDemand, duty_cycle_ms: float) -> ReplicaCapacit
     if model.gpu_milli == 0:
         if b > model.max_batch:
             return None
-        if duty_cycle_ms + t > model.slo_ms * (1 + EPS):
+        if not slo.meets_slo(model.slo_ms, duty_cycle_ms, t, model.max_queue_delay_ms):
             return None
     if t > duty_cycle_ms * (1 + EPS):
         return None
@@ -155,8 +157,9 @@ def alone_capacity(model: ModelDemand) -> ReplicaCapacity | None:
 
     For ``n`` requests per cycle the duty cycles giving that count form the interval
     ``((n - 1) * 1000 / qps, n * 1000 / qps]``; there the replica's runs take a constant ``t_n``
-    (see the module docstring) and it fits iff ``t_n <= d`` and ``d + t_n <= slo``. The largest
-    such ``d`` in the interval, ``min(n * 1000 / qps, slo - t_n)``, gives the smallest GPU share
+    (see the module docstring) and it fits iff ``t_n <= d`` and ``d + wait + t_n <= slo``.
+    The largest such ``d`` in the interval, ``min(n * 1000 / qps, slo - wait - t_n)``, gives the
+    smallest GPU share
     ``t_n / d``; the answer is the ``n`` with the smallest share (``n <= max_batch`` for aimd),
     confirmed by
     :func:`replica_capacity` at that ``d`` (same arithmetic as every other caller). Example (the
@@ -185,7 +188,7 @@ def alone_capacity(model: ModelDemand) -> ReplicaCapacity | None:
             b, runs = model.static_batch_size, -(-n // model.static_batch_size)
         t = runs * (base + per * b)
         top = n * 1000.0 / qps if qps > 0 else math.inf
-        d = min(top, model.slo_ms - t)
+        d = min(top, model.slo_ms - model.max_queue_delay_ms - t)
         if not (d > 0 and math.isfinite(d)) or d < t:
             continue
         if qps > 0 and d <= (n - 1) * 1000.0 / qps:  # the SLO cuts the interval away
@@ -292,12 +295,13 @@ def level_cost_matrices(models: Sequence[ModelDemand]) -> LevelMatrices:
                 m.slo_ms,
                 _POLICY_CODE[m.batching],
                 m.static_batch_size,
+                m.max_queue_delay_ms,
             )
             for m in models
         ],
         dtype=float,
     ).T[:, :, None]
-    reps, tq, milli, base, per, weights, per_mib, max_batch, slo, policy, size = cols
+    reps, tq, milli, base, per, weights, per_mib, max_batch, slo_ms, policy, size, wait = cols
     qps = np.divide(tq, reps, out=np.zeros_like(tq), where=reps > 0)
     fixed = milli > 0
     need = qps * d / 1000.0
@@ -309,7 +313,8 @@ def level_cost_matrices(models: Sequence[ModelDemand]) -> LevelMatrices:
     t = np.where(fixed, milli / 1000.0 * d, runs * (base + per * b))
     mem = np.where(fixed, weights, weights + per_mib * b)
     ok = t <= d * (1 + EPS)
-    ok &= fixed | ((b <= max_batch) & (d + t <= slo * (1 + EPS)))
+    # slo.meets_slo vectorised: planned_latency_ms = d + wait + t
+    ok &= fixed | ((b <= max_batch) & (d + wait + t <= slo_ms * (1 + EPS)))
     bi = b.astype(np.int64)
     for arr in (t, mem, bi, ok):
         arr.setflags(write=False)

@@ -98,6 +98,9 @@ class ModelDemand(_Frozen):
     # how the agent batches (capacity.py prices each policy); static_batch_size only for static
     batching: BatchingPolicy = BatchingPolicy.AIMD
     static_batch_size: int = Field(default=0, ge=0)
+    # the longest a request waits for its batch to fill (spec.batching.maxQueueDelayMs; 0 for
+    # policy none): a request may wait max(this, duty cycle) for its turn (stowplan.slo)
+    max_queue_delay_ms: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _static_size_with_static_only(self) -> ModelDemand:

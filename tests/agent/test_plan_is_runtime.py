@@ -1,0 +1,184 @@
+"""Plan = runtime, in simulated time: random InferenceModel specs (every batching policy) are
+placed, each placed replica goes through the one translation (spec -> demand -> plan -> GPUNode
+assignment -> agent config -> the agent's own batch policy) and the agent's scheduler and
+batching code (:mod:`stowplan.agentbench.simulate`: the real ``SliceScheduler``, ``BatchQueue``
+and policies, simulated device time) is fed the planned load. Every placed replica meets the SLO
+the plan assumed and stays within the GPU time per cycle the plan budgeted; what the plan
+refuses is not simulated. Plus the algebra that makes the agreement hold by construction."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stowplan import placement, slo
+from stowplan.agent.batching import AimdController, make_policy
+from stowplan.agent.config import Policy, model_config
+from stowplan.agentbench.simulate import SimModel, simulate
+from stowplan.api.inferencemodel import BatchingPolicy, InferenceModelSpec
+from stowplan.demands import model_demand, node_assignment
+from stowplan.placement.verify import check_plan
+
+CYCLES = 300  # simulated duty cycles per GPU
+BUDGET_SLACK = 1.05  # the agent may use at most 5 % more GPU time per cycle than planned
+
+
+@st.composite
+def specs(draw: st.DrawFn) -> InferenceModelSpec:
+    policy = draw(st.sampled_from(["aimd", "static", "none"]))
+    max_batch = draw(st.integers(1, 32))
+    batching: dict[str, Any] = {
+        "policy": policy,
+        "maxQueueDelayMs": draw(st.sampled_from([0.0, 1.0, 5.0, 30.0])),
+    }
+    if policy == "static":
+        batching["staticBatchSize"] = draw(st.integers(1, max_batch))
+    return InferenceModelSpec.model_validate(
+        {
+            "model": {"uri": "file:///m/model.onnx"},
+            "replicas": draw(st.integers(1, 3)),
+            "slo": {
+                "latencyMs": draw(st.floats(5.0, 300.0)),
+                "targetQPS": draw(st.floats(1.0, 1500.0)),
+            },
+            "profile": {
+                "latencyMs": {
+                    "base": draw(st.floats(0.1, 4.0)),
+                    "perItem": draw(st.floats(0.01, 1.0)),
+                },
+                "memoryMiB": {"weights": 100, "perItem": 1},
+                "maxBatch": max_batch,
+            },
+            "batching": batching,
+            "priority": draw(st.integers(-5, 5)),
+        }
+    )
+
+
+def _even_arrivals(qps: float, duration_s: float, phase: float) -> list[float]:
+    """The planned load: ``qps`` requests per second, evenly spaced, from a phase in [0, 1)."""
+    gap = 1.0 / qps
+    n = int(duration_s * qps)
+    return [(i + phase) * gap for i in range(n)]
+
+
+@settings(
+    max_examples=int(__import__("os").environ.get("N_EX", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    models=st.lists(specs(), min_size=1, max_size=4),
+    n_gpus=st.integers(1, 3),
+    phase=st.floats(0.0, 0.99),
+)
+def test_the_agent_configured_from_the_plan_meets_the_slo_the_plan_assumed(
+    models: list[InferenceModelSpec], n_gpus: int, phase: float
+) -> None:
+    by_name = {f"m{i}": spec for i, spec in enumerate(models)}
+    problem = placement.Problem(
+        gpus=tuple(placement.Gpu(node="n", index=i, memory_mib=80_000) for i in range(n_gpus)),
+        models=tuple(model_demand(name, spec) for name, spec in by_name.items()),
+    )
+    plan = placement.plan(problem)
+    assert check_plan(problem, plan) == []
+    per_gpu: dict[int, list[placement.Assignment]] = defaultdict(list)
+    for a in plan.assignments:
+        per_gpu[a.gpu].append(a)
+    for assignments in per_gpu.values():
+        cycle_ms = assignments[0].duty_cycle_ms
+        duration_s = CYCLES * cycle_ms / 1000.0
+        sims, planned = [], {}
+        for a in assignments:
+            spec = by_name[a.model]
+            # the one translation, then the policy exactly as the agent's registry builds it
+            cfg = model_config(f"{a.model}.{a.replica}", [node_assignment(spec, a)])
+            assert (cfg.duty_cycle_ms, cfg.busy_ms, cfg.planned_batch) == (
+                a.duty_cycle_ms, round(a.busy_ms, 6), a.batch_size,
+            )  # fmt: skip
+
+            def policy(cfg: Any = cfg) -> Any:
+                return make_policy(
+                    cfg.batching, cfg.max_batch, cfg.slo_ms, cfg.duty_cycle_ms, cfg.busy_ms,
+                    cfg.planned_batch,
+                )  # fmt: skip
+
+            first = policy()
+            if cfg.batching.policy is Policy.AIMD:
+                assert isinstance(first, AimdController)
+                assert first.cap == a.batch_size  # AIMD starts at the planned batch
+                assert first.target_ms >= a.busy_ms * (1 - 1e-9)  # and the plan is within target
+            qps = slo.per_replica_qps(spec.slo.target_qps, spec.replicas)
+            sims.append(
+                SimModel(
+                    cfg.name,
+                    spec.profile.latency_ms.base_ms,
+                    spec.profile.latency_ms.per_item_ms,
+                    cfg.slo_ms,
+                    _even_arrivals(qps, duration_s, phase),
+                    policy,
+                    cfg.busy_ms,
+                )
+            )
+            planned[cfg.name] = (a, spec)
+        results = simulate(sims, "sliced", cycle_ms=cycle_ms, jitter=0.0)
+        for name, res in results.items():
+            a, spec = planned[name]
+            assert res.attainment >= 0.99, (name, plan.assignments, by_name, res)
+            lat = spec.profile.latency_ms
+            gpu_ms = res.batches * lat.base_ms + res.items * lat.per_item_ms
+            cycles = res.duration_s * 1000.0 / cycle_ms
+            one_batch_ms = gpu_ms / max(res.batches, 1)  # the run cut off by the end of arrivals
+            assert gpu_ms <= a.busy_ms * BUDGET_SLACK * cycles + one_batch_ms, (
+                name, a, spec, gpu_ms / cycles,
+            )  # fmt: skip
+
+
+@given(
+    slo_ms=st.floats(1.0, 1000.0),
+    cycle_ms=st.floats(0.1, 1000.0),
+    busy_share=st.floats(0.0, 1.0),
+    wait_ms=st.floats(0.0, 100.0),
+)
+def test_the_agents_target_admits_the_planned_batch_exactly_when_the_plan_meets_the_slo(
+    slo_ms: float, cycle_ms: float, busy_share: float, wait_ms: float
+) -> None:
+    busy_ms = busy_share * cycle_ms
+    target = slo.batch_target_ms(slo_ms, cycle_ms, busy_ms, wait_ms)
+    # the target is the largest batch time whose worst case meets the SLO ...
+    others = cycle_ms - busy_ms
+    if target > 0.05 * slo_ms:
+        assert slo.worst_latency_ms(target, others, wait_ms) <= slo_ms * (1 + 1e-9)
+        assert slo.worst_latency_ms(target * 1.001, others, wait_ms) > slo_ms
+    # ... so a plan that meets the SLO never asks for a batch above the agent's target
+    if slo.meets_slo(slo_ms, cycle_ms, busy_ms, wait_ms):
+        assert target >= busy_ms * (1 - 1e-9)
+    elif busy_ms > 0.05 * slo_ms:
+        assert target < busy_ms
+
+
+def test_the_plan_counts_the_batch_fill_wait() -> None:
+    spec = InferenceModelSpec.model_validate(
+        {
+            "model": {"uri": "file:///m/model.onnx"},
+            "slo": {"latencyMs": 12, "targetQPS": 100},
+            "profile": {
+                "latencyMs": {"base": 2, "perItem": 0.5},
+                "memoryMiB": {"weights": 1, "perItem": 0},
+                "maxBatch": 8,
+            },
+            "batching": {"policy": "aimd", "maxQueueDelayMs": 10},
+        }
+    )
+    demand = model_demand("m", spec)
+    assert demand.max_queue_delay_ms == 10
+    # at d = 5 ms a batch of 1 takes 2.5 ms: d + t fits 12 ms, but the 10 ms fill wait does not
+    assert placement.replica_capacity(demand, 5.0) is None
+    assert placement.replica_capacity(demand.model_copy(update={"max_queue_delay_ms": 0}), 5.0)
+    # policy none never waits to fill a batch, so nothing is charged for it
+    none = model_demand("m", spec.model_copy(update={"batching": spec.batching.model_copy(
+        update={"policy": BatchingPolicy.NONE})}))  # fmt: skip
+    assert none.max_queue_delay_ms == 0
