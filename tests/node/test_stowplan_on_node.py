@@ -192,6 +192,125 @@ def test_examples_ready_and_served(deployed: Any, node: nodecluster.NodeCluster)
         assert outside.returncode == 0, f"{name} via {pod_ip}: {outside.stdout}{outside.stderr}"
 
 
+def _slice_ips(kubectl: Any, name: str, namespace: str = "default") -> list[str]:
+    items = kubectl.json(
+        "get", "endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={name}"
+    )["items"]
+    return sorted(ip for s in items for e in s.get("endpoints") or [] for ip in e["addresses"])
+
+
+def _client_pod(kubectl: Any, image: str) -> str:
+    """A pod of the agent image (it has python3) that only sleeps: a client inside the cluster."""
+    name = "client"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "tolerations": [{"key": "stowplan.io/gpu-node", "operator": "Exists"}],
+            "containers": [
+                {
+                    "name": "c",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", "import time; time.sleep(3600)"],
+                }
+            ],
+        },
+    }
+    path = kubectl.nc.d / "client.json"
+    path.write_text(json.dumps(pod))
+    kubectl.run("apply", "-f", str(path))
+    kubectl.run("wait", "--for=condition=Ready", "--timeout=120s", f"pod/{name}", "-n", "default")
+    return name
+
+
+def test_each_model_answers_through_its_service(
+    deployed: Any, node: nodecluster.NodeCluster
+) -> None:
+    """Item 4: every example has a Service of its name (owned by it), an EndpointSlice with the
+    agent's pod IP, a status.url, and answers through its ClusterIP from the node's network
+    namespace (after ``ip route get`` shows no gateway) and from a client pod."""
+    agent = _agent_pod(deployed)
+    image = agent["spec"]["containers"][0]["image"]
+    client = _client_pod(deployed, image)
+    script = CLIENT.read_text()
+    for name in _examples():
+        im = deployed.json("get", "inferencemodel", "-n", "default", name)
+        url = im["status"]["url"]
+        assert url == f"http://{name}.default.svc:8000/v2/models/default.{name}", url
+        svc = deployed.json("get", "service", "-n", "default", name)
+        assert svc["metadata"]["ownerReferences"][0]["uid"] == im["metadata"]["uid"]
+        deployed.wait_for(
+            lambda name=name: _slice_ips(deployed, name) == [agent["status"]["podIP"]],
+            60,
+            f"{name}'s EndpointSlice listing the agent",
+        )
+        ip = svc["spec"]["clusterIP"]
+        target = f"http://{ip}:8000/v2/models/default.{name}"
+        assert node.route_is_local(ip), f"{ip} would leave the node's namespace"
+        t0 = time.monotonic()
+        host = node.in_netns(["python3", str(CLIENT), target, name, "5"], 120)
+        assert host.returncode == 0, f"{name} via {ip} from the node: {host.stdout}{host.stderr}"
+        inside = deployed.nc.kubectl_run_input(
+            script, "exec", "-i", "-n", "default", client, "--", "python3", "-", target, name, "5"
+        )
+        assert inside.returncode == 0, f"{name} via {ip} from a pod: {inside.stdout}{inside.stderr}"
+        print(f"{name}: {url} -> {ip}, 10 requests in {time.monotonic() - t0:.1f} s")
+    table = deployed.run("get", "inferencemodels", "-n", "default").stdout
+    assert "URL" in table.splitlines()[0] and "http://mlp.default.svc:8000" in table, table
+
+
+def test_scale_down_under_load_fails_no_request(
+    deployed: Any, node: nodecluster.NodeCluster
+) -> None:
+    """A client looping on convnet's ClusterIP while it is scaled 2 -> 1 (both replicas on the
+    one agent here) sees every request answered."""
+    name = "convnet"
+    ip = deployed.json("get", "service", "-n", "default", name)["spec"]["clusterIP"]
+    assert node.route_is_local(ip)
+    loop = subprocess.Popen(
+        node.netns_cmd(
+            ["python3", str(CLIENT), f"http://{ip}:8000/v2/models/default.{name}", name, "400"]
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        deployed.run("scale", "-n", "default", f"inferencemodel/{name}", "--replicas=1")
+        deployed.wait_for(
+            lambda: (
+                deployed.json("get", "inferencemodel", "-n", "default", name)["status"].get(
+                    "replicas"
+                )
+                == 1
+                and len(
+                    [
+                        m
+                        for m in deployed.json("get", "gpunode", node.node_name)["status"]["models"]
+                        if m["model"] == f"default/{name}"
+                    ]
+                )
+                == 1
+            ),
+            120,
+            "convnet down to one replica on the agent",
+        )
+        out, err = loop.communicate(timeout=300)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+    summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    assert loop.returncode == 0 and not summary.get("failed"), f"{out}{err}"
+    print(
+        f"scale-down under load: {summary.get('ok')} answered, {summary.get('shed')} shed, none failed"
+    )
+
+
 def test_a_foreign_gpu_pod_does_not_land_on_the_stowplan_node(deployed: Any) -> None:
     name = f"foreign-{uuid.uuid4().hex[:6]}"
     pod = {
@@ -302,3 +421,19 @@ def test_a_missing_image_fails_with_the_kubelet_reason(deployed: Any) -> None:
         assert "localhost/stowplan/nope:dev" in str(refused.value)
     finally:
         deployed.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_deleting_a_model_deletes_its_service(deployed: Any) -> None:
+    """The Service and EndpointSlice are owned by the InferenceModel: the garbage collector
+    (kube-controller-manager) deletes them with it."""
+    name = "mlp-wide"
+    assert deployed.run("get", "service", "-n", "default", name, check=False).returncode == 0
+    deployed.run("delete", "inferencemodel", "-n", "default", name)
+    deployed.wait_for(
+        lambda: (
+            deployed.run("get", "service", "-n", "default", name, check=False).returncode != 0
+            and not _slice_ips(deployed, name)
+        ),
+        60,
+        f"{name}'s Service and EndpointSlice garbage-collected",
+    )
