@@ -60,7 +60,9 @@ for name in operator agent; do
   fi
   start=$SECONDS
   ref=localhost/stowplan/$name:$TAG
-  b bud --quiet --pull-never --isolation chroot --network host --layers=false \
+  # --layers: the dependency layer (pyproject.toml) is reused, so a change in src/ rebuilds in
+  # seconds; buildah's storage keeps those layers (no prune), which is the cache
+  b bud --quiet --pull-never --isolation chroot --network host --layers \
     "${ca_args[@]}" --build-arg BASE_IMAGE="$BASE" -f "$repo/$name/Dockerfile" -t "$ref" "$repo" > "$OUT/$name.build.log" 2>&1 \
     || { tail -30 "$OUT/$name.build.log" >&2; exit 1; }
   rm -f "$OUT/$name.tar.tmp"
@@ -68,7 +70,6 @@ for name in operator agent; do
   mv "$OUT/$name.tar.tmp" "$OUT/$name.tar"
   echo "$h" > "$OUT/$name.hash"
   b images --noheading --format '{{.Size}}' "$ref" > "$OUT/$name.size"
-  b rmi --prune >/dev/null 2>&1 || true
   echo "built $ref in $((SECONDS - start)) s ($(cat "$OUT/$name.size"), archive $(du -m "$OUT/$name.tar" | cut -f1) MiB)" >&2
 done
 echo "$OUT"

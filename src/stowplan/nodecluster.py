@@ -4,9 +4,10 @@ etcd, kube-apiserver (PodSecurity admission, NodeRestriction, Node+RBAC authoriz
 kube-controller-manager, kube-scheduler, kube-proxy (iptables mode), containerd v2 + runc, the
 CNI bridge and one kubelet, all started with ``nsenter --net`` into a namespace that has no
 route out of the machine: a veth with a TEST-NET address for the node, the pod bridge for the pod
-CIDR and a ``blackhole`` route for the Service CIDR (kube-proxy's DNAT rewrites ClusterIPs before
-routing). The API server is reached from the root namespace through two socat processes bridged
-over a unix socket (``127.0.0.1:<port>`` in the root namespace only).
+CIDR (a ``blackhole`` route under it) and an on-link route for the Service CIDR through that
+veth, whose peer is in the namespace too (kube-proxy's DNAT rewrites ClusterIPs to pod IPs).
+The API server is reached from the root namespace through two socat processes bridged over a
+unix socket (``127.0.0.1:<port>`` in the root namespace only).
 
 The Node carries the GPU node labels, the stowplan taint and an ``nvidia.com/gpu`` capacity for
 its simulated GPUs (patched into the Node status, as the Kubernetes docs advertise an extended
@@ -43,6 +44,7 @@ from pathlib import Path
 from types import TracebackType
 
 from stowplan import controlplane
+from stowplan.api.gpunode import POOL_LABEL
 
 NODEBINS_DIR = Path("~/.cache/stowplan/nodebins") / controlplane.K8S_VERSION
 IMAGES_DIR = Path("~/.cache/stowplan/images")
@@ -67,10 +69,10 @@ NODE_LABELS = {
     "nvidia.com/gpu.present": "true",
     "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
     "nvidia.com/gpu.memory": "81920",
-    "stowplan.io/gpu-node": "true",
+    POOL_LABEL: "true",
 }
 #: keeps pods that do not tolerate it (everything but stowplan's agent) off stowplan's GPUs
-GPU_TAINT = "stowplan.io/gpu-node=true:NoSchedule"
+GPU_TAINT = f"{POOL_LABEL}=true:NoSchedule"
 #: kubelet rewrites these unless protectKernelDefaults; restored on stop
 HOST_SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops")
 #: paths outside the workdir that kubelet, containerd and CNI write
@@ -243,8 +245,10 @@ class NodeCluster:
         _run(["ip", "-n", ns, "addr", "add", f"{NODE_IP}/32", "dev", "node0"])
         _run(["ip", "-n", ns, "link", "set", "node0", "up"])
         _run(["ip", "-n", ns, "link", "set", "node0p", "up"])
-        # ClusterIPs are DNATed before routing; whatever is left must never find a way out
-        _run(["ip", "-n", ns, "route", "add", "blackhole", SERVICE_CIDR])
+        # A ClusterIP needs a route for connect() to get as far as kube-proxy's DNAT (a
+        # blackhole route fails it with EINVAL first): on-link through node0, whose peer is in
+        # this namespace too, so whatever kube-proxy does not rewrite goes nowhere
+        _run(["ip", "-n", ns, "route", "add", SERVICE_CIDR, "dev", "node0"])
         _run(["ip", "-n", ns, "route", "add", "blackhole", POD_CIDR])
 
     def _pki(self) -> None:
@@ -677,6 +681,19 @@ class NodeCluster:
     def kubectl_run(self, *args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def kubectl_run_input(
+        self, stdin: str, *args: str, timeout_s: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """``kubectl ARGS`` with ``stdin`` fed to it (``kubectl exec -i ... python3 -``)."""
+        return subprocess.run(
+            [str(self.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout_s,

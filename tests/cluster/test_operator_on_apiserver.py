@@ -249,3 +249,56 @@ def test_a_standby_operator_takes_over_when_the_leader_stops(
         wait(lambda: standby.passes() > 0, what="the standby's pass to complete")
     finally:
         operator.start()  # back to the fixture's operator for later tests
+
+
+def test_each_model_gets_a_service_and_a_slice_of_its_ready_agents(
+    installed, fleet, operator, namespace, wait
+):
+    """The operator (as its ServiceAccount: the RBAC grants are enough) keeps a Service of the
+    model's name, owned by it, and an EndpointSlice listing only agents that report a Ready
+    replica; status.url names the Service."""
+    installed.run("apply", "-n", namespace, "-f", str(REPO / "manifests/examples/mlp.yaml"))
+    key = f"{namespace}/mlp"
+    where = wait(lambda: _assignments(installed, key), what="mlp assigned")
+    svc = wait(
+        lambda: installed.run("get", "-n", namespace, "svc/mlp", "-o", "json", check=False).stdout,
+        what="the model's Service",
+    )
+    svc = yaml.safe_load(svc)
+    im = installed.json("get", "-n", namespace, "im/mlp")
+    owner = svc["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["uid"]) == (
+        "InferenceModel",
+        "mlp",
+        im["metadata"]["uid"],
+    )
+    assert "selector" not in svc["spec"] and svc["spec"]["ports"][0]["port"] == 8000
+    assert im["status"]["url"] == f"http://mlp.{namespace}.svc:8000/v2/models/{namespace}.mlp"
+
+    def slice_ips() -> list[str]:
+        items = installed.json(
+            "get", "endpointslices", "-n", namespace, "-l", "kubernetes.io/service-name=mlp"
+        )["items"]
+        return sorted(ip for s in items for e in s.get("endpoints") or [] for ip in e["addresses"])
+
+    wait(
+        lambda: (
+            installed.run("get", "-n", namespace, "endpointslice/mlp", check=False).returncode == 0
+        ),
+        what="the model's EndpointSlice",
+    )
+    assert slice_ips() == []  # nothing Ready yet
+    node, gpu, replica = where[0]
+    ip = {"gpu-node-a": "10.244.7.1", "gpu-node-b": "10.244.7.2"}[node]
+    report = {"status": {"endpoint": f"http://{ip}:8000", "models": [
+        {"model": key, "replica": replica, "gpu": gpu, "state": "Ready"}]}}  # fmt: skip
+    installed.run("patch", f"gpunode/{node}", "--subresource=status", "--type=merge",
+                  "-p", yaml.safe_dump(report))  # fmt: skip
+    wait(lambda: slice_ips() == [ip], what=f"{ip} in the slice once Ready")
+    table = installed.run("get", "-n", namespace, "im", "mlp").stdout
+    assert f"http://mlp.{namespace}.svc:8000/v2/models/{namespace}.mlp" in table, table
+    clear = {"status": {"endpoint": "", "models": []}}
+    installed.run("delete", "-n", namespace, "im/mlp")
+    wait(lambda: _assignments(installed, key) == [], what="assignments removed after delete")
+    installed.run("patch", f"gpunode/{node}", "--subresource=status", "--type=merge",
+                  "-p", yaml.safe_dump(clear))  # fmt: skip

@@ -33,12 +33,13 @@ def _build(script: str) -> Path:
 
 @pytest.fixture(scope="session")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nodecluster.NodeCluster]:
-    if os.environ.get("STOWPLAN_NODE_TESTS") != "1":
-        pytest.skip(
-            "opt-in until a full run has passed in CI: STOWPLAN_NODE_TESTS=1 scripts/test -m node"
-        )
+    if os.environ.get("STOWPLAN_NODE_TESTS") == "0":
+        pytest.skip("STOWPLAN_NODE_TESTS=0: the real-node tests are switched off")
     if os.geteuid() != 0:
-        pytest.skip("the node tests need root (network namespace, cgroups, mounts)")
+        pytest.skip(
+            "the real-node tests need root (a network namespace, cgroups, mounts, containerd): "
+            "run scripts/test as root"
+        )
     _build("build-kubebins.sh")
     _build("build-nodebins.sh")
     images = _build("build-images.sh")
@@ -91,7 +92,7 @@ class Kubectl:
                 for key in ("waiting", "terminated"):
                     st = cs.get("state", {}).get(key) or cs.get("lastState", {}).get(key)
                     if st and st.get("reason") not in (None, "Completed", "ContainerCreating"):
-                        problems.append(
+                        problem = (
                             f"{name}/{cs['name']}: {st.get('reason')}: {st.get('message', '')}"
                         )
                         if st.get("reason") == "CrashLoopBackOff":  # the container's own words
@@ -99,7 +100,10 @@ class Kubectl:
                                 "logs", "-n", namespace, name, "-c", cs["name"],
                                 "--previous", "--tail=20", check=False,
                             )  # fmt: skip
-                            problems.append(logs.stdout[-2000:] + logs.stderr[-500:])
+                            problem += "\n  last log lines:\n" + (
+                                logs.stdout[-2000:] + logs.stderr[-500:]
+                            )
+                        problems.append(problem)
         events = self.json("get", "events", "-n", namespace, "--field-selector", "type=Warning")
         problems += [
             f"event {e['involvedObject'].get('name')}: {e.get('reason')}: {e.get('message')}"

@@ -192,51 +192,175 @@ def test_examples_ready_and_served(deployed: Any, node: nodecluster.NodeCluster)
         assert outside.returncode == 0, f"{name} via {pod_ip}: {outside.stdout}{outside.stderr}"
 
 
-def test_a_foreign_gpu_pod_does_not_land_on_the_stowplan_node(deployed: Any) -> None:
-    name = f"foreign-{uuid.uuid4().hex[:6]}"
+def _slice_ips(kubectl: Any, name: str, namespace: str = "default") -> list[str]:
+    items = kubectl.json(
+        "get", "endpointslices", "-n", namespace, "-l", f"kubernetes.io/service-name={name}"
+    )["items"]
+    return sorted(ip for s in items for e in s.get("endpoints") or [] for ip in e["addresses"])
+
+
+def _client_pod(kubectl: Any, image: str) -> str:
+    """A pod of the agent image (it has python3) that only sleeps: a client inside the cluster."""
+    name = "client"
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {
             "terminationGracePeriodSeconds": 0,
+            "tolerations": [{"key": "stowplan.io/gpu-node", "operator": "Exists"}],
             "containers": [
                 {
                     "name": "c",
-                    "image": "registry.k8s.io/pause:3.10",
+                    "image": image,
                     "imagePullPolicy": "Never",
-                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                    "command": ["python3", "-c", "import time; time.sleep(3600)"],
                 }
             ],
         },
     }
-    proc = subprocess.run(
-        [str(deployed.nc.kubectl), "--kubeconfig", str(deployed.nc.kubeconfig), "apply", "-f", "-"],
-        input=json.dumps(pod),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    try:
-        msg = deployed.wait_for(
-            lambda: next(
-                (
-                    c.get("message")
-                    for c in deployed.json("get", "pod", "-n", "default", name)
-                    .get("status", {})
-                    .get("conditions", [])
-                    if c.get("reason") == "Unschedulable"
-                ),
-                None,
-            ),
+    path = kubectl.nc.d / "client.json"
+    path.write_text(json.dumps(pod))
+    kubectl.run("apply", "-f", str(path))
+    kubectl.run("wait", "--for=condition=Ready", "--timeout=120s", f"pod/{name}", "-n", "default")
+    return name
+
+
+def test_each_model_answers_through_its_service(
+    deployed: Any, node: nodecluster.NodeCluster
+) -> None:
+    """Item 4: every example has a Service of its name (owned by it), an EndpointSlice with the
+    agent's pod IP, a status.url, and answers through its ClusterIP from the node's network
+    namespace (after ``ip route get`` shows no gateway) and from a client pod."""
+    agent = _agent_pod(deployed)
+    image = agent["spec"]["containers"][0]["image"]
+    client = _client_pod(deployed, image)
+    script = CLIENT.read_text()
+    for name in _examples():
+        im = deployed.json("get", "inferencemodel", "-n", "default", name)
+        url = im["status"]["url"]
+        assert url == f"http://{name}.default.svc:8000/v2/models/default.{name}", url
+        svc = deployed.json("get", "service", "-n", "default", name)
+        assert svc["metadata"]["ownerReferences"][0]["uid"] == im["metadata"]["uid"]
+        deployed.wait_for(
+            lambda name=name: _slice_ips(deployed, name) == [agent["status"]["podIP"]],
             60,
-            "the scheduler's verdict on a foreign nvidia.com/gpu pod",
+            f"{name}'s EndpointSlice listing the agent",
         )
-        assert "untolerated taint" in msg and "stowplan.io/gpu-node" in msg, msg
-        assert not deployed.json("get", "pod", "-n", "default", name)["spec"].get("nodeName")
+        ip = svc["spec"]["clusterIP"]
+        target = f"http://{ip}:8000/v2/models/default.{name}"
+        assert node.route_is_local(ip), f"{ip} would leave the node's namespace"
+        t0 = time.monotonic()
+        host = node.in_netns(["python3", str(CLIENT), target, name, "5"], 120)
+        assert host.returncode == 0, f"{name} via {ip} from the node: {host.stdout}{host.stderr}"
+        inside = deployed.nc.kubectl_run_input(
+            script, "exec", "-i", "-n", "default", client, "--", "python3", "-", target, name, "5"
+        )
+        assert inside.returncode == 0, f"{name} via {ip} from a pod: {inside.stdout}{inside.stderr}"
+        print(f"{name}: {url} -> {ip}, 10 requests in {time.monotonic() - t0:.1f} s")
+    table = deployed.run("get", "inferencemodels", "-n", "default").stdout
+    assert "URL" in table.splitlines()[0] and "http://mlp.default.svc:8000" in table, table
+
+
+def test_scale_down_under_load_fails_no_request(
+    deployed: Any, node: nodecluster.NodeCluster
+) -> None:
+    """A client looping on convnet's ClusterIP while it is scaled 2 -> 1 (both replicas on the
+    one agent here) sees every request answered."""
+    name = "convnet"
+    ip = deployed.json("get", "service", "-n", "default", name)["spec"]["clusterIP"]
+    assert node.route_is_local(ip)
+    loop = subprocess.Popen(
+        node.netns_cmd(
+            ["python3", str(CLIENT), f"http://{ip}:8000/v2/models/default.{name}", name, "400"]
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2)
+        deployed.run("scale", "-n", "default", f"inferencemodel/{name}", "--replicas=1")
+        deployed.wait_for(
+            lambda: (
+                deployed.json("get", "inferencemodel", "-n", "default", name)["status"].get(
+                    "replicas"
+                )
+                == 1
+                and len(
+                    [
+                        m
+                        for m in deployed.json("get", "gpunode", node.node_name)["status"]["models"]
+                        if m["model"] == f"default/{name}"
+                    ]
+                )
+                == 1
+            ),
+            120,
+            "convnet down to one replica on the agent",
+        )
+        out, err = loop.communicate(timeout=300)
     finally:
-        deployed.run("delete", "pod", "-n", "default", name, "--wait=false", check=False)
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+    summary = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+    assert loop.returncode == 0 and not summary.get("failed"), f"{out}{err}"
+    ok, shed = summary.get("ok"), summary.get("shed")
+    print(f"scale-down under load: {ok} answered, {shed} shed past their SLO, none failed")
+
+
+def _scheduler_verdict(kubectl: Any, tolerate: bool) -> str:
+    """The scheduler's Unschedulable message for a foreign pod asking for one nvidia.com/gpu
+    (tolerating the stowplan taint or not); fails if the pod is scheduled."""
+    name = f"foreign-{uuid.uuid4().hex[:6]}"
+    spec: dict[str, Any] = {
+        "terminationGracePeriodSeconds": 0,
+        "containers": [
+            {
+                "name": "c",
+                "image": "registry.k8s.io/pause:3.10",
+                "imagePullPolicy": "Never",
+                "resources": {"limits": {"nvidia.com/gpu": "1"}},
+            }
+        ],
+    }
+    if tolerate:
+        spec["tolerations"] = [{"key": "stowplan.io/gpu-node", "operator": "Exists"}]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+    proc = kubectl.nc.kubectl_run_input(json.dumps(pod), "apply", "-n", "default", "-f", "-")
+    assert proc.returncode == 0, proc.stderr
+
+    def verdict() -> str | None:
+        got = kubectl.json("get", "pod", "-n", "default", name)
+        assert not got["spec"].get("nodeName"), f"{name} was scheduled onto a stowplan GPU node"
+        conds = got.get("status", {}).get("conditions", [])
+        return next((c["message"] for c in conds if c.get("reason") == "Unschedulable"), None)
+
+    try:
+        msg: str = kubectl.wait_for(verdict, 60, f"the scheduler's verdict on {name}")
+        return msg
+    finally:
+        kubectl.run("delete", "pod", "-n", "default", name, "--wait=false", check=False)
+
+
+def test_a_foreign_gpu_pod_does_not_land_on_the_stowplan_node(
+    deployed: Any, node: nodecluster.NodeCluster
+) -> None:
+    """Item 5: the node carries stowplan's label and taint; the agent (tolerating it) holds
+    every GPU through nvidia.com/gpu. A foreign GPU pod is refused by the taint, and one that
+    tolerates the taint is refused for lack of GPUs: the scheduler's accounting is true."""
+    test_agent_runs_on_the_gpu_node_and_registers(deployed, node)
+    k8s_node = deployed.json("get", "node", node.node_name)
+    assert k8s_node["metadata"]["labels"]["stowplan.io/gpu-node"] == "true"
+    assert {"key": "stowplan.io/gpu-node", "value": "true", "effect": "NoSchedule"} in k8s_node[
+        "spec"
+    ]["taints"]
+    refused = _scheduler_verdict(deployed, tolerate=False)
+    assert "untolerated taint" in refused, refused
+    refused = _scheduler_verdict(deployed, tolerate=True)
+    assert "Insufficient nvidia.com/gpu" in refused, refused
+    print(f"foreign nvidia.com/gpu pods: {refused}")
 
 
 def test_a_pss_violation_fails_with_the_admission_reason(deployed: Any) -> None:
@@ -245,13 +369,10 @@ def test_a_pss_violation_fails_with_the_admission_reason(deployed: Any) -> None:
         "kind": "Pod",
         "metadata": {"name": "privileged", "namespace": NS},
         "spec": {
-            "containers": [
-                {
-                    "name": "c",
-                    "image": "registry.k8s.io/pause:3.10",
-                    "securityContext": {"privileged": True},
-                }
-            ]
+            # (privileged: true is refused before admission: the API server runs with
+            # --allow-privileged=false)
+            "hostNetwork": True,
+            "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}],
         },
     }
     path = deployed.nc.d / "privileged.json"
@@ -259,7 +380,7 @@ def test_a_pss_violation_fails_with_the_admission_reason(deployed: Any) -> None:
     with pytest.raises(pytest.fail.Exception) as refused:
         deployed.run("apply", "-f", str(path))
     assert 'violates PodSecurity "restricted:latest"' in str(refused.value), refused.value
-    assert "privileged" in str(refused.value)
+    assert "hostNetwork=true" in str(refused.value), refused.value
 
 
 def test_a_missing_image_fails_with_the_kubelet_reason(deployed: Any) -> None:
@@ -302,3 +423,19 @@ def test_a_missing_image_fails_with_the_kubelet_reason(deployed: Any) -> None:
         assert "localhost/stowplan/nope:dev" in str(refused.value)
     finally:
         deployed.run("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_deleting_a_model_deletes_its_service(deployed: Any) -> None:
+    """The Service and EndpointSlice are owned by the InferenceModel: the garbage collector
+    (kube-controller-manager) deletes them with it."""
+    name = "mlp-wide"
+    assert deployed.run("get", "service", "-n", "default", name, check=False).returncode == 0
+    deployed.run("delete", "inferencemodel", "-n", "default", name)
+    deployed.wait_for(
+        lambda: (
+            deployed.run("get", "service", "-n", "default", name, check=False).returncode != 0
+            and not _slice_ips(deployed, name)
+        ),
+        60,
+        f"{name}'s Service and EndpointSlice garbage-collected",
+    )

@@ -66,7 +66,14 @@ def test_placeholder_pod_asks_for_one_gpu_and_is_restricted():
     pod = autoscaling.placeholder_pod(request, "stowplan-system")
     container = pod["spec"]["containers"][0]
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
-    assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.present": "true", "pool": "a100"}
+    assert pod["spec"]["nodeSelector"] == {
+        "nvidia.com/gpu.present": "true",
+        "stowplan.io/gpu-node": "true",
+        "pool": "a100",
+    }
+    assert {"key": "stowplan.io/gpu-node", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "spec"
+    ]["tolerations"]
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 

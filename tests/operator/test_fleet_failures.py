@@ -160,12 +160,13 @@ async def test_placeholder_pods_are_capped_so_a_huge_unplaceable_model_cannot_st
     assert len(cluster.pods) == 8 and cluster.count("create_pod") == 8
 
 
-async def test_an_unchanged_fleet_costs_four_lists_and_no_request_per_node():
+async def test_an_unchanged_fleet_costs_six_lists_and_no_request_per_node():
     cluster = FakeCluster([model("a", replicas=2)], [gpunode(f"n{i}") for i in range(20)])
     cluster.k8s_nodes = {f"n{i}": {} for i in range(10)}  # half of them have a Node
     await fleet.reconcile_once(cluster, SETTINGS, FakeClock())
     cluster.calls.clear()
     await fleet.reconcile_once(cluster, SETTINGS, FakeClock())
     assert sorted(name for name, _ in cluster.calls) == [
-        "list_capacity_pods", "list_k8s_nodes", "list_models", "list_nodes",
+        "list_capacity_pods", "list_k8s_nodes", "list_model_services", "list_model_slices",
+        "list_models", "list_nodes",
     ]  # fmt: skip

@@ -22,7 +22,9 @@ def _calls(pattern: str, files: list[Path]) -> set[str]:
 
 
 def test_the_operator_table_lists_every_client_call_in_kube_py():
-    found = _calls(r"self\._(?:core|custom|coordination)\.(\w+)", [SRC / "operator" / "kube.py"])
+    found = _calls(
+        r"self\._(?:core|custom|coordination|discovery)\.(\w+)", [SRC / "operator" / "kube.py"]
+    )
     assert found == set(OPERATOR_CALLS)
 
 

@@ -190,6 +190,7 @@ def inferencemodel_crd() -> dict[str, Any]:
             {"name": "P99-ms", "type": "number", "jsonPath": ".status.observed.p99Ms"},
             {"name": "SLO-ms", "type": "number", "jsonPath": ".spec.slo.latencyMs"},
             {"name": "Batch", "type": "integer", "jsonPath": ".status.capacity.batchSize"},
+            {"name": "URL", "type": "string", "jsonPath": ".status.url"},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )

@@ -21,6 +21,9 @@ KIND = "GPUNode"
 PLURAL = "gpunodes"
 SINGULAR = "gpunode"
 SHORT_NAMES = ("gn",)
+#: the label (value "true") and the NoSchedule taint (same key) of the GPU nodes stowplan owns:
+#: only the agent and stowplan's capacity-request pods tolerate it (README, "GPU ownership")
+POOL_LABEL = "stowplan.io/gpu-node"
 
 
 class Assignment(WireModel):

@@ -296,6 +296,14 @@ class InferenceModelStatus(WireModel):
         default=0, alias="readyReplicas", ge=0, description="Replicas serving."
     )
     selector: str = Field(default="", description="Label selector (scale subresource).")
+    url: str = Field(
+        default="",
+        description=(
+            "Where to send inference: the model's Service (same name, same namespace), whose "
+            "EndpointSlice lists the agents holding a Ready replica. Empty when the name is "
+            "not a valid Service name (a DNS-1035 label)."
+        ),
+    )
     conditions: list[Condition] = Field(
         default_factory=list, description="Placed, Ready and SLOAttained."
     )

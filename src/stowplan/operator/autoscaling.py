@@ -5,8 +5,10 @@ under-used. stowplan's replicas are not pods (the agent runs them), so the opera
 autoscaler's language instead (DESIGN §6):
 
 - every replica left unplaced for lack of capacity (``NoCapacity`` or ``NoMatchingNode``)
-  becomes one *capacity request*: a pending placeholder pod that asks for one GPU with the
-  model's node selector; the autoscaler scales a GPU node group up for it; once the replica is
+  becomes one *capacity request*: a pending placeholder pod that asks for one GPU of
+  stowplan's node pool (its label, its taint tolerated) with the model's node selector; the
+  agents hold every GPU of the pool's nodes through the same resource, so it fits no node
+  there is already; the autoscaler scales a GPU node group up for it; once the replica is
   placed the pod is deleted;
 - every node that hosts a replica is protected from scale-down with the autoscaler's
   ``cluster-autoscaler.kubernetes.io/scale-down-disabled`` annotation; a node that no longer
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stowplan import placement
+from stowplan.api.gpunode import POOL_LABEL
 
 SCALE_DOWN_DISABLED = "cluster-autoscaler.kubernetes.io/scale-down-disabled"
 CAPACITY_LABEL = "stowplan.io/capacity-request"
@@ -87,8 +90,12 @@ def placeholder_pod(request: CapacityRequest, namespace: str) -> dict[str, Any]:
         },
         "spec": {
             "priorityClassName": PRIORITY_CLASS,
-            "nodeSelector": {GPU_NODE_LABEL: "true", **request.node_selector},
-            "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
+            # stowplan's own node pool: its label, and its taint tolerated (no other pod does)
+            "nodeSelector": {GPU_NODE_LABEL: "true", POOL_LABEL: "true", **request.node_selector},
+            "tolerations": [
+                {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+                {"key": POOL_LABEL, "operator": "Exists", "effect": "NoSchedule"},
+            ],
             "automountServiceAccountToken": False,
             "terminationGracePeriodSeconds": 0,
             "securityContext": {

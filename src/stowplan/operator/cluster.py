@@ -3,6 +3,7 @@
 :class:`stowplan.operator.kube.KubeCluster` implements it against a real API server;
 ``stowplan.testing.cluster.FakeCluster`` implements it in memory (with errors injectable at any
 call) so that unit tests drive :func:`stowplan.operator.fleet.reconcile_once` without a server.
+The model Services and EndpointSlices: :mod:`.endpoints`.
 Every method raises only :class:`stowplan.operator.errors.ApiError` subclasses. Callers:
 :mod:`.fleet`, :mod:`.leadership` (the two Lease methods), :mod:`.handlers` (builds one).
 """
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 from stowplan import api
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
+from stowplan.operator.endpoints import ModelRef, ModelSlice
 from stowplan.operator.leadership import LeaseState
 from stowplan.operator.reconcile import Event
 
@@ -73,6 +75,26 @@ class Cluster(Protocol):
     async def set_scale_down_disabled(self, node: str, disabled: bool) -> bool:
         """Set or clear the autoscaler annotation on a Node; False when nothing was written
         (the Node does not exist or already has the value)."""
+        ...
+
+    async def list_model_services(self) -> dict[ModelRef, str | None]:
+        """The Services the operator created (by its managed-by label), every namespace:
+        (namespace, name) -> the uid of the InferenceModel that owns it."""
+        ...
+
+    async def create_model_service(self, namespace: str, name: str, owner_uid: str | None) -> None:
+        """Create a model's Service (Conflict when one of that name exists)."""
+        ...
+
+    async def list_model_slices(self) -> dict[ModelRef, ModelSlice]:
+        """The EndpointSlices the operator manages (by its managed-by label), every namespace."""
+        ...
+
+    async def write_model_slice(
+        self, namespace: str, name: str, slice_: ModelSlice, *, exists: bool
+    ) -> None:
+        """Create (``exists`` False) or replace the endpoints and ports of a model's
+        EndpointSlice (NotFound when it is gone, Conflict when it appeared meanwhile)."""
         ...
 
     async def read_lease(self, namespace: str, name: str) -> tuple[LeaseState | None, str | None]:

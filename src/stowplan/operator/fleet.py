@@ -4,8 +4,9 @@ Placement is global (one model's replicas change what fits next to the others), 
 handlers do not reconcile objects one by one: they only wake this loop. Each pass lists every
 InferenceModel and GPUNode, builds the placement Problem (with the running placement as the
 starting point, so nothing moves without a reason), plans, verifies the plan, and writes only
-the differences: ``GPUNode.spec.assignments``, ``InferenceModel.status`` and Events. Running the
-pass twice, or after a restart, writes nothing the second time.
+the differences: each model's Service and EndpointSlice (first, so an address leaves before its
+copy goes: :mod:`.endpoints`), ``GPUNode.spec.assignments``, ``InferenceModel.status`` and
+Events. Running the pass twice, or after a restart, writes nothing the second time.
 
 Failure boundary: :meth:`FleetLoop.run` is the one edge that catches everything a pass raises.
 An :class:`~.errors.OperatorError` (the API refused or timed out, a plan was rejected) is logged
@@ -33,7 +34,7 @@ import prometheus_client
 from stowplan import api, placement
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
-from stowplan.operator import autoscaling, health, inventory, moves, reconcile
+from stowplan.operator import autoscaling, endpoints, health, inventory, moves, reconcile
 from stowplan.operator.clock import SYSTEM, Clock
 from stowplan.operator.cluster import Cluster, K8sNode
 from stowplan.operator.errors import ApiError, Conflict, NotFound, OperatorError, PlanRejected
@@ -57,7 +58,8 @@ class PassResult:
     gone: int = 0
     #: what the next pass must remember (moves in flight, Kubernetes Nodes seen)
     memory: PassMemory = field(default_factory=lambda: PassMemory())
-    #: seconds until the next live node turns stale (the loop wakes then); None: never
+    #: seconds until the next live node turns stale or a drained copy may be removed (the loop
+    #: wakes then); None: never
     next_stale_in_s: float | None = None
 
 
@@ -69,6 +71,8 @@ class PassMemory:
     moves_started_s: dict[moves.MoveKey, float] = field(default_factory=dict)
     #: Kubernetes Nodes seen so far: one of them gone means its GPUNode is evacuated
     k8s_nodes_seen: frozenset[str] = frozenset()
+    #: copies held while their address drains from the model's EndpointSlice, by start time
+    drains_started_s: dict[endpoints.DrainKey, float] = field(default_factory=dict)
 
 
 async def reconcile_once(
@@ -81,6 +85,8 @@ async def reconcile_once(
     models = await cluster.list_models()
     nodes = await cluster.list_nodes()
     k8s_nodes = await cluster.list_k8s_nodes()
+    services = await cluster.list_model_services()
+    slices = await cluster.list_model_slices()
     now = clock.now()
     stale_after_s = settings.nodes.stale_after_s
     avail = health.availability(
@@ -114,6 +120,20 @@ async def reconcile_once(
     )
     desired = reconcile.desired_state(models, nodes, plan, keep=in_flight.keep)
     events = list(desired.events) + [_timed_out(m, old, settings) for m, old in in_flight.timed_out]
+    live = {n.metadata.name for n in nodes} - set(avail.unavailable)
+    live -= {n.metadata.name for n in nodes if inventory.is_stale(n, now, stale_after_s)}
+    want_slices = endpoints.slices(models, nodes, desired.node_assignments, live)
+    drains = endpoints.drain(
+        nodes,
+        desired.node_assignments,
+        live=live,
+        listed=slices,
+        want=want_slices,
+        started_s=memory.drains_started_s,
+        now_s=clock.monotonic(),
+        drain_s=settings.nodes.endpoint_drain_s,
+    )
+    node_assignments = endpoints.with_held(desired.node_assignments, drains.keep)
 
     gone = 0
     stamp = reconcile.now_rfc3339()
@@ -127,11 +147,12 @@ async def reconcile_once(
         if any(a for n in nodes if n.metadata.name == name for a in n.spec.assignments):
             log.warning("GPUNode %s offers nothing (%s); evacuating its replicas", name, why)
     limit = settings.api.max_concurrent_writes
+    gone += await _sync_endpoints(cluster, models, services, slices, want_slices, limit)
 
     async def write_node(node: api.GPUNode) -> str:
         try:
             await cluster.set_assignments(
-                node.metadata.name, desired.node_assignments.get(node.metadata.name, [])
+                node.metadata.name, node_assignments.get(node.metadata.name, [])
             )
         except NotFound:
             log.info("GPUNode %s was deleted during the pass; re-planning", node.metadata.name)
@@ -147,10 +168,8 @@ async def reconcile_once(
             return "gone"  # deleted meanwhile: nothing to report on
         return "patched"
 
-    changed = [
-        n for n in nodes if n.spec.assignments != desired.node_assignments.get(n.metadata.name, [])
-    ]
-    gaining = _gaining(changed, desired.node_assignments)
+    changed = [n for n in nodes if n.spec.assignments != node_assignments.get(n.metadata.name, [])]
+    gaining = _gaining(changed, node_assignments)
     outcomes = await _bounded([write_node(n) for n in changed if n.metadata.name in gaining], limit)
     # only once every gain is written: the nodes that only lose replicas
     outcomes += await _bounded(
@@ -186,9 +205,56 @@ async def reconcile_once(
         replicas_unplaced=len(plan.unplaced),
         plan_seconds=plan_seconds,
         gone=gone,
-        memory=PassMemory(in_flight.started_s, avail.seen),
-        next_stale_in_s=health.next_stale_in_s(nodes, now, stale_after_s),
+        memory=PassMemory(in_flight.started_s, avail.seen, drains.started_s),
+        next_stale_in_s=_earliest(
+            health.next_stale_in_s(nodes, now, stale_after_s), drains.next_release_in_s
+        ),
     )
+
+
+def _earliest(*delays_s: float | None) -> float | None:
+    known = [d for d in delays_s if d is not None]
+    return min(known) if known else None
+
+
+async def _sync_endpoints(
+    cluster: Cluster,
+    models: list[api.InferenceModel],
+    services: Mapping[endpoints.ModelRef, str | None],
+    listed: Mapping[endpoints.ModelRef, endpoints.ModelSlice],
+    want: Mapping[endpoints.ModelRef, endpoints.ModelSlice],
+    limit: int,
+) -> int:
+    """Create the missing Services, write the EndpointSlices that differ; returns how many
+    models vanished meanwhile (their objects are garbage-collected with them)."""
+    uids = {endpoints.ref(im): im.metadata.uid for im in models}
+
+    async def service(key: endpoints.ModelRef) -> str:
+        try:
+            await cluster.create_model_service(*key, uids.get(key))
+        except Conflict:
+            log.warning(
+                "Service %s/%s exists and is not the operator's: the model has no address", *key
+            )
+        return "ok"
+
+    async def slice_(key: endpoints.ModelRef, s: endpoints.ModelSlice) -> str:
+        try:
+            await cluster.write_model_slice(*key, s, exists=key in listed)
+        except (NotFound, Conflict):
+            return "gone"  # the model (and its slice) went, or a racing writer: re-plan
+        return "ok"
+
+    await _bounded([service(k) for k in want if k not in services], limit)
+    outcomes = await _bounded(
+        [
+            slice_(k, s)
+            for k, s in want.items()
+            if k not in listed or (listed[k].port, listed[k].endpoints) != (s.port, s.endpoints)
+        ],
+        limit,
+    )
+    return outcomes.count("gone")
 
 
 def _gaining(nodes: list[api.GPUNode], want: Mapping[str, list[gn.Assignment]]) -> set[str]:
@@ -335,7 +401,7 @@ class FleetLoop:
         loop = self.settings.loop
         while True:
             timeout_s = loop.resync_s
-            if self._next_wake_s is not None:  # when the next node turns stale, not later
+            if self._next_wake_s is not None:  # a node turns stale or a drain ends: not later
                 timeout_s = min(timeout_s, self._next_wake_s + 0.1)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout_s)

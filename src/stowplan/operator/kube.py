@@ -4,7 +4,8 @@
 InferenceModels and GPUNodes as parsed API types, writes ``GPUNode.spec.assignments`` and
 ``InferenceModel.status`` with JSON merge patches, posts core/v1 Events, keeps the Cluster
 Autoscaler's view (placeholder pods, the scale-down-disabled annotation on Nodes) in step with
-the plan, and reads/writes the leader Lease. The blocking ``kubernetes`` client runs in worker
+the plan, keeps each model's Service and EndpointSlice (:mod:`.endpoints`), and reads/writes
+the leader Lease. The blocking ``kubernetes`` client runs in worker
 threads. Every request carries a timeout, and :func:`_call` is the one place where the client's
 exceptions (``ApiException``, urllib3 and socket errors) become the operator's error tree
 (:mod:`.errors`); nothing else catches them. Objects that do not parse (which the CRD schema
@@ -30,8 +31,9 @@ from pydantic import ValidationError
 from stowplan import api
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
-from stowplan.operator import autoscaling, errors, leadership, reconcile
+from stowplan.operator import autoscaling, endpoints, errors, leadership, reconcile
 from stowplan.operator.cluster import K8sNode
+from stowplan.operator.endpoints import ModelRef, ModelSlice, SliceEndpoint
 from stowplan.operator.errors import ApiUnavailable, NotFound
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,27 @@ def _parse_status(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "status": status or None}
 
 
+def _owner_uid(refs: list[Any] | None) -> str | None:
+    return next((r.uid for r in refs or [] if r.kind == imapi.KIND), None)
+
+
+def _model_meta(
+    namespace: str, name: str, owner_uid: str | None, labels: dict[str, str]
+) -> dict[str, Any]:
+    """Metadata of an object that belongs to one InferenceModel (garbage-collected with it)."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "labels": {**labels, api.MODEL_LABEL: name},
+    }
+    if owner_uid:
+        meta["ownerReferences"] = [{
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": imapi.KIND, "name": name,
+            "uid": owner_uid, "controller": True,
+        }]  # fmt: skip
+    return meta
+
+
 class KubeCluster:
     """The real API server; ``request_timeout_s`` bounds every request."""
 
@@ -66,6 +89,7 @@ class KubeCluster:
         self._custom = kubernetes.client.CustomObjectsApi(client)
         self._core = kubernetes.client.CoreV1Api(client)
         self._coordination = kubernetes.client.CoordinationV1Api(client)
+        self._discovery = kubernetes.client.DiscoveryV1Api(client)
         self.request_timeout_s = request_timeout_s
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -190,6 +214,77 @@ class KubeCluster:
         body = {"metadata": {"annotations": {autoscaling.SCALE_DOWN_DISABLED: value}}}
         await self._call(self._core.patch_node, node, body)
         return True
+
+    async def list_model_services(self) -> dict[ModelRef, str | None]:
+        selector = f"{endpoints.MANAGED_BY_LABEL}={endpoints.MANAGED_BY}"
+        raw = await self._call(self._core.list_service_for_all_namespaces, label_selector=selector)
+        return {
+            (s.metadata.namespace, s.metadata.name): _owner_uid(s.metadata.owner_references)
+            for s in raw.items
+        }
+
+    async def create_model_service(self, namespace: str, name: str, owner_uid: str | None) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _model_meta(namespace, name, owner_uid, {
+                endpoints.MANAGED_BY_LABEL: endpoints.MANAGED_BY,
+            }),
+            # no selector: the operator writes the EndpointSlice (the agents that hold the model)
+            "spec": {
+                "type": "ClusterIP",
+                "ports": [{
+                    "name": endpoints.PORT_NAME, "protocol": "TCP",
+                    "port": endpoints.SERVICE_PORT, "targetPort": endpoints.SERVICE_PORT,
+                }],
+            },
+        }  # fmt: skip
+        await self._call(self._core.create_namespaced_service, namespace, body)
+
+    async def list_model_slices(self) -> dict[ModelRef, ModelSlice]:
+        selector = f"{endpoints.SLICE_MANAGED_BY_LABEL}={endpoints.SLICE_MANAGED_BY}"
+        raw = await self._call(
+            self._discovery.list_endpoint_slice_for_all_namespaces, label_selector=selector
+        )
+        out = {}
+        for s in raw.items:
+            port = next((p.port for p in s.ports or [] if p.port), endpoints.SERVICE_PORT)
+            out[(s.metadata.namespace, s.metadata.name)] = ModelSlice(
+                port=port,
+                endpoints=tuple(
+                    SliceEndpoint(ip, e.node_name or "")
+                    for e in s.endpoints or []
+                    for ip in e.addresses
+                ),
+                owner_uid=_owner_uid(s.metadata.owner_references),
+            )
+        return out
+
+    async def write_model_slice(
+        self, namespace: str, name: str, slice_: ModelSlice, *, exists: bool
+    ) -> None:
+        body = {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": _model_meta(namespace, name, slice_.owner_uid, {
+                endpoints.SLICE_MANAGED_BY_LABEL: endpoints.SLICE_MANAGED_BY,
+                endpoints.SERVICE_NAME_LABEL: name,
+            }),
+            "addressType": "IPv4",
+            "ports": [{"name": endpoints.PORT_NAME, "protocol": "TCP", "port": slice_.port}],
+            "endpoints": [
+                {"addresses": [e.ip], "nodeName": e.node, "conditions": {"ready": True}}
+                for e in slice_.endpoints
+            ],
+        }  # fmt: skip
+        if not exists:
+            await self._call(self._discovery.create_namespaced_endpoint_slice, namespace, body)
+            return
+        patch = {"ports": body["ports"], "endpoints": body["endpoints"]}
+        await self._call(
+            self._discovery.patch_namespaced_endpoint_slice, name, namespace, patch,
+            _content_type="application/merge-patch+json",
+        )  # fmt: skip
 
     async def read_lease(
         self, namespace: str, name: str

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from stowplan import api, demands, placement
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
-from stowplan.operator import inventory
+from stowplan.operator import endpoints, inventory
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,9 @@ def _model_status(
         replicas=len(assigned),
         ready_replicas=len(ready),
         selector=f"{api.MODEL_LABEL}={im.metadata.name}",
+        url=endpoints.url(*endpoints.ref(im))
+        if endpoints.service_name_ok(im.metadata.name)
+        else "",
         conditions=[placed_cond, ready_cond, slo_cond],
         capacity=capacity,
         placements=placements,

@@ -34,6 +34,9 @@ class NodeSettings(_Group):
     stale_after_s: float = Field(default=120.0, gt=0)
     #: A moved replica's old copy is removed after this long even if the new one is not Ready.
     move_timeout_s: float = Field(default=300.0, gt=0)
+    #: A copy about to be removed leaves its model's EndpointSlice at least this long before
+    #: its agent is told to stop serving it (kube-proxy's time to drop the address).
+    endpoint_drain_s: float = Field(default=5.0, ge=0)
 
 
 class LoopSettings(_Group):
@@ -92,6 +95,7 @@ ENV: dict[tuple[str, str], str] = {
     ("placement", "memory_reserve_mib"): "STOWPLAN_MEMORY_RESERVE_MIB",
     ("nodes", "stale_after_s"): "STOWPLAN_NODE_STALE_AFTER_S",
     ("nodes", "move_timeout_s"): "STOWPLAN_MOVE_TIMEOUT_S",
+    ("nodes", "endpoint_drain_s"): "STOWPLAN_ENDPOINT_DRAIN_S",
     ("loop", "resync_s"): "STOWPLAN_RESYNC_S",
     ("loop", "debounce_s"): "STOWPLAN_DEBOUNCE_S",
     ("loop", "retry_backoff_s"): "STOWPLAN_RETRY_BACKOFF_S",

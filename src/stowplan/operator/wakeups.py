@@ -4,7 +4,8 @@ Every status patch the operator writes, and every heartbeat an agent writes, com
 watch event; at fleet scale a pass per such event keeps the loop busy re-planning an
 unchanged fleet. :class:`Wakeups` remembers a fingerprint of what a pass reads from each object
 (an InferenceModel's generation, labels and deletion; a GPUNode's spec, labels, GPUs, allocatable,
-and the state of each replica its agent reports) and says to wake only when it changed or the
+the state of each replica its agent reports and the agent's address, which the models'
+EndpointSlices list) and says to wake only when it changed or the
 object is gone. A stale heartbeat needs no event: the loop wakes when the next node turns stale
 (:func:`.health.next_stale_in_s`). Callers: :mod:`stowplan.operator.handlers`.
 """
@@ -34,7 +35,8 @@ def node_fingerprint(body: Mapping[str, Any]) -> str:
     conditions = sorted((c.get("type"), c.get("status")) for c in status.get("conditions") or [])
     return json.dumps(
         [body.get("spec"), meta.get("labels"), bool(meta.get("deletionTimestamp")),
-         status.get("gpus"), status.get("allocatable"), replicas, conditions],
+         status.get("gpus"), status.get("allocatable"), replicas, conditions,
+         status.get("endpoint")],
         sort_keys=True, default=str,
     )  # fmt: skip
 

@@ -1,8 +1,9 @@
 """An in-memory :class:`stowplan.operator.cluster.Cluster` for unit tests of the fleet pass.
 
 :class:`FakeCluster` stores InferenceModels and GPUNodes as parsed API objects, Nodes as an
-annotations map, placeholder pods by name, one Lease (:class:`.kube.FakeLeases`), and records
-every call in :attr:`FakeCluster.calls`. Faults are injected at any call, deterministically:
+annotations map, placeholder pods by name, one Lease (:class:`.kube.FakeLeases`), the models'
+Services and EndpointSlices, and records every call in :attr:`FakeCluster.calls`. Faults are
+injected at any call, deterministically:
 
 - ``cluster.fail("set_assignments", NotFound("gone", 404))`` raises on the next such call
   (``times=`` for more, ``when=`` to match arguments);
@@ -26,6 +27,7 @@ from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
 from stowplan.operator import autoscaling, inventory
 from stowplan.operator.cluster import K8sNode
+from stowplan.operator.endpoints import ModelRef, ModelSlice
 from stowplan.operator.errors import Conflict, NotFound
 from stowplan.operator.leadership import LeaseState
 from stowplan.operator.reconcile import Event
@@ -54,6 +56,9 @@ class FakeCluster:
         #: Kubernetes Nodes that are cordoned (``spec.unschedulable``)
         self.cordoned: set[str] = set()
         self.pods: set[str] = set()
+        #: the models' Services ((namespace, name) -> owner uid) and EndpointSlices
+        self.services: dict[ModelRef, str | None] = {}
+        self.slices: dict[ModelRef, ModelSlice] = {}
         self.events: list[Event] = []
         self.leases = FakeLeases()
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -169,6 +174,39 @@ class FakeCluster:
             annotations.pop(autoscaling.SCALE_DOWN_DISABLED, None)
         return True
 
+    async def list_model_services(self) -> dict[ModelRef, str | None]:
+        self._enter("list_model_services")
+        return dict(self.services)
+
+    async def create_model_service(self, namespace: str, name: str, owner_uid: str | None) -> None:
+        self._enter("create_model_service", namespace, name, owner_uid)
+        if (namespace, name) in self.services:
+            raise Conflict(f"services/{namespace}/{name}", 409)
+        self.services[(namespace, name)] = owner_uid
+
+    async def list_model_slices(self) -> dict[ModelRef, ModelSlice]:
+        self._enter("list_model_slices")
+        return dict(self.slices)
+
+    async def write_model_slice(
+        self, namespace: str, name: str, slice_: ModelSlice, *, exists: bool
+    ) -> None:
+        self._enter("write_model_slice", namespace, name, slice_)
+        there = (namespace, name) in self.slices
+        if exists and not there:
+            raise NotFound(f"endpointslices/{namespace}/{name}", 404)
+        if not exists and there:
+            raise Conflict(f"endpointslices/{namespace}/{name}", 409)
+        owner = self.slices[(namespace, name)].owner_uid if there else slice_.owner_uid
+        self.slices[(namespace, name)] = ModelSlice(slice_.port, slice_.endpoints, owner)
+
+    def delete_model(self, namespace: str, name: str) -> None:
+        """Delete an InferenceModel and what the garbage collector deletes with it."""
+        im = self.models.pop(f"{namespace}/{name}")
+        for objects in (self.services, self.slices):
+            for key in [k for k, v in objects.items() if _uid(v) == im.metadata.uid]:
+                del objects[key]
+
     async def read_lease(self, namespace: str, name: str) -> tuple[LeaseState | None, str | None]:
         self._enter("read_lease", namespace, name)
         return await self.leases.read(namespace, name)
@@ -189,6 +227,10 @@ class FakeCluster:
             namespace, name, holder=holder, duration_s=duration_s, now=now,
             resource_version=resource_version, transition=transition,
         )  # fmt: skip
+
+
+def _uid(value: str | ModelSlice | None) -> str | None:
+    return value.owner_uid if isinstance(value, ModelSlice) else value
 
 
 # -- builders of the API objects the fleet pass reads ----------------------------------------
@@ -222,11 +264,13 @@ def gpunode(
     heartbeat: str | None = None,
     models: list[dict[str, Any]] | None = None,
     labels: dict[str, str] | None = None,
+    endpoint: str = "",
 ) -> api.GPUNode:
-    """A GPUNode whose agent reports ``gpus`` T4s (16 GiB)."""
+    """A GPUNode whose agent reports ``gpus`` T4s (16 GiB), serving at ``endpoint``."""
     status: dict[str, Any] = {
         "gpus": [{"index": i, "memoryTotalMiB": 16384, "name": "T4"} for i in range(gpus)],
         "models": models or [],
+        "endpoint": endpoint,
     }
     if heartbeat is not None:
         status["heartbeat"] = heartbeat

@@ -17,6 +17,7 @@ Permission = tuple[str, str, str, str | None]  # (apiGroup, resource, verb, name
 
 SP = "stowplan.io"
 OPERATOR_NS = "stowplan-system"
+DISCOVERY = "discovery.k8s.io"
 
 #: client method (in operator/kube.py) -> what it needs
 OPERATOR_CALLS: Mapping[str, tuple[Permission, ...]] = {
@@ -36,6 +37,13 @@ OPERATOR_CALLS: Mapping[str, tuple[Permission, ...]] = {
     "read_namespaced_lease": (("coordination.k8s.io", "leases", "get", OPERATOR_NS),),
     "create_namespaced_lease": (("coordination.k8s.io", "leases", "create", OPERATOR_NS),),
     "replace_namespaced_lease": (("coordination.k8s.io", "leases", "update", OPERATOR_NS),),
+    # each model's Service and EndpointSlice, in the model's namespace (deleted with the model
+    # by the garbage collector: no delete)
+    "list_service_for_all_namespaces": (("", "services", "list", None),),
+    "create_namespaced_service": (("", "services", "create", None),),
+    "list_endpoint_slice_for_all_namespaces": ((DISCOVERY, "endpointslices", "list", None),),
+    "create_namespaced_endpoint_slice": ((DISCOVERY, "endpointslices", "create", None),),
+    "patch_namespaced_endpoint_slice": ((DISCOVERY, "endpointslices", "patch", None),),
 }  # fmt: skip
 
 #: kopf: the watches behind the on.event handlers, and its own resource/namespace discovery
