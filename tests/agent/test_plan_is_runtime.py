@@ -151,13 +151,6 @@ def test_the_agent_configured_from_the_plan_uses_the_gpu_time_the_plan_budgeted(
         assert gpu_ms <= a.busy_ms * BUDGET_SLACK * cycles + one_batch_ms, (a, gpu_ms / cycles)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 4 (the wedged lane), not fixed yet: a planned lane holds a batch up "
-    "to the duty cycle to fill it; when the plan is tight, its oldest request then has less "
-    "slack than the early drop's margin (1.2 x batch time) and is dropped, and after AIMD grew "
-    "the cap on a full batch no batch forms again (see the pinned example below)",
-)
 @PROPERTY
 @given(**FLEETS)
 def test_the_agent_configured_from_the_plan_meets_the_slo_the_plan_assumed(
