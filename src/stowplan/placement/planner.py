@@ -28,6 +28,7 @@ from stowplan.placement.alone import fits_only_alone, place_alone
 from stowplan.placement.bestfit import best_fit, decreasing_order
 from stowplan.placement.bounds import big_pairs, gpu_lower_bound, matching_bound
 from stowplan.placement.capacity import EPS, level_cost_matrices
+from stowplan.placement.colgen_kernel import warm_up as colgen_warm_up
 from stowplan.placement.errors import InvalidProblem
 from stowplan.placement.models import (
     Assignment,
@@ -505,6 +506,4 @@ def warm_up(search: bool = True) -> None:
     )
     plan(Problem(gpus=gpus, models=(model,)))
     if search:
-        from stowplan.placement.colgen_kernel import warm_up as colgen_warm_up
-
         colgen_warm_up()
