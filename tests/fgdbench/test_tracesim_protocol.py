@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 
@@ -12,13 +11,9 @@ from click.testing import CliRunner
 from stowplan.cli import main
 from stowplan.fgdbench.tracecluster import Cluster, FragModel, NodeRow, PodRow, arrivals
 from stowplan.fgdbench.tracesim import Simulator
+from stowplan.testing.clock import TickingClock
 
-_ticks = itertools.count()
-
-
-def fake_clock() -> float:
-    return float(next(_ticks))
-
+fake_clock = TickingClock()
 
 NODES = [
     NodeRow("a", 16000, 65536, 2, "T4"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -135,8 +136,6 @@ def serve(workdir: Path, policy: str, model_path: Path, slo_ms: float) -> Iterat
 
 
 def _body(model: str, seed: int = 0) -> bytes:
-    import json
-
     shape = {"mlp": [1, 64], "convnet": [1, 3, 32, 32], "mlp-wide": [1, 256]}[model]
     x = np.random.default_rng(seed).standard_normal(int(np.prod(shape))).astype(np.float32)
     return json.dumps(
@@ -274,9 +273,7 @@ def _counters(url: str) -> dict[str, float]:
 
 def direct_p50_ms(model_path: Path, model: str, n: int = 500) -> float:
     """p50 of a direct ONNX Runtime call (batch 1), the floor the agent adds overhead to."""
-    import json
-
-    from stowplan.agent.runtime import OnnxModel
+    from stowplan.agent.runtime import OnnxModel  # ONNX Runtime in this process: here only
 
     m = OnnxModel(model_path, intra_op_threads=1)
     req = json.loads(_body(model))["inputs"][0]

@@ -12,8 +12,14 @@ penalty (default 10 % per extra concurrent batch) and without one (ideal process
 
 from __future__ import annotations
 
+import asyncio
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from stowplan import placement
 from stowplan.agent.batching import AimdController, BatchPolicy, derive_target_ms
@@ -190,12 +196,7 @@ def run_real(
     """Two real ONNX models on the CPU, driven in-process (no HTTP) by open-loop Poisson load:
     one device executor interleaving both (time-sliced, EDF) vs one executor per model
     (unsynchronised threads whose ONNX Runtime calls contend for the same cores)."""
-    import asyncio
-    import tempfile
-    from pathlib import Path
-
-    import numpy as np
-
+    # the real agent and ONNX Runtime load only for the real mode (the simulated one needs neither)
     from stowplan.agent.config import AgentSettings, BatchingConfig, ModelConfig
     from stowplan.agent.errors import AgentError
     from stowplan.agent.protocol import InferenceRequest
@@ -300,8 +301,6 @@ def run_real(
 
 
 def real_table(rows: list[RealRow]) -> str:
-    import os
-
     out = [
         "| mode | model | SLO ms | offered req/s | within SLO | dropped | p99 ms | mean batch |",
         "|---|---|---:|---:|---:|---:|---:|---:|",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stowplan.memlab.alloc_trace import ALLOC, FREE, Trace
-from stowplan.memlab.allocators import ALLOCATORS, CACHING_BASELINES
+from stowplan.memlab.allocators import ALLOCATORS, CACHING_BASELINES, allocator_class
 from stowplan.memlab.allocators.stowplan import Profile
 from stowplan.memlab.device import CostModel
 from stowplan.memlab.errors import MemlabError
@@ -58,8 +58,6 @@ def resolve_allocators(name: str) -> list[str]:
     if name == "all":
         return list(ALLOCATORS)
     names = [n.strip() for n in name.split(",") if n.strip()]
-    from stowplan.memlab.allocators import allocator_class
-
     for n in names:
         allocator_class(n)
     return names

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from stowplan.placement.capacity import EPS, ReplicaCapacity, alone_capacity
+from stowplan.placement.filters import gpu_admits
 from stowplan.placement.models import (
     Assignment,
     Gpu,
@@ -37,9 +38,7 @@ def fits_only_alone(model: ModelDemand, level_feasible: bool) -> ReplicaCapacity
 
 
 def _admits(gpu: Gpu, model: ModelDemand, cap: ReplicaCapacity, reserve_mib: int) -> bool:
-    if model.gpu_type and model.gpu_type != gpu.gpu_type:
-        return False
-    if any(gpu.labels.get(k) != v for k, v in model.node_selector.items()):
+    if not gpu_admits(gpu, model):
         return False
     return cap.memory_mib <= (gpu.memory_mib - reserve_mib) * (1 + EPS)
 

@@ -19,6 +19,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from ortools.graph.python import max_flow
 from ortools.sat.python import cp_model
 
 from stowplan.placement.errors import SolverFailed
@@ -163,8 +164,6 @@ def _node_limits(
 def fractional_matching(counts: Sequence[int], pairs: Sequence[tuple[int, int]]) -> float:
     """Max fractional b-matching (``counts`` per node, edges ``pairs``): an upper bound on the
     number of disjoint compatible pairs, = max flow on the bipartite double cover / 2."""
-    from ortools.graph.python import max_flow
-
     n = len(counts)
     if not pairs:
         return 0.0

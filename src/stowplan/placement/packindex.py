@@ -26,9 +26,9 @@ from stowplan.placement.capacity import (
     LevelMatrices,
     level_cost_matrices,
 )
+from stowplan.placement.filters import gpu_admits
 from stowplan.placement.models import Gpu, ModelDemand, Problem
 from stowplan.placement.nodefit import NodeIndex
-from stowplan.placement.verify import gpu_admits
 
 LEVELS = np.asarray(DUTY_LEVELS_MS)
 NL = len(DUTY_LEVELS_MS)

@@ -28,6 +28,7 @@ from stowplan.placement.alone import fits_only_alone, place_alone
 from stowplan.placement.bestfit import best_fit, decreasing_order
 from stowplan.placement.bounds import big_pairs, gpu_lower_bound, matching_bound
 from stowplan.placement.capacity import EPS, level_cost_matrices
+from stowplan.placement.colgen_kernel import warm_up as colgen_warm_up
 from stowplan.placement.errors import InvalidProblem
 from stowplan.placement.models import (
     Assignment,
@@ -207,7 +208,7 @@ def tight_lower_bound(problem: Problem, colgen_s: float = 60.0) -> int:
     CP-SAT bound (5 s) and the configuration LP (column generation, ``colgen_s``; warm-started
     from the LPs of model groups above ``GROUP_MODELS`` models: ``colgen.grouped_bound``). Imports
     OR-Tools; for the benchmark and offline analysis (``plan`` reports the cheaper ``_tight``)."""
-    from stowplan.placement.colgen import applies, grouped_bound
+    from stowplan.placement.colgen import applies, grouped_bound  # OR-Tools, offline only
 
     index = PackIndex.build(problem)
     placeable = [mi for mi in range(len(index.models)) if unplaceable_reason(index, mi) is None]
@@ -246,7 +247,7 @@ def _tight(index: PackIndex, placeable: list[int]) -> int:
 
 
 def _level(index: PackIndex, placeable: list[int], time_limit_s: float) -> int:
-    from stowplan.placement.cpsat import level_bound
+    from stowplan.placement.cpsat import level_bound  # OR-Tools: with a budget only
 
     single, excl = _gang_split(index, placeable)
     return max(lower_bound(index, placeable), excl + level_bound(index, single, time_limit_s))
@@ -267,6 +268,7 @@ def _by_configurations(
     -> 439 in 10 s; 3,000 1,327 -> 1,307-1,309 in 30 s; 10,000 4,269 -> 4,227-4,234 in 40 s,
     three groups). Only for a fresh plan (no current placement: no moves to weigh) where the
     configuration model applies; otherwise ``state`` is returned unchanged."""
+    # OR-Tools loads only for plans with a time budget (best-fit plans never need it)
     from stowplan.placement.colgen import GROUP_MODELS, ColumnGeneration, applies, model_groups
 
     index = state.index
@@ -505,6 +507,4 @@ def warm_up(search: bool = True) -> None:
     )
     plan(Problem(gpus=gpus, models=(model,)))
     if search:
-        from stowplan.placement.colgen_kernel import warm_up as colgen_warm_up
-
         colgen_warm_up()

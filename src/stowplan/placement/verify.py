@@ -2,11 +2,15 @@
 
 The oracle of the property tests, and the last step before the operator applies a plan. It
 recomputes the DESIGN §3 constraints from the raw ``Problem`` fields and the numbers written in
-each ``Assignment`` (it does not call the capacity module or any solver), so a bug in the packing
-code cannot hide itself; plus the fixed demands: per-node CPU and host-memory sums on the nodes
-of ``Problem.nodes``, and multi-GPU replicas holding exactly ``gpus_per_replica`` distinct GPUs
-of one node, none shared with another replica. Returns values (``Violation``), never raises for
-a bad plan.
+each ``Assignment`` with its own arithmetic: it imports only the contract types (``models``),
+never the capacity model, the engine's filters or a solver (an import-linter contract), so a
+bug in the packing code cannot hide itself; plus the fixed demands: per-node CPU and host-memory
+sums on the nodes of ``Problem.nodes``, and multi-GPU replicas holding exactly
+``gpus_per_replica`` distinct GPUs of one node, none shared with another replica. A pinned
+replica may move only when it could not stay alone on its GPUs at any of the engine's duty-cycle
+levels (``_LEVELS_MS``, the verifier's copy of the levels the engine prices replicas at);
+``tests/placement/test_verify_independent.py`` checks that the verifier and the engine agree on
+random replicas. Returns values (``Violation``), never raises for a bad plan.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from stowplan.placement.capacity import DUTY_LEVELS_MS, replica_capacity
 from stowplan.placement.models import (
     Assignment,
     Gpu,
@@ -26,6 +29,18 @@ from stowplan.placement.models import (
 )
 
 _TOL = 1e-6  # relative tolerance for float comparisons
+
+# The duty cycles (ms) the engine prices replicas at (DESIGN §3): a pinned replica must stay
+# where it is when it fits there alone at one of them. The verifier's own copy; a test checks
+# it against the engine's.
+_LEVELS_MS: tuple[float, ...] = (
+    1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 25.0, 30.0, 40.0,
+    50.0, 60.0, 80.0, 100.0, 120.0, 160.0, 200.0, 250.0, 320.0, 400.0, 500.0, 640.0, 800.0,
+    1000.0,
+)  # fmt: skip
+# Relative slack the engine allows itself when deciding that a replica fits (float rounding):
+# a pinned replica counts as able to stay exactly when the engine would have kept it.
+_FIT_SLACK = 1e-9
 
 
 class Violation(_Frozen):
@@ -46,11 +61,10 @@ def _le(a: float, b: float) -> bool:
     return a <= b + _TOL * max(1.0, abs(b))
 
 
-def gpu_admits(gpu: Gpu, model: ModelDemand) -> bool:
-    """GPU type and node selector filter (``""``/empty = any)."""
-    if model.gpu_type and model.gpu_type != gpu.gpu_type:
-        return False
-    return all(gpu.labels.get(k) == v for k, v in model.node_selector.items())
+def _gpu_matches(gpu: Gpu, m: ModelDemand) -> bool:
+    """The model's GPU type (``""`` = any) and every label of its node selector."""
+    type_ok = m.gpu_type in ("", gpu.gpu_type)
+    return type_ok and all(gpu.labels.get(key) == want for key, want in m.node_selector.items())
 
 
 def _check_assignment(a: Assignment, m: ModelDemand, gpu: Gpu) -> list[Violation]:
@@ -64,7 +78,7 @@ def _check_assignment(a: Assignment, m: ModelDemand, gpu: Gpu) -> list[Violation
         )
 
     where = f"{a.model}/{a.replica} on {a.node}:{a.gpu}"
-    if not gpu_admits(gpu, m):
+    if not _gpu_matches(gpu, m):
         bad("GpuFilter", f"{where}: GPU type {gpu.gpu_type!r}/labels do not match the model")
     d = a.duty_cycle_ms
     if m.gpu_milli:
@@ -107,7 +121,7 @@ def _could_stay(m: ModelDemand, gpus: list[Gpu | None], reserve_mib: int) -> boo
     if len(gpus) != m.gpus_per_replica or len(set(map(id, gpus))) != len(gpus):
         return False
     for gpu in gpus:
-        if gpu is None or not gpu_admits(gpu, m):
+        if gpu is None or not _gpu_matches(gpu, m):
             return False
         if not _could_stay_one(m, gpu, reserve_mib):
             return False
@@ -115,11 +129,32 @@ def _could_stay(m: ModelDemand, gpus: list[Gpu | None], reserve_mib: int) -> boo
 
 
 def _could_stay_one(m: ModelDemand, gpu: Gpu, reserve_mib: int) -> bool:
-    for d in DUTY_LEVELS_MS:
-        cap = replica_capacity(m, d)
-        if cap is not None and _le(cap.memory_mib, gpu.memory_mib - reserve_mib):
-            return True
-    return False
+    return any(_fits_alone(m, d, gpu.memory_mib - reserve_mib) for d in _LEVELS_MS)
+
+
+def _fits_alone(m: ModelDemand, d: float, free_mib: float) -> bool:
+    """Whether one replica of ``m`` runs alone at duty cycle ``d`` on a GPU with ``free_mib``:
+    the requests one cycle collects, the runs its batching policy makes of them, their time
+    against the cycle and the SLO, and the memory of one batch (DESIGN §3, derived here)."""
+    if m.gpu_milli:  # a fixed share of every cycle (at most all of it) and the weights
+        return _le(m.memory.weights_mib, free_mib)
+    per_replica_qps = m.target_qps / m.replicas if m.replicas else 0.0
+    arriving = per_replica_qps * d / 1000.0
+    requests = max(1, math.ceil(arriving - _FIT_SLACK * max(1.0, arriving)))
+    policy = str(m.batching)
+    if policy == "aimd":  # the cycle's requests as one batch
+        b, runs = requests, 1
+    elif policy == "none":  # one run per request
+        b, runs = 1, requests
+    else:  # static: as many runs of the fixed size as the requests need
+        b, runs = m.static_batch_size, -(-requests // m.static_batch_size)
+    t = runs * (m.latency.base_ms + m.latency.per_item_ms * b)
+    return (
+        b <= m.max_batch
+        and d + t <= m.slo_ms * (1 + _FIT_SLACK)
+        and t <= d * (1 + _FIT_SLACK)
+        and _le(m.memory.weights_mib + m.memory.per_item_mib * b, free_mib)
+    )
 
 
 def check_plan(problem: Problem, plan: Plan) -> list[Violation]:

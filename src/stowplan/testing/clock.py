@@ -2,7 +2,9 @@
 
 Implements :class:`stowplan.operator.clock.Clock`. ``await clock.sleep(s)`` advances the clock by
 ``s`` at once and yields to the event loop, so code that sleeps in a loop runs as fast as the
-test can drive it, in a deterministic order. Imported by tests only.
+test can drive it, in a deterministic order. ``TickingClock`` is a ``time.monotonic`` stand-in
+for code that only measures its own duration: each reading is one second after the last.
+Imported by tests only.
 """
 
 from __future__ import annotations
@@ -32,3 +34,15 @@ class FakeClock:
         self.sleeps.append(seconds)
         self.advance(max(seconds, 0.0))
         await asyncio.sleep(0)
+
+
+class TickingClock:
+    """``clock()`` returns 0.0, 1.0, 2.0, ...: a deterministic ``time.monotonic`` for code that
+    times itself (``tracesim.Simulator.run``)."""
+
+    def __init__(self) -> None:
+        self.readings = 0
+
+    def __call__(self) -> float:
+        self.readings += 1
+        return float(self.readings - 1)

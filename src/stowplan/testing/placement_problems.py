@@ -146,3 +146,32 @@ def make_model(
         max_batch=max_batch,
         **extra,
     )
+
+
+def _ms(top: float) -> st.SearchStrategy[float]:
+    # 0 or at least 0.1 us: capacity.replica_capacity overflows on a tiny (subnormal) batch time
+    return st.one_of(st.just(0.0), st.floats(1e-4, top))
+
+
+@st.composite
+def demands(draw: st.DrawFn, name: str = "m") -> ModelDemand:
+    """One model of 1 to 4 replicas: every batching policy, GPU fractions, GPU types and node
+    selectors, SLOs from tight to loose, loads from idle to more than a GPU serves."""
+    max_batch = draw(st.integers(1, 256))
+    policy = draw(st.sampled_from(list(BatchingPolicy)))
+    return ModelDemand(
+        name=name,
+        replicas=draw(st.integers(1, 4)),
+        slo_ms=draw(st.floats(1, 1000)),
+        target_qps=draw(st.one_of(st.sampled_from([0.0, 50.0, 400.0]), st.floats(0, 20000))),
+        latency=LatencyProfile(base_ms=draw(_ms(50)), per_item_ms=draw(_ms(5))),
+        memory=MemoryProfile(
+            weights_mib=draw(st.floats(0, 90000)), per_item_mib=draw(st.floats(0, 200))
+        ),
+        max_batch=max_batch,
+        gpu_type=draw(st.sampled_from(["", "", "A100", "T4"])),
+        node_selector=draw(st.sampled_from([{}, {}, {"zone": "a"}])),
+        gpu_milli=draw(st.sampled_from([0, 0, 0, 250, 1000])),
+        batching=policy,
+        static_batch_size=draw(st.integers(1, max_batch)) if policy is BatchingPolicy.STATIC else 0,
+    )
