@@ -156,7 +156,8 @@ def _ms(top: float) -> st.SearchStrategy[float]:
 @st.composite
 def demands(draw: st.DrawFn, name: str = "m") -> ModelDemand:
     """One model of 1 to 4 replicas: every batching policy, GPU fractions, GPU types and node
-    selectors, SLOs from tight to loose, loads from idle to more than a GPU serves."""
+    selectors, SLOs from tight to loose, loads from idle to more than a GPU serves, batch-fill
+    waits of 0 or 5 ms."""
     max_batch = draw(st.integers(1, 256))
     policy = draw(st.sampled_from(list(BatchingPolicy)))
     return ModelDemand(
@@ -174,4 +175,5 @@ def demands(draw: st.DrawFn, name: str = "m") -> ModelDemand:
         gpu_milli=draw(st.sampled_from([0, 0, 0, 250, 1000])),
         batching=policy,
         static_batch_size=draw(st.integers(1, max_batch)) if policy is BatchingPolicy.STATIC else 0,
+        max_queue_delay_ms=draw(st.sampled_from([0.0, 0.0, 5.0])) if policy != "none" else 0.0,
     )
