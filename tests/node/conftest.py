@@ -49,6 +49,13 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[nodecluster.NodeC
         images=(images / "operator.tar", images / "agent.tar"),
     )
     nc.start()
+    t = nc.timings_s
+    print(
+        f"\nnode cluster: API ready in {t['apiserver_ready']:.1f} s, node Ready with "
+        f"nvidia.com/gpu in {t['node_ready']:.1f} s (images imported: "
+        + ", ".join(f"{k[7:]} {v:.1f} s" for k, v in t.items() if k.startswith("import_"))
+        + ")"
+    )
     try:
         yield nc
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from stowplan.operator import endpoints, fleet
+from stowplan.operator.errors import Invalid
 from stowplan.operator.settings import NodeSettings, OperatorSettings
 from stowplan.testing.clock import FakeClock
 from stowplan.testing.cluster import FakeCluster, gpunode, model, report
@@ -192,3 +193,18 @@ def test_agent_addresses_are_ipv4_from_the_gpunode_endpoint():
     assert endpoints.agent_address(gpunode("x")) is None
     assert endpoints.service_name_ok("mlp-wide-static")
     assert not endpoints.service_name_ok("9lives") and not endpoints.service_name_ok("a" * 64)
+
+
+def test_loopback_and_link_local_agents_are_in_no_slice():
+    for addr in ("127.0.0.1", "169.254.1.1", "0.0.0.0"):
+        assert endpoints.agent_address(gpunode("x", endpoint=f"http://{addr}:8000")) is None
+
+
+async def test_a_refused_slice_is_logged_and_the_pass_still_places(caplog):
+    cluster = FakeCluster([model("a", replicas=1)], [_node("n1")])
+    cluster.fail("write_model_slice", Invalid("endpointslices: 422 Unprocessable", 422), times=9)
+    loop = fleet.FleetLoop(SETTINGS, cluster, clock=FakeClock())
+    result = await loop.run_pass()
+    assert result is not None and result.replicas_placed == 1
+    assert loop.failures_in_a_row == 0
+    assert "EndpointSlice ns/a refused" in caplog.text

@@ -22,7 +22,9 @@ ClusterIP never lands on an agent that does not hold the model. The agent serves
 ``namespace.name`` (one URL path segment), so ``status.url`` is
 ``http://NAME.NAMESPACE.svc:8000/v2/models/NAMESPACE.NAME``. A model whose name is not a valid
 Service name (a DNS-1035 label: at most 63 lowercase letters, digits and ``-``, starting with a
-letter) gets no Service and no URL. Only IPv4 agent endpoints are listed. No I/O, no clock:
+letter) gets no Service and no URL. Only IPv4 agent endpoints are listed, and not loopback,
+link-local, unspecified or multicast ones (the API server refuses them; an agent started by hand
+on 127.0.0.1 serves, but has no place in a slice). No I/O, no clock:
 ``now_s`` and the start times are passed in.
 """
 
@@ -100,10 +102,13 @@ def agent_address(node: api.GPUNode) -> tuple[str, int] | None:
         return None
     try:
         parts = urlsplit(node.status.endpoint)
-        ip = str(IPv4Address(parts.hostname or ""))
-        return ip, parts.port or SERVICE_PORT
+        ip = IPv4Address(parts.hostname or "")
+        port = parts.port or SERVICE_PORT
     except (AddressValueError, ValueError):
         return None
+    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        return None  # the API server refuses these in an EndpointSlice (an agent run by hand)
+    return str(ip), port
 
 
 def _ready(nodes: Iterable[api.GPUNode]) -> set[tuple[str, int, str]]:

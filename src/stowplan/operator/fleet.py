@@ -37,7 +37,14 @@ from stowplan.api import inferencemodel as imapi
 from stowplan.operator import autoscaling, endpoints, health, inventory, moves, reconcile
 from stowplan.operator.clock import SYSTEM, Clock
 from stowplan.operator.cluster import Cluster, K8sNode
-from stowplan.operator.errors import ApiError, Conflict, NotFound, OperatorError, PlanRejected
+from stowplan.operator.errors import (
+    ApiError,
+    Conflict,
+    Invalid,
+    NotFound,
+    OperatorError,
+    PlanRejected,
+)
 from stowplan.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -243,6 +250,8 @@ async def _sync_endpoints(
             await cluster.write_model_slice(*key, s, exists=key in listed)
         except (NotFound, Conflict):
             return "gone"  # the model (and its slice) went, or a racing writer: re-plan
+        except Invalid as err:  # one model's address must never stop the fleet's placement
+            log.error("EndpointSlice %s/%s refused: %s", *key, err)
         return "ok"
 
     await _bounded([service(k) for k in want if k not in services], limit)
