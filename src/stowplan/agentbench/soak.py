@@ -43,6 +43,10 @@ BASE_RATES = {"mlp": 80.0, "convnet": 25.0, "mlp-wide": 25.0}
 DEFAULT_RATE = 25.0
 #: per-request timeout of the load generator and the probe (s)
 REQUEST_TIMEOUT_S = 10.0
+#: the load generator's requests in flight per model; past it a scheduled request is not sent
+#: (counted as skipped), so that a starved agent is not buried under requests whose clients
+#: already gave up (each timed-out request is still parsed and run by the agent)
+MAX_IN_FLIGHT = 32
 #: the contender's busy loop, bounded by its own deadline even if nobody stops it
 _BUSY = (
     "import sys, time\n"
@@ -55,11 +59,13 @@ _BUSY = (
 class LoadResult:
     model: str
     sent: int
+    skipped: int  # scheduled but not sent: MAX_IN_FLIGHT requests were already waiting
     ok: int
     refused: int  # 503
     refused_without_retry_after: int
     timeouts: int  # no answer within REQUEST_TIMEOUT_S
     errors: int  # anything else (other status, connection error)
+    error_kinds: Mapping[str, int] = field(default_factory=dict)  # "HTTP 500", "OSError"...
 
 
 @dataclass(frozen=True)
@@ -207,31 +213,53 @@ class _Client:
 
     async def post(self, path: str, body: bytes) -> tuple[int, bool]:
         async with self._slots:
-            if self._idle:
-                reader, writer = self._idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-            try:
-                head = (
-                    f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                    "Content-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n"
-                )
-                writer.write(head.encode() + body)
-                status = int((await reader.readline()).split()[1])
-                length, retry = 0, False
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.partition(b":")
-                    key = name.strip().lower()
-                    if key == b"content-length":
-                        length = int(value)
-                    retry = retry or key == b"retry-after"
-                await reader.readexactly(length)
-            except BaseException:
-                writer.close()
-                raise
-            self._idle.append((reader, writer))
-            return status, retry
+            for attempt in range(2):
+                reused = attempt == 0 and bool(self._idle)  # a retry always reconnects
+                if reused:
+                    reader, writer = self._idle.pop()
+                else:
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                try:
+                    answer = await self._exchange(reader, writer, path, body)
+                except (ConnectionResetError, BrokenPipeError):
+                    writer.close()
+                    if reused and attempt == 0:
+                        continue  # the server closed an idle keep-alive connection: reconnect
+                    raise
+                except BaseException:
+                    writer.close()
+                    raise
+                if answer is None:  # closed before answering (idle keep-alive timeout)
+                    writer.close()
+                    if reused and attempt == 0:
+                        continue
+                    raise ConnectionResetError("the server closed the connection")
+                self._idle.append((reader, writer))
+                return answer
+            raise ConnectionResetError("unreachable")  # the loop returns or raises
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, body: bytes
+    ) -> tuple[int, bool] | None:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        status_line = await reader.readline()
+        if not status_line:
+            return None
+        status = int(status_line.split()[1])
+        length, retry = 0, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            key = name.strip().lower()
+            if key == b"content-length":
+                length = int(value)
+            retry = retry or key == b"retry-after"
+        await reader.readexactly(length)
+        return status, retry
 
     def close(self) -> None:
         for _, writer in self._idle:
@@ -252,11 +280,20 @@ async def _load(
     parsed = httpx.URL(url)
     client = _Client(parsed.host, parsed.port or 80, max_connections=128)
     counts = {
-        m: {"sent": 0, "ok": 0, "refused": 0, "bare": 0, "timeouts": 0, "errors": 0} for m in bodies
+        m: {"sent": 0, "skipped": 0, "ok": 0, "refused": 0, "bare": 0, "timeouts": 0, "errors": 0}
+        for m in bodies
     }
+
+    in_flight = dict.fromkeys(bodies, 0)
+    kinds: dict[str, dict[str, int]] = {m: {} for m in bodies}
+
+    def error(model: str, kind: str) -> None:
+        counts[model]["errors"] += 1
+        kinds[model][kind] = kinds[model].get(kind, 0) + 1
 
     async def one(model: str) -> None:
         c = counts[model]
+        in_flight[model] += 1
         try:
             status, retry = await asyncio.wait_for(
                 client.post(f"/v2/models/{model}/infer", bodies[model]), REQUEST_TIMEOUT_S
@@ -264,16 +301,18 @@ async def _load(
         except TimeoutError:
             c["timeouts"] += 1
             return
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
-            c["errors"] += 1
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+            error(model, type(exc).__name__)
             return
+        finally:
+            in_flight[model] -= 1
         if status == 200:
             c["ok"] += 1
         elif status == 503:
             c["refused"] += 1
             c["bare"] += 0 if retry else 1
         else:
-            c["errors"] += 1
+            error(model, f"HTTP {status}")
 
     async def stream(model: str, k: int) -> list[asyncio.Task[None]]:
         rng = np.random.default_rng(seed + k)
@@ -284,8 +323,11 @@ async def _load(
             delay = next_t - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(model)))
-            counts[model]["sent"] += 1
+            if in_flight[model] >= MAX_IN_FLIGHT:
+                counts[model]["skipped"] += 1
+            else:
+                tasks.append(asyncio.create_task(one(model)))
+                counts[model]["sent"] += 1
             r = rate_at(rates[model], next_t - start, burst_factor, burst_s, burst_every_s)
             next_t += float(rng.exponential(1.0 / r))
         return tasks
@@ -294,7 +336,17 @@ async def _load(
     await asyncio.gather(*(t for tasks in per_model for t in tasks))
     client.close()
     return [
-        LoadResult(m, c["sent"], c["ok"], c["refused"], c["bare"], c["timeouts"], c["errors"])
+        LoadResult(
+            m,
+            c["sent"],
+            c["skipped"],
+            c["ok"],
+            c["refused"],
+            c["bare"],
+            c["timeouts"],
+            c["errors"],
+            kinds[m],
+        )
         for m, c in counts.items()
     ]
 
@@ -466,12 +518,15 @@ def table(report: SoakReport) -> str:
             f"Load phase: {report.load_s:.0f} s, CPUs contended by a second process: "
             f"{'yes' if report.contended else 'no'}",
             "",
-            "| model | sent | ok | 503 | 503 without Retry-After | timeouts | other errors |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| model | sent | not sent ({MAX_IN_FLIGHT} in flight) | ok | 503 "
+            "| 503 without Retry-After | timeouts | other errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         out += [
-            f"| {r.model} | {r.sent} | {r.ok} | {r.refused} | {r.refused_without_retry_after} "
-            f"| {r.timeouts} | {r.errors} |"
+            f"| {r.model} | {r.sent} | {r.skipped} | {r.ok} | {r.refused} "
+            f"| {r.refused_without_retry_after} "
+            f"| {r.timeouts} | {r.errors} "
+            f"{' '.join(f'({k}: {v})' for k, v in sorted(r.error_kinds.items()))} |"
             for r in report.load
         ]
         out.append("")
@@ -513,6 +568,7 @@ def table(report: SoakReport) -> str:
 
 __all__ = [
     "BASE_RATES",
+    "MAX_IN_FLIGHT",
     "LoadResult",
     "ModelMetrics",
     "ProbeResult",
