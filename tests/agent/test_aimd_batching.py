@@ -153,12 +153,13 @@ def test_overlapping_arrivals_wait_for_the_batch_to_fill() -> None:
     assert sparse.ready_at_s() == 1.0
 
 
-def test_backlogged_and_shed_keep_the_newest_batch() -> None:
+def test_shed_keeps_the_newest_request() -> None:
     q = _q(cap=2, wait_s=0.0)
     q.push(Pending("a", 1, arrival_s=0.0, deadline_s=0.5))
+    assert q.shed(deadline_before_s=1.0) == []  # alone: never shed
     q.push(Pending("b", 1, arrival_s=0.0, deadline_s=0.5))
-    assert not q.backlogged() and q.shed(deadline_before_s=1.0) == []  # one batch: never shed
-    q.push(Pending("c", 1, arrival_s=0.0, deadline_s=0.5))
-    assert q.backlogged()
-    assert [p.payload for p in q.shed(deadline_before_s=1.0)] == ["a"]
-    assert [p.payload for p in q] == ["b", "c"] and q.items == 2
+    q.push(Pending("c", 1, arrival_s=0.0, deadline_s=1.5))
+    assert [p.payload for p in q.shed(deadline_before_s=1.0)] == ["a", "b"]
+    q.push(Pending("d", 1, arrival_s=0.0, deadline_s=0.5))  # doomed, but the newest
+    assert [p.payload for p in q.shed(deadline_before_s=1.0)] == []
+    assert [p.payload for p in q] == ["c", "d"] and q.items == 2

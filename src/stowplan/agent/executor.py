@@ -10,11 +10,11 @@ up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rul
   A model that used up its budget in the current cycle yields to ready models that have not;
   when nobody else is ready it runs anyway (work-conserving). This keeps one overloaded model
   from eating its neighbours' slices.
-* A partial batch waiting to fill stops waiting when its oldest request must start to finish
-  in time (deadline less ``drop_margin`` x the lane's smoothed batch latency, at most half the
-  SLO), or at once when no further arrival is expected before its timer
-  (:class:`stowplan.agent.batching.BatchQueue`).
-* Under real overload (a lane holding more than one batch) the requests that can no longer
+* A partial batch waiting to fill stops waiting while its oldest request can still finish in
+  time (deadline less twice the margin: ``drop_margin`` x the lane's smoothed batch latency,
+  at most half the SLO, once for the batch and once for a late wake-up), or at once when no
+  further arrival is expected before its timer (:class:`stowplan.agent.batching.BatchQueue`).
+* Under real overload (more than one request queued for a lane) the requests that can no longer
   meet their deadline (deadline < now + that margin) are failed with ``Overloaded`` before a
   batch forms (early drop, as Clockwork and Nexus do), so a backlog never makes every later
   request late too. The margin (1.2 by default) covers batch-time jitter: with the bare mean,
@@ -22,7 +22,7 @@ up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rul
   about half of them finished a little late, and each such batch both wasted its slots on
   late answers and made AIMD cut its cap (measured: 0.94 -> 0.99 of the best static goodput
   at 150 % Poisson load on the simulated A100, and static batching gains too).
-* A lane never sheds its newest batch, so a lone request (a model with an empty queue) is
+* A lane never sheds its newest request, so a lone request (a model with an empty queue) is
   always admitted and run, late if it must be. The first version early-dropped from any
   lane, and that state was absorbing (issue 12's wedged model): a lone request held
   ``max_queue_delay`` (5 ms) for its batch to fill reached the drop test with 5 ms of slack
@@ -100,25 +100,25 @@ class SliceScheduler:
 
     def ready_at_s(self, lane: Lane) -> float:
         """When the lane's next batch may run: the queue's own rule (full, or its bounded wait
-        over), but never later than the oldest deadline less the margin, so a partial batch
-        stops waiting to fill while its oldest request can still finish in time."""
+        over), but never later than the oldest deadline less twice the margin, so a partial
+        batch stops waiting to fill while its oldest request can still finish in time even if
+        the device thread wakes up to one margin late (then it is not yet shed either)."""
         ready = lane.queue.ready_at_s()
         if math.isinf(ready):
             return ready
-        return min(ready, lane.queue.oldest_deadline_s() - self.margin_s(lane))
+        return min(ready, lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane))
 
     def ready_since_s(self, lane: Lane) -> float:
         """When the lane's next batch became ready (the start of the executor's added wait)."""
         since = lane.queue.ready_since_s()
         if math.isinf(since):
             return since
-        return min(since, lane.queue.oldest_deadline_s() - self.margin_s(lane))
+        return min(since, lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane))
 
     def expire(self, now_s: float) -> list[tuple[Lane, Pending[Any]]]:
-        """Shed the backlog's requests that would miss their deadline even if their batch
-        started now. Only a lane that holds more than one batch sheds, and never its newest
-        batch (:meth:`BatchQueue.shed`): a lone request, or a partial batch waiting to fill, is
-        run (late if it must), never refused."""
+        """Shed the queued requests that would miss their deadline even if their batch
+        started now. Never a lane's newest request (:meth:`BatchQueue.shed`): a lone request
+        is run (late if it must be), never refused."""
         out: list[tuple[Lane, Pending[Any]]] = []
         for lane in self.lanes.values():
             dead = lane.queue.shed(now_s + self.margin_s(lane))

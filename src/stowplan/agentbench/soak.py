@@ -39,10 +39,14 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 #: base offered load per example model during the load phase (req/s); others get DEFAULT_RATE
-BASE_RATES = {"mlp": 150.0, "convnet": 40.0, "mlp-wide": 40.0}
-DEFAULT_RATE = 40.0
+BASE_RATES = {"mlp": 80.0, "convnet": 25.0, "mlp-wide": 25.0}
+DEFAULT_RATE = 25.0
 #: per-request timeout of the load generator and the probe (s)
 REQUEST_TIMEOUT_S = 10.0
+#: the load generator's requests in flight per model; past it a scheduled request is not sent
+#: (counted as skipped), so that a starved agent is not buried under requests whose clients
+#: already gave up (each timed-out request is still parsed and run by the agent)
+MAX_IN_FLIGHT = 32
 #: the contender's busy loop, bounded by its own deadline even if nobody stops it
 _BUSY = (
     "import sys, time\n"
@@ -55,10 +59,13 @@ _BUSY = (
 class LoadResult:
     model: str
     sent: int
+    skipped: int  # scheduled but not sent: MAX_IN_FLIGHT requests were already waiting
     ok: int
     refused: int  # 503
     refused_without_retry_after: int
-    errors: int  # anything else (other status, connection error, timeout)
+    timeouts: int  # no answer within REQUEST_TIMEOUT_S
+    errors: int  # anything else (other status, connection error)
+    error_kinds: Mapping[str, int] = field(default_factory=dict)  # "HTTP 500", "OSError"...
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,9 @@ class SoakReport:
     load: list[LoadResult] = field(default_factory=list)
     probes: list[ProbeResult] = field(default_factory=list)
     metrics: dict[str, ModelMetrics] = field(default_factory=dict)
+    #: seconds the agent still spent answering after the quiet spell (requests whose clients
+    #: had timed out stay queued in the HTTP server and the executor until answered)
+    drain_s: float = 0.0
 
 
 # -- the agent and the contender ----------------------------------------------------------
@@ -203,31 +213,53 @@ class _Client:
 
     async def post(self, path: str, body: bytes) -> tuple[int, bool]:
         async with self._slots:
-            if self._idle:
-                reader, writer = self._idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-            try:
-                head = (
-                    f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                    "Content-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\n\r\n"
-                )
-                writer.write(head.encode() + body)
-                status = int((await reader.readline()).split()[1])
-                length, retry = 0, False
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.partition(b":")
-                    key = name.strip().lower()
-                    if key == b"content-length":
-                        length = int(value)
-                    retry = retry or key == b"retry-after"
-                await reader.readexactly(length)
-            except BaseException:
-                writer.close()
-                raise
-            self._idle.append((reader, writer))
-            return status, retry
+            for attempt in range(2):
+                reused = attempt == 0 and bool(self._idle)  # a retry always reconnects
+                if reused:
+                    reader, writer = self._idle.pop()
+                else:
+                    reader, writer = await asyncio.open_connection(self.host, self.port)
+                try:
+                    answer = await self._exchange(reader, writer, path, body)
+                except (ConnectionResetError, BrokenPipeError):
+                    writer.close()
+                    if reused and attempt == 0:
+                        continue  # the server closed an idle keep-alive connection: reconnect
+                    raise
+                except BaseException:
+                    writer.close()
+                    raise
+                if answer is None:  # closed before answering (idle keep-alive timeout)
+                    writer.close()
+                    if reused and attempt == 0:
+                        continue
+                    raise ConnectionResetError("the server closed the connection")
+                self._idle.append((reader, writer))
+                return answer
+            raise ConnectionResetError("unreachable")  # the loop returns or raises
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, body: bytes
+    ) -> tuple[int, bool] | None:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        status_line = await reader.readline()
+        if not status_line:
+            return None
+        status = int(status_line.split()[1])
+        length, retry = 0, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            key = name.strip().lower()
+            if key == b"content-length":
+                length = int(value)
+            retry = retry or key == b"retry-after"
+        await reader.readexactly(length)
+        return status, retry
 
     def close(self) -> None:
         for _, writer in self._idle:
@@ -247,24 +279,40 @@ async def _load(
 ) -> list[LoadResult]:
     parsed = httpx.URL(url)
     client = _Client(parsed.host, parsed.port or 80, max_connections=128)
-    counts = {m: {"sent": 0, "ok": 0, "refused": 0, "bare": 0, "errors": 0} for m in bodies}
+    counts = {
+        m: {"sent": 0, "skipped": 0, "ok": 0, "refused": 0, "bare": 0, "timeouts": 0, "errors": 0}
+        for m in bodies
+    }
+
+    in_flight = dict.fromkeys(bodies, 0)
+    kinds: dict[str, dict[str, int]] = {m: {} for m in bodies}
+
+    def error(model: str, kind: str) -> None:
+        counts[model]["errors"] += 1
+        kinds[model][kind] = kinds[model].get(kind, 0) + 1
 
     async def one(model: str) -> None:
         c = counts[model]
+        in_flight[model] += 1
         try:
             status, retry = await asyncio.wait_for(
                 client.post(f"/v2/models/{model}/infer", bodies[model]), REQUEST_TIMEOUT_S
             )
-        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError, TimeoutError):
-            c["errors"] += 1
+        except TimeoutError:
+            c["timeouts"] += 1
             return
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+            error(model, type(exc).__name__)
+            return
+        finally:
+            in_flight[model] -= 1
         if status == 200:
             c["ok"] += 1
         elif status == 503:
             c["refused"] += 1
             c["bare"] += 0 if retry else 1
         else:
-            c["errors"] += 1
+            error(model, f"HTTP {status}")
 
     async def stream(model: str, k: int) -> list[asyncio.Task[None]]:
         rng = np.random.default_rng(seed + k)
@@ -275,8 +323,11 @@ async def _load(
             delay = next_t - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(model)))
-            counts[model]["sent"] += 1
+            if in_flight[model] >= MAX_IN_FLIGHT:
+                counts[model]["skipped"] += 1
+            else:
+                tasks.append(asyncio.create_task(one(model)))
+                counts[model]["sent"] += 1
             r = rate_at(rates[model], next_t - start, burst_factor, burst_s, burst_every_s)
             next_t += float(rng.exponential(1.0 / r))
         return tasks
@@ -285,7 +336,17 @@ async def _load(
     await asyncio.gather(*(t for tasks in per_model for t in tasks))
     client.close()
     return [
-        LoadResult(m, c["sent"], c["ok"], c["refused"], c["bare"], c["errors"])
+        LoadResult(
+            m,
+            c["sent"],
+            c["skipped"],
+            c["ok"],
+            c["refused"],
+            c["bare"],
+            c["timeouts"],
+            c["errors"],
+            kinds[m],
+        )
         for m, c in counts.items()
     ]
 
@@ -372,6 +433,33 @@ def scrape(url: str) -> dict[str, ModelMetrics]:
     }
 
 
+def _answered(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in (
+                "nv_inference_request_success_total",
+                "nv_inference_request_failure_total",
+            ):
+                total += s.value
+    return total
+
+
+def drain(url: str, still_s: float = 1.0, max_s: float = 120.0) -> float:
+    """Wait until the agent's answered-request counters stay still for ``still_s`` (at most
+    ``max_s``); return how long that took."""
+    start = time.monotonic()
+    last = _answered(url)
+    while time.monotonic() - start < max_s:
+        time.sleep(still_s)
+        now = _answered(url)
+        if now == last:
+            break
+        last = now
+    return time.monotonic() - start - still_s
+
+
 # -- the run ------------------------------------------------------------------------------
 def run(
     manifests: Path,
@@ -384,12 +472,14 @@ def run(
     burst_s: float = 2.0,
     burst_every_s: float = 15.0,
     contended: bool = True,
+    contenders: int | None = None,
     probe_contended: bool = False,
     only: Sequence[str] = (),
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> SoakReport:
-    """Load, quiet, probe (see the module docstring); returns what each phase measured."""
+    """Load, quiet, probe (see the module docstring); returns what each phase measured.
+    ``contenders``: busy processes (default one per core)."""
     say = progress or (lambda _: None)
     report = SoakReport(load_s, quiet_s, contended)
     with (
@@ -404,16 +494,18 @@ def run(
             say(f"load: {load_s:.0f} s on {sorted(chosen)}, CPUs contended: {contended}")
             bodies = {m: b for m, (b, _) in chosen.items()}
             rates = {m: BASE_RATES.get(m, DEFAULT_RATE) * scale for m in chosen}
-            with contend(load_s + 5.0) if contended else contextlib.nullcontext():
+            with contend(load_s + 5.0, contenders) if contended else contextlib.nullcontext():
                 report.load = asyncio.run(
                     _load(url, bodies, rates, load_s, burst_factor, burst_s, burst_every_s, seed)
                 )
         if quiet_s > 0:
-            say(f"quiet: {quiet_s:.0f} s")
+            say(f"quiet: {quiet_s:.0f} s, then until the agent has drained what clients gave up on")
             time.sleep(quiet_s)
+            report.drain_s = drain(url)
         for m, (body, slo_ms) in chosen.items():
             say(f"probe: {m}, one sequential client at {probe_rate:.0f} req/s for {probe_s:.0f} s")
-            with contend(probe_s + 5.0) if probe_contended else contextlib.nullcontext():
+            busy = contend(probe_s + 5.0, contenders) if probe_contended else None
+            with busy or contextlib.nullcontext():
                 report.probes.append(probe(url, m, body, slo_ms, probe_rate, probe_s))
         report.metrics = scrape(url)
     return report
@@ -426,17 +518,21 @@ def table(report: SoakReport) -> str:
             f"Load phase: {report.load_s:.0f} s, CPUs contended by a second process: "
             f"{'yes' if report.contended else 'no'}",
             "",
-            "| model | sent | ok | 503 | 503 without Retry-After | other errors |",
-            "|---|---:|---:|---:|---:|---:|",
+            f"| model | sent | not sent ({MAX_IN_FLIGHT} in flight) | ok | 503 "
+            "| 503 without Retry-After | timeouts | other errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         out += [
-            f"| {r.model} | {r.sent} | {r.ok} | {r.refused} | {r.refused_without_retry_after} "
-            f"| {r.errors} |"
+            f"| {r.model} | {r.sent} | {r.skipped} | {r.ok} | {r.refused} "
+            f"| {r.refused_without_retry_after} "
+            f"| {r.timeouts} | {r.errors} "
+            f"{' '.join(f'({k}: {v})' for k, v in sorted(r.error_kinds.items()))} |"
             for r in report.load
         ]
         out.append("")
     out += [
-        f"Sequential client after {report.quiet_s:.0f} s quiet:",
+        f"Sequential client after {report.quiet_s:.0f} s quiet (and {report.drain_s:.1f} s "
+        "more until the agent had answered everything still queued):",
         "",
         "| model | SLO ms | sent | ok | 503 | errors | p50 ms | p99 ms | max ms | within SLO |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -472,11 +568,13 @@ def table(report: SoakReport) -> str:
 
 __all__ = [
     "BASE_RATES",
+    "MAX_IN_FLIGHT",
     "LoadResult",
     "ModelMetrics",
     "ProbeResult",
     "SoakReport",
     "contend",
+    "drain",
     "models",
     "probe",
     "rate_at",

@@ -41,9 +41,15 @@ import click
     default=1.0,
     show_default=True,
     type=click.FloatRange(0.01, 100),
-    help="Multiplies the base load-phase rates (mlp 150, convnet 40, mlp-wide 40 req/s).",
+    help="Multiplies the load-phase rates (mlp 80, convnet 25, mlp-wide 25 req/s; x4 in bursts).",
 )
 @click.option("--no-contend", is_flag=True, help="No CPU contender during the load phase.")
+@click.option(
+    "--contenders",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Busy processes contending the CPUs (default: one per core).",
+)
 @click.option(
     "--contend-probe", is_flag=True, help="Keep the CPUs contended during the sequential client."
 )
@@ -57,6 +63,7 @@ def command(
     probe_rate: float,
     scale: float,
     no_contend: bool,
+    contenders: int | None,
     contend_probe: bool,
     only: tuple[str, ...],
     seed: int,
@@ -74,6 +81,7 @@ def command(
             probe_rate=probe_rate,
             scale=scale,
             contended=not no_contend,
+            contenders=contenders,
             probe_contended=contend_probe,
             only=only,
             seed=seed,
