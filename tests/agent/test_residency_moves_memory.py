@@ -77,7 +77,6 @@ def _status_state(agent: Agent, name: str) -> str:
                     "model": f"ns/{name}", "replica": 0, "gpu": 0,
                     "source": {"uri": "file:///x"}, "batchSize": 1, "maxBatch": 8,
                     "dutyCycleMs": 10, "busyMs": 1, "memoryMiB": 10, "sloMs": 100,
-                    "latencyMs": {"base": 1, "perItem": 0.1},
                 }
             ]
         }
