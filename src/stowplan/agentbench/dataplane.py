@@ -281,21 +281,28 @@ async def _close(close: Close) -> None:
         await done
 
 
-async def _check(factory: PathFactory, target: Target, want: np.ndarray, name: str) -> None:
+async def answer(factory: PathFactory, target: Target) -> np.ndarray:
+    """One request through a path on a fresh connection: its output."""
     send, close = await factory.open(target)
     try:
-        got = await send()
+        return await send()
     finally:
         await _close(close)
+
+
+async def _check(factory: PathFactory, target: Target, want: np.ndarray, name: str) -> None:
+    got = await answer(factory, target)
     if got.shape != want.shape or not np.allclose(got, want, rtol=1e-4, atol=1e-5):
         raise RuntimeError(f"path {name!r} answers differently from a direct ONNX Runtime call")
 
 
 @contextlib.contextmanager
-def serve_kserve(workdir: Path, model_path: Path) -> Iterator[int]:
+def serve_kserve(workdir: Path, model_path: Path, x: np.ndarray) -> Iterator[Target]:
     """KServe's ``ModelServer`` on ``model_path`` (:mod:`.kserve_onnx`) in a subprocess on a
-    free port; yields the port once the model is ready. Its log goes to a file in ``workdir``."""
+    free loopback port; yields its target (input ``x``) once the model is ready. Its log goes
+    to a file in ``workdir``."""
     port = httpload._free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "kserve.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with log_path.open("wb") as log:
@@ -318,7 +325,7 @@ def serve_kserve(workdir: Path, model_path: Path) -> Iterator[int]:
             if time.monotonic() > deadline:
                 raise RuntimeError("kserve ModelServer did not become ready within 60 s")
             time.sleep(0.2)
-        yield port
+        yield Target("127.0.0.1", port, "bench", x)
     finally:
         proc.terminate()
         try:
@@ -329,11 +336,15 @@ def serve_kserve(workdir: Path, model_path: Path) -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _agent_target(work: Path, model_path: Path, slo_ms: float) -> Iterator[Target]:
+def serve_agent(
+    workdir: Path, model_path: Path, x: np.ndarray, slo_ms: float = 1000.0
+) -> Iterator[Target]:
+    """``stowplan up`` on ``model_path`` (batching ``none``) with HTTP and gRPC on free
+    loopback ports (:func:`.httpload.serve`); yields its target (input ``x``) once ready."""
     grpc_port = httpload._free_port()
-    with httpload.serve(work, "none", model_path, slo_ms, grpc_port=grpc_port) as url:
+    with httpload.serve(workdir, "none", model_path, slo_ms, grpc_port=grpc_port) as url:
         host, port = url.removeprefix("http://").rsplit(":", 1)
-        yield Target(host, int(port), "bench", np.empty(0), grpc_port)
+        yield Target(host, int(port), "bench", x, grpc_port)
 
 
 def run(
@@ -365,15 +376,14 @@ def run(
             if progress:
                 progress()
         servers: dict[str, Callable[[], contextlib.AbstractContextManager[Target]]] = {
-            "agent": lambda: _agent_target(work, model_path, slo_ms),
-            "kserve": lambda: _kserve_target(work, model_path),
+            "agent": lambda: serve_agent(work, model_path, x, slo_ms),
+            "kserve": lambda: serve_kserve(work, model_path, x),
         }
         for server, start in servers.items():
             mine = [p for p in paths if PATHS[p].server == server]
             if not mine:
                 continue
-            with start() as bare:
-                target = Target(bare.host, bare.http_port, bare.model, x, bare.grpc_port)
+            with start() as target:
                 for name in mine:
                     asyncio.run(_check(PATHS[name], target, want, name))
                     for c in concurrencies:
@@ -383,16 +393,13 @@ def run(
     return rows
 
 
-@contextlib.contextmanager
-def _kserve_target(work: Path, model_path: Path) -> Iterator[Target]:
-    with serve_kserve(work, model_path) as port:
-        yield Target("127.0.0.1", port, "bench", np.empty(0))
-
-
 def table(rows: list[Row], model: str) -> str:
     direct = {r.concurrency: r for r in rows if r.path == "direct"}
     out = [
-        f"Model `{model}` (batch 1 per request), agent batching `none`, closed loop.",
+        f"Model `{model}` (batch 1 per request), closed loop. `direct`: ONNX Runtime in the "
+        "load generator's process; `http-json`, `http-binary`, `grpc`: the stowplan agent "
+        "(`stowplan up`, batching `none`); `kserve-rest`: KServe's Python ModelServer "
+        "(kserve 0.21.0, ONNX Runtime). Each server alone on the machine in turn.",
         "",
         "| path | concurrency | req/s | p50 ms | p99 ms | p50 overhead over direct ms | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -413,6 +420,36 @@ def table(rows: list[Row], model: str) -> str:
     return "\n".join(out)
 
 
+def plot(rows: list[Row], model: str, out: Path) -> None:
+    """PNG: p50 latency (solid) and p99 (dashed) against concurrency, and throughput, one line
+    per path (matplotlib, Agg backend; imported here so the bench runs without it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat_ax, rps_ax) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=72)
+    for name in dict.fromkeys(r.path for r in rows):
+        mine = sorted((r for r in rows if r.path == name), key=lambda r: r.concurrency)
+        cs = [r.concurrency for r in mine]
+        (line,) = lat_ax.plot(cs, [r.p50_ms for r in mine], marker="o", label=name)
+        lat_ax.plot(cs, [r.p99_ms for r in mine], ls="--", color=line.get_color())
+        rps_ax.plot(cs, [r.throughput for r in mine], marker="o", label=name)
+    for ax in (lat_ax, rps_ax):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrency (closed-loop workers)")
+        ax.grid(True, which="both", alpha=0.3)
+    lat_ax.set_ylabel("latency ms (p50 solid, p99 dashed)")
+    rps_ax.set_ylabel("req/s")
+    rps_ax.legend(fontsize=8)
+    fig.suptitle(f"stowplan bench dataplane: model {model}, batch 1 per request")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
 __all__ = [
     "INPUT_SHAPES",
     "PATHS",
@@ -425,9 +462,12 @@ __all__ = [
     "Row",
     "Send",
     "Target",
+    "answer",
+    "plot",
     "run",
     "run_direct",
     "run_path",
+    "serve_agent",
     "serve_kserve",
     "table",
 ]

@@ -1,10 +1,14 @@
-"""``stowplan bench dataplane``: the same model and input through a direct ONNX Runtime call and
-the agent's data paths (HTTP/JSON, HTTP/binary), closed loop at rising concurrency.
+"""``stowplan bench dataplane``: the same model and input through a direct ONNX Runtime call,
+the agent's data paths (HTTP/JSON, HTTP/binary, gRPC) and KServe's Python ModelServer (REST),
+closed loop at rising concurrency.
 
-Thin shell over :mod:`stowplan.agentbench.dataplane`; prints the Markdown table.
+Thin shell over :mod:`stowplan.agentbench.dataplane`; prints the Markdown table, and writes the
+plot with ``--plot``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -28,7 +32,8 @@ import click
     "--path",
     "paths",
     multiple=True,
-    help="Agent data path (repeatable; default every registered one: http-json, http-binary).",
+    help="Data path (repeatable; default every registered one: http-json, http-binary, grpc, "
+    "kserve-rest; kserve-rest needs kserve from the dev extra).",
 )
 @click.option(
     "--duration",
@@ -40,6 +45,12 @@ import click
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Concurrency 1 and 4, 2 s each (< 1 min).")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write latency and throughput against concurrency per path to this PNG.",
+)
 def command(
     model: str,
     concurrencies: tuple[int, ...],
@@ -47,9 +58,11 @@ def command(
     duration_s: float,
     seed: int,
     quick: bool,
+    plot_path: Path | None,
 ) -> None:
     """p50/p99 latency, throughput and overhead over a direct ONNX Runtime call of each data
-    path, side by side. Starts `stowplan up` (batching none) in a subprocess."""
+    path, side by side. Starts `stowplan up` (batching none), then KServe's ModelServer, each
+    in a subprocess and alone in turn."""
     from tqdm import tqdm
 
     from stowplan.agentbench import dataplane
@@ -66,3 +79,6 @@ def command(
         except (RuntimeError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(dataplane.table(rows, model))
+    if plot_path is not None:
+        dataplane.plot(rows, model, plot_path)
+        click.echo(f"plot: {plot_path}")
