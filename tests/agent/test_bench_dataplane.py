@@ -38,11 +38,8 @@ def test_every_path_answers_as_direct_onnx_runtime(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_dataplane_benchmark_rows_and_plot(tmp_path: Path) -> None:
     png = tmp_path / "dataplane.png"
-    res = CliRunner().invoke(
-        main,
-        ["bench", "dataplane", "--concurrency", "1", "--concurrency", "2", "--duration", "0.5"]
-        + ["--plot", str(png)],
-    )
+    args = ["bench", "dataplane", "--concurrency", "1", "--concurrency", "2", "--duration", "0.5"]
+    res = CliRunner().invoke(main, [*args, "--plot", str(png)])
     assert res.exit_code == 0, res.output
     rows = [line for line in res.output.splitlines() if line.startswith("| ") and "---" not in line]
     paths = [(r.split("|")[1].strip(), r.split("|")[2].strip()) for r in rows[1:]]
