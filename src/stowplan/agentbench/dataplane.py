@@ -399,7 +399,8 @@ def table(rows: list[Row], model: str) -> str:
         f"Model `{model}` (batch 1 per request), closed loop. `direct`: ONNX Runtime in the "
         "load generator's process; `http-json`, `http-binary`, `grpc`: the stowplan agent "
         "(`stowplan up`, batching `none`); `kserve-rest`: KServe's Python ModelServer "
-        "(kserve 0.21.0, ONNX Runtime). Each server alone on the machine in turn.",
+        "(kserve 0.21.0, ONNX Runtime, per-request logging off). Each server alone on the "
+        "machine in turn.",
         "",
         "| path | concurrency | req/s | p50 ms | p99 ms | p50 overhead over direct ms | errors |",
         "|---|---:|---:|---:|---:|---:|---:|",

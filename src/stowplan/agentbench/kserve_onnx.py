@@ -4,14 +4,16 @@ path of ``stowplan bench dataplane``, the baseline the agent is compared with.
 Started by :mod:`stowplan.agentbench.dataplane` in its own process
 (``python -m stowplan.agentbench.kserve_onnx MODEL_PATH HTTP_PORT``), never imported there:
 kserve and stowplan's generated gRPC modules both register the ``inference`` protobuf package,
-so they cannot share a process. One uvicorn worker, KServe's gRPC server off, otherwise
-KServe's defaults; the model is the one the agent serves, named ``bench``, loaded with the same
+so they cannot share a process. One uvicorn worker, KServe's gRPC server off, and its
+per-request logging off (uvicorn's access log and KServe's latency trace, four lines a request
+by default; the agent logs none), otherwise KServe's defaults; the model is the one the agent serves, named ``bench``, loaded with the same
 session settings (:class:`stowplan.agent.runtime.OnnxModel`, one intra-op thread), its output
 answered as JSON (the v2 protocol over REST). Needs kserve (the dev extra).
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import uuid
 from pathlib import Path
@@ -56,7 +58,12 @@ def main(argv: list[str]) -> None:
     model_path, http_port = Path(argv[0]), int(argv[1])
     model = OnnxPredictor("bench", model_path)
     model.load()
-    kserve.ModelServer(http_port=http_port, enable_grpc=False, workers=1).start([model])
+    server = kserve.ModelServer(
+        http_port=http_port, enable_grpc=False, workers=1, enable_latency_logging=False
+    )
+    for name in ("uvicorn.access", "kserve.trace"):  # configured by ModelServer()
+        logging.getLogger(name).setLevel(logging.WARNING)
+    server.start([model])
 
 
 if __name__ == "__main__":
