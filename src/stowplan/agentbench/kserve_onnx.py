@@ -6,9 +6,10 @@ Started by :mod:`stowplan.agentbench.dataplane` in its own process
 kserve and stowplan's generated gRPC modules both register the ``inference`` protobuf package,
 so they cannot share a process. One uvicorn worker, KServe's gRPC server off, and its
 per-request logging off (uvicorn's access log and KServe's latency trace, four lines a request
-by default; the agent logs none), otherwise KServe's defaults; the model is the one the agent serves, named ``bench``, loaded with the same
-session settings (:class:`stowplan.agent.runtime.OnnxModel`, one intra-op thread), its output
-answered as JSON (the v2 protocol over REST). Needs kserve (the dev extra).
+by default; the agent logs none), otherwise KServe's defaults. The model is the one the agent
+serves, named ``bench``, loaded with the same session settings
+(:class:`stowplan.agent.runtime.OnnxModel`, one intra-op thread), its output answered as JSON
+(the v2 protocol over REST). Needs kserve (the dev extra).
 """
 
 from __future__ import annotations
