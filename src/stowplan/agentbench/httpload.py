@@ -79,8 +79,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(workdir: Path, policy: str, model_path: Path, slo_ms: float) -> Iterator[str]:
-    """Run ``stowplan up`` on one model in a subprocess; yield its base URL."""
+def serve(
+    workdir: Path, policy: str, model_path: Path, slo_ms: float, grpc_port: int = 0
+) -> Iterator[str]:
+    """Run ``stowplan up`` on one model in a subprocess; yield its base URL. ``grpc_port`` 0
+    serves HTTP only; otherwise the agent also serves the OIP gRPC service on that port."""
     d = workdir / policy
     d.mkdir(parents=True, exist_ok=True)
     (d / "bench.yaml").write_text(
@@ -98,7 +101,7 @@ def serve(workdir: Path, policy: str, model_path: Path, slo_ms: float) -> Iterat
             "--port",
             str(port),
             "--grpc-port",
-            "0",  # HTTP only
+            str(grpc_port),
             "--no-nvml",
             "--sim-devices",
             "1",

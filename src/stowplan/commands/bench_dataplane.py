@@ -1,10 +1,15 @@
-"""``stowplan bench dataplane``: the same model and input through a direct ONNX Runtime call and
-the agent's data paths (HTTP/JSON, HTTP/binary), closed loop at rising concurrency.
+"""``stowplan bench dataplane``: the same model and input through a direct ONNX Runtime call,
+the agent's data paths (HTTP/JSON, HTTP/binary, gRPC) and KServe's Python ModelServer (REST),
+closed loop at rising concurrency.
 
-Thin shell over :mod:`stowplan.agentbench.dataplane`; prints the Markdown table.
+Thin shell over :mod:`stowplan.agentbench.dataplane`; prints the Markdown table, and writes the
+plot with ``--plot``.
 """
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import click
 
@@ -28,7 +33,9 @@ import click
     "--path",
     "paths",
     multiple=True,
-    help="Agent data path (repeatable; default every registered one: http-json, http-binary).",
+    help="Data path (repeatable; default every registered one: http-json, http-binary, grpc, "
+    "kserve-rest; kserve-rest needs kserve from the dev extra and is left out of the default "
+    "without it).",
 )
 @click.option(
     "--duration",
@@ -40,6 +47,12 @@ import click
 )
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Concurrency 1 and 4, 2 s each (< 1 min).")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write latency and throughput against concurrency per path to this PNG.",
+)
 def command(
     model: str,
     concurrencies: tuple[int, ...],
@@ -47,15 +60,21 @@ def command(
     duration_s: float,
     seed: int,
     quick: bool,
+    plot_path: Path | None,
 ) -> None:
     """p50/p99 latency, throughput and overhead over a direct ONNX Runtime call of each data
-    path, side by side. Starts `stowplan up` (batching none) in a subprocess."""
+    path, side by side. Starts `stowplan up` (batching none), then KServe's ModelServer, each
+    in a subprocess and alone in turn."""
     from tqdm import tqdm
 
     from stowplan.agentbench import dataplane
 
     concurrencies = concurrencies or ((1, 4) if quick else (1, 4, 16, 64))
-    paths = paths or tuple(dataplane.PATHS)
+    if not paths:
+        paths = tuple(dataplane.PATHS)
+        if importlib.util.find_spec("kserve") is None:  # finds, does not import
+            paths = tuple(p for p in paths if dataplane.PATHS[p].server != "kserve")
+            click.echo("kserve is not installed (dev extra): skipping kserve-rest", err=True)
     if quick:
         duration_s = min(duration_s, 2.0)
     with tqdm(total=len(concurrencies) * (1 + len(paths)), desc="runs", leave=False) as bar:
@@ -66,3 +85,6 @@ def command(
         except (RuntimeError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
     click.echo(dataplane.table(rows, model))
+    if plot_path is not None:
+        dataplane.plot(rows, model, plot_path)
+        click.echo(f"plot: {plot_path}")
