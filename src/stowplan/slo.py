@@ -13,13 +13,13 @@ the cycle take ``t`` ms, its *turn*; the other models' turns take ``others = d -
 that arrives just after its model's turn began is not in that turn's batch; it waits for the
 turn to finish (``t``), for the other models' turns (``others``) and for at most ``wait`` (the
 bound on waiting for a batch to fill), then runs within its model's next turn (``t``). So the
-worst-case latency is ``2 t + others + wait`` (:func:`worst_latency_ms`), which for the plan
-(``t`` = the replica's planned busy time per cycle) is ``d + wait + t``
-(:func:`planned_latency_ms`), and "meets the SLO" is that value <= ``slo`` (with a relative slack
-of :data:`EPS` for floats computed in different orders). The fill wait overlaps the cycle in the
-steady state (the bound is ``max(wait, d) + t``), but adding it keeps a margin for bursts: with
-``max`` instead of the sum, AIMD's goodput on the bursty Azure code trace fell from 0.981 to
-0.963 of the best static batch's (``stowplan bench batching``).
+worst-case latency is ``2 t + others + wait`` (:func:`worst_latency_ms`). For a planned lane the
+cycle is itself the collection window (a planned lane waits up to ``max(wait, d)`` for its batch,
+:func:`batch_wait_ms`), so only the part of the fill wait beyond the cycle adds to it
+(:func:`wait_beyond_cycle_ms`): the plan's worst case (``t`` = the replica's planned busy time per
+cycle) is ``max(d, wait) + t`` (:func:`planned_latency_ms`), and "meets the SLO" is that value
+<= ``slo`` (with a relative slack of :data:`EPS` for floats computed in different orders).
+Unplanned (``d`` = 0), AIMD's target keeps the whole wait: ``(slo - wait) / 2``.
 
 A planned lane waits for its batch to fill for up to a whole cycle (:func:`batch_wait_ms`): its
 requests wait for their turn anyway, and a batch taken earlier would be smaller than planned and
@@ -61,9 +61,16 @@ def worst_latency_ms(turn_ms: float, others_ms: float, max_wait_ms: float = 0.0)
 
 def planned_latency_ms(duty_cycle_ms: float, busy_ms: float, max_wait_ms: float = 0.0) -> float:
     """:func:`worst_latency_ms` of a replica planned at ``busy_ms`` per cycle of
-    ``duty_cycle_ms``: ``d + wait + t``. ``placement.capacity`` evaluates this same expression
-    vectorised over many models."""
-    return duty_cycle_ms + max_wait_ms + busy_ms
+    ``duty_cycle_ms`` whose batches may wait ``max_wait_ms`` to fill: ``max(d, wait) + t``
+    (``2 t + (d - t) + wait_beyond_cycle``). ``placement.capacity`` evaluates this same
+    expression vectorised over many models."""
+    return max(duty_cycle_ms, max_wait_ms) + busy_ms
+
+
+def wait_beyond_cycle_ms(max_wait_ms: float, duty_cycle_ms: float) -> float:
+    """The part of a batch-fill wait that a planned cycle does not already cover:
+    ``max(0, wait - d)`` (the whole wait when unplanned, ``d`` = 0)."""
+    return max(0.0, max_wait_ms - duty_cycle_ms)
 
 
 def meets_slo(

@@ -169,7 +169,8 @@ def batching_config(
     planned = duty_cycle_ms > 0
     target = None
     if planned and spec.policy.value == Policy.AIMD.value:
-        target = slo.batch_target_ms(slo_ms, duty_cycle_ms, busy_ms, spec.max_queue_delay_ms)
+        extra_wait_ms = slo.wait_beyond_cycle_ms(spec.max_queue_delay_ms, duty_cycle_ms)
+        target = slo.batch_target_ms(slo_ms, duty_cycle_ms, busy_ms, extra_wait_ms)
     return BatchingConfig(
         policy=Policy(spec.policy.value),
         max_queue_delay_ms=slo.batch_wait_ms(spec.max_queue_delay_ms, duty_cycle_ms),

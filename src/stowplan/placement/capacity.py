@@ -6,11 +6,11 @@ runs them as its batching policy says (``ModelDemand.batching``): ``aimd`` runs 
 ``b = n``; ``static`` runs ``ceil(n / N)`` batches of its fixed size ``N``; ``none`` runs ``n``
 batches of 1. Its GPU time per cycle is ``t = runs * (base + per_item * b)`` ms and it holds
 ``weights + per_item_mib * b`` MiB. A set of replicas fits on one GPU at ``d`` iff ``sum t <= d``,
-every member meets its SLO by :func:`stowplan.slo.meets_slo` (``d + wait_i + t_i <= slo_i``,
+every member meets its SLO by :func:`stowplan.slo.meets_slo` (``max(d, wait_i) + t_i <= slo_i``,
 ``wait`` its batch-fill bound ``ModelDemand.max_queue_delay_ms``; the queueing it assumes is
 written out in :mod:`stowplan.slo`, which the agent uses for AIMD's target too),
 ``b_i <= max_batch_i``, and the memory sum fits. ``verify.check_plan`` re-derives the SLO test
-with its own arithmetic (``d + t <= slo``, the same with no wait, weaker with one).
+with its own arithmetic (``max(d, wait) + t <= slo``).
 A replica with ``target_qps == 0`` still runs batches of 1 (it must answer a stray request within
 its SLO) and holds its weights.
 
@@ -118,7 +118,7 @@ def replica_capacity(model: ModelDemand, duty_cycle_ms: float) -> ReplicaCapacit
     """Batch, busy time and memory of one replica of ``model`` at ``duty_cycle_ms``.
 
     None when no GPU could run it at that duty cycle: the batch exceeds ``max_batch``, a request
-    could miss its SLO (not :func:`stowplan.slo.meets_slo`: ``d + wait + busy > slo``) or
+    could miss its SLO (not :func:`stowplan.slo.meets_slo`: ``max(d, wait) + busy > slo``) or
     the replica alone needs more than the whole cycle.
     Memory is not checked here (it depends on the GPU).
     """
@@ -188,7 +188,9 @@ def alone_capacity(model: ModelDemand) -> ReplicaCapacity | None:
             b, runs = model.static_batch_size, -(-n // model.static_batch_size)
         t = runs * (base + per * b)
         top = n * 1000.0 / qps if qps > 0 else math.inf
-        d = min(top, model.slo_ms - model.max_queue_delay_ms - t)
+        if model.max_queue_delay_ms + t > model.slo_ms * (1 + slo.EPS):
+            continue  # max(d, wait) + t <= slo needs wait + t <= slo at any d
+        d = min(top, model.slo_ms - t)
         if not (d > 0 and math.isfinite(d)) or d < t:
             continue
         if qps > 0 and d <= (n - 1) * 1000.0 / qps:  # the SLO cuts the interval away
@@ -313,8 +315,8 @@ def level_cost_matrices(models: Sequence[ModelDemand]) -> LevelMatrices:
     t = np.where(fixed, milli / 1000.0 * d, runs * (base + per * b))
     mem = np.where(fixed, weights, weights + per_mib * b)
     ok = t <= d * (1 + EPS)
-    # slo.meets_slo vectorised: planned_latency_ms = d + wait + t
-    ok &= fixed | ((b <= max_batch) & (d + wait + t <= slo_ms * (1 + EPS)))
+    # slo.meets_slo vectorised: planned_latency_ms = max(d, wait) + t
+    ok &= fixed | ((b <= max_batch) & (np.maximum(d, wait) + t <= slo_ms * (1 + EPS)))
     bi = b.astype(np.int64)
     for arr in (t, mem, bi, ok):
         arr.setflags(write=False)

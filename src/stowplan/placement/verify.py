@@ -108,9 +108,10 @@ def _check_assignment(a: Assignment, m: ModelDemand, gpu: Gpu) -> list[Violation
     t = runs * (m.latency.base_ms + m.latency.per_item_ms * b)
     if not _le(t, a.busy_ms):
         bad("BusyTime", f"{where}: busy {a.busy_ms:.4f} ms < {runs} x latency({b}) = {t:.4f} ms")
-    w = m.max_queue_delay_ms  # a request may wait this long for its batch to fill, then a cycle
-    if not _le(d + w + t, m.slo_ms):
-        bad("Slo", f"{where}: cycle {d} + fill wait {w} + runs {t:.3f} ms > SLO {m.slo_ms} ms")
+    # the batch collects for a cycle, or longer if its fill wait is longer, then runs
+    w = max(d, m.max_queue_delay_ms)
+    if not _le(w + t, m.slo_ms):
+        bad("Slo", f"{where}: collection {w} ms (cycle {d}) + runs {t:.3f} ms > SLO {m.slo_ms} ms")
     mem = m.memory.weights_mib + m.memory.per_item_mib * b
     if not _le(mem, a.memory_mib):
         bad("Memory", f"{where}: memory {a.memory_mib} < {mem} MiB needed at batch {b}")
@@ -152,7 +153,7 @@ def _fits_alone(m: ModelDemand, d: float, free_mib: float) -> bool:
     t = runs * (m.latency.base_ms + m.latency.per_item_ms * b)
     return (
         b <= m.max_batch
-        and d + m.max_queue_delay_ms + t <= m.slo_ms * (1 + _FIT_SLACK)
+        and max(d, m.max_queue_delay_ms) + t <= m.slo_ms * (1 + _FIT_SLACK)
         and t <= d * (1 + _FIT_SLACK)
         and _le(m.memory.weights_mib + m.memory.per_item_mib * b, free_mib)
     )
