@@ -26,7 +26,8 @@ import yaml
 from stowplan import placement
 from stowplan.agent import config as agent_config
 from stowplan.agent.config import AgentSettings, ModelConfig
-from stowplan.agent.serving import Agent, ServedModel
+from stowplan.agent.registry import ServedModel
+from stowplan.agent.serving import Agent
 from stowplan.agent.telemetry import SimulatedTelemetry, Telemetry, detect
 from stowplan.api.inferencemodel import InferenceModel
 from stowplan.demands import model_demand, node_assignment

@@ -9,7 +9,7 @@ import pytest
 from stowplan import standalone
 from stowplan.agent.config import AgentSettings
 from stowplan.agent.gpunode_sync import desired_configs
-from stowplan.agent.serving import reserved_bytes
+from stowplan.agent.registry import reserved_bytes
 from stowplan.api.gpunode import GPUNodeSpec
 
 MIB = 1024 * 1024

@@ -16,21 +16,13 @@ from stowplan.agent.memory import (
     ResidencyManager,
     UnknownModelError,
 )
+from stowplan.testing.clock import TickingClock
 
 MIB = 1 << 20
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        self.now += 1.0
-        return self.now
-
-
-def make(pool_mib: int = 100) -> tuple[ResidencyManager, FakeClock]:
-    clock = FakeClock()
+def make(pool_mib: int = 100) -> tuple[ResidencyManager, TickingClock]:
+    clock = TickingClock(start=101.0)
     return ResidencyManager(pool_mib * MIB, clock=clock), clock
 
 
@@ -130,14 +122,14 @@ def test_snapshot_fields_and_last_used_from_injected_clock() -> None:
     rm.acquire("a")
     rm.release("a")
     row = next(r for r in rm.snapshot() if r.name == "a")
-    assert row.last_used == clock.now
+    assert row.last_used == clock.last
     b = next(r for r in rm.snapshot() if r.name == "b")
     assert b.offset is not None and b.offset % 256 == 0  # aligned carve
 
 
 def fragmented(relocate: bool) -> ResidencyManager:
     """a, b, c, d of 25 MiB each; a and c gone: 50 MiB free in two 25 MiB holes."""
-    rm = ResidencyManager(100 * MIB, clock=FakeClock(), relocate=relocate)
+    rm = ResidencyManager(100 * MIB, clock=TickingClock(start=101.0), relocate=relocate)
     for name in ("a", "b", "c", "d"):
         rm.register(name, 25 * MIB, 0)
     rm.unregister("a")
@@ -188,7 +180,7 @@ def test_offload_explicitly() -> None:
 @pytest.mark.parametrize("relocate", [True, False])
 def test_random_operations_keep_the_books_consistent(relocate: bool) -> None:
     rng = random.Random(7)
-    rm = ResidencyManager(256 * MIB, clock=FakeClock(), relocate=relocate)
+    rm = ResidencyManager(256 * MIB, clock=TickingClock(start=101.0), relocate=relocate)
     sizes = {f"m{i}": rng.randint(1, 90) * MIB for i in range(12)}
     for name, size in sizes.items():
         rm.register(name, size, rng.randint(0, 8) * MIB)

@@ -137,3 +137,20 @@ def test_instances_carry_the_policy_and_refuse_bad_ones():
         doc["models"][0]["batching"] = bad
         with pytest.raises(InvalidProblem, match=field):
             problem_from_json(doc)
+
+
+def test_a_run_time_too_small_to_count_gives_unbounded_throughput_not_an_overflow():
+    # base 0 and a subnormal per-item time: the cycle holds more runs than a float counts
+    m = ModelDemand(
+        name="tiny",
+        replicas=1,
+        slo_ms=10.0,
+        target_qps=10.0,
+        latency=LatencyProfile(base_ms=0.0, per_item_ms=5e-324),
+        memory=MemoryProfile(weights_mib=1.0, per_item_mib=0.0),
+        max_batch=4,
+        batching=BatchingPolicy.STATIC,
+        static_batch_size=2,
+    )
+    cap = replica_capacity(m, 5.0)
+    assert cap is not None and cap.max_qps == float("inf") and cap.batch_size == 2

@@ -13,7 +13,6 @@ SIGTERM stop cleanly. For one machine without a cluster use ``stowplan up`` inst
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -73,7 +72,14 @@ _BUDGET = (
     "--endpoint",
     envvar="STOWPLAN_ENDPOINT",
     default=None,
-    help="URL reported in GPUNode.status.endpoint (default http://$POD_IP:PORT).",
+    help="URL reported in GPUNode.status.endpoint (default http://POD_IP:PORT).",
+)
+@click.option(
+    "--pod-ip",
+    envvar="POD_IP",
+    default=None,
+    help="This pod's IP (the Downward API's status.podIP) for the default endpoint; "
+    "default: --host.",
 )
 @click.option(
     "--status-interval",
@@ -144,6 +150,7 @@ def main(
     grpc_port: int,
     models_dir: Path,
     endpoint: str | None,
+    pod_ip: str | None,
     status_interval: float,
     sim_devices: int,
     allocatable_cpu: str | None,
@@ -172,7 +179,7 @@ def main(
         intra_op_threads=intra_op_threads or gpunode_sync.session_threads(offered),
     )
     agent = Agent(settings, detect(simulated_devices=sim_devices))
-    url = endpoint or f"http://{os.environ.get('POD_IP', host)}:{port}"
+    url = endpoint or f"http://{pod_ip or host}:{port}"
     try:
         api, labels = gpunode_sync.kube_api(kubeconfig)
         sync = gpunode_sync.GpuNodeSync(

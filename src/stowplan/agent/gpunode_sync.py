@@ -28,7 +28,8 @@ from typing import Any, Protocol, cast
 import stowplan
 from stowplan import models
 from stowplan.agent.config import ModelConfig, model_config
-from stowplan.agent.serving import Agent, ModelState
+from stowplan.agent.registry import ModelState
+from stowplan.agent.serving import Agent
 from stowplan.agent.telemetry import DeviceSample
 from stowplan.api import gpunode, quantity
 from stowplan.api.gpunode import GpuInfo, GPUNodeSpec, GPUNodeStatus, ResidentModel

@@ -34,7 +34,8 @@ from stowplan.agent.errors import (
     PayloadTooLarge,
 )
 from stowplan.agent.oip import grpc_predict_v2_pb2 as pb
-from stowplan.agent.serving import Agent, ModelState, ServedModel
+from stowplan.agent.registry import ModelState, ServedModel
+from stowplan.agent.serving import Agent
 
 log = logging.getLogger("stowplan.agent.grpc")
 

@@ -44,7 +44,8 @@ import stowplan
 from stowplan.agent import protocol, tensors, tritonapi
 from stowplan.agent.errors import AgentError, InvalidRequest, PayloadTooLarge
 from stowplan.agent.metrics import CONTENT_TYPE
-from stowplan.agent.serving import Agent, ModelState
+from stowplan.agent.registry import ModelState
+from stowplan.agent.serving import Agent
 
 #: the binary tensor data extension's header: bytes of JSON at the start of the body
 HEADER_LENGTH = "Inference-Header-Content-Length"

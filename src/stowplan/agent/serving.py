@@ -15,15 +15,11 @@ from typing import Any
 
 from stowplan.agent.config import AgentSettings
 from stowplan.agent.dataplane import DataPlane, Prediction
-from stowplan.agent.errors import ModelLoadError
 from stowplan.agent.metrics import AgentMetrics
 from stowplan.agent.protocol import InferenceRequest, InferenceResponse
 from stowplan.agent.registry import (
     ModelRegistry,
-    ModelState,
     Residency,
-    ServedModel,
-    reserved_bytes,
 )
 from stowplan.agent.reports import ModelReport, device_samples, model_reports
 from stowplan.agent.telemetry import DeviceSample, Telemetry
@@ -65,13 +61,4 @@ class Agent(ModelRegistry):
         return device_samples(self)
 
 
-__all__ = [
-    "Agent",
-    "ModelLoadError",
-    "ModelReport",
-    "ModelState",
-    "Prediction",
-    "Residency",
-    "ServedModel",
-    "reserved_bytes",
-]
+__all__ = ["Agent"]

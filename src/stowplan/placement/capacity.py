@@ -139,8 +139,9 @@ def replica_capacity(model: ModelDemand, duty_cycle_ms: float) -> ReplicaCapacit
         max_qps = model.max_batch * 1000.0 / duty_cycle_ms if duty_cycle_ms else 0.0
     else:  # as many runs of b as one cycle holds
         one = model.latency.base_ms + model.latency.per_item_ms * b
-        runs = math.floor(duty_cycle_ms / one * (1 + EPS)) if one > 0 else 0
-        max_qps = runs * b * 1000.0 / duty_cycle_ms
+        fit = duty_cycle_ms / one * (1 + EPS) if one > 0 else 0.0
+        # a run time so small that the cycle holds more runs than a float counts: unbounded
+        max_qps = math.floor(fit) * b * 1000.0 / duty_cycle_ms if math.isfinite(fit) else math.inf
     return ReplicaCapacity(
         duty_cycle_ms=duty_cycle_ms,
         batch_size=b,

@@ -37,12 +37,19 @@ class FakeClock:
 
 
 class TickingClock:
-    """``clock()`` returns 0.0, 1.0, 2.0, ...: a deterministic ``time.monotonic`` for code that
-    times itself (``tracesim.Simulator.run``)."""
+    """``clock()`` returns ``start``, ``start + 1``, ...: a deterministic ``time.monotonic`` for
+    code that times itself (``tracesim.Simulator.run``) or orders by time (the residency pool's
+    least recently used)."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: float = 0.0) -> None:
+        self.start = start
         self.readings = 0
 
     def __call__(self) -> float:
         self.readings += 1
-        return float(self.readings - 1)
+        return self.last
+
+    @property
+    def last(self) -> float:
+        """The latest reading (``start - 1`` before the first)."""
+        return self.start + float(self.readings - 1)
