@@ -2,24 +2,23 @@
 the bare ``name``. The bare name resolves on every model route, over HTTP and gRPC, when one
 served model has it; when two namespaces' models share it, the answer is a protocol-shaped 400
 (gRPC INVALID_ARGUMENT) naming both full names. The full name keeps working, and answers carry
-the name as asked. Real ONNX Runtime sessions, a real gRPC server and channel."""
+the name as asked. Real ONNX Runtime sessions, a real gRPC server and channel (in a fresh
+interpreter: stowplan's generated ``inference`` messages must not be imported beside
+tritonclient's, which the conformance tests import in this process)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from stowplan.agent import grpc_server
 from stowplan.agent.config import AgentSettings, BatchingConfig, ModelConfig, Policy
 from stowplan.agent.errors import AmbiguousModelName, ModelNotFound
-from stowplan.agent.oip import grpc_predict_v2_pb2 as pb
-from stowplan.agent.oip import grpc_predict_v2_pb2_grpc as pb_grpc
 from stowplan.agent.registry import bare_name
 from stowplan.agent.server import create_app
 from stowplan.agent.serving import Agent
@@ -152,7 +151,18 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_grpc_resolves_the_bare_name_and_refuses_a_shared_one(node_agent: Agent) -> None:
+@pytest.mark.fresh_process
+def test_grpc_resolves_the_bare_name_and_refuses_a_shared_one(node_agent: Agent) -> None:
+    asyncio.run(_grpc_calls(node_agent))
+
+
+async def _grpc_calls(node_agent: Agent) -> None:
+    import grpc
+
+    from stowplan.agent import grpc_server
+    from stowplan.agent.oip import grpc_predict_v2_pb2 as pb
+    from stowplan.agent.oip import grpc_predict_v2_pb2_grpc as pb_grpc
+
     port = _free_port()
     server = await grpc_server.start(node_agent, "127.0.0.1", port)
     try:
