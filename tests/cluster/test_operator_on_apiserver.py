@@ -273,7 +273,7 @@ def test_each_model_gets_a_service_and_a_slice_of_its_ready_agents(
         im["metadata"]["uid"],
     )
     assert "selector" not in svc["spec"] and svc["spec"]["ports"][0]["port"] == 8000
-    assert im["status"]["url"] == f"http://mlp.{namespace}.svc:8000/v2/models/{namespace}.mlp"
+    assert im["status"]["url"] == f"http://mlp.{namespace}.svc:8000/v2/models/mlp"
 
     def slice_ips() -> list[str]:
         items = installed.json(
@@ -296,7 +296,7 @@ def test_each_model_gets_a_service_and_a_slice_of_its_ready_agents(
                   "-p", yaml.safe_dump(report))  # fmt: skip
     wait(lambda: slice_ips() == [ip], what=f"{ip} in the slice once Ready")
     table = installed.run("get", "-n", namespace, "im", "mlp").stdout
-    assert f"http://mlp.{namespace}.svc:8000/v2/models/{namespace}.mlp" in table, table
+    assert f"http://mlp.{namespace}.svc:8000/v2/models/mlp" in table, table
     clear = {"status": {"endpoint": "", "models": []}}
     installed.run("delete", "-n", namespace, "im/mlp")
     wait(lambda: _assignments(installed, key) == [], what="assignments removed after delete")

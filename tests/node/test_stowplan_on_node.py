@@ -239,7 +239,7 @@ def test_each_model_answers_through_its_service(
     for name in _examples():
         im = deployed.json("get", "inferencemodel", "-n", "default", name)
         url = im["status"]["url"]
-        assert url == f"http://{name}.default.svc:8000/v2/models/default.{name}", url
+        assert url == f"http://{name}.default.svc:8000/v2/models/{name}", url
         svc = deployed.json("get", "service", "-n", "default", name)
         assert svc["metadata"]["ownerReferences"][0]["uid"] == im["metadata"]["uid"]
         deployed.wait_for(
@@ -248,7 +248,7 @@ def test_each_model_answers_through_its_service(
             f"{name}'s EndpointSlice listing the agent",
         )
         ip = svc["spec"]["clusterIP"]
-        target = f"http://{ip}:8000/v2/models/default.{name}"
+        target = f"http://{ip}:8000/v2/models/{name}"
         assert node.route_is_local(ip), f"{ip} would leave the node's namespace"
         t0 = time.monotonic()
         host = node.in_netns(["python3", str(CLIENT), target, name, "5"], 120)
@@ -271,9 +271,7 @@ def test_scale_down_under_load_fails_no_request(
     ip = deployed.json("get", "service", "-n", "default", name)["spec"]["clusterIP"]
     assert node.route_is_local(ip)
     loop = subprocess.Popen(
-        node.netns_cmd(
-            ["python3", str(CLIENT), f"http://{ip}:8000/v2/models/default.{name}", name, "400"]
-        ),
+        node.netns_cmd(["python3", str(CLIENT), f"http://{ip}:8000/v2/models/{name}", name, "400"]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

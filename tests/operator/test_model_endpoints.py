@@ -64,7 +64,7 @@ async def test_a_model_gets_a_service_and_its_agents_join_the_slice_only_when_re
     assert cluster.slices[("ns", "a")].owner_uid == "uid-a"
     assert _ips(cluster) == []  # assigned, not Ready: nobody to send requests to
     status = cluster.models["ns/a"].status
-    assert status is not None and status.url == "http://a.ns.svc:8000/v2/models/ns.a"
+    assert status is not None and status.url == "http://a.ns.svc:8000/v2/models/a"
     placed = sorted({p.node for p in status.placements})
     for node in placed:
         report(cluster, node, "Loading")

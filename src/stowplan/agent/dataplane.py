@@ -20,7 +20,7 @@ import numpy as np
 from stowplan.agent import tensors
 from stowplan.agent.errors import AgentError, InvalidRequest, ModelNotReady, Overloaded
 from stowplan.agent.protocol import InferenceRequest, InferenceResponse
-from stowplan.agent.registry import ModelRegistry, ModelState, ServedModel
+from stowplan.agent.registry import ModelRegistry, ModelState, ServedModel, bare_name
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class DataPlane:
         self.registry = registry
 
     def ready_model(self, name: str) -> ServedModel:
-        """The model ``name`` if it serves now; ModelNotFound / ModelNotReady otherwise."""
+        """The model ``name`` (full or bare: :meth:`ModelRegistry.get`) if it serves now;
+        ModelNotFound / AmbiguousModelName / ModelNotReady otherwise."""
         served = self.registry.get(name)
         if served.state is not ModelState.READY or served.runtime is None:
             raise ModelNotReady(
@@ -61,7 +62,7 @@ class DataPlane:
         served = self.ready_model(name)
         assert served.runtime is not None
         try:
-            if request.model_name not in (None, name):
+            if request.model_name not in (None, name, served.name, bare_name(served.name)):
                 raise InvalidRequest(
                     f"model_name {request.model_name!r} in the body disagrees with the URL's "
                     f"model {name!r}"

@@ -5,6 +5,7 @@ status codes. Callers raise these; nothing here does I/O.
     ├── ModelNotFound            404  no model of that name
     ├── ModelNotReady            503  known but loading, failed or unloaded
     ├── InvalidRequest           400  malformed body, wrong tensor name/shape/dtype/data
+    │   └── AmbiguousModelName   400  a bare NAME that two namespaces' models share here
     ├── PayloadTooLarge          413  body or batch over the configured limit
     ├── Overloaded               503  queue full, or the request expired before it could run
     ├── ModelLoadError           (internal) fetching or opening the model failed
@@ -30,6 +31,11 @@ class ModelNotReady(AgentError):
 
 class InvalidRequest(AgentError):
     status_code = 400
+
+
+class AmbiguousModelName(InvalidRequest):
+    """A bare model name (``NAME``) that more than one served model has, in different
+    namespaces (``NS1.NAME``, ``NS2.NAME``): the client must ask for ``NAMESPACE.NAME``."""
 
 
 class PayloadTooLarge(AgentError):

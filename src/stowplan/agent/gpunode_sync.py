@@ -61,7 +61,8 @@ class CustomObjects(Protocol):
 
 
 def served_name(model: str) -> str:
-    """OIP model name for ``namespace/name``: ``namespace.name`` (one URL path segment)."""
+    """OIP model name for ``namespace/name``: ``namespace.name`` (one URL path segment); clients
+    may ask for the bare ``name`` too (:meth:`stowplan.agent.registry.ModelRegistry.get`)."""
     return model.replace("/", ".")
 
 

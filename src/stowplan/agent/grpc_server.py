@@ -7,12 +7,15 @@ Triton's ModelConfig, ModelStatistics and RepositoryIndex with real values. Ever
 (Triton's streaming, shared-memory, load/unload, trace and log RPCs) answers UNIMPLEMENTED with
 a message naming what is served.
 
+Models are named as over HTTP: the served name (``namespace.name`` on a cluster node) or the
+bare name when exactly one served model here has it; answers echo the name asked for.
+
 Error mapping (the only place it happens for gRPC), from the agent's exception tree:
-InvalidRequest and PayloadTooLarge -> INVALID_ARGUMENT, ModelNotFound (and an unknown model
-version) -> NOT_FOUND, ModelNotReady and Overloaded -> UNAVAILABLE, anything else -> INTERNAL;
-the status message is the error's message. Messages larger than ``max_body_bytes`` are refused
-by gRPC itself with RESOURCE_EXHAUSTED. Callers: :mod:`stowplan.agent.listeners`. Must not
-contain serving logic.
+InvalidRequest (an ambiguous bare name included) and PayloadTooLarge -> INVALID_ARGUMENT,
+ModelNotFound (and an unknown model version) -> NOT_FOUND, ModelNotReady and Overloaded ->
+UNAVAILABLE, anything else -> INTERNAL; the status message is the error's message. Messages
+larger than ``max_body_bytes`` are refused by gRPC itself with RESOURCE_EXHAUSTED. Callers:
+:mod:`stowplan.agent.listeners`. Must not contain serving logic.
 """
 
 from __future__ import annotations
@@ -146,18 +149,17 @@ class InferenceService:
     async def model_statistics(
         self, request: pb.ModelStatisticsRequest
     ) -> pb.ModelStatisticsResponse:
-        if request.name:
-            self._model(request.name, request.version)
-            names = [request.name]
+        if request.name:  # named as asked, counted under the served name (metrics' label)
+            names = [(request.name, self._model(request.name, request.version).name)]
         else:
-            names = list(self.agent.models)
+            names = [(name, name) for name in self.agent.models]
         m = self.agent.metrics
         out = pb.ModelStatisticsResponse()
-        for name in names:
+        for asked, name in names:
             ok = _total(m.success, name)
             out.model_stats.append(
                 pb.ModelStatistics(
-                    name=name,
+                    name=asked,
                     version=VERSION,
                     inference_count=_total(m.count, name),
                     execution_count=_total(m.exec_count, name),

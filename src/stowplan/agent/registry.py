@@ -41,7 +41,13 @@ import numpy as np
 from stowplan.agent import modelstore
 from stowplan.agent.batching import BatchPolicy, make_policy
 from stowplan.agent.config import AgentSettings, DeviceSpec, ModelConfig, Policy, ReplicaSlot
-from stowplan.agent.errors import AgentError, ExecutionError, ModelNotFound, ModelNotReady
+from stowplan.agent.errors import (
+    AgentError,
+    AmbiguousModelName,
+    ExecutionError,
+    ModelNotFound,
+    ModelNotReady,
+)
 from stowplan.agent.executor import BatchRecord, DeviceExecutor
 from stowplan.agent.memory import MemoryPoolExhausted, ResidencyManager
 from stowplan.agent.metrics import AgentMetrics
@@ -102,6 +108,13 @@ class ServedModel:
         if self.runtime is not None and not self.runtime.batched:
             return 1
         return self.config.max_batch
+
+
+def bare_name(full: str) -> str | None:
+    """``name`` of a served name ``namespace.name`` (a namespace never has a dot; a name may);
+    None for a name without a namespace part."""
+    namespace, dot, name = full.partition(".")
+    return name if namespace and dot and name else None
 
 
 def primary_slot(config: ModelConfig) -> ReplicaSlot:
@@ -424,10 +437,25 @@ class ModelRegistry:
 
     # -- look-up -------------------------------------------------------------------------
     def get(self, name: str) -> ServedModel:
+        """The served model a client names: by its full name (``namespace.name`` on a cluster
+        node, as :func:`stowplan.agent.gpunode_sync.served_name` writes it; the name as given
+        standalone), or by the bare ``name`` when exactly one served model here has that name,
+        in whatever namespace (the name a model's Service URL uses). ModelNotFound when none
+        does; AmbiguousModelName, naming every full name, when models of two namespaces share
+        the name on this agent."""
         served = self.models.get(name)
-        if served is None:
-            raise ModelNotFound(f"model {name!r} is not served here")
-        return served
+        if served is not None:
+            return served
+        matches = sorted(full for full in list(self.models) if bare_name(full) == name)
+        if len(matches) == 1:
+            return self.models[matches[0]]
+        if matches:
+            raise AmbiguousModelName(
+                f"model name {name!r} is ambiguous on this server: it serves "
+                + " and ".join(repr(m) for m in matches)
+                + f"; ask for NAMESPACE.NAME (e.g. {matches[0]!r})"
+            )
+        raise ModelNotFound(f"model {name!r} is not served here")
 
     def ready(self) -> bool:
         return all(m.state is not ModelState.LOADING for m in list(self.models.values()))
@@ -478,6 +506,7 @@ __all__ = [
     "ModelState",
     "Residency",
     "ServedModel",
+    "bare_name",
     "primary_slot",
     "reserved_bytes",
 ]

@@ -6,7 +6,11 @@ Routes: ``GET /v2/health/live``, ``GET /v2/health/ready``, ``GET /v2``, ``GET /v
 model routes also under ``/v2/models/{name}/versions/1/...``. Triton-only routes that
 Triton's clients call (:mod:`stowplan.agent.tritonapi`): ``GET /v2/models/{name}/config``,
 ``POST /v2/repository/index``, ``GET /v2/models/stats``, ``GET /v2/models/{name}/stats``;
-``POST /v2/repository/models/{name}/load|unload`` answer 400 (no model control).
+``POST /v2/repository/models/{name}/load|unload`` answer 400 (no model control). A model's
+``{name}`` is its served name (``namespace.name`` on a cluster node) or, when exactly one model
+served here has it, its bare name (what its Service's ``status.url`` uses); a bare name that
+two namespaces' models share here is a 400 naming both
+(:meth:`stowplan.agent.registry.ModelRegistry.get`). Answers name the model as asked.
 
 Inference bodies are read raw, not through FastAPI's body parsing: with an
 ``Inference-Header-Content-Length`` header the body is that many bytes of JSON followed by
@@ -314,7 +318,7 @@ def create_app(agent: Agent) -> FastAPI:
         )
 
     async def model_config(name: str) -> protocol.ModelConfigResponse:
-        return tritonapi.model_config(agent.get(name))
+        return tritonapi.model_config(agent.get(name), name)
 
     async def model_statistics(name: str) -> protocol.InferenceStatistics:
         return tritonapi.statistics(agent, name)

@@ -37,9 +37,10 @@ def config_datatype(datatype: str) -> str:
     return "TYPE_STRING" if datatype == BYTES else f"TYPE_{datatype}"
 
 
-def model_config(served: ServedModel) -> protocol.ModelConfigResponse:
+def model_config(served: ServedModel, name: str | None = None) -> protocol.ModelConfigResponse:
     """The model's configuration as Triton writes it: with ``max_batch_size`` > 0 the dims
-    leave out the batch dimension (-1 stays for other dynamic dimensions)."""
+    leave out the batch dimension (-1 stays for other dynamic dimensions). ``name``: the name
+    the client asked for (full or bare), which the answer echoes; the served name if None."""
     rt = served.runtime
     if rt is None:
         raise ModelNotFound(
@@ -60,7 +61,7 @@ def model_config(served: ServedModel) -> protocol.ModelConfigResponse:
 
     cfg = served.config
     return protocol.ModelConfigResponse(
-        name=served.name,
+        name=name or served.name,
         max_batch_size=max_batch,
         input=tensors(rt.inputs),
         output=tensors(rt.outputs),
@@ -96,13 +97,14 @@ def _d(count: int, ns: int) -> protocol.StatDuration:
     return protocol.StatDuration(count=count, ns=ns)
 
 
-def model_statistics(served: ServedModel) -> protocol.ModelStatistics:
+def model_statistics(served: ServedModel, name: str | None = None) -> protocol.ModelStatistics:
     """Cumulative since the model was loaded. Compute time is not split into input / infer /
-    output: the whole batch run is ``compute_infer`` (input and output copies are zero)."""
+    output: the whole batch run is ``compute_infer`` (input and output copies are zero).
+    ``name``: the name the client asked for, echoed; the served name if None."""
     t = served.stats.totals()
     zero = _d(0, 0)
     return protocol.ModelStatistics(
-        name=served.name,
+        name=name or served.name,
         last_inference=t.last_inference_ms,
         inference_count=t.inference_count,
         execution_count=t.execution_count,
@@ -129,11 +131,14 @@ def model_statistics(served: ServedModel) -> protocol.ModelStatistics:
 
 
 def statistics(registry: ModelRegistry, name: str | None) -> protocol.InferenceStatistics:
-    """One model's statistics (404 if unknown), or every model's."""
-    models = [registry.get(name)] if name is not None else list(registry.models.values())
-    return protocol.InferenceStatistics(
-        model_stats=[model_statistics(m) for m in sorted(models, key=lambda m: m.name)]
-    )
+    """One model's statistics (404 if unknown, 400 if a bare name is ambiguous; named as
+    asked), or every model's (by served name)."""
+    if name is not None:
+        return protocol.InferenceStatistics(
+            model_stats=[model_statistics(registry.get(name), name)]
+        )
+    models = sorted(registry.models.values(), key=lambda m: m.name)
+    return protocol.InferenceStatistics(model_stats=[model_statistics(m) for m in models])
 
 
 def refuse_model_control(name: str, action: str) -> InvalidRequest:

@@ -18,9 +18,11 @@ What joins and what leaves:
   ``drain_s`` has passed since the hold began (kube-proxy has had time to drop the DNAT rule).
 
 So an address leaves the slice before its agent stops serving the model, and a client of the
-ClusterIP never lands on an agent that does not hold the model. The agent serves a model as
-``namespace.name`` (one URL path segment), so ``status.url`` is
-``http://NAME.NAMESPACE.svc:8000/v2/models/NAMESPACE.NAME``. A model whose name is not a valid
+ClusterIP never lands on an agent that does not hold the model. ``status.url`` is
+``http://NAME.NAMESPACE.svc:8000/v2/models/NAME``: the agent serves a model as
+``namespace.name`` and answers to the bare ``name`` too while no model of another namespace with
+that name shares the agent (then the bare name is a 400 naming both, and
+``.../v2/models/NAMESPACE.NAME`` always works). A model whose name is not a valid
 Service name (a DNS-1035 label: at most 63 lowercase letters, digits and ``-``, starting with a
 letter) gets no Service and no URL. Only IPv4 agent endpoints are listed, and not loopback,
 link-local, unspecified or multicast ones (the API server refuses them; an agent started by hand
@@ -89,7 +91,7 @@ def service_name_ok(name: str) -> bool:
 
 def url(namespace: str, name: str) -> str:
     """The model's address through its Service (what ``status.url`` shows)."""
-    return f"http://{name}.{namespace}.svc:{SERVICE_PORT}/v2/models/{namespace}.{name}"
+    return f"http://{name}.{namespace}.svc:{SERVICE_PORT}/v2/models/{name}"
 
 
 def ref(im: api.InferenceModel) -> ModelRef:
