@@ -2,9 +2,7 @@
 the bare ``name``. The bare name resolves on every model route, over HTTP and gRPC, when one
 served model has it; when two namespaces' models share it, the answer is a protocol-shaped 400
 (gRPC INVALID_ARGUMENT) naming both full names. The full name keeps working, and answers carry
-the name as asked. Real ONNX Runtime sessions, a real gRPC server and channel (in a fresh
-interpreter: stowplan's generated ``inference`` messages must not be imported beside
-tritonclient's, which the conformance tests import in this process)."""
+the name as asked. Real ONNX Runtime sessions, a real gRPC server and channel."""
 
 from __future__ import annotations
 
@@ -151,7 +149,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.fresh_process
 def test_grpc_resolves_the_bare_name_and_refuses_a_shared_one(node_agent: Agent) -> None:
     asyncio.run(_grpc_calls(node_agent))
 
@@ -159,15 +156,14 @@ def test_grpc_resolves_the_bare_name_and_refuses_a_shared_one(node_agent: Agent)
 async def _grpc_calls(node_agent: Agent) -> None:
     import grpc
 
-    from stowplan.agent import grpc_server
+    from stowplan.agent import grpc_client, grpc_server
     from stowplan.agent.oip import grpc_predict_v2_pb2 as pb
-    from stowplan.agent.oip import grpc_predict_v2_pb2_grpc as pb_grpc
 
     port = _free_port()
     server = await grpc_server.start(node_agent, "127.0.0.1", port)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = grpc_client.Stub(channel)
             for name in ("mlp", "team-a.mlp"):
                 ready = await stub.ModelReady(pb.ModelReadyRequest(name=name), timeout=10)
                 assert ready.ready

@@ -39,8 +39,8 @@ import grpc
 import httpx
 import numpy as np
 
+from stowplan.agent import grpc_client
 from stowplan.agent.oip import grpc_predict_v2_pb2 as pb
-from stowplan.agent.oip import grpc_predict_v2_pb2_grpc as pb_grpc
 from stowplan.agentbench import httpload
 from stowplan.models import EXAMPLES, build_example
 
@@ -157,7 +157,7 @@ class Grpc(PathFactory):
             raw_input_contents=[raw],
         )
         channel = grpc.aio.insecure_channel(f"{target.host}:{target.grpc_port}")
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = grpc_client.Stub(channel)
 
         async def send() -> np.ndarray:
             try:
