@@ -484,10 +484,11 @@ async def run_open_loop(
     closes: list[Close] = []
     lat: list[float] = []
     shed = errors = unsent = in_flight = 0
-    for _ in range(min(max_in_flight, 4)):  # a few warm connections
+    for _ in range(min(max_in_flight, 4)):  # a few warm connections (refusals are the run's)
         conn = await factory.open(target)
         closes.append(conn[1])
-        await conn[0]()
+        with contextlib.suppress(RuntimeError, OSError, asyncio.IncompleteReadError):
+            await conn[0]()
         idle.append(conn)
 
     async def one(t_sched: float, conn: tuple[Send, Close]) -> None:
