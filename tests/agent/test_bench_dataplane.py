@@ -154,6 +154,7 @@ def test_verdict_names_factor_saturation_and_losses() -> None:
     assert "not saturated" in low and "1.05x, meets the 1x goal" in low
     (high,) = [line for line in lines if "offered 400/s" in line]
     assert "saturated:" in high and "3.00x, meets the 2x goal" in high
+    assert "stowplan best 300/s (grpc, aimd) = 3.00x KServe" in high
     assert lines[-1] == "Where we lose: http-json/aimd at 100/s (80 vs 95)"
 
 

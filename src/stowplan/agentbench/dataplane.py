@@ -709,6 +709,12 @@ def verdict(rows: list[OpenRow], slo_ms: float) -> list[str]:
                 f"{ok} the {goal:g}x goal"
             )
         state = "saturated: < 90 % of arrivals within SLO" if saturated else "not saturated"
+        at_rate = [r for r in agent if r.rate == rate]
+        if at_rate:
+            top = max(at_rate, key=lambda r: r.goodput)
+            factor = top.goodput / ks.goodput if ks.goodput > 0 else float("inf")
+            overall = f"stowplan best {top.goodput:.0f}/s ({top.path}, {top.batching}) = "
+            parts.insert(0, overall + f"{factor:.2f}x KServe")
         out.append(
             f"- offered {rate:g}/s: KServe {ks.goodput:.0f}/s ({state}); " + "; ".join(parts)
         )
