@@ -66,3 +66,122 @@ def test_a_path_that_answers_wrongly_is_refused(monkeypatch: pytest.MonkeyPatch)
 def test_unknown_path_is_named() -> None:
     with pytest.raises(ValueError, match="'nope'"):
         dataplane.run("mlp", (1,), 0.2, ("nope",))
+
+
+# --- open loop -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "duration_s", "seed"), [(50, 2.0, 0), (400, 1.5, 7), (1000, 3, 3)]
+)
+def test_poisson_arrivals_count_is_rate_times_duration(
+    rate: float, duration_s: float, seed: int
+) -> None:
+    offsets = dataplane.poisson_arrivals(rate, duration_s, seed)
+    mean = rate * duration_s
+    assert abs(len(offsets) - mean) <= 4 * np.sqrt(mean)  # Poisson: sd = sqrt(mean)
+    assert np.all(np.diff(offsets) > 0)
+    assert offsets[0] >= 0 and offsets[-1] < duration_s
+    np.testing.assert_array_equal(offsets, dataplane.poisson_arrivals(rate, duration_s, seed))
+    gaps = np.diff(offsets)
+    assert abs(gaps.mean() * rate - 1) < 0.25  # exponential gaps of mean 1/rate
+
+
+class _Sleepy(dataplane.PathFactory):
+    """Answers after ``delay_s`` (or raises ``error``): a server the test controls."""
+
+    def __init__(self, delay_s: float, error: str | None = None) -> None:
+        self.delay_s, self.error = delay_s, error
+
+    async def open(self, target: dataplane.Target):  # type: ignore[no-untyped-def]
+        async def send() -> np.ndarray:
+            await asyncio.sleep(self.delay_s)
+            if self.error:
+                raise RuntimeError(self.error)
+            return np.zeros((1, 10), np.float32)
+
+        return send, lambda: None
+
+
+_TARGET = dataplane.Target("127.0.0.1", 1, "bench", np.zeros((1, 64), np.float32))
+
+
+def test_open_loop_caps_requests_in_flight_and_counts_arrivals_not_sent() -> None:
+    rate, duration_s = 200.0, 0.6
+    row = asyncio.run(
+        dataplane.run_open_loop(
+            "slow", _Sleepy(0.25), _TARGET, rate, duration_s, 10.0, seed=1, max_in_flight=3
+        )
+    )
+    want = len(dataplane.poisson_arrivals(rate, duration_s, 1))
+    assert row.arrivals == want
+    assert abs(row.arrivals - rate * duration_s) <= 4 * np.sqrt(rate * duration_s)
+    assert row.unsent > row.arrivals // 2  # a 250 ms server with 3 slots takes ~12 per 0.6 s
+    assert 0 < row.sent <= 3 * (duration_s / 0.25 + 1)
+    assert row.ok == row.sent and row.errors == row.shed == 0
+    assert row.within_slo == 0  # every answer took 250 ms against a 10 ms SLO
+    assert row.goodput == 0 <= row.throughput
+
+
+def test_open_loop_counts_503s_apart_from_errors_and_latency_from_schedule() -> None:
+    shed = asyncio.run(
+        dataplane.run_open_loop("shed", _Sleepy(0, "HTTP 503: queue full"), _TARGET, 100, 0.3, 10)
+    )
+    assert shed.shed == shed.sent > 0 and shed.errors == shed.ok == 0
+    assert np.isnan(shed.p50_ms)  # no answers: no latency, shown as "-" in the table
+    broken = asyncio.run(
+        dataplane.run_open_loop("bad", _Sleepy(0, "HTTP 500: boom"), _TARGET, 100, 0.3, 10)
+    )
+    assert broken.errors == broken.sent > 0 and broken.shed == 0
+    fast = asyncio.run(dataplane.run_open_loop("ok", _Sleepy(0.02), _TARGET, 100, 0.4, 10))
+    assert fast.ok == fast.sent and fast.within_slo == 0 and fast.p50_ms >= 20
+
+
+def _orow(path: str, batching: str, rate: float, within: int, ok: int) -> dataplane.OpenRow:
+    return dataplane.OpenRow(path, batching, rate, ok, 0, ok, within, 0, 0, 1.0, 1.0, 1, 2)
+
+
+def test_verdict_names_factor_saturation_and_losses() -> None:
+    rows = [
+        _orow("grpc", "aimd", 100, 100, 100),
+        _orow("http-json", "aimd", 100, 80, 100),
+        _orow("grpc", "aimd", 400, 300, 400),
+        _orow("kserve-rest", "-", 100, 95, 100),
+        _orow("kserve-rest", "-", 400, 100, 400),
+    ]
+    lines = dataplane.verdict(rows, 10)
+    (low,) = [line for line in lines if "offered 100/s" in line]
+    assert "not saturated" in low and "1.05x, meets the 1x goal" in low
+    (high,) = [line for line in lines if "offered 400/s" in line]
+    assert "saturated:" in high and "3.00x, meets the 2x goal" in high
+    assert "stowplan best 300/s (grpc, aimd) = 3.00x KServe" in high
+    assert lines[-1] == "Where we lose: http-json/aimd at 100/s (80 vs 95)"
+
+
+@pytest.mark.slow
+def test_open_loop_benchmark_rows_and_plot(tmp_path: Path) -> None:
+    png = tmp_path / "open.png"
+    args = ["bench", "dataplane", "--open-loop", "--rates", "50,150", "--duration", "0.5"]
+    res = CliRunner().invoke(main, [*args, "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| ") and "---" not in line]
+    header, body = [c.strip() for c in rows[0]], [[c.strip() for c in r] for r in rows[1:]]
+    assert header[:3] == ["path", "batching", "offered req/s"]
+    keys = [(r[0], r[1], r[2]) for r in body]
+    agent = [
+        (p, b, rate)
+        for b in ("aimd", "none")
+        for p in ("http-json", "http-binary", "grpc")
+        for rate in ("50", "150")
+    ]
+    assert keys == [*agent, ("kserve-rest", "-", "50"), ("kserve-rest", "-", "150")]
+    for r in body:
+        nums = [float(v) for v in r[3:] if v != "-"]
+        assert all(v >= 0 and not np.isnan(v) for v in nums), r
+        sent, answered, good = int(r[3]), float(r[5]), float(r[6])
+        assert sent > 0 and answered > 0, r
+        assert good <= answered, r
+    assert any(line.startswith("- offered 150/s: KServe") for line in lines)
+    assert any(line.startswith("Where we lose:") for line in lines)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

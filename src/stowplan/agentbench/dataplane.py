@@ -12,6 +12,15 @@ Each path is driven by the same closed-loop load generator: C workers, each send
 request when the previous one is answered, for a fixed time, at every concurrency asked. A
 path's overhead is its p50 minus the direct p50 at the same concurrency.
 
+Open loop (:func:`run_open`): Poisson arrivals at each rate asked, sent on schedule whether or
+not earlier ones were answered, for a bounded time per rate, at most ``max_in_flight`` requests
+outstanding (an arrival beyond that is not sent and is counted, so a slow server cannot make
+the generator unbounded); latency counts from each arrival's scheduled time (no coordinated
+omission). Here the agent serves the example's own manifest (its SLO, and its batching policy,
+the API's default where it names none), once as written and once with batching ``none``;
+goodput is the answers within that SLO per second, the number :func:`verdict` compares with
+KServe's.
+
 More paths plug in through :data:`PATHS` (name -> :class:`PathFactory`; its ``server`` says
 which server it needs: ``agent`` or ``kserve``). Every path's answer
 is checked against the direct one before it is timed. Client and agent share this machine's
@@ -31,17 +40,19 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import httpx
 import numpy as np
+import yaml
 
 from stowplan.agent import grpc_client
 from stowplan.agent.oip import grpc_predict_v2_pb2 as pb
 from stowplan.agentbench import httpload
+from stowplan.api.inferencemodel import Batching
 from stowplan.models import EXAMPLES, build_example
 
 #: one request through a path; returns the model's output (checked once, before timing)
@@ -393,6 +404,329 @@ def run(
     return rows
 
 
+@dataclass(frozen=True)
+class OpenRow:
+    """One (path, batching, offered rate) of the open loop. ``arrivals`` = ``sent`` +
+    ``unsent`` (arrivals that found ``max_in_flight`` requests outstanding); every sent request
+    ends as ``ok`` (of which ``within_slo``), ``shed`` (503 / gRPC UNAVAILABLE) or ``errors``
+    (anything else, timeouts included). Answer rates are per ``elapsed_s``: from the first
+    arrival's schedule to the last answer (``duration_s`` is the arrival window)."""
+
+    path: str
+    batching: str
+    rate: float
+    arrivals: int
+    unsent: int
+    ok: int
+    within_slo: int
+    shed: int
+    errors: int
+    duration_s: float
+    elapsed_s: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def arrival_rate(self) -> float:
+        """Arrivals per second actually drawn (the Poisson count over the window)."""
+        return self.arrivals / self.duration_s
+
+    @property
+    def sent(self) -> int:
+        return self.arrivals - self.unsent
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.elapsed_s
+
+    @property
+    def goodput(self) -> float:
+        return self.within_slo / self.elapsed_s
+
+
+def poisson_arrivals(rate: float, duration_s: float, seed: int) -> np.ndarray:
+    """Arrival offsets (s, increasing, all < ``duration_s``) of a Poisson process at ``rate``
+    per second: exponential gaps from a seeded generator."""
+    if rate <= 0 or duration_s <= 0:
+        raise ValueError(f"rate and duration must be positive (got {rate}, {duration_s})")
+    rng = np.random.default_rng(seed)
+    n = int(rate * duration_s + 10 * np.sqrt(rate * duration_s) + 10)
+    offsets = np.cumsum(rng.exponential(1.0 / rate, n))
+    while offsets[-1] < duration_s:  # too few drawn: extend (never in practice)
+        more = offsets[-1] + np.cumsum(rng.exponential(1.0 / rate, n))
+        offsets = np.concatenate([offsets, more])
+    return offsets[offsets < duration_s]
+
+
+def _is_shed(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return text.startswith("HTTP 503") or text.startswith("gRPC UNAVAILABLE")
+
+
+async def run_open_loop(
+    name: str,
+    factory: PathFactory,
+    target: Target,
+    rate: float,
+    duration_s: float,
+    slo_ms: float,
+    seed: int = 0,
+    max_in_flight: int = 256,
+    timeout_s: float = 5.0,
+    batching: str = "-",
+) -> OpenRow:
+    """Poisson arrivals at ``rate`` for ``duration_s``, each sent at its scheduled time on an
+    idle connection of the path (a new one opened while fewer than ``max_in_flight`` are
+    busy); an arrival that finds ``max_in_flight`` outstanding is counted in ``unsent``. Each
+    request is given ``timeout_s``; latency counts from its scheduled time."""
+    offsets = poisson_arrivals(rate, duration_s, seed)
+    idle: list[tuple[Send, Close]] = []
+    closes: list[Close] = []
+    lat: list[float] = []
+    shed = errors = unsent = in_flight = 0
+    for _ in range(min(max_in_flight, 4)):  # a few warm connections (refusals are the run's)
+        conn = await factory.open(target)
+        closes.append(conn[1])
+        with contextlib.suppress(RuntimeError, OSError, asyncio.IncompleteReadError):
+            await conn[0]()
+        idle.append(conn)
+
+    async def one(t_sched: float, conn: tuple[Send, Close]) -> None:
+        nonlocal shed, errors, in_flight
+        try:
+            await asyncio.wait_for(conn[0](), timeout_s)
+        except RuntimeError as exc:
+            if _is_shed(exc):
+                shed += 1
+            else:
+                errors += 1
+        except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
+            errors += 1
+        else:
+            lat.append((time.monotonic() - t_sched) * 1000.0)
+        finally:
+            in_flight -= 1
+            idle.append(conn)
+
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        start = time.monotonic()
+        for offset in offsets:
+            t_sched = start + float(offset)
+            delay = t_sched - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if in_flight >= max_in_flight:
+                unsent += 1
+                continue
+            if idle:
+                conn = idle.pop()
+            else:
+                conn = await factory.open(target)
+                closes.append(conn[1])
+            in_flight += 1
+            tasks.append(asyncio.create_task(one(t_sched, conn)))
+        await asyncio.gather(*tasks)
+        elapsed = time.monotonic() - start
+    finally:
+        for task in tasks:
+            task.cancel()
+        for close in closes:
+            await _close(close)
+    arr = np.asarray(lat) if lat else np.asarray([np.nan])
+    return OpenRow(
+        name,
+        batching,
+        rate,
+        len(offsets),
+        unsent,
+        len(lat),
+        int((arr <= slo_ms).sum()),
+        shed,
+        errors,
+        duration_s,
+        elapsed,
+        float(np.percentile(arr, 50)),
+        float(np.percentile(arr, 99)),
+    )
+
+
+def served_manifest(manifests: Path, model: str) -> dict[str, object]:
+    """The example's InferenceModel (the YAML in ``manifests`` whose ``metadata.name`` is
+    ``model``), parsed."""
+    for f in sorted(manifests.glob("*.yaml")):
+        doc = yaml.safe_load(f.read_text())
+        if isinstance(doc, dict) and doc.get("metadata", {}).get("name") == model:
+            return doc
+    raise ValueError(f"no manifest in {manifests} has metadata.name {model!r}")
+
+
+def _manifest_for(doc: dict[str, object], model_path: Path, batching: str | None) -> str:
+    """``doc`` renamed ``bench``, its model the file at ``model_path``, one replica, and its
+    batching replaced by ``{policy: batching}`` when given."""
+    spec = dict(doc["spec"])  # type: ignore[call-overload]
+    spec["model"] = {**spec["model"], "uri": f"file://{model_path}"}
+    spec["replicas"] = 1
+    if batching is not None:
+        spec["batching"] = {"policy": batching}
+    out = {**doc, "metadata": {"name": "bench"}, "spec": spec}
+    return yaml.safe_dump(out, sort_keys=False)
+
+
+def run_open(
+    model: str = "mlp",
+    rates: Sequence[float] = (50, 100, 200, 400),
+    duration_s: float = 5.0,
+    paths: tuple[str, ...] = ("http-json", "http-binary", "grpc", "kserve-rest"),
+    manifests: Path = Path("manifests/examples"),
+    seed: int = 0,
+    max_in_flight: int = 256,
+    progress: Callable[[], None] | None = None,
+) -> tuple[list[OpenRow], float]:
+    """Every path at every offered rate, open loop; returns the rows and the SLO (ms) of the
+    served manifest. The agent serves the example's manifest as written (its batching policy,
+    the API's default where it names none), then with batching ``none``; then KServe."""
+    if model not in EXAMPLES:
+        raise ValueError(f"unknown example model {model!r}; choose from {sorted(EXAMPLES)}")
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        raise ValueError(f"unknown path(s) {unknown}; choose from {sorted(PATHS)}")
+    doc = served_manifest(manifests, model)
+    spec = doc["spec"]
+    assert isinstance(spec, dict)
+    slo_ms = float(spec["slo"]["latencyMs"])
+    own = Batching.model_validate(spec.get("batching") or {}).policy.value
+    x = np.random.default_rng(seed).standard_normal(INPUT_SHAPES[model]).astype(np.float32)
+    rows: list[OpenRow] = []
+    with tempfile.TemporaryDirectory(prefix="stowplan-bench-dataplane-open-") as tmp:
+        work = Path(tmp)
+        model_path = build_example(model, work / "models")
+        from stowplan.agent.runtime import OnnxModel
+
+        want = OnnxModel(model_path, intra_op_threads=1).run({"input": x})["logits"]
+        variants = [own] if own == "none" else [own, "none"]
+        servers: list[tuple[str, str, Callable[[], contextlib.AbstractContextManager[Target]]]]
+        servers = []
+        for policy in variants:
+            text = _manifest_for(doc, model_path, None if policy == own else policy)
+
+            def start_agent(text: str = text, policy: str = policy) -> Iterator[Target]:
+                grpc_port = httpload._free_port()
+                with httpload.serve(
+                    work, f"open-{policy}", model_path, slo_ms, grpc_port, manifest=text
+                ) as url:
+                    host, port = url.removeprefix("http://").rsplit(":", 1)
+                    yield Target(host, int(port), "bench", x, grpc_port)
+
+            servers.append(("agent", policy, contextlib.contextmanager(start_agent)))
+        servers.append(("kserve", "-", lambda: serve_kserve(work, model_path, x)))
+        for server, policy, serve in servers:
+            mine = [p for p in paths if PATHS[p].server == server]
+            if not mine:
+                continue
+            with serve() as target:
+                for name in mine:
+                    asyncio.run(_check(PATHS[name], target, want, name))
+                    warm = min(rates)
+                    asyncio.run(
+                        run_open_loop(name, PATHS[name], target, warm, 0.5, slo_ms, seed + 1)
+                    )
+                    for i, rate in enumerate(rates):
+                        row = asyncio.run(
+                            run_open_loop(
+                                name,
+                                PATHS[name],
+                                target,
+                                rate,
+                                duration_s,
+                                slo_ms,
+                                seed + 100 + i,
+                                max_in_flight,
+                                batching=policy,
+                            )
+                        )
+                        rows.append(row)
+                        if progress:
+                            progress()
+    return rows, slo_ms
+
+
+def _ms(v: float) -> str:
+    return "-" if np.isnan(v) else f"{v:.2f}"
+
+
+def open_table(rows: list[OpenRow], model: str, slo_ms: float, max_in_flight: int) -> str:
+    out = [
+        f"Model `{model}` (batch 1 per request), open loop: Poisson arrivals at each offered "
+        f"rate, at most {max_in_flight} requests in flight (arrivals beyond that not sent); "
+        f"latency from each arrival's scheduled time. SLO {slo_ms:g} ms (the served manifest's). "
+        "`batching`: the agent's policy (the manifest's own, or `none`); `-`: KServe's "
+        "ModelServer (kserve 0.21.0, ONNX Runtime).",
+        "",
+        "| path | batching | offered req/s | sent | not sent | answered req/s "
+        f"| within {slo_ms:g} ms req/s | p50 ms | p99 ms | 503s | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r.path} | {r.batching} | {r.rate:g} | {r.sent} | {r.unsent} "
+            f"| {r.throughput:.0f} | {r.goodput:.0f} | {_ms(r.p50_ms)} | {_ms(r.p99_ms)} "
+            f"| {r.shed} | {r.errors} |"
+        )
+    load1, load5, _ = os.getloadavg()
+    out += [
+        "",
+        f"Machine: {os.cpu_count()} cores, load average {load1:.1f} (1 min) / {load5:.1f} "
+        "(5 min) at the end; the load generator and the server share the cores.",
+    ]
+    return "\n".join([*out, "", *verdict(rows, slo_ms)])
+
+
+def verdict(rows: list[OpenRow], slo_ms: float) -> list[str]:
+    """Per offered rate: stowplan's best goodput (over its paths, per batching policy) against
+    KServe's, the factor, and whether the issue's goals hold (at least KServe's everywhere; at
+    least 2x where KServe is saturated for the SLO: under 90 % of its arrivals answered within
+    it); then every agent row that loses to KServe at its rate."""
+    kserve = {r.rate: r for r in rows if r.batching == "-"}
+    agent = [r for r in rows if r.batching != "-"]
+    if not kserve or not agent:
+        return ["(no comparison: needs kserve-rest and at least one agent path)"]
+    out = [f"Goodput (answers within {slo_ms:g} ms per s), stowplan vs KServe:"]
+    for rate in sorted(kserve):
+        ks = kserve[rate]
+        saturated = ks.within_slo < 0.9 * ks.arrivals
+        parts = []
+        for policy in dict.fromkeys(r.batching for r in agent):
+            mine = [r for r in agent if r.rate == rate and r.batching == policy]
+            if not mine:
+                continue
+            best = max(mine, key=lambda r: r.goodput)
+            factor = best.goodput / ks.goodput if ks.goodput > 0 else float("inf")
+            goal = 2.0 if saturated else 1.0
+            ok = "meets" if factor >= goal else "MISSES"
+            parts.append(
+                f"batching {policy}: {best.goodput:.0f}/s ({best.path}) = {factor:.2f}x, "
+                f"{ok} the {goal:g}x goal"
+            )
+        state = "saturated: < 90 % of arrivals within SLO" if saturated else "not saturated"
+        at_rate = [r for r in agent if r.rate == rate]
+        if at_rate:
+            top = max(at_rate, key=lambda r: r.goodput)
+            factor = top.goodput / ks.goodput if ks.goodput > 0 else float("inf")
+            overall = f"stowplan best {top.goodput:.0f}/s ({top.path}, {top.batching}) = "
+            parts.insert(0, overall + f"{factor:.2f}x KServe")
+        out.append(
+            f"- offered {rate:g}/s: KServe {ks.goodput:.0f}/s ({state}); " + "; ".join(parts)
+        )
+    losses = [
+        f"{r.path}/{r.batching} at {r.rate:g}/s ({r.goodput:.0f} vs {kserve[r.rate].goodput:.0f})"
+        for r in agent
+        if r.rate in kserve and r.goodput < kserve[r.rate].goodput
+    ]
+    out.append("Where we lose: " + ("; ".join(losses) if losses else "nowhere in this run."))
+    return out
+
+
 def table(rows: list[Row], model: str) -> str:
     direct = {r.concurrency: r for r in rows if r.path == "direct"}
     out = [
@@ -421,29 +755,69 @@ def table(rows: list[Row], model: str) -> str:
     return "\n".join(out)
 
 
-def plot(rows: list[Row], model: str, out: Path) -> None:
-    """PNG: p50 latency (solid) and p99 (dashed) against concurrency, and throughput, one line
-    per path (matplotlib, Agg backend; imported here so the bench runs without it)."""
+def plot(
+    rows: list[Row],
+    model: str,
+    out: Path,
+    open_rows: Sequence[OpenRow] = (),
+    slo_ms: float | None = None,
+) -> None:
+    """PNG. Closed loop (``rows``): p50 latency (solid) and p99 (dashed) against concurrency,
+    and throughput, one line per path. Open loop (``open_rows``): goodput (answers within
+    ``slo_ms`` per s) against the offered rate, and p99 latency against it, one line per
+    (path, batching). Panels only for what was run (matplotlib, Agg backend; imported here so
+    the bench runs without it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (lat_ax, rps_ax) = plt.subplots(1, 2, figsize=(10, 3.8), dpi=72)
-    for name in dict.fromkeys(r.path for r in rows):
-        mine = sorted((r for r in rows if r.path == name), key=lambda r: r.concurrency)
-        cs = [r.concurrency for r in mine]
-        (line,) = lat_ax.plot(cs, [r.p50_ms for r in mine], marker="o", label=name)
-        lat_ax.plot(cs, [r.p99_ms for r in mine], ls="--", color=line.get_color())
-        rps_ax.plot(cs, [r.throughput for r in mine], marker="o", label=name)
-    for ax in (lat_ax, rps_ax):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("concurrency (closed-loop workers)")
-        ax.grid(True, which="both", alpha=0.3)
-    lat_ax.set_ylabel("latency ms (p50 solid, p99 dashed)")
-    rps_ax.set_ylabel("req/s")
-    rps_ax.legend(fontsize=8)
+    n = (2 if rows else 0) + (2 if open_rows else 0)
+    if n == 0:
+        raise ValueError("nothing to plot")
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8), dpi=72, squeeze=False)
+    panels = list(axes[0])
+    if rows:
+        lat_ax, rps_ax = panels.pop(0), panels.pop(0)
+        for name in dict.fromkeys(r.path for r in rows):
+            mine = sorted((r for r in rows if r.path == name), key=lambda r: r.concurrency)
+            cs = [r.concurrency for r in mine]
+            (line,) = lat_ax.plot(cs, [r.p50_ms for r in mine], marker="o", label=name)
+            lat_ax.plot(cs, [r.p99_ms for r in mine], ls="--", color=line.get_color())
+            rps_ax.plot(cs, [r.throughput for r in mine], marker="o", label=name)
+        for ax in (lat_ax, rps_ax):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("concurrency (closed-loop workers)")
+            ax.grid(True, which="both", alpha=0.3)
+        lat_ax.set_ylabel("latency ms (p50 solid, p99 dashed)")
+        rps_ax.set_ylabel("req/s")
+        rps_ax.legend(fontsize=8)
+    if open_rows:
+        good_ax, p99_ax = panels.pop(0), panels.pop(0)
+        keys = dict.fromkeys((r.path, r.batching) for r in open_rows)
+        for path, batching in keys:
+            line_rows = sorted(
+                (r for r in open_rows if (r.path, r.batching) == (path, batching)),
+                key=lambda r: r.rate,
+            )
+            label = path if batching == "-" else f"{path} ({batching})"
+            style = "-" if batching in ("-", "none") else "-."
+            rates = [r.rate for r in line_rows]
+            good_ax.plot(rates, [r.goodput for r in line_rows], style, marker="o", label=label)
+            p99_ax.plot(rates, [r.p99_ms for r in line_rows], style, marker="o", label=label)
+        top = max(r.rate for r in open_rows)
+        good_ax.plot([0, top], [0, top], ":", color="grey", label="offered")
+        slo = f" within {slo_ms:g} ms SLO" if slo_ms is not None else " within SLO"
+        good_ax.set_ylabel(f"goodput req/s (answers{slo})")
+        p99_ax.set_ylabel("p99 latency ms")
+        p99_ax.set_yscale("log")
+        if slo_ms is not None:
+            p99_ax.axhline(slo_ms, ls=":", color="grey")
+        for ax in (good_ax, p99_ax):
+            ax.set_xlabel("offered req/s (open loop, Poisson)")
+            ax.grid(True, which="both", alpha=0.3)
+        good_ax.legend(fontsize=7)
     fig.suptitle(f"stowplan bench dataplane: model {model}, batch 1 per request")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -459,16 +833,23 @@ __all__ = [
     "HttpBinary",
     "HttpJson",
     "KServeRest",
+    "OpenRow",
     "PathFactory",
     "Row",
     "Send",
     "Target",
     "answer",
+    "open_table",
     "plot",
+    "poisson_arrivals",
     "run",
     "run_direct",
+    "run_open",
+    "run_open_loop",
     "run_path",
     "serve_agent",
     "serve_kserve",
+    "served_manifest",
     "table",
+    "verdict",
 ]

@@ -80,14 +80,24 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def serve(
-    workdir: Path, policy: str, model_path: Path, slo_ms: float, grpc_port: int = 0
+    workdir: Path,
+    policy: str,
+    model_path: Path,
+    slo_ms: float,
+    grpc_port: int = 0,
+    manifest: str | None = None,
 ) -> Iterator[str]:
     """Run ``stowplan up`` on one model in a subprocess; yield its base URL. ``grpc_port`` 0
-    serves HTTP only; otherwise the agent also serves the OIP gRPC service on that port."""
+    serves HTTP only; otherwise the agent also serves the OIP gRPC service on that port.
+    ``manifest``, when given, is the InferenceModel YAML served instead of the bench template
+    (``policy`` then only names its directory)."""
     d = workdir / policy
     d.mkdir(parents=True, exist_ok=True)
     (d / "bench.yaml").write_text(
-        YAML.format(path=model_path, slo=slo_ms, qps=100, max_batch=32, batching=POLICIES[policy])
+        manifest
+        or YAML.format(
+            path=model_path, slo=slo_ms, qps=100, max_batch=32, batching=POLICIES[policy]
+        )
     )
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,6 +1,7 @@
 """``stowplan bench dataplane``: the same model and input through a direct ONNX Runtime call,
 the agent's data paths (HTTP/JSON, HTTP/binary, gRPC) and KServe's Python ModelServer (REST),
-closed loop at rising concurrency.
+closed loop at rising concurrency, or (``--open-loop``) Poisson arrivals at rising rates with
+goodput within the served manifest's SLO compared against KServe's.
 
 Thin shell over :mod:`stowplan.agentbench.dataplane`; prints the Markdown table, and writes the
 plot with ``--plot``.
@@ -45,6 +46,32 @@ import click
     type=click.FloatRange(0.5, 600),
     help="Seconds per (path, concurrency).",
 )
+@click.option(
+    "--open-loop",
+    is_flag=True,
+    help="Open loop instead: Poisson arrivals at each --rates rate for --duration s; the agent "
+    "serves the example's manifest (its SLO and batching policy), then with batching none.",
+)
+@click.option(
+    "--rates",
+    default="50,100,200,400",
+    show_default=True,
+    help="Offered rates (req/s, comma-separated) for --open-loop.",
+)
+@click.option(
+    "--max-in-flight",
+    default=256,
+    show_default=True,
+    type=click.IntRange(1, 4096),
+    help="Open loop: most requests outstanding; arrivals beyond it are counted, not sent.",
+)
+@click.option(
+    "--manifests",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("manifests/examples"),
+    show_default=True,
+    help="Open loop: the directory holding the model's InferenceModel (its SLO and batching).",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Concurrency 1 and 4, 2 s each (< 1 min).")
 @click.option(
@@ -58,6 +85,10 @@ def command(
     concurrencies: tuple[int, ...],
     paths: tuple[str, ...],
     duration_s: float,
+    open_loop: bool,
+    rates: str,
+    max_in_flight: int,
+    manifests: Path,
     seed: int,
     quick: bool,
     plot_path: Path | None,
@@ -77,6 +108,9 @@ def command(
             click.echo("kserve is not installed (dev extra): skipping kserve-rest", err=True)
     if quick:
         duration_s = min(duration_s, 2.0)
+    if open_loop:
+        _open_loop(model, rates, duration_s, paths, manifests, seed, max_in_flight, plot_path)
+        return
     with tqdm(total=len(concurrencies) * (1 + len(paths)), desc="runs", leave=False) as bar:
         try:
             rows = dataplane.run(
@@ -87,4 +121,40 @@ def command(
     click.echo(dataplane.table(rows, model))
     if plot_path is not None:
         dataplane.plot(rows, model, plot_path)
+        click.echo(f"plot: {plot_path}")
+
+
+def _open_loop(
+    model: str,
+    rates_text: str,
+    duration_s: float,
+    paths: tuple[str, ...],
+    manifests: Path,
+    seed: int,
+    max_in_flight: int,
+    plot_path: Path | None,
+) -> None:
+    from tqdm import tqdm
+
+    from stowplan.agentbench import dataplane
+
+    try:
+        rates = [float(r) for r in rates_text.split(",") if r.strip()]
+    except ValueError:
+        msg = f"not a list of numbers: {rates_text!r}"
+        raise click.BadParameter(msg, param_hint="--rates") from None
+    if not rates or min(rates) <= 0:
+        raise click.BadParameter("give one or more positive rates", param_hint="--rates")
+    agent = sum(dataplane.PATHS[p].server == "agent" for p in paths if p in dataplane.PATHS)
+    runs = len(rates) * (2 * agent + len(paths) - agent)  # two batching policies for the agent
+    with tqdm(total=runs, desc="runs", leave=False) as bar:
+        try:
+            rows, slo_ms = dataplane.run_open(
+                model, rates, duration_s, paths, manifests, seed, max_in_flight, bar.update
+            )
+        except (RuntimeError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(dataplane.open_table(rows, model, slo_ms, max_in_flight))
+    if plot_path is not None:
+        dataplane.plot([], model, plot_path, rows, slo_ms)
         click.echo(f"plot: {plot_path}")
