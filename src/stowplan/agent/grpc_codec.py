@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from stowplan.agent.errors import InvalidRequest, PayloadTooLarge
+from stowplan.agent.errors import InvalidRequest
 from stowplan.agent.oip import grpc_predict_v2_pb2 as pb
-from stowplan.agent.tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec
+from stowplan.agent.tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec, batch_items
 
 # datatype -> the typed-contents field that carries it (FP16 has none: raw only)
 CONTENTS_FIELD: dict[str, str] = {
@@ -67,22 +67,10 @@ def decode_request(
     if missing:
         raise InvalidRequest(f"missing input(s) {missing}")
     arrays: dict[str, np.ndarray] = {}
-    batch: int | None = None
     for spec in specs:
         tensor, data = given[spec.name]
-        arr = _decode_one(tensor, data, spec)
-        items = int(arr.shape[0]) if arr.ndim else 1
-        if batch is None:
-            batch = items
-        elif items != batch:
-            raise InvalidRequest(f"inputs disagree on the batch dimension ({batch} vs {items})")
-        arrays[spec.name] = arr
-    assert batch is not None
-    if batch < 1:
-        raise InvalidRequest("batch dimension must be at least 1")
-    if batch > max_items:
-        raise PayloadTooLarge(f"batch of {batch} items exceeds the model's max batch {max_items}")
-    return arrays, batch, [o.name for o in request.outputs]
+        arrays[spec.name] = _decode_one(tensor, data, spec)
+    return arrays, batch_items(arrays, max_items), [o.name for o in request.outputs]
 
 
 def _decode_one(

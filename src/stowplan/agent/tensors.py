@@ -94,23 +94,30 @@ def decode_inputs(
     if missing:
         raise InvalidRequest(f"missing input(s) {missing}")
     arrays: dict[str, np.ndarray] = {}
-    batch: int | None = None
     for spec in specs:
         t = given[spec.name]
         buf = raw.get(spec.name) if raw else None
-        arr = _decode_one(t, spec) if buf is None else _decode_binary(t, spec, buf)
+        arrays[spec.name] = _decode_one(t, spec) if buf is None else _decode_binary(t, spec, buf)
+    return arrays, batch_items(arrays, max_items)
+
+
+def batch_items(arrays: Mapping[str, np.ndarray], max_items: int) -> int:
+    """The batch size of decoded inputs (their first dimension, in the model's input order),
+    checked the same for every front end: equal across inputs, at least 1, at most
+    ``max_items``."""
+    batch: int | None = None
+    for arr in arrays.values():
         items = int(arr.shape[0]) if arr.ndim else 1
         if batch is None:
             batch = items
         elif items != batch:
             raise InvalidRequest(f"inputs disagree on the batch dimension ({batch} vs {items})")
-        arrays[spec.name] = arr
     assert batch is not None
     if batch < 1:
         raise InvalidRequest("batch dimension must be at least 1")
     if batch > max_items:
         raise PayloadTooLarge(f"batch of {batch} items exceeds the model's max batch {max_items}")
-    return arrays, batch
+    return batch
 
 
 def _check_header(t: RequestInput, spec: TensorSpec) -> int:
