@@ -182,6 +182,7 @@ def test_restarted_operator_changes_nothing(installed, fleet, operator, namespac
 
 
 SCALE_DOWN_DISABLED = "cluster-autoscaler.kubernetes.io/scale-down-disabled"
+DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
 
 
 def _capacity_pods(kubectl) -> list[dict]:
@@ -192,7 +193,9 @@ def _capacity_pods(kubectl) -> list[dict]:
 
 def _protected(kubectl, node: str) -> bool:
     annotations = kubectl.json("get", f"node/{node}")["metadata"].get("annotations") or {}
-    return annotations.get(SCALE_DOWN_DISABLED) == "true"
+    both = (annotations.get(SCALE_DOWN_DISABLED), annotations.get(DO_NOT_DISRUPT))
+    assert both in {("true", "true"), (None, None)}, f"{node}: one autoscaler's protection only"
+    return both == ("true", "true")
 
 
 def test_waiting_replicas_ask_the_cluster_autoscaler_for_gpus(

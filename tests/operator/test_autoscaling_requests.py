@@ -80,3 +80,39 @@ def test_placeholder_pod_asks_for_one_gpu_and_is_restricted():
 
 def test_busy_nodes_are_those_hosting_replicas():
     assert autoscaling.busy_nodes(_plan([], nodes=("a", "b", "a"))) == {"a", "b"}
+
+
+def test_a_busy_node_gets_both_autoscalers_protection_and_an_idle_one_loses_both():
+    none = autoscaling.protection_of({})
+    assert autoscaling.protection_patch(none, protect=True) == {
+        "cluster-autoscaler.kubernetes.io/scale-down-disabled": "true",
+        "karpenter.sh/do-not-disrupt": "true",
+    }
+    assert autoscaling.protection_patch(none, protect=False) == {}
+    both = autoscaling.protection_of(
+        {"cluster-autoscaler.kubernetes.io/scale-down-disabled": "true",
+         "karpenter.sh/do-not-disrupt": "true", "other": "true"}
+    )  # fmt: skip
+    assert autoscaling.protection_patch(both, protect=True) == {}
+    assert autoscaling.protection_patch(both, protect=False) == {
+        "cluster-autoscaler.kubernetes.io/scale-down-disabled": None,
+        "karpenter.sh/do-not-disrupt": None,
+    }
+
+
+def test_a_node_protected_by_the_cluster_autoscalers_convention_alone_gains_karpenters():
+    old = autoscaling.protection_of(
+        {"cluster-autoscaler.kubernetes.io/scale-down-disabled": "true"}
+    )
+    assert autoscaling.protection_patch(old, protect=True) == {
+        "karpenter.sh/do-not-disrupt": "true"
+    }
+    assert autoscaling.protection_patch(old, protect=False) == {
+        "cluster-autoscaler.kubernetes.io/scale-down-disabled": None
+    }
+
+
+def test_an_annotation_that_does_not_read_true_is_left_to_whoever_set_it():
+    theirs = autoscaling.protection_of({"karpenter.sh/do-not-disrupt": "false"})
+    assert theirs == frozenset()
+    assert autoscaling.protection_patch(theirs, protect=False) == {}

@@ -95,3 +95,23 @@ async def test_an_agent_that_restarts_within_stale_after_moves_nothing():
     await loop.run_pass()
     assert {n: list(v.spec.assignments) for n, v in cluster.nodes.items()} == before
     assert cluster.count("set_assignments") == 2  # the first pass's writes only
+
+
+async def test_hosting_nodes_carry_both_autoscalers_protection_until_they_host_nothing():
+    cluster = FakeCluster([model("a", replicas=1)], [gpunode("n1"), gpunode("n2")])
+    cluster.k8s_nodes = {"n1": {}, "n2": {}}
+    loop = fleet.FleetLoop(SETTINGS, cluster, clock=FakeClock())
+    await loop.run_pass()
+    (host,) = _hosts(cluster)
+    (idle,) = {"n1", "n2"} - {host}
+    assert cluster.k8s_nodes[host] == {
+        "cluster-autoscaler.kubernetes.io/scale-down-disabled": "true",
+        "karpenter.sh/do-not-disrupt": "true",
+    }
+    assert cluster.k8s_nodes[idle] == {}
+    writes = cluster.count("set_protection")
+    await loop.run_pass()
+    assert cluster.count("set_protection") == writes  # nothing changed: nothing written
+    del cluster.models["ns/a"]
+    await loop.run_pass()
+    assert cluster.k8s_nodes[host] == {}

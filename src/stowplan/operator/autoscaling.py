@@ -1,8 +1,8 @@
-"""What the Kubernetes Cluster Autoscaler should see, derived from a plan (pure).
+"""What a cluster autoscaler should see, derived from a plan (pure).
 
-The Cluster Autoscaler adds nodes for pods that cannot be scheduled and removes nodes that are
-under-used. stowplan's replicas are not pods (the agent runs them), so the operator speaks the
-autoscaler's language instead (DESIGN §6):
+A cluster autoscaler (the Kubernetes Cluster Autoscaler, or Karpenter) adds nodes for pods that
+cannot be scheduled and removes nodes that are under-used or empty. stowplan's replicas are not
+pods (the agent runs them), so the operator speaks the autoscalers' language instead (DESIGN §6):
 
 - every replica left unplaced for lack of capacity (``NoCapacity`` or ``NoMatchingNode``)
   becomes one *capacity request*: a pending placeholder pod that asks for one GPU of
@@ -10,9 +10,10 @@ autoscaler's language instead (DESIGN §6):
   agents hold every GPU of the pool's nodes through the same resource, so it fits no node
   there is already; the autoscaler scales a GPU node group up for it; once the replica is
   placed the pod is deleted;
-- every node that hosts a replica is protected from scale-down with the autoscaler's
-  ``cluster-autoscaler.kubernetes.io/scale-down-disabled`` annotation; a node that no longer
-  hosts any loses the annotation, so consolidation can remove it.
+- every node that hosts a replica is protected from scale-down with both autoscalers'
+  annotations, the Cluster Autoscaler's ``cluster-autoscaler.kubernetes.io/scale-down-disabled``
+  and Karpenter's ``karpenter.sh/do-not-disrupt``; a node that no longer hosts any loses both,
+  so consolidation can remove it.
 
 Callers: :mod:`stowplan.operator.fleet`. No I/O: :mod:`.kube` turns these into API objects.
 """
@@ -28,6 +29,9 @@ from stowplan import placement
 from stowplan.api.gpunode import POOL_LABEL
 
 SCALE_DOWN_DISABLED = "cluster-autoscaler.kubernetes.io/scale-down-disabled"
+DO_NOT_DISRUPT = "karpenter.sh/do-not-disrupt"
+#: the Node annotations (value "true") that keep a node hosting replicas from being removed
+PROTECTION = (SCALE_DOWN_DISABLED, DO_NOT_DISRUPT)
 CAPACITY_LABEL = "stowplan.io/capacity-request"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_NODE_LABEL = "nvidia.com/gpu.present"
@@ -66,6 +70,21 @@ def capacity_requests(problem: placement.Problem, plan: placement.Plan) -> list[
 def busy_nodes(plan: placement.Plan) -> set[str]:
     """Nodes that host at least one replica (to be protected from scale-down)."""
     return {a.node for a in plan.assignments}
+
+
+def protection_of(annotations: Mapping[str, str] | None) -> frozenset[str]:
+    """Which of :data:`PROTECTION` a Node's annotations set to "true"."""
+    annotations = annotations or {}
+    return frozenset(a for a in PROTECTION if annotations.get(a) == "true")
+
+
+def protection_patch(current: frozenset[str], protect: bool) -> dict[str, str | None]:
+    """The annotations patch (merge-patch: None removes) that protects a node, or unprotects it;
+    empty when the node is already so. Unprotecting removes only what reads "true" (an
+    annotation set to anything else belongs to someone else)."""
+    if protect:
+        return {a: "true" for a in PROTECTION if a not in current}
+    return {a: None for a in PROTECTION if a in current}
 
 
 def placeholder_pod(request: CapacityRequest, namespace: str) -> dict[str, Any]:

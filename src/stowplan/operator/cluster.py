@@ -27,7 +27,7 @@ class K8sNode:
     """What the operator reads of a Kubernetes Node."""
 
     unschedulable: bool  # cordoned
-    scale_down_disabled: bool  # the Cluster Autoscaler annotation is "true"
+    protection: frozenset[str]  # the autoscalers' annotations that read "true" (autoscaling.py)
 
 
 class Cluster(Protocol):
@@ -72,9 +72,9 @@ class Cluster(Protocol):
         agent stopped heartbeating; NotFound when the GPUNode is gone)."""
         ...
 
-    async def set_scale_down_disabled(self, node: str, disabled: bool) -> bool:
-        """Set or clear the autoscaler annotation on a Node; False when nothing was written
-        (the Node does not exist or already has the value)."""
+    async def set_protection(self, node: str, protect: bool) -> bool:
+        """Set or clear the autoscalers' scale-down protection annotations on a Node; False
+        when nothing was written (the Node does not exist or already has the values)."""
         ...
 
     async def list_model_services(self) -> dict[ModelRef, str | None]:

@@ -327,10 +327,10 @@ async def _sync_autoscaler(
             await cluster.delete_pod(namespace, name)
     busy = autoscaling.busy_nodes(plan)
     for node, k8s in sorted(k8s_nodes.items()):
-        if k8s.scale_down_disabled == (node in busy):
+        if not autoscaling.protection_patch(k8s.protection, node in busy):
             continue
         with contextlib.suppress(NotFound):  # the Node vanished between the list and the patch
-            await cluster.set_scale_down_disabled(node, node in busy)
+            await cluster.set_protection(node, node in busy)
 
 
 class FleetMetrics:

@@ -2,9 +2,9 @@
 
 :class:`KubeCluster` implements :class:`stowplan.operator.cluster.Cluster`: it lists
 InferenceModels and GPUNodes as parsed API types, writes ``GPUNode.spec.assignments`` and
-``InferenceModel.status`` with JSON merge patches, posts core/v1 Events, keeps the Cluster
-Autoscaler's view (placeholder pods, the scale-down-disabled annotation on Nodes) in step with
-the plan, keeps each model's Service and EndpointSlice (:mod:`.endpoints`), and reads/writes
+``InferenceModel.status`` with JSON merge patches, posts core/v1 Events, keeps the
+autoscalers' view (placeholder pods, the scale-down protection annotations on Nodes) in step
+with the plan, keeps each model's Service and EndpointSlice (:mod:`.endpoints`), and reads/writes
 the leader Lease. The blocking ``kubernetes`` client runs in worker
 threads. Every request carries a timeout, and :func:`_call` is the one place where the client's
 exceptions (``ApiException``, urllib3 and socket errors) become the operator's error tree
@@ -186,10 +186,7 @@ class KubeCluster:
         return {
             n.metadata.name: K8sNode(
                 unschedulable=bool(n.spec and n.spec.unschedulable),
-                scale_down_disabled=(n.metadata.annotations or {}).get(
-                    autoscaling.SCALE_DOWN_DISABLED
-                )
-                == "true",
+                protection=autoscaling.protection_of(n.metadata.annotations),
             )
             for n in nodes.items
         }
@@ -200,19 +197,18 @@ class KubeCluster:
             self._custom.patch_cluster_custom_object_status, GROUP, VERSION, gn.PLURAL, node, body
         )
 
-    async def set_scale_down_disabled(self, node: str, disabled: bool) -> bool:
+    async def set_protection(self, node: str, protect: bool) -> bool:
         """Reads first, so that an unchanged node is never written."""
         try:
             current = await self._call(self._core.read_node, node)
         except NotFound:
             return False  # a GPUNode registered by hand has no Node
-        annotations = current.metadata.annotations or {}
-        has = annotations.get(autoscaling.SCALE_DOWN_DISABLED) == "true"
-        if has == disabled:
+        patch = autoscaling.protection_patch(
+            autoscaling.protection_of(current.metadata.annotations), protect
+        )
+        if not patch:
             return False
-        value = "true" if disabled else None
-        body = {"metadata": {"annotations": {autoscaling.SCALE_DOWN_DISABLED: value}}}
-        await self._call(self._core.patch_node, node, body)
+        await self._call(self._core.patch_node, node, {"metadata": {"annotations": patch}})
         return True
 
     async def list_model_services(self) -> dict[ModelRef, str | None]:

@@ -145,7 +145,7 @@ class FakeCluster:
         return {
             name: K8sNode(
                 unschedulable=name in self.cordoned,
-                scale_down_disabled=annotations.get(autoscaling.SCALE_DOWN_DISABLED) == "true",
+                protection=autoscaling.protection_of(annotations),
             )
             for name, annotations in self.k8s_nodes.items()
         }
@@ -160,19 +160,18 @@ class FakeCluster:
         )
         self.nodes[node] = old.model_copy(update={"status": status})
 
-    async def set_scale_down_disabled(self, node: str, disabled: bool) -> bool:
-        self._enter("set_scale_down_disabled", node, disabled)
+    async def set_protection(self, node: str, protect: bool) -> bool:
+        self._enter("set_protection", node, protect)
         if node not in self.k8s_nodes:
             return False
         annotations = self.k8s_nodes[node]
-        has = annotations.get(autoscaling.SCALE_DOWN_DISABLED) == "true"
-        if has == disabled:
-            return False
-        if disabled:
-            annotations[autoscaling.SCALE_DOWN_DISABLED] = "true"
-        else:
-            annotations.pop(autoscaling.SCALE_DOWN_DISABLED, None)
-        return True
+        patch = autoscaling.protection_patch(autoscaling.protection_of(annotations), protect)
+        for key, value in patch.items():
+            if value is None:
+                annotations.pop(key, None)
+            else:
+                annotations[key] = value
+        return bool(patch)
 
     async def list_model_services(self) -> dict[ModelRef, str | None]:
         self._enter("list_model_services")
