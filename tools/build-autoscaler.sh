@@ -3,12 +3,14 @@
 # only what is missing:
 #   karpenter   Karpenter with its KWOK cloud provider  (sigs.k8s.io/karpenter/kwok, tools/autoscalerbin)
 #   kwok        the controller that keeps fake nodes Ready and their pods Running (sigs.k8s.io/kwok/cmd/kwok)
-#   crds/       the CRDs Karpenter needs (NodePool, NodeClaim, NodeOverlay, KWOKNodeClass), copied
-#               from the module cache
+#   crds/       the CRDs Karpenter needs (NodePool, NodeClaim, NodeOverlay, CapacityBuffer,
+#               KWOKNodeClass), copied from the module cache
+#   kwok-stages.yaml  kwok's own Stages, as kwokctl picks them (nodes: fast start, heartbeat with
+#               a node Lease; pods: fast ready/complete/delete), for `kwok --config`
 # Karpenter v1.15.0 asks for Go >= 1.26.9, so this script (and only this script: the module lives in
 # tools/autoscalerbin) runs the approved toolchain go1.27.3, which the go command takes from the
 # Go module proxy (about 76 MB, once per machine).
-# Usage: tools/build-autoscaler.sh   -> prints the directory holding bin/ and crds/
+# Usage: tools/build-autoscaler.sh   -> prints the directory holding bin/, crds/, kwok-stages.yaml
 # Env:   AUTOSCALERBINS_DIR (default ~/.cache/stowplan/autoscalerbins/karpenter-v1.15.0-kwok-v0.8.0)
 # Callers: scripts/test (before the node tests), tests/node/test_karpenter_autoscaling.py.
 set -euo pipefail
@@ -35,11 +37,18 @@ build "$OUT/bin/karpenter" sigs.k8s.io/karpenter/kwok "-s -w"
 
 moddir() { (cd "$here/autoscalerbin" && go list -m -f '{{.Dir}}' "$1"); }
 if [ ! -s "$OUT/crds/karpenter.kwok.sh_kwoknodeclasses.yaml" ]; then
+  # the KWOK chart's copies: they also reserve the karpenter.kwok.sh label domain
   k=$(moddir sigs.k8s.io/karpenter)
-  for f in karpenter.sh_nodepools karpenter.sh_nodeclaims karpenter.sh_nodeoverlays; do
-    install -m 0644 "$k/pkg/apis/crds/$f.yaml" "$OUT/crds/$f.yaml"
-  done
+  install -m 0644 "$k"/kwok/charts/crds/*.yaml "$OUT/crds/"
   install -m 0644 "$k/kwok/apis/crds/karpenter.kwok.sh_kwoknodeclasses.yaml" "$OUT/crds/"
+fi
+if [ ! -s "$OUT/kwok-stages.yaml" ]; then
+  w=$(moddir sigs.k8s.io/kwok)/kustomize/stage
+  for f in "$w"/node/fast/node-initialize.yaml "$w"/node/heartbeat-with-lease/*.yaml \
+    "$w"/pod/fast/pod-*.yaml; do
+    echo "---"; cat "$f"
+  done > "$OUT/kwok-stages.yaml.tmp"
+  mv "$OUT/kwok-stages.yaml.tmp" "$OUT/kwok-stages.yaml"
 fi
 echo "autoscaler ready in $((SECONDS - total_start)) s" >&2
 echo "$OUT"
