@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from stowplan.memlab.allocators import CACHING_BASELINES
 from stowplan.memlab.device import CostModel
 from stowplan.memlab.errors import MemlabError
 from stowplan.memlab.residency import ResidencyTrace
@@ -111,6 +112,7 @@ def command(
     from stowplan.memlab.parser import load_trace
     from stowplan.memlab.residency import is_residency_trace, load_residency
     from stowplan.memlab.runner import (
+        growth_table,
         markdown_table,
         residency_markdown,
         resolve_allocators,
@@ -178,6 +180,9 @@ def command(
     if stow and "pytorch" in names and runs:
         click.echo("Targets (issues 5 and 15):\n")
         click.echo(targets_table(runs, stow))
+        if all(n in names for n in ("stowplan", *CACHING_BASELINES)):
+            click.echo("\nCold growth vs what any online growth policy can reach (issue 15):\n")
+            click.echo(growth_table(runs))
 
 
 POOL_BYTES = 2 << 30  # the demo's device pool (the agent reserves it once)

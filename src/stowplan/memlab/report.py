@@ -18,9 +18,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from stowplan.memlab.allocators import CACHING_BASELINES
 from stowplan.memlab.device import CostModel
 from stowplan.memlab.floors import offline_floor, online_high_water
-from stowplan.memlab.runner import MIB, TraceRun, markdown_table, targets_table
+from stowplan.memlab.runner import MIB, TraceRun, growth_table, markdown_table, targets_table
 
 DPI = 72
 COLORS = {
@@ -168,6 +169,22 @@ def write_report(
     stow = [n for n in ("stowplan", "stowplan-warm") if runs and runs[0].result(n)]
     if stow and runs and runs[0].result("pytorch"):
         md += ["## Targets (issues 5 and 15)", "", targets_table(runs, stow), ""]
+    if "stowplan" in stow and all(runs[0].result(n) for n in CACHING_BASELINES):
+        md += [
+            "## Cold growth vs what any online growth policy can reach",
+            "",
+            "For the one-range best-fit placement (the floor below): mapping exactly what each "
+            "block needs (fewest bytes, most calls), and the fewest device allocations of any "
+            "growth policy that never holds more than the best caching baseline holds at the "
+            "same moment, or only at each step boundary (`stowplan.memlab.floors.growth_bound`; "
+            "greedy, so these are lower bounds). Where the first exceeds PyTorch's calls, no "
+            "online policy that stays within the best baseline whenever the run may stop can "
+            "meet both cold targets; the second is what a policy that knew each step's final "
+            "size in advance could do.",
+            "",
+            growth_table(runs),
+            "",
+        ]
     md += [
         "## Reference floors",
         "",

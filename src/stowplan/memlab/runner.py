@@ -16,6 +16,7 @@ from stowplan.memlab.allocators import ALLOCATORS, CACHING_BASELINES, allocator_
 from stowplan.memlab.allocators.stowplan import Profile
 from stowplan.memlab.device import CostModel
 from stowplan.memlab.errors import MemlabError
+from stowplan.memlab.floors import GrowthBound, growth_bound
 from stowplan.memlab.metrics import SimResult
 from stowplan.memlab.parser import load_trace
 from stowplan.memlab.residency import PolicyResult, ResidencyTrace, replay_policies, residency_ops
@@ -274,4 +275,39 @@ def targets_table(runs: Sequence[TraceRun], allocators: Sequence[str]) -> str:
                 f"| {mark(c.calls_vs_pytorch)} | {mark(c.overhead_vs_pytorch)} "
                 f"| {mark(c.speed_ok)} | {c.detail} |"
             )
+    return "\n".join(lines)
+
+
+def growth_bound_of(run: TraceRun) -> GrowthBound | None:
+    """The online growth bound (:func:`stowplan.memlab.floors.growth_bound`) of one trace,
+    from its caching baselines' replays (None unless all of them and PyTorch were run)."""
+    base = [run.result(name) for name in CACHING_BASELINES]
+    pt = run.result("pytorch")
+    if pt is None or any(r is None for r in base):
+        return None
+    ops, sizes = run.trace.replay_ops(run.trace_allocator)
+    timelines = [(r.timeline[1:-1], r.peak_reserved_bytes) for r in base if r is not None]
+    return growth_bound(ops, sizes, timelines, pt.device_malloc_calls + pt.device_free_calls)
+
+
+def growth_table(runs: Sequence[TraceRun]) -> str:
+    """Per trace: the cold stowplan row against what any online growth policy can reach."""
+    lines = [
+        "| trace | best baseline MiB | pytorch calls | stowplan MiB / calls "
+        "| one-range high water MiB / calls mapping exactly "
+        "| fewest calls never above best baseline | fewest calls, best baseline at step ends |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        b = growth_bound_of(run)
+        me = run.result("stowplan")
+        if b is None or me is None:
+            continue
+        calls = me.device_malloc_calls + me.device_free_calls
+        lines.append(
+            f"| {Path(run.path).name} | {b.best_baseline_bytes / MIB:,.0f} | {b.pytorch_calls} "
+            f"| {me.peak_reserved_bytes / MIB:,.0f} / {calls} "
+            f"| {b.high_water_bytes / MIB:,.0f} / {b.exact_calls} "
+            f"| {b.calls_never_above_best} | {b.calls_at_step_ends} |"
+        )
     return "\n".join(lines)
