@@ -173,14 +173,15 @@ def write_report(
         md += [
             "## Cold growth vs what any online growth policy can reach",
             "",
-            "For the one-range best-fit placement (the floor below): mapping exactly what each "
-            "block needs (fewest bytes, most calls), and the fewest device allocations of any "
-            "growth policy that never holds more than the best caching baseline holds at the "
-            "same moment, or only at each step boundary (`stowplan.memlab.floors.growth_bound`; "
-            "greedy, so these are lower bounds). Where the first exceeds PyTorch's calls, no "
-            "online policy that stays within the best baseline whenever the run may stop can "
-            "meet both cold targets; the second is what a policy that knew each step's final "
-            "size in advance could do.",
+            "For the one-range best-fit placement (the online floor below): its high water and "
+            "the calls of mapping exactly what each block needs, and the fewest device "
+            "allocations of any growth policy that never holds more than the best caching "
+            "baseline holds at the same moment, or only at each step boundary "
+            "(`stowplan.memlab.floors.growth_bound`; greedy, so both are lower bounds). Where the "
+            "never-above column exceeds PyTorch's calls, no policy that is within the best "
+            "baseline at every moment can meet both cold targets: cold `stowplan` meets them by "
+            "mapping ahead of the best baseline mid-run and ending within it. The step-ends "
+            "column is what a policy that knew each step's final size in advance could reach.",
             "",
             growth_table(runs),
             "",

@@ -162,9 +162,13 @@ def residency_markdown(run: ResidencyRun) -> str:
         "| relocated MiB | refused | replays the agent's offsets |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
+
+    def key(p: PolicyResult) -> tuple[int, int, int]:
+        return (p.prefetched_bytes, p.refused, p.relocated_bytes)
+
     for p in run.policies:
         same = "-" if p.same_as_recorded is None else ("yes" if p.same_as_recorded else "**no**")
-        best = " (best)" if p is run.policies[0] else ""
+        best = " (best)" if key(p) == key(run.policies[0]) else ""
         lines.append(
             f"| {p.policy}{best} | {p.offloads:,} | {p.prefetches:,} "
             f"| {p.prefetched_bytes / MIB:,.1f} | {p.relocations:,} "
