@@ -289,7 +289,7 @@ class ResidencyPool:
     def _take(self, size: int) -> tuple[int, int] | None:
         if self.policy.fit == "best":
             return self.free.take(size)
-        return _take_first(self.free, size)
+        return self.free.take_lowest(size)
 
     def _evict(self, m: Block) -> None:
         assert m.offset is not None
@@ -453,19 +453,6 @@ def best_fit_into(free: list[list[int]], items: Sequence[tuple[str, int]]) -> di
         layout[name] = free[best][0]
         free[best][0] += size
     return layout
-
-
-def _take_first(free: FreeList, size: int) -> tuple[int, int] | None:
-    """First fit: the free block at the lowest offset that holds ``size`` (cut at ``size``)."""
-    fits = [off for off, block in free.at.items() if block >= size]
-    if not fits:
-        return None
-    off = min(fits)
-    block = free.at[off]
-    free.remove(off, block)
-    if block > size:
-        free.insert(off + size, block - size)  # its neighbours are taken: no merge needed
-    return off, size
 
 
 __all__ = [
