@@ -146,3 +146,19 @@ def test_memsim_residency_json() -> None:
     assert best["offloads"] > 0 and best["prefetches"] > 0
     assert [r["allocator"] for r in data["results"]] == ["bestfit", "pytorch"]
     assert all(r["peak_reserved_bytes"] >= data["peak_live_bytes"] for r in data["results"])
+
+
+def test_memsim_report_has_the_residency_section(tmp_path: Path) -> None:
+    agent = _busy_workload()
+    path = agent.write_trace(tmp_path / "pool.stwres.json")
+    out = CliRunner().invoke(
+        command, [str(path), "--allocator", "pytorch", "--report", str(tmp_path / "r")]
+    )
+    assert out.exit_code == 0, out.output
+    text = (tmp_path / "r" / "README.md").read_text()
+    section = text.split("## Residency traces")[1]
+    assert "**pool.stwres.json** (residency)" in section
+    assert f"| {AGENT_POLICY} (best) |" in section or f"| {AGENT_POLICY} |" in section
+    row = next(line for line in section.splitlines() if line.startswith(f"| {AGENT_POLICY}"))
+    assert row.rstrip().endswith("| yes |")  # the lab replays the agent's own offsets
+    assert "| pytorch |" in section

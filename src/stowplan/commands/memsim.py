@@ -152,11 +152,11 @@ def command(
                     out.mkdir(parents=True, exist_ok=True)
                     stem = Path(path).name.removesuffix(".gz").removesuffix(".log")
                     save(run.trace, out / f"{stem}{COMPACT_SUFFIX}")
-        if report_dir and runs:
+        if report_dir:
             from stowplan.memlab.report import write_report
 
             argv = " ".join(["stowplan memsim", *sys.argv[2:]]) if len(sys.argv) > 2 else ""
-            written = write_report(runs, Path(report_dir), cost_model, command_line=argv)
+            written = write_report(runs, Path(report_dir), cost_model, argv, pools)
             click.echo(f"report written to {written}", err=True)
     except MemlabError as exc:
         raise click.ClickException(str(exc)) from exc
