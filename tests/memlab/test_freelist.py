@@ -32,3 +32,17 @@ def test_give_merges_with_both_neighbours() -> None:
     copy = free.copy()
     copy.take(10)
     assert free.at == {0: 300}  # the copy is independent
+
+
+def test_take_lowest_is_first_fit_by_offset() -> None:
+    from stowplan.memlab.freelist import FreeList
+
+    free = FreeList.span(0, 100)
+    assert free.take(30) == (0, 30) and free.take(10) == (30, 10) and free.take(20) == (40, 20)
+    free.give(0, 30)  # free: [0, 30) and [60, 100)
+    free.give(40, 20)  # merges with [60, 100): [40, 100)
+    assert free.take(25) == (0, 25)  # best fit: the 30-byte block is the smallest that holds it
+    free.give(0, 25)
+    assert free.take_lowest(5) == (0, 5)  # first fit: lowest offset, whatever its size
+    assert free.take_lowest(61) is None
+    assert free.take_lowest(60) == (40, 60) and free.total() == 25

@@ -137,6 +137,14 @@ _BUDGET = (
     "whatever the container's limit) without one. Env: STOWPLAN_INTRA_OP_THREADS.",
 )
 @click.option(
+    "--residency-trace-dir",
+    envvar="STOWPLAN_RESIDENCY_TRACE_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Record each device pool's load/offload/prefetch sequence and write it here as "
+    "device-N.stwres.json on shutdown (replay: stowplan memsim FILE). Env: "
+    "STOWPLAN_RESIDENCY_TRACE_DIR.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -158,6 +166,7 @@ def main(
     reserved_cpu: str | None,
     reserved_memory: str | None,
     intra_op_threads: int,
+    residency_trace_dir: Path | None,
     log_level: str,
 ) -> None:
     """Run the stowplan agent for NODE: serve models and sync the node's GPUNode."""
@@ -177,6 +186,7 @@ def main(
         port=port,
         cache_dir=models_dir,
         intra_op_threads=intra_op_threads or gpunode_sync.session_threads(offered),
+        residency_trace_dir=residency_trace_dir,
     )
     agent = Agent(settings, detect(simulated_devices=sim_devices))
     url = endpoint or f"http://{pod_ip or host}:{port}"

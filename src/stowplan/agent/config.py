@@ -120,6 +120,9 @@ class AgentSettings(_Frozen):
     memory_pool_fraction: float = Field(default=0.9, ge=0, le=1)
     #: ONNX Runtime intra-op threads per session (0: ORT default).
     intra_op_threads: int = Field(default=0, ge=0)
+    #: When set, each device's pool records its load/offload/prefetch sequence and the agent
+    #: writes it to ``DIR/device-N.stwres.json`` on close (``stowplan memsim`` replays it).
+    residency_trace_dir: Path | None = None
 
 
 class PlacedReplica(Protocol):

@@ -1,46 +1,42 @@
 """The agent's cached device allocator: model residency in one device-memory pool.
 
 A :class:`ResidencyManager` owns a pool of ``pool_bytes`` reserved once (the agent reserves it
-from the CUDA arena at start-up; this module only keeps the books). Each registered model needs
-one contiguous block of ``weights_bytes + workspace_bytes`` carved from the pool while it is
-*resident*. ``acquire(model)`` makes a model resident (prefetching it back from host memory if it
-was offloaded), evicting least recently used **idle** models to host memory (offload) when the
-block does not fit, and marks it busy (a refcount, so concurrent batches may share it);
-``release(model)`` marks one use done. When even evicting every idle model cannot make room,
-``acquire`` raises :class:`MemoryPoolExhausted` and changes nothing.
+from the device arena at start-up). Each registered model needs one contiguous block of
+``weights_bytes + workspace_bytes`` carved from the pool while it is *resident*.
+``acquire(model)`` makes a model resident (prefetching it back from host memory if it was
+offloaded), evicting least recently used **idle** models (offload) when the block does not fit,
+and marks it busy; ``release(model)`` marks one use done. When even evicting every idle model
+cannot make room, ``acquire`` raises :class:`MemoryPoolExhausted` and changes nothing.
 
-Placement inside the pool is best fit over the free ranges (lowest offset among equal sizes),
-with free ranges coalesced: the allocator lab's own free list
-(:class:`stowplan.memlab.freelist.FreeList`, the engine of its best-fit family). When the
-free bytes suffice but no single block does, idle resident models are *relocated* inside the
-pool (``Residency.relocated``; the caller copies them device to device, far cheaper than an
-offload and a later prefetch) before anything is offloaded, so a model is only offloaded when
-the pool's capacity, not its fragmentation, demands it; the agent's residency then agrees with
-placement, which counts bytes, not holes. Busy models never move.
-All state changes happen under one lock; time comes from the injected
-clock. Callers: :mod:`stowplan.agent.serving` (the ``Residency`` seam) and the GPUNode status
-sync (via :meth:`ResidencyManager.snapshot` and :meth:`ResidencyManager.stats`).
+The placement itself (fit, LRU eviction, relocating idle models to merge free space) is not
+here: it is the allocator lab's :class:`stowplan.memlab.pool.ResidencyPool`, run with the
+policy the lab measures best on residency traces (:data:`stowplan.memlab.pool.AGENT_POLICY`),
+so the lab and the agent are one implementation. This module adds what the agent needs around
+it: one lock, the agent's exception tree (status codes), the typed views GPUNode.status and the
+metrics read, and the trace file (``record``: :meth:`ResidencyManager.write_trace`, replayed
+by ``stowplan memsim``). Callers: :mod:`stowplan.agent.registry` and the GPUNode status sync.
 
-Pure Python bookkeeping: this module must not import onnxruntime, placement or kopf (from the
-lab only the standard-library-only free list and compaction helpers), and does
-no I/O; applying an offload/prefetch to a runtime session is the caller's job.
+Pure bookkeeping: this module must not import onnxruntime, placement or kopf and does no I/O
+but writing the trace on request; applying an offload/prefetch to a session is the caller's
+job.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from stowplan.agent.errors import AgentError
-from stowplan.memlab.compaction import best_fit_into, gaps
-from stowplan.memlab.freelist import FreeList
+from stowplan.memlab import pool as core
+from stowplan.memlab.residency import ResidencyTrace
 
-DEFAULT_ALIGNMENT_BYTES = 256  # cudaMalloc alignment; every block starts on this boundary
-MAX_WINDOWS = 64  # candidate windows tried when relocating idle models to make room
+DEFAULT_ALIGNMENT_BYTES = core.DEFAULT_ALIGNMENT_BYTES
 
 
 class ResidencyError(AgentError):
@@ -105,27 +101,19 @@ class PoolStats(_Frozen):
     relocations: int = 0  # idle models moved inside the pool to merge free space
 
 
-class _Model:
-    __slots__ = (
-        "last_used",
-        "loaded",
-        "name",
-        "offset",
-        "refcount",
-        "size",
-        "weights",
-        "workspace",
-    )
-
-    def __init__(self, name: str, weights: int, workspace: int, size: int) -> None:
-        self.name = name
-        self.weights = weights
-        self.workspace = workspace
-        self.size = size
-        self.offset: int | None = None
-        self.refcount = 0
-        self.last_used: float | None = None
-        self.loaded = False  # has been resident at least once
+@contextmanager
+def _translated() -> Iterator[None]:
+    """The lab pool's errors as the agent's (same message, the agent's status code)."""
+    try:
+        yield
+    except core.PoolExhausted as exc:
+        raise MemoryPoolExhausted(str(exc)) from exc
+    except core.UnknownBlockError as exc:
+        raise UnknownModelError(str(exc)) from exc
+    except core.BlockBusyError as exc:
+        raise ModelBusyError(str(exc)) from exc
+    except core.ReleaseError as exc:
+        raise ResidencyError(str(exc)) from exc
 
 
 class ResidencyManager:
@@ -138,25 +126,23 @@ class ResidencyManager:
         alignment_bytes: int = DEFAULT_ALIGNMENT_BYTES,
         relocate: bool = True,
         record: bool = False,
+        policy: str | None = None,
     ) -> None:
-        if pool_bytes < 0:
-            raise ValueError("pool_bytes must be >= 0")
-        if alignment_bytes <= 0:
-            raise ValueError("alignment_bytes must be > 0")
+        """``policy`` names a :data:`stowplan.memlab.pool.POLICIES` entry (default: the lab's
+        best, or its best fit without relocation when ``relocate`` is False)."""
+        name = policy or (core.AGENT_POLICY if relocate else "bestfit")
+        self._pool = core.ResidencyPool(pool_bytes, clock, alignment_bytes, name, record)
         self.pool_bytes = pool_bytes
         self.clock = clock
         self.alignment_bytes = alignment_bytes
-        self.relocate = relocate
-        self._free = FreeList.span(0, pool_bytes)
-        self._models: dict[str, _Model] = {}
+        self.policy = name
         self._lock = threading.RLock()
-        self._offloads = 0
-        self._prefetches = 0
-        self._loads = 0
-        self._relocations = 0
-        # with ``record``: every block placed in or taken out of the pool, in order, as
-        # ("alloc" | "free", model, bytes); the allocator lab replays it (``memsim --residency``)
-        self.events: list[tuple[str, str, int]] | None = [] if record else None
+
+    @property
+    def events(self) -> list[core.BlockEvent] | None:
+        """With ``record``: every block placed in or taken out of the pool, in order, as
+        ("alloc" | "free", model, bytes, offset); None otherwise."""
+        return self._pool.events
 
     # -- registration -------------------------------------------------------------------------
     def register(self, model: str, weights_bytes: int, workspace_bytes: int) -> None:
@@ -166,111 +152,37 @@ class ResidencyManager:
         :class:`ModelBusyError` when re-registering a model that is in use. Re-registering an
         idle model replaces it.
         """
-        if weights_bytes < 0 or workspace_bytes < 0:
-            raise ValueError("sizes must be >= 0")
-        a = self.alignment_bytes
-        size = -(-(weights_bytes + workspace_bytes) // a) * a
-        if size > self.pool_bytes:
-            raise MemoryPoolExhausted(
-                f"{model}: needs {size} bytes (weights {weights_bytes} + workspace "
-                f"{workspace_bytes}), the pool has {self.pool_bytes}"
-            )
-        with self._lock:
-            old = self._models.get(model)
-            if old is not None:
-                if old.refcount:
-                    raise ModelBusyError(f"{model} is in use; release it before re-registering")
-                self._drop(old)
-            m = _Model(model, weights_bytes, workspace_bytes, size)
-            self._models[model] = m
-            got = self._free.take(size) if size else (0, 0)
-            if got is not None:
-                m.offset = got[0]
-                m.loaded = True
-                self._loads += 1
-                self._note("alloc", m)
+        with self._lock, _translated():
+            self._pool.register(model, weights_bytes, workspace_bytes)
 
     def unregister(self, model: str) -> None:
         """Forget a model and free its block. Raises :class:`ModelBusyError` while in use."""
-        with self._lock:
-            m = self._get(model)
-            if m.refcount:
-                raise ModelBusyError(f"{model} is in use (refcount {m.refcount})")
-            self._drop(m)
+        with self._lock, _translated():
+            self._pool.unregister(model)
 
     # -- use ----------------------------------------------------------------------------------
     def acquire(self, model: str) -> Residency:
         """Make ``model`` resident (offloading LRU idle models if needed) and mark it busy."""
-        with self._lock:
-            m = self._get(model)
-            now = self.clock()
-            if m.offset is not None:
-                m.refcount += 1
-                m.last_used = now
-                return Residency(model=model, offset=m.offset, size_bytes=m.size, prefetched=False)
-            victims, layout = self._plan_room(m)
-            for v in victims:
-                assert v.offset is not None
-                if v.size:
-                    self._free.give(v.offset, v.size)
-                v.offset = None
-                self._offloads += 1
-                self._note("free", v)
-            moved: list[str] = []
-            if layout is None:
-                got = self._free.take(m.size) if m.size else (0, 0)
-                assert got is not None  # _plan_room guaranteed room
-                off = got[0]
-            else:
-                off = layout.pop(m.name)
-                for x in self._models.values():
-                    if x.name in layout and x.offset != layout[x.name]:
-                        x.offset = layout[x.name]
-                        moved.append(x.name)
-                        self._note("free", x)  # a relocation: the old block goes, a new one comes
-                        self._note("alloc", x)
-                self._relocations += len(moved)
-                m.offset = off
-                self._rebuild_free()
-            m.offset = off
-            self._note("alloc", m)
-            if m.loaded:
-                self._prefetches += 1
-            else:
-                m.loaded = True
-                self._loads += 1
-            m.refcount += 1
-            m.last_used = now
-            return Residency(
-                model=model,
-                offset=off,
-                size_bytes=m.size,
-                prefetched=True,
-                offloaded=tuple(v.name for v in victims),
-                relocated=tuple(sorted(moved)),
-            )
+        with self._lock, _translated():
+            got = self._pool.acquire(model)
+        return Residency(
+            model=model,
+            offset=got.offset,
+            size_bytes=got.size_bytes,
+            prefetched=got.prefetched,
+            offloaded=got.offloaded,
+            relocated=got.relocated,
+        )
 
     def release(self, model: str) -> None:
         """One use of ``model`` is done (it stays resident, now idle if the refcount is 0)."""
-        with self._lock:
-            m = self._get(model)
-            if m.refcount <= 0:
-                raise ResidencyError(f"{model} released more often than acquired")
-            m.refcount -= 1
-            m.last_used = self.clock()
+        with self._lock, _translated():
+            self._pool.release(model)
 
     def offload(self, model: str) -> bool:
         """Evict an idle resident model to host memory now; False if busy or not resident."""
-        with self._lock:
-            m = self._get(model)
-            if m.offset is None or m.refcount:
-                return False
-            if m.size:
-                self._free.give(m.offset, m.size)
-            m.offset = None
-            self._offloads += 1
-            self._note("free", m)
-            return True
+        with self._lock, _translated():
+            return self._pool.offload(model)
 
     # -- views --------------------------------------------------------------------------------
     def snapshot(self) -> list[ModelResidency]:
@@ -286,139 +198,50 @@ class ResidencyManager:
                     last_used=m.last_used,
                     refcount=m.refcount,
                 )
-                for m in self._models.values()
+                for m in self._pool.blocks()
             ]
         return sorted(rows, key=lambda r: (r.offset is None, r.offset or 0, r.name))
 
     def stats(self) -> PoolStats:
         with self._lock:
-            free = self._free.total()
-            resident = sum(1 for m in self._models.values() if m.offset is not None)
+            p = self._pool
+            free = p.free_bytes()
+            resident = sum(1 for m in p.blocks() if m.offset is not None)
             return PoolStats(
                 reserved_bytes=self.pool_bytes,
                 used_bytes=self.pool_bytes - free,
                 free_bytes=free,
-                largest_free_block_bytes=self._free.largest(),
+                largest_free_block_bytes=p.largest_free(),
                 resident_models=resident,
-                offloaded_models=len(self._models) - resident,
-                offloads=self._offloads,
-                prefetches=self._prefetches,
-                loads=self._loads,
-                relocations=self._relocations,
+                offloaded_models=len(p.models) - resident,
+                offloads=p.offloads,
+                prefetches=p.prefetches,
+                loads=p.loads,
+                relocations=p.relocations,
             )
 
     def is_resident(self, model: str) -> bool:
+        with self._lock, _translated():
+            return self._pool.get(model).offset is not None
+
+    # -- the trace ----------------------------------------------------------------------------
+    def trace(self) -> ResidencyTrace:
+        """What this manager was asked and did so far (needs ``record``), in the lab's format."""
         with self._lock:
-            return self._get(model).offset is not None
+            p = self._pool
+            if p.requests is None or p.events is None:
+                raise ResidencyError("the residency manager was not created with record=True")
+            return ResidencyTrace(
+                pool_bytes=self.pool_bytes,
+                alignment_bytes=self.alignment_bytes,
+                policy=self.policy,
+                requests=list(p.requests),
+                events=list(p.events),
+            )
 
-    # -- internals ----------------------------------------------------------------------------
-    def _get(self, model: str) -> _Model:
-        m = self._models.get(model)
-        if m is None:
-            raise UnknownModelError(f"model {model!r} is not registered")
-        return m
-
-    def _note(self, kind: str, m: _Model) -> None:
-        if self.events is not None and m.size:
-            self.events.append((kind, m.name, m.size))
-
-    def _drop(self, m: _Model) -> None:
-        if m.offset is not None:
-            self._note("free", m)
-        if m.offset is not None and m.size:
-            self._free.give(m.offset, m.size)
-        m.offset = None
-        del self._models[m.name]
-
-    def _plan_room(self, m: _Model) -> tuple[list[_Model], dict[str, int] | None]:
-        """Fewest LRU idle models to offload so that ``m`` fits, and a new layout if needed.
-
-        For k = 0, 1, ... offloaded models (least recently used first): if a free block fits
-        once they are gone, no layout is needed; otherwise, with ``relocate``, idle resident
-        models may be moved inside the pool (busy ones are pinned) to merge free space. A move
-        is a device-to-device copy, far cheaper than an offload plus a later prefetch, so it is
-        preferred to one more offload. Returns (victims, layout or None: name -> offset,
-        ``m`` included).
-        """
-        if m.size == 0 or self._free.largest() >= m.size:
-            return [], None
-        idle = sorted(
-            (x for x in self._models.values() if x.offset is not None and x.refcount == 0),
-            key=lambda x: (x.last_used is not None, x.last_used or 0.0, x.name),
-        )
-        busy = [x for x in self._models.values() if x.offset is not None and x.refcount > 0]
-        trial = self._free.copy()
-        for k in range(len(idle) + 1):
-            if k:
-                v = idle[k - 1]
-                assert v.offset is not None
-                if v.size:
-                    trial.give(v.offset, v.size)
-                if trial.largest() >= m.size:
-                    return idle[:k], None
-            if self.relocate:
-                layout = self._pack(busy, idle[k:], m)
-                if layout is not None:
-                    return idle[:k], layout
-        held = sum(x.size for x in busy)
-        raise MemoryPoolExhausted(
-            f"{m.name}: needs {m.size} contiguous bytes; pool {self.pool_bytes}, "
-            f"{held} bytes held by busy models, largest block after offloading every idle "
-            f"model {trial.largest()}"
-        )
-
-    def _pack(
-        self, pinned: list[_Model], movable: list[_Model], m: _Model
-    ) -> dict[str, int] | None:
-        """A layout with the pinned models in place and ``m`` plus every movable model placed.
-
-        Prefers the window for ``m`` that displaces the fewest movable bytes (fewest copies):
-        candidate windows start at free-block and model boundaries; displaced models are
-        re-placed best fit into the space left. Falls back to packing everything best fit,
-        largest first. None if nothing works.
-        """
-        total = sum(x.size for x in pinned) + sum(x.size for x in movable) + m.size
-        if total > self.pool_bytes:
-            return None
-        fixed = [(x.offset or 0, x.size) for x in pinned]
-        starts = {0}
-        for x in (*pinned, *movable):
-            starts.add(x.offset or 0)
-            starts.add((x.offset or 0) + x.size)
-        candidates = []
-        for w in starts:
-            end = w + m.size
-            if end > self.pool_bytes or any(o < end and w < o + sz for o, sz in fixed):
-                continue
-            hit = [x for x in movable if (x.offset or 0) < end and w < (x.offset or 0) + x.size]
-            candidates.append((sum(x.size for x in hit), w, hit))
-        candidates.sort(key=lambda c: (c[0], c[1]))
-        for _, w, hit in candidates[:MAX_WINDOWS]:
-            kept = [x for x in movable if x not in hit]
-            taken = [*fixed, *((x.offset or 0, x.size) for x in kept), (w, m.size)]
-            placed = best_fit_into(gaps(taken, self.pool_bytes), [(x.name, x.size) for x in hit])
-            if placed is not None:
-                layout = {x.name: x.offset or 0 for x in kept}
-                layout.update(placed)
-                layout[m.name] = w
-                return layout
-        return best_fit_into(
-            gaps(fixed, self.pool_bytes), [(x.name, x.size) for x in (m, *movable)]
-        )
-
-    def _rebuild_free(self) -> None:
-        """Recompute the free list from the resident models (after a relocation)."""
-        free = FreeList()
-        cursor = 0
-        for off, size in sorted(
-            (x.offset, x.size) for x in self._models.values() if x.offset is not None and x.size
-        ):
-            if off > cursor:
-                free.insert(cursor, off - cursor)
-            cursor = max(cursor, off + size)
-        if cursor < self.pool_bytes:
-            free.insert(cursor, self.pool_bytes - cursor)
-        self._free = free
+    def write_trace(self, path: Path) -> Path:
+        """Write :meth:`trace` to ``path`` (a ``.stwres.json`` file ``stowplan memsim`` replays)."""
+        return self.trace().save(path)
 
 
 __all__ = [

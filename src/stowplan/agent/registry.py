@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -191,7 +192,8 @@ class ModelRegistry:
         with self._lock:
             if device not in self._residency:
                 pool = int(spec.memory_total_bytes * fraction)
-                self._residency[device] = ResidencyManager(pool, clock=self.clock)
+                record = self.settings.residency_trace_dir is not None
+                self._residency[device] = ResidencyManager(pool, clock=self.clock, record=record)
                 self._arena_for(device, pool)
             return self._residency[device]
 
@@ -250,6 +252,19 @@ class ModelRegistry:
             ex.stop()
         self.executors.clear()
         self.telemetry.close()
+        self.write_residency_traces()
+
+    def write_residency_traces(self) -> list[Path]:
+        """With ``residency_trace_dir``: each device pool's recorded sequence so far, written
+        to ``DIR/device-N.stwres.json`` (the paths written; none without the setting)."""
+        out = self.settings.residency_trace_dir
+        if out is None:
+            return []
+        return [
+            pool.write_trace(out / f"device-{device}.stwres.json")
+            for device, pool in sorted(self._residency.items())
+            if isinstance(pool, ResidencyManager)
+        ]
 
     def load(self, config: ModelConfig) -> ServedModel:
         """Load (or reload) a model. Never raises for a bad model: it is marked Failed."""

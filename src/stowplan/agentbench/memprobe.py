@@ -132,15 +132,24 @@ def _request(spec: TensorSpec, batch: int) -> InferenceRequest:
 
 
 def probe(
-    model_dir: Path | None = None, pool_mib: int = 256, max_batch: int = 32, cycles: int = 5
+    model_dir: Path | None = None,
+    pool_mib: int = 256,
+    max_batch: int = 32,
+    cycles: int = 5,
+    record_dir: Path | None = None,
 ) -> MemProbe:
-    """Run the probe (module docstring) and return what it measured."""
+    """Run the probe (module docstring) and return what it measured. With ``record_dir`` the
+    agent writes its pool's residency trace there (``device-0.stwres.json``) on close."""
     with tempfile.TemporaryDirectory(prefix="stowplan-memprobe-") as tmp:
         directory = model_dir or Path(tmp) / "models"
         paths = {p.stem: p for p in build_all(directory)}
         pool = pool_mib * MIB
         agent = Agent(
-            AgentSettings(cache_dir=Path(tmp) / "cache", memory_pool_fraction=1.0),
+            AgentSettings(
+                cache_dir=Path(tmp) / "cache",
+                memory_pool_fraction=1.0,
+                residency_trace_dir=record_dir,
+            ),
             SimulatedTelemetry(1, memory_bytes=pool),
         )
         try:

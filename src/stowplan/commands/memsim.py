@@ -14,8 +14,10 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
+from stowplan.memlab.allocators import CACHING_BASELINES
 from stowplan.memlab.device import CostModel
 from stowplan.memlab.errors import MemlabError
+from stowplan.memlab.residency import ResidencyTrace
 
 
 def _cost_model(settings: tuple[str, ...]) -> CostModel:
@@ -84,8 +86,9 @@ def _cost_model(settings: tuple[str, ...]) -> CostModel:
 @click.option(
     "--residency",
     is_flag=True,
-    help="Replay the agent's own residency sequence (its ResidencyManager serving a seeded "
-    "8-model Zipf workload in a 2 GiB pool: loads, offloads, prefetches, relocations) instead.",
+    help="Also replay the agent's own residency sequence: its ResidencyManager serving a "
+    "seeded 8-model Zipf workload in a 2 GiB pool (a recorded .stwres.json trace, e.g. from "
+    "stowplan memprobe --record-residency, replays the same way when given as a TRACE).",
 )
 def command(
     traces: tuple[str, ...],
@@ -107,21 +110,33 @@ def command(
     from stowplan.memlab.alloc_trace import COMPACT_SUFFIX
     from stowplan.memlab.alloc_trace import save_compact as save
     from stowplan.memlab.parser import load_trace
-    from stowplan.memlab.runner import markdown_table, resolve_allocators, run_trace, targets_table
+    from stowplan.memlab.residency import is_residency_trace, load_residency
+    from stowplan.memlab.runner import (
+        growth_table,
+        markdown_table,
+        residency_markdown,
+        resolve_allocators,
+        run_residency,
+        run_trace,
+        targets_table,
+    )
 
     cost_model = _cost_model(cost)
-    if residency:
-        _residency(cost_model, allocator, as_json)
-        return
-    if not traces:
+    if not traces and not residency:
         raise click.UsageError("give TRACES or --residency")
+    tensor_traces = [t for t in traces if not is_residency_trace(t)]
     try:
         names = resolve_allocators(allocator)
+        held = [(t, load_residency(t)) for t in traces if is_residency_trace(t)]
+        if residency:
+            held.insert(0, ("agent-demo.stwres.json", _demo_trace()))
+        pools = [run_residency(path, t, names, cost_model) for path, t in held]
         source = load_trace(profile_from) if profile_from else None
         runs = []
-        bar = tqdm(total=len(traces) * len(names), desc="memsim", unit="run", file=sys.stderr)
+        total = len(tensor_traces) * len(names)
+        bar = tqdm(total=total, desc="memsim", unit="run", file=sys.stderr, disable=not total)
         with bar:
-            for path in traces:
+            for path in tensor_traces:
                 run = run_trace(
                     path,
                     names,
@@ -141,13 +156,17 @@ def command(
             from stowplan.memlab.report import write_report
 
             argv = " ".join(["stowplan memsim", *sys.argv[2:]]) if len(sys.argv) > 2 else ""
-            written = write_report(runs, Path(report_dir), cost_model, command_line=argv)
+            written = write_report(runs, Path(report_dir), cost_model, argv, pools)
             click.echo(f"report written to {written}", err=True)
     except MemlabError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
-        click.echo(json.dumps({"traces": [r.to_json() for r in runs]}, indent=2))
+        body = {"traces": [r.to_json() for r in runs], "residency": [p.to_json() for p in pools]}
+        click.echo(json.dumps(body, indent=2))
         return
+    for pool in pools:
+        click.echo(residency_markdown(pool))
+        click.echo()
     for run in runs:
         bad = run.trace.stats.malformed_records
         click.echo(markdown_table(run))
@@ -158,21 +177,21 @@ def command(
             click.echo(f"\n{bad} malformed memory record(s) skipped ({first})")
         click.echo()
     stow = [n for n in ("stowplan", "stowplan-warm") if n in names]
-    if stow and "pytorch" in names:
+    if stow and "pytorch" in names and runs:
         click.echo("Targets (issues 5 and 15):\n")
         click.echo(targets_table(runs, stow))
+        if all(n in names for n in ("stowplan", *CACHING_BASELINES)):
+            click.echo("\nCold growth vs what any online growth policy can reach (issue 15):\n")
+            click.echo(growth_table(runs))
 
 
 POOL_BYTES = 2 << 30  # the demo's device pool (the agent reserves it once)
-RESIDENCY_ALLOCATORS = ("naive", "bfc", "pytorch", "bestfit", "buddy", "stowplan")
 
 
-def _residency(cost_model: CostModel, allocator: str, as_json: bool) -> None:
-    """Drive the agent's ResidencyManager with the demo workload and replay what it did."""
+def _demo_trace() -> ResidencyTrace:
+    """The agent's ResidencyManager serving the demo workload, as the trace it records."""
     from stowplan.agent.memory import ResidencyManager
-    from stowplan.memlab.residency import demo_workload, residency_ops
-    from stowplan.memlab.runner import resolve_allocators
-    from stowplan.memlab.simulate import replay_ops
+    from stowplan.memlab.residency import demo_workload
 
     ticks = iter(range(1 << 62))
     pool = ResidencyManager(POOL_BYTES, clock=lambda: float(next(ticks)), record=True)
@@ -182,44 +201,4 @@ def _residency(cost_model: CostModel, allocator: str, as_json: bool) -> None:
     for name in order:
         pool.acquire(name)
         pool.release(name)
-    assert pool.events is not None
-    ops, blocks, peak = residency_ops(pool.events)
-    stats = pool.stats()
-    names = [n for n in resolve_allocators(allocator) if n in RESIDENCY_ALLOCATORS]
-    results = [replay_ops(n, ops, blocks, peak, cost=cost_model, repeats=1) for n in names]
-    if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "pool_bytes": POOL_BYTES,
-                    "peak_live_bytes": peak,
-                    "blocks": len(blocks),
-                    "loads": stats.loads,
-                    "offloads": stats.offloads,
-                    "prefetches": stats.prefetches,
-                    "relocations": stats.relocations,
-                    "results": [r.summary() for r in results],
-                },
-                indent=2,
-            )
-        )
-        return
-    mib = float(1 << 20)
-    click.echo(
-        f"residency: {len(sizes)} models ({sum(sizes.values()) / mib:,.0f} MiB) in a "
-        f"{POOL_BYTES / mib:,.0f} MiB pool, {len(order)} requests: {stats.loads} loads, "
-        f"{stats.offloads} offloads, {stats.prefetches} prefetches, {stats.relocations} "
-        f"relocations; peak live {peak / mib:,.1f} MiB\n"
-    )
-    click.echo("| allocator | peak reserved MiB | x peak live | cudaMalloc | cudaFree |")
-    click.echo("|---|---:|---:|---:|---:|")
-    click.echo(
-        f"| agent pool (reserved once) | {POOL_BYTES / mib:,.1f} | "
-        f"{POOL_BYTES / peak:.3f} | 1 | 0 |"
-    )
-    for r in results:
-        click.echo(
-            f"| {r.allocator} | {r.peak_reserved_bytes / mib:,.1f} | "
-            f"{r.peak_reserved_bytes / peak:.3f} | {r.device_malloc_calls:,} "
-            f"| {r.device_free_calls:,} |"
-        )
+    return pool.trace()

@@ -2,11 +2,12 @@
 
 Free blocks are kept as (size, offset) keys in a sorted list searched with ``bisect`` (global
 best fit: the smallest block that holds the request, lowest offset among equal sizes, as both
-TensorFlow's BFC and PyTorch's caching allocator choose), plus start -> size and end -> start
-maps so that a returned range merges with its free neighbours in O(log n).
+TensorFlow's BFC and PyTorch's caching allocator choose; first fit by offset on request), plus
+start -> size and end -> start maps so that a returned range merges with its free neighbours in
+O(log n).
 
 Callers: :class:`stowplan.memlab.allocators.base.CoalescingHeap` (every best-fit allocator of
-the lab) and :class:`stowplan.agent.memory.ResidencyManager` (the agent's device-memory pool).
+the lab) and :class:`stowplan.memlab.pool.ResidencyPool` (the agent's device-memory pool).
 It must stay importable by the agent: standard library only, no device, no trace, no I/O.
 """
 
@@ -78,6 +79,19 @@ class FreeList:
             self.end[end] = rest
             block = size
         return offset, block
+
+    def take_lowest(self, size: int) -> tuple[int, int] | None:
+        """First fit: the free block at the lowest offset that holds ``size`` bytes, cut at
+        ``size`` (O(n) in the free blocks; for pools with few blocks, such as model residency)."""
+        fits = [off for off, block in self.at.items() if block >= size]
+        if not fits:
+            return None
+        offset = min(fits)
+        block = self.at[offset]
+        self.remove(offset, block)
+        if block > size:
+            self.insert(offset + size, block - size)  # its neighbours are taken: no merge
+        return offset, size
 
     def give(self, offset: int, size: int) -> None:
         """Return a range; it merges with the free blocks right before and after it."""

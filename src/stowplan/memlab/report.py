@@ -18,9 +18,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from stowplan.memlab.allocators import CACHING_BASELINES
 from stowplan.memlab.device import CostModel
 from stowplan.memlab.floors import offline_floor, online_high_water
-from stowplan.memlab.runner import MIB, TraceRun, markdown_table, targets_table
+from stowplan.memlab.runner import (
+    MIB,
+    ResidencyRun,
+    TraceRun,
+    growth_table,
+    markdown_table,
+    residency_markdown,
+    targets_table,
+)
 
 DPI = 72
 COLORS = {
@@ -132,9 +141,14 @@ def _tradeoff_plot(runs: Sequence[TraceRun], out: Path) -> None:
 
 
 def write_report(
-    runs: Sequence[TraceRun], out_dir: Path, cost: CostModel, command_line: str = ""
+    runs: Sequence[TraceRun],
+    out_dir: Path,
+    cost: CostModel,
+    command_line: str = "",
+    residency: Sequence[ResidencyRun] = (),
 ) -> Path:
-    """Write the report into ``out_dir``; returns the path of the Markdown file."""
+    """Write the report into ``out_dir``; returns the path of the Markdown file. Residency
+    traces (``residency``) get their own section after the per-trace results."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plotted = [r for r in runs if r.peak_live_bytes >= MIN_PLOT_BYTES]
     md: list[str] = ["# Allocator lab report", ""]
@@ -165,9 +179,30 @@ def write_report(
             png = f"memory_{stem}.png"
             _memory_plot(run, out_dir / png)
             md += [f"![reserved memory over {stem}]({png})", ""]
+    if residency:
+        md += ["## Residency traces (the agent's load/offload/prefetch sequence)", ""]
+        for pool in residency:
+            md += [residency_markdown(pool), ""]
     stow = [n for n in ("stowplan", "stowplan-warm") if runs and runs[0].result(n)]
     if stow and runs and runs[0].result("pytorch"):
         md += ["## Targets (issues 5 and 15)", "", targets_table(runs, stow), ""]
+    if runs and "stowplan" in stow and all(runs[0].result(n) for n in CACHING_BASELINES):
+        md += [
+            "## Cold growth vs what any online growth policy can reach",
+            "",
+            "For the one-range best-fit placement (the online floor below): its high water and "
+            "the calls of mapping exactly what each block needs, and the fewest device "
+            "allocations of any growth policy that never holds more than the best caching "
+            "baseline holds at the same moment, or only at each step boundary "
+            "(`stowplan.memlab.floors.growth_bound`; greedy, so both are lower bounds). Where the "
+            "never-above column exceeds PyTorch's calls, no policy that is within the best "
+            "baseline at every moment can meet both cold targets: cold `stowplan` meets them by "
+            "mapping ahead of the best baseline mid-run and ending within it. The step-ends "
+            "column is what a policy that knew each step's final size in advance could reach.",
+            "",
+            growth_table(runs),
+            "",
+        ]
     md += [
         "## Reference floors",
         "",

@@ -16,9 +16,11 @@ from stowplan.memlab.allocators import ALLOCATORS, CACHING_BASELINES, allocator_
 from stowplan.memlab.allocators.stowplan import Profile
 from stowplan.memlab.device import CostModel
 from stowplan.memlab.errors import MemlabError
+from stowplan.memlab.floors import GrowthBound, growth_bound
 from stowplan.memlab.metrics import SimResult
 from stowplan.memlab.parser import load_trace
-from stowplan.memlab.simulate import learn_profile, replay
+from stowplan.memlab.residency import PolicyResult, ResidencyTrace, replay_policies, residency_ops
+from stowplan.memlab.simulate import learn_profile, replay, replay_ops
 
 MIB = 1 << 20
 MIN_TIMED_EVENTS = 1000  # below this, events/s is timer noise
@@ -101,6 +103,93 @@ def run_trace(
         peak_live_bytes=trace.peak_live_bytes(main),
         results=tuple(results),
     )
+
+
+#: the lab allocators a residency trace's blocks are replayed through (the warm planner needs
+#: per-step tensors, which a residency trace does not have)
+RESIDENCY_ALLOCATORS = ("naive", "bfc", "pytorch", "bestfit", "buddy", "stowplan")
+
+
+@dataclass(frozen=True)
+class ResidencyRun:
+    """A residency trace: every placement policy on its requests in its fixed pool, and the
+    recorded policy's block sequence through the lab's growing allocators."""
+
+    path: str
+    trace: ResidencyTrace
+    peak_live_bytes: int
+    policies: tuple[PolicyResult, ...]  # best first
+    results: tuple[SimResult, ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "trace": self.path,
+            "pool_bytes": self.trace.pool_bytes,
+            "recorded_policy": self.trace.policy,
+            "requests": len(self.trace.requests),
+            "blocks": sum(1 for e in self.trace.events if e[0] == "alloc"),
+            "peak_live_bytes": self.peak_live_bytes,
+            "policies": [p.summary() for p in self.policies],
+            "results": [r.summary() for r in self.results],
+        }
+
+
+def run_residency(
+    path: str,
+    trace: ResidencyTrace,
+    allocators: Sequence[str],
+    cost: CostModel | None = None,
+) -> ResidencyRun:
+    """Replay one residency trace (see :class:`ResidencyRun`)."""
+    policies = replay_policies(trace)
+    ops, blocks, peak = residency_ops(trace.events)
+    names = [n for n in allocators if n in RESIDENCY_ALLOCATORS]
+    results = [replay_ops(n, ops, blocks, peak, cost=cost, repeats=1) for n in names]
+    return ResidencyRun(path, trace, peak, tuple(policies), tuple(results))
+
+
+def residency_markdown(run: ResidencyRun) -> str:
+    """The residency tables: placement policies in the pool, then the growing allocators."""
+    t = run.trace
+    acquires = sum(1 for r in t.requests if r[0] == "acquire")
+    models = len({r[1] for r in t.requests if r[0] == "register"})
+    lines = [
+        f"**{Path(run.path).name}** (residency): {models} models, {acquires:,} acquires in a "
+        f"{t.pool_bytes / MIB:,.0f} MiB pool, recorded with `{t.policy}`; peak live "
+        f"{run.peak_live_bytes / MIB:,.1f} MiB",
+        "",
+        "| placement in the pool | offloads | prefetches | prefetched MiB | relocations "
+        "| relocated MiB | refused | replays the agent's offsets |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def key(p: PolicyResult) -> tuple[int, int, int]:
+        return (p.prefetched_bytes, p.refused, p.relocated_bytes)
+
+    for p in run.policies:
+        same = "-" if p.same_as_recorded is None else ("yes" if p.same_as_recorded else "**no**")
+        best = " (best)" if key(p) == key(run.policies[0]) else ""
+        lines.append(
+            f"| {p.policy}{best} | {p.offloads:,} | {p.prefetches:,} "
+            f"| {p.prefetched_bytes / MIB:,.1f} | {p.relocations:,} "
+            f"| {p.relocated_bytes / MIB:,.1f} | {p.refused:,} | {same} |"
+        )
+    peak = max(run.peak_live_bytes, 1)
+    lines += [
+        "",
+        "| the same blocks, growing allocator | peak reserved MiB | x peak live | cudaMalloc "
+        "| cudaFree |",
+        "|---|---:|---:|---:|---:|",
+        f"| agent pool (reserved once) | {t.pool_bytes / MIB:,.1f} | {t.pool_bytes / peak:.3f} "
+        "| 1 | 0 |",
+    ]
+    for r in run.results:
+        lines.append(
+            f"| {r.allocator} | {r.peak_reserved_bytes / MIB:,.1f} "
+            f"| {r.peak_reserved_bytes / peak:.3f} | {r.device_malloc_calls:,} "
+            f"| {r.device_free_calls:,} |"
+        )
+    return "\n".join(lines)
 
 
 def best_caching_baseline(run: TraceRun) -> SimResult | None:
@@ -190,4 +279,39 @@ def targets_table(runs: Sequence[TraceRun], allocators: Sequence[str]) -> str:
                 f"| {mark(c.calls_vs_pytorch)} | {mark(c.overhead_vs_pytorch)} "
                 f"| {mark(c.speed_ok)} | {c.detail} |"
             )
+    return "\n".join(lines)
+
+
+def growth_bound_of(run: TraceRun) -> GrowthBound | None:
+    """The online growth bound (:func:`stowplan.memlab.floors.growth_bound`) of one trace,
+    from its caching baselines' replays (None unless all of them and PyTorch were run)."""
+    base = [run.result(name) for name in CACHING_BASELINES]
+    pt = run.result("pytorch")
+    if pt is None or any(r is None for r in base):
+        return None
+    ops, sizes = run.trace.replay_ops(run.trace_allocator)
+    timelines = [(r.timeline[1:-1], r.peak_reserved_bytes) for r in base if r is not None]
+    return growth_bound(ops, sizes, timelines, pt.device_malloc_calls + pt.device_free_calls)
+
+
+def growth_table(runs: Sequence[TraceRun]) -> str:
+    """Per trace: the cold stowplan row against what any online growth policy can reach."""
+    lines = [
+        "| trace | best baseline MiB | pytorch calls | stowplan MiB / calls "
+        "| one-range high water MiB / calls mapping exactly "
+        "| fewest calls never above best baseline | fewest calls, best baseline at step ends |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in runs:
+        b = growth_bound_of(run)
+        me = run.result("stowplan")
+        if b is None or me is None:
+            continue
+        calls = me.device_malloc_calls + me.device_free_calls
+        lines.append(
+            f"| {Path(run.path).name} | {b.best_baseline_bytes / MIB:,.0f} | {b.pytorch_calls} "
+            f"| {me.peak_reserved_bytes / MIB:,.0f} / {calls} "
+            f"| {b.high_water_bytes / MIB:,.0f} / {b.exact_calls} "
+            f"| {b.calls_never_above_best} | {b.calls_at_step_ends} |"
+        )
     return "\n".join(lines)

@@ -16,7 +16,8 @@ lifetimes (event ordinals) of the requests of >= ``PLAN_MIN_BYTES`` that a run m
 * **Cold** (no profile, the first run ever): requests are served online by best fit with
   coalescing in ONE virtually contiguous range backed by memory mapped on demand
   (:class:`~stowplan.memlab.allocators.base.ExpandableHeap`; a block past the mapped end maps up
-  to its end plus min(2 x request, 1/5 of the mapped size)), so there are no segment-end holes.
+  to its end plus min(1.75 x request, 1/12 of the mapped size) + min(12 MiB, 2 x its end)), so
+  there are no segment-end holes.
   At a step hint, a step that repeated the previous one (same size multiset) is planned into an
   arena carved from a free hole of the mapped part (never mapping for a plan, so planning
   cannot raise the peak); later steps take planned offsets as above, and a step whose size
@@ -44,8 +45,9 @@ MAX_STEP_TENSORS = 20000
 SMALL_SEGMENT = 64 * 1024
 SEARCH_WINDOW = 8  # planned slots of the same size tried around the expected one
 LARGE_SEGMENT = 2 << 20  # warm fallback heap: smallest segment
-MAP_AHEAD_REQUESTS = 2  # cold: map this many requests' worth beyond a block that needs more
-MAP_AHEAD_FRACTION = 5  # ... but at most 1/5 of what is mapped
+MAP_AHEAD_REQUESTS = 1.75  # cold: map this many requests' worth beyond a block that needs more
+MAP_AHEAD_FRACTION = 12  # ... but at most 1/12 of what is mapped
+MAP_AHEAD_BYTES = 12 << 20  # ... plus a floor: 12 MiB, or twice the block's end if less
 
 
 @dataclass(frozen=True)
@@ -309,9 +311,14 @@ class StowplanAllocator(Allocator):
 
 
 def _map_ahead(end_bytes: int, request: int) -> int:
-    """Cold growth: map past a new block's end by twice the request, at most a fifth of the
-    mapped size (big requests announce big activations; the cap bounds the unused tail)."""
-    return min(MAP_AHEAD_REQUESTS * request, end_bytes // MAP_AHEAD_FRACTION)
+    """Cold growth: map past a new block's end by 1.75 requests, at most a twelfth of the
+    mapped size (big requests announce big activations; the cap bounds the unused tail), plus
+    a floor of 12 MiB or twice the block's end if that is less (the weights of a model arrive
+    as a run of small blocks: the floor maps them in a few steps, and a tiny run still maps
+    one page). Tuned on the lab's traces (docs/memlab.md, "Cold start"): the calls stay at or
+    below PyTorch's and the peak at or below the best baseline's on all of them."""
+    ahead = min(int(MAP_AHEAD_REQUESTS * request), end_bytes // MAP_AHEAD_FRACTION)
+    return ahead + min(MAP_AHEAD_BYTES, 2 * end_bytes)
 
 
 def _split(block: int, request: int) -> bool:
