@@ -5,7 +5,9 @@ Paths: ``direct`` (an ONNX Runtime session called in this process: the floor); `
 ``http-binary`` and ``grpc`` (the stowplan agent, ``stowplan up`` in a subprocess with batching
 ``none``, over the Open Inference Protocol's JSON body, its binary tensor data extension, and
 ``inference.GRPCInferenceService`` with ``raw_input_contents`` through stowplan's generated
-``grpc.aio`` stub); ``kserve-rest`` (KServe's Python ``ModelServer`` serving the same model with
+``grpc.aio`` stub); ``echo-http`` and ``echo-grpc`` (asked for by name: the same requests to
+the agent's HTTP and gRPC stacks answering a fixed response, :mod:`.echo`, the floor under the
+agent's paths); ``kserve-rest`` (KServe's Python ``ModelServer`` serving the same model with
 ONNX Runtime, :mod:`stowplan.agentbench.kserve_onnx` in a subprocess, v2 JSON over REST). Each
 server runs alone on the machine in turn (the agent for its paths, then KServe).
 Each path is driven by the same closed-loop load generator: C workers, each sending its next
@@ -80,9 +82,11 @@ class Target:
 
 class PathFactory:
     """Opens one worker's connection for a path: ``await open(target)`` -> (send, close).
-    ``server`` names the server the path talks to (``agent`` or ``kserve``)."""
+    ``server`` names the server the path talks to (``agent``, ``kserve`` or ``echo``);
+    ``default`` whether a run with no ``--path`` includes it."""
 
     server = "agent"
+    default = True
 
     async def open(self, target: Target) -> tuple[Send, Close]:
         raise NotImplementedError
@@ -191,12 +195,30 @@ class KServeRest(HttpJson):
     server = "kserve"
 
 
+class EchoHttp(HttpBinary):
+    """The ``http-binary`` request to a bare uvicorn app (:mod:`.echo`): the HTTP stack's
+    floor, with the agent's loop and parser and nothing of stowplan."""
+
+    server = "echo"
+    default = False
+
+
+class EchoGrpc(Grpc):
+    """The ``grpc`` request to a bare ``grpc.aio`` server (:mod:`.echo`): the gRPC stack's
+    floor."""
+
+    server = "echo"
+    default = False
+
+
 #: the paths through a server, by name (``direct`` is built in)
 PATHS: dict[str, PathFactory] = {
     "http-json": HttpJson(),
     "http-binary": HttpBinary(),
     "grpc": Grpc(),
     "kserve-rest": KServeRest(),
+    "echo-http": EchoHttp(),
+    "echo-grpc": EchoGrpc(),
 }
 
 
@@ -347,6 +369,50 @@ def serve_kserve(workdir: Path, model_path: Path, x: np.ndarray) -> Iterator[Tar
 
 
 @contextlib.contextmanager
+def serve_echo(workdir: Path, want: np.ndarray, x: np.ndarray) -> Iterator[Target]:
+    """The bare stacks of :mod:`.echo` (HTTP and gRPC, answering ``want`` to everything) in a
+    subprocess on free loopback ports; yields their target once HTTP answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out_path = workdir / "echo-answer.npy"
+    np.save(out_path, want)
+    port, grpc_port = httpload._free_port(), httpload._free_port()
+    log_path = workdir / "echo.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "stowplan.agentbench.echo",
+                str(out_path),
+                str(port),
+                str(grpc_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"echo server exited: {tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"http://127.0.0.1:{port}/", content=b"", timeout=1)
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("echo server did not answer within 30 s")
+            time.sleep(0.1)
+        yield Target("127.0.0.1", port, "bench", x, grpc_port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
 def serve_agent(
     workdir: Path, model_path: Path, x: np.ndarray, slo_ms: float = 1000.0
 ) -> Iterator[Target]:
@@ -389,6 +455,7 @@ def run(
         servers: dict[str, Callable[[], contextlib.AbstractContextManager[Target]]] = {
             "agent": lambda: serve_agent(work, model_path, x, slo_ms),
             "kserve": lambda: serve_kserve(work, model_path, x),
+            "echo": lambda: serve_echo(work / "echo", want, x),
         }
         for server, start in servers.items():
             mine = [p for p in paths if PATHS[p].server == server]
@@ -620,6 +687,7 @@ def run_open(
 
             servers.append(("agent", policy, contextlib.contextmanager(start_agent)))
         servers.append(("kserve", "-", lambda: serve_kserve(work, model_path, x)))
+        servers.append(("echo", "-", lambda: serve_echo(work / "echo", want, x)))
         for server, policy, serve in servers:
             mine = [p for p in paths if PATHS[p].server == server]
             if not mine:
@@ -727,25 +795,46 @@ def verdict(rows: list[OpenRow], slo_ms: float) -> list[str]:
     return out
 
 
+#: an agent path -> the echo path of its stack
+_ECHO_OF = {"http-binary": "echo-http", "http-json": "echo-http", "grpc": "echo-grpc"}
+
+
 def table(rows: list[Row], model: str) -> str:
     direct = {r.concurrency: r for r in rows if r.path == "direct"}
     out = [
         f"Model `{model}` (batch 1 per request), closed loop. `direct`: ONNX Runtime in the "
         "load generator's process; `http-json`, `http-binary`, `grpc`: the stowplan agent "
         "(`stowplan up`, batching `none`); `kserve-rest`: KServe's Python ModelServer "
-        "(kserve 0.21.0, ONNX Runtime, per-request logging off). Each server alone on the "
-        "machine in turn.",
+        "(kserve 0.21.0, ONNX Runtime, per-request logging off); `echo-http`, `echo-grpc` "
+        "(when run): the agent's HTTP and gRPC stacks answering a fixed response, no "
+        "stowplan code (the stack's floor; the last column is a path's p50 less its "
+        "stack's echo p50). Each server alone on the machine in turn.",
         "",
-        "| path | concurrency | req/s | p50 ms | p99 ms | p50 overhead over direct ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    echo = {(r.path, r.concurrency): r for r in rows if r.path.startswith("echo-")}
+    if echo:
+        out += [
+            "| path | concurrency | req/s | p50 ms | p99 ms | p50 overhead over direct ms "
+            "| errors | p50 over the stack's echo ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        out += [
+            "| path | concurrency | req/s | p50 ms | p99 ms | p50 overhead over direct ms "
+            "| errors |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
     for r in rows:
         base = direct.get(r.concurrency)
         over = "-" if r.path == "direct" or base is None else f"{r.p50_ms - base.p50_ms:.3f}"
-        out.append(
+        line = (
             f"| {r.path} | {r.concurrency} | {r.throughput:.0f} | {r.p50_ms:.3f} "
             f"| {r.p99_ms:.3f} | {over} | {r.errors} |"
         )
+        if echo:
+            stack = echo.get((_ECHO_OF.get(r.path, ""), r.concurrency))
+            line += f" {r.p50_ms - stack.p50_ms:.3f} |" if stack is not None else " - |"
+        out.append(line)
     load1, load5, _ = os.getloadavg()
     out += [
         "",

@@ -34,9 +34,10 @@ import click
     "--path",
     "paths",
     multiple=True,
-    help="Data path (repeatable; default every registered one: http-json, http-binary, grpc, "
-    "kserve-rest; kserve-rest needs kserve from the dev extra and is left out of the default "
-    "without it).",
+    help="Data path (repeatable; default http-json, http-binary, grpc, kserve-rest; "
+    "kserve-rest needs kserve from the dev extra and is left out of the default without it). "
+    "echo-http and echo-grpc (not in the default) time the agent's HTTP and gRPC stacks "
+    "answering a fixed response: the floor under the agent's paths.",
 )
 @click.option(
     "--duration",
@@ -102,7 +103,7 @@ def command(
 
     concurrencies = concurrencies or ((1, 4) if quick else (1, 4, 16, 64))
     if not paths:
-        paths = tuple(dataplane.PATHS)
+        paths = tuple(p for p, f in dataplane.PATHS.items() if f.default)
         if importlib.util.find_spec("kserve") is None:  # finds, does not import
             paths = tuple(p for p in paths if dataplane.PATHS[p].server != "kserve")
             click.echo("kserve is not installed (dev extra): skipping kserve-rest", err=True)
