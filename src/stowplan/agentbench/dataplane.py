@@ -53,7 +53,7 @@ import yaml
 
 from stowplan.agent import grpc_client
 from stowplan.agent.oip import grpc_predict_v2_pb2 as pb
-from stowplan.agentbench import httpload
+from stowplan.agentbench import httpload, stages
 from stowplan.api.inferencemodel import Batching
 from stowplan.models import EXAMPLES, build_example
 
@@ -469,6 +469,69 @@ def run(
                         if progress:
                             progress()
     return rows
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One stage of a request inside the agent (:mod:`.stages`): ``front`` is ``http``
+    (the ``http-binary`` request) or ``grpc``."""
+
+    front: str
+    stage: str
+    requests: int
+    p50_us: float
+    mean_us: float
+
+
+def run_stages(model: str = "mlp", duration_s: float = 5.0, seed: int = 0) -> list[StageRow]:
+    """The agent (batching ``none``) with a clock at each stage boundary
+    (:mod:`.stages`), driven one request at a time over ``http-binary`` then ``grpc`` for
+    ``duration_s`` each; the stages' p50 and mean."""
+    if model not in EXAMPLES:
+        raise ValueError(f"unknown example model {model!r}; choose from {sorted(EXAMPLES)}")
+    x = np.random.default_rng(seed).standard_normal(INPUT_SHAPES[model]).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="stowplan-bench-stages-") as tmp:
+        work = Path(tmp)
+        model_path = build_example(model, work / "models")
+        out = work / "stages.json"
+        grpc_port = httpload._free_port()
+        launcher = ("-m", "stowplan.agentbench.stages", str(out))
+        with httpload.serve(
+            work, "none", model_path, 1000.0, grpc_port=grpc_port, launcher=launcher
+        ) as url:
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            target = Target(host, int(port), "bench", x, grpc_port)
+            for name in ("http-binary", "grpc"):
+                asyncio.run(run_path(name, PATHS[name], target, 1, duration_s))
+        if not out.exists():
+            raise RuntimeError("the instrumented agent wrote no stage timings")
+        found = json.loads(out.read_text())
+    order = [("http", s) for s, _, _ in stages.HTTP_STAGES] + [("http", "total")]
+    order += [("grpc", s) for s, _, _ in stages.GRPC_STAGES] + [("grpc", "total")]
+    rows = []
+    for front, stage in order:
+        v = found.get(f"{front} {stage}")
+        if v is not None:
+            rows.append(StageRow(front, stage, int(v["n"]), v["p50_us"], v["mean_us"]))
+    return rows
+
+
+def stages_table(rows: list[StageRow], model: str) -> str:
+    out = [
+        f"Model `{model}`, one request at a time, batching `none`: each stage's time inside "
+        "the agent (`stowplan.agentbench.stages`). HTTP is the `http-binary` request from "
+        "the ASGI app's entry to its last write; gRPC from `ModelInfer`'s entry to its "
+        "return. The stacks around them (uvicorn's parser, grpc's) are what the `echo-*` "
+        "paths measure.",
+        "",
+        "| front end | stage | requests | p50 µs | mean µs |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(f"| {r.front} | {r.stage} | {r.requests} | {r.p50_us:.0f} | {r.mean_us:.0f} |")
+    load1, load5, _ = os.getloadavg()
+    out += ["", f"Machine: {os.cpu_count()} cores, load average {load1:.1f} / {load5:.1f}."]
+    return "\n".join(out)
 
 
 @dataclass(frozen=True)
@@ -918,6 +981,8 @@ __all__ = [
     "INPUT_SHAPES",
     "PATHS",
     "Close",
+    "EchoGrpc",
+    "EchoHttp",
     "Grpc",
     "HttpBinary",
     "HttpJson",
@@ -926,6 +991,7 @@ __all__ = [
     "PathFactory",
     "Row",
     "Send",
+    "StageRow",
     "Target",
     "answer",
     "open_table",
@@ -936,9 +1002,12 @@ __all__ = [
     "run_open",
     "run_open_loop",
     "run_path",
+    "run_stages",
     "serve_agent",
+    "serve_echo",
     "serve_kserve",
     "served_manifest",
+    "stages_table",
     "table",
     "verdict",
 ]

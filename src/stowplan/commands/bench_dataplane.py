@@ -73,6 +73,13 @@ import click
     show_default=True,
     help="Open loop: the directory holding the model's InferenceModel (its SLO and batching).",
 )
+@click.option(
+    "--stages",
+    "stages",
+    is_flag=True,
+    help="Instead: where one request's time goes inside the agent (HTTP/binary and gRPC, one "
+    "request at a time, --duration s each): p50 and mean of each stage.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Concurrency 1 and 4, 2 s each (< 1 min).")
 @click.option(
@@ -91,6 +98,7 @@ def command(
     max_in_flight: int,
     manifests: Path,
     seed: int,
+    stages: bool,
     quick: bool,
     plot_path: Path | None,
 ) -> None:
@@ -109,6 +117,13 @@ def command(
             click.echo("kserve is not installed (dev extra): skipping kserve-rest", err=True)
     if quick:
         duration_s = min(duration_s, 2.0)
+    if stages:
+        try:
+            stage_rows = dataplane.run_stages(model, duration_s, seed)
+        except (RuntimeError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(dataplane.stages_table(stage_rows, model))
+        return
     if open_loop:
         _open_loop(model, rates, duration_s, paths, manifests, seed, max_in_flight, plot_path)
         return
