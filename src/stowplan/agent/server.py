@@ -14,7 +14,7 @@ two namespaces' models share here is a 400 naming both
 
 Inference requests (``POST`` on the two ``.../infer`` routes) are answered by
 :class:`FastInfer`, an ASGI middleware in front of Starlette's routing and FastAPI's request
-machinery (about 0.2 ms a request on the 2-core machine); the FastAPI route stays for the
+machinery (about 0.18 ms a request on the 2-core machine); the FastAPI route stays for the
 OpenAPI schema, with the same answers and error bodies. Bodies are read raw: with an
 ``Inference-Header-Content-Length`` header the body is that many bytes of JSON followed by
 the inputs' raw tensors (the binary tensor data extension); without it the body is JSON.
