@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from stowplan.agent.runtime import OnnxModel
-from stowplan.agentbench import dataplane
+from stowplan.agentbench import dataplane, stages
 from stowplan.cli import main
 from stowplan.models import build_example
 
@@ -185,3 +185,27 @@ def test_open_loop_benchmark_rows_and_plot(tmp_path: Path) -> None:
     assert any(line.startswith("- offered 150/s: KServe") for line in lines)
     assert any(line.startswith("Where we lose:") for line in lines)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_echo_paths_answer_the_direct_output(tmp_path: Path) -> None:
+    x = np.random.default_rng(4).standard_normal((1, 64)).astype(np.float32)
+    want = np.arange(10, dtype=np.float32).reshape(1, 10)
+    with dataplane.serve_echo(tmp_path, want, x) as target:
+        for name in ("echo-http", "echo-grpc"):
+            got = asyncio.run(dataplane.answer(dataplane.PATHS[name], target))
+            np.testing.assert_array_equal(got, want, err_msg=name)
+    assert not any(dataplane.PATHS[p].default for p in ("echo-http", "echo-grpc"))
+
+
+@pytest.mark.slow
+def test_stages_time_every_stage_of_both_front_ends() -> None:
+    rows = dataplane.run_stages("mlp", duration_s=0.5)
+    got = {(r.front, r.stage) for r in rows}
+    want = {("http", s) for s, _, _ in stages.HTTP_STAGES} | {
+        ("grpc", s) for s, _, _ in stages.GRPC_STAGES
+    }
+    assert want | {("http", "total"), ("grpc", "total")} == got
+    assert all(r.requests > 10 and r.p50_us > 0 for r in rows)
+    total = {r.front: r.p50_us for r in rows if r.stage == "total"}
+    assert all(0 < v < 1e6 for v in total.values())

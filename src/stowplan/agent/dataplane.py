@@ -12,8 +12,11 @@ in the registry and never loads, unloads or schedules anything itself. Must not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -103,7 +106,7 @@ class DataPlane:
                 raise InvalidRequest(f"unknown output(s) {bad}; the model has {sorted(known)}")
             device = min(served.lanes, key=lambda d: reg.executor(d).queued_items(name))
             fut = reg.executor(device).submit(name, arrays, items)
-            outputs: dict[str, np.ndarray] = await asyncio.wrap_future(fut)
+            outputs: dict[str, np.ndarray] = await _outcome(fut)
         except Overloaded as exc:
             served.stats.failure((reg.clock() - start) * 1000.0)
             reg.metrics.observe_refusal(name, exc.reason, exc.queue_empty)
@@ -134,6 +137,35 @@ class DataPlane:
             id=request.id,
             outputs=[tensors.encode_output(n, p.outputs[n]) for n in p.names],
         )
+
+
+def _outcome(fut: Future[Any]) -> asyncio.Future[Any]:
+    """The executor's ``fut`` as an awaitable of the running loop: when the device thread
+    settles it, one ``call_soon_threadsafe`` copies the outcome over (no thread pool).
+
+    Unlike ``asyncio.wrap_future`` a cancelled awaiter (a gRPC deadline, a client gone) does
+    not cancel ``fut``: the request still runs in its batch and its answer is dropped here,
+    as the executor settles the futures of a batch it took without checking them (settling a
+    cancelled ``concurrent.futures.Future`` raises, which stopped the device thread)."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Any] = loop.create_future()
+
+    def settled(done: Future[Any]) -> None:  # on the device thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(_copy, done, waiter)
+
+    fut.add_done_callback(settled)
+    return waiter
+
+
+def _copy(done: Future[Any], waiter: asyncio.Future[Any]) -> None:
+    if waiter.done():  # cancelled while the batch ran
+        return
+    exc = done.exception()
+    if exc is not None:
+        waiter.set_exception(exc)
+    else:
+        waiter.set_result(done.result())
 
 
 __all__ = ["DataPlane", "Prediction"]

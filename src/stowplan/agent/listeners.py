@@ -4,9 +4,11 @@
 
 The gRPC port is bound first, so a busy port fails before anything serves; when uvicorn begins
 to shut down (Ctrl-C, SIGTERM) the gRPC server stops too, letting calls in flight finish within
-``grace_s``. The loop is asyncio's own (not uvloop, whether or not it is installed), so the
-agent image and a development install run the same loop. Callers: ``stowplan up`` and
-``python -m stowplan.agent``.
+``grace_s``. The loop is uvloop's and uvicorn parses HTTP with httptools (both pinned in the
+``agent-common`` extra, so the agent image and a development install run the same stack): on
+the 2-core machine a bare app answers in about 0.1 ms p50 on it
+(``stowplan bench dataplane --path echo-http``), against about 0.5 ms on asyncio's loop with
+h11, uvicorn's defaults. Callers: ``stowplan up`` and ``python -m stowplan.agent``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import asyncio
 import contextlib
 import signal
 from typing import Any
+
+import uvloop
 
 from stowplan.agent import grpc_server
 from stowplan.agent.serving import Agent
@@ -32,7 +36,15 @@ async def serve(
     import uvicorn
 
     http = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+        )
     )
     grpc = await grpc_server.start(agent, host, grpc_port) if grpc_port is not None else None
 
@@ -53,14 +65,17 @@ async def serve(
 def run(
     app: Any, agent: Agent, host: str, port: int, grpc_port: int | None, grace_s: float = 1.0
 ) -> None:
-    """:func:`serve` on a fresh asyncio loop; returns after a clean stop, on Ctrl-C and on
+    """:func:`serve` on a fresh uvloop loop; returns after a clean stop, on Ctrl-C and on
     SIGTERM alike (so the caller's cleanup runs when Kubernetes stops the pod)."""
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal with the
     # handler it found: make that one raise KeyboardInterrupt for SIGTERM too, not kill us
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(app, agent, host, port, grpc_port, grace_s))
+        with (
+            contextlib.suppress(KeyboardInterrupt),
+            asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+        ):
+            runner.run(serve(app, agent, host, port, grpc_port, grace_s))
     finally:
         signal.signal(signal.SIGTERM, previous)
 

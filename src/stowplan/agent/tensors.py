@@ -22,6 +22,9 @@ import numpy as np
 from stowplan.agent.errors import InvalidRequest, PayloadTooLarge
 from stowplan.agent.protocol import RequestInput, RequestOutput, ResponseOutput
 
+#: the response header's encoder, built once (``json.dumps`` with options builds one a call)
+_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
 #: the one datatype without a fixed element size: variable-length byte strings
 BYTES = "BYTES"
 
@@ -382,7 +385,7 @@ def encode_response(
     if request_id is not None:
         head["id"] = request_id
     head["outputs"] = described
-    header = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
+    header = _JSON.encode(head).encode()
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)

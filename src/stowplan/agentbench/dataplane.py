@@ -5,7 +5,9 @@ Paths: ``direct`` (an ONNX Runtime session called in this process: the floor); `
 ``http-binary`` and ``grpc`` (the stowplan agent, ``stowplan up`` in a subprocess with batching
 ``none``, over the Open Inference Protocol's JSON body, its binary tensor data extension, and
 ``inference.GRPCInferenceService`` with ``raw_input_contents`` through stowplan's generated
-``grpc.aio`` stub); ``kserve-rest`` (KServe's Python ``ModelServer`` serving the same model with
+``grpc.aio`` stub); ``echo-http`` and ``echo-grpc`` (asked for by name: the same requests to
+the agent's HTTP and gRPC stacks answering a fixed response, :mod:`.echo`, the floor under the
+agent's paths); ``kserve-rest`` (KServe's Python ``ModelServer`` serving the same model with
 ONNX Runtime, :mod:`stowplan.agentbench.kserve_onnx` in a subprocess, v2 JSON over REST). Each
 server runs alone on the machine in turn (the agent for its paths, then KServe).
 Each path is driven by the same closed-loop load generator: C workers, each sending its next
@@ -51,7 +53,7 @@ import yaml
 
 from stowplan.agent import grpc_client
 from stowplan.agent.oip import grpc_predict_v2_pb2 as pb
-from stowplan.agentbench import httpload
+from stowplan.agentbench import httpload, stages
 from stowplan.api.inferencemodel import Batching
 from stowplan.models import EXAMPLES, build_example
 
@@ -80,9 +82,11 @@ class Target:
 
 class PathFactory:
     """Opens one worker's connection for a path: ``await open(target)`` -> (send, close).
-    ``server`` names the server the path talks to (``agent`` or ``kserve``)."""
+    ``server`` names the server the path talks to (``agent``, ``kserve`` or ``echo``);
+    ``default`` whether a run with no ``--path`` includes it."""
 
     server = "agent"
+    default = True
 
     async def open(self, target: Target) -> tuple[Send, Close]:
         raise NotImplementedError
@@ -191,12 +195,30 @@ class KServeRest(HttpJson):
     server = "kserve"
 
 
+class EchoHttp(HttpBinary):
+    """The ``http-binary`` request to a bare uvicorn app (:mod:`.echo`): the HTTP stack's
+    floor, with the agent's loop and parser and nothing of stowplan."""
+
+    server = "echo"
+    default = False
+
+
+class EchoGrpc(Grpc):
+    """The ``grpc`` request to a bare ``grpc.aio`` server (:mod:`.echo`): the gRPC stack's
+    floor."""
+
+    server = "echo"
+    default = False
+
+
 #: the paths through a server, by name (``direct`` is built in)
 PATHS: dict[str, PathFactory] = {
     "http-json": HttpJson(),
     "http-binary": HttpBinary(),
     "grpc": Grpc(),
     "kserve-rest": KServeRest(),
+    "echo-http": EchoHttp(),
+    "echo-grpc": EchoGrpc(),
 }
 
 
@@ -347,6 +369,50 @@ def serve_kserve(workdir: Path, model_path: Path, x: np.ndarray) -> Iterator[Tar
 
 
 @contextlib.contextmanager
+def serve_echo(workdir: Path, want: np.ndarray, x: np.ndarray) -> Iterator[Target]:
+    """The bare stacks of :mod:`.echo` (HTTP and gRPC, answering ``want`` to everything) in a
+    subprocess on free loopback ports; yields their target once HTTP answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out_path = workdir / "echo-answer.npy"
+    np.save(out_path, want)
+    port, grpc_port = httpload._free_port(), httpload._free_port()
+    log_path = workdir / "echo.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "stowplan.agentbench.echo",
+                str(out_path),
+                str(port),
+                str(grpc_port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"echo server exited: {tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"http://127.0.0.1:{port}/", content=b"", timeout=1)
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("echo server did not answer within 30 s")
+            time.sleep(0.1)
+        yield Target("127.0.0.1", port, "bench", x, grpc_port)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
 def serve_agent(
     workdir: Path, model_path: Path, x: np.ndarray, slo_ms: float = 1000.0
 ) -> Iterator[Target]:
@@ -389,6 +455,7 @@ def run(
         servers: dict[str, Callable[[], contextlib.AbstractContextManager[Target]]] = {
             "agent": lambda: serve_agent(work, model_path, x, slo_ms),
             "kserve": lambda: serve_kserve(work, model_path, x),
+            "echo": lambda: serve_echo(work / "echo", want, x),
         }
         for server, start in servers.items():
             mine = [p for p in paths if PATHS[p].server == server]
@@ -402,6 +469,69 @@ def run(
                         if progress:
                             progress()
     return rows
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One stage of a request inside the agent (:mod:`.stages`): ``front`` is ``http``
+    (the ``http-binary`` request) or ``grpc``."""
+
+    front: str
+    stage: str
+    requests: int
+    p50_us: float
+    mean_us: float
+
+
+def run_stages(model: str = "mlp", duration_s: float = 5.0, seed: int = 0) -> list[StageRow]:
+    """The agent (batching ``none``) with a clock at each stage boundary
+    (:mod:`.stages`), driven one request at a time over ``http-binary`` then ``grpc`` for
+    ``duration_s`` each; the stages' p50 and mean."""
+    if model not in EXAMPLES:
+        raise ValueError(f"unknown example model {model!r}; choose from {sorted(EXAMPLES)}")
+    x = np.random.default_rng(seed).standard_normal(INPUT_SHAPES[model]).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="stowplan-bench-stages-") as tmp:
+        work = Path(tmp)
+        model_path = build_example(model, work / "models")
+        out = work / "stages.json"
+        grpc_port = httpload._free_port()
+        launcher = ("-m", "stowplan.agentbench.stages", str(out))
+        with httpload.serve(
+            work, "none", model_path, 1000.0, grpc_port=grpc_port, launcher=launcher
+        ) as url:
+            host, port = url.removeprefix("http://").rsplit(":", 1)
+            target = Target(host, int(port), "bench", x, grpc_port)
+            for name in ("http-binary", "grpc"):
+                asyncio.run(run_path(name, PATHS[name], target, 1, duration_s))
+        if not out.exists():
+            raise RuntimeError("the instrumented agent wrote no stage timings")
+        found = json.loads(out.read_text())
+    order = [("http", s) for s, _, _ in stages.HTTP_STAGES] + [("http", "total")]
+    order += [("grpc", s) for s, _, _ in stages.GRPC_STAGES] + [("grpc", "total")]
+    rows = []
+    for front, stage in order:
+        v = found.get(f"{front} {stage}")
+        if v is not None:
+            rows.append(StageRow(front, stage, int(v["n"]), v["p50_us"], v["mean_us"]))
+    return rows
+
+
+def stages_table(rows: list[StageRow], model: str) -> str:
+    out = [
+        f"Model `{model}`, one request at a time, batching `none`: each stage's time inside "
+        "the agent (`stowplan.agentbench.stages`). HTTP is the `http-binary` request from "
+        "the ASGI app's entry to its last write; gRPC from `ModelInfer`'s entry to its "
+        "return. The stacks around them (uvicorn's parser, grpc's) are what the `echo-*` "
+        "paths measure.",
+        "",
+        "| front end | stage | requests | p50 µs | mean µs |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(f"| {r.front} | {r.stage} | {r.requests} | {r.p50_us:.0f} | {r.mean_us:.0f} |")
+    load1, load5, _ = os.getloadavg()
+    out += ["", f"Machine: {os.cpu_count()} cores, load average {load1:.1f} / {load5:.1f}."]
+    return "\n".join(out)
 
 
 @dataclass(frozen=True)
@@ -620,6 +750,7 @@ def run_open(
 
             servers.append(("agent", policy, contextlib.contextmanager(start_agent)))
         servers.append(("kserve", "-", lambda: serve_kserve(work, model_path, x)))
+        servers.append(("echo", "-", lambda: serve_echo(work / "echo", want, x)))
         for server, policy, serve in servers:
             mine = [p for p in paths if PATHS[p].server == server]
             if not mine:
@@ -727,25 +858,46 @@ def verdict(rows: list[OpenRow], slo_ms: float) -> list[str]:
     return out
 
 
+#: an agent path -> the echo path of its stack
+_ECHO_OF = {"http-binary": "echo-http", "http-json": "echo-http", "grpc": "echo-grpc"}
+
+
 def table(rows: list[Row], model: str) -> str:
     direct = {r.concurrency: r for r in rows if r.path == "direct"}
     out = [
         f"Model `{model}` (batch 1 per request), closed loop. `direct`: ONNX Runtime in the "
         "load generator's process; `http-json`, `http-binary`, `grpc`: the stowplan agent "
         "(`stowplan up`, batching `none`); `kserve-rest`: KServe's Python ModelServer "
-        "(kserve 0.21.0, ONNX Runtime, per-request logging off). Each server alone on the "
-        "machine in turn.",
+        "(kserve 0.21.0, ONNX Runtime, per-request logging off); `echo-http`, `echo-grpc` "
+        "(when run): the agent's HTTP and gRPC stacks answering a fixed response, no "
+        "stowplan code (the stack's floor; the last column is a path's p50 less its "
+        "stack's echo p50). Each server alone on the machine in turn.",
         "",
-        "| path | concurrency | req/s | p50 ms | p99 ms | p50 overhead over direct ms | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    echo = {(r.path, r.concurrency): r for r in rows if r.path.startswith("echo-")}
+    if echo:
+        out += [
+            "| path | concurrency | req/s | p50 ms | p99 ms | p50 overhead over direct ms "
+            "| errors | p50 over the stack's echo ms |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    else:
+        out += [
+            "| path | concurrency | req/s | p50 ms | p99 ms | p50 overhead over direct ms "
+            "| errors |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
     for r in rows:
         base = direct.get(r.concurrency)
         over = "-" if r.path == "direct" or base is None else f"{r.p50_ms - base.p50_ms:.3f}"
-        out.append(
+        line = (
             f"| {r.path} | {r.concurrency} | {r.throughput:.0f} | {r.p50_ms:.3f} "
             f"| {r.p99_ms:.3f} | {over} | {r.errors} |"
         )
+        if echo:
+            stack = echo.get((_ECHO_OF.get(r.path, ""), r.concurrency))
+            line += f" {r.p50_ms - stack.p50_ms:.3f} |" if stack is not None else " - |"
+        out.append(line)
     load1, load5, _ = os.getloadavg()
     out += [
         "",
@@ -829,6 +981,8 @@ __all__ = [
     "INPUT_SHAPES",
     "PATHS",
     "Close",
+    "EchoGrpc",
+    "EchoHttp",
     "Grpc",
     "HttpBinary",
     "HttpJson",
@@ -837,6 +991,7 @@ __all__ = [
     "PathFactory",
     "Row",
     "Send",
+    "StageRow",
     "Target",
     "answer",
     "open_table",
@@ -847,9 +1002,12 @@ __all__ = [
     "run_open",
     "run_open_loop",
     "run_path",
+    "run_stages",
     "serve_agent",
+    "serve_echo",
     "serve_kserve",
     "served_manifest",
+    "stages_table",
     "table",
     "verdict",
 ]

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,11 +86,13 @@ def serve(
     slo_ms: float,
     grpc_port: int = 0,
     manifest: str | None = None,
+    launcher: Sequence[str] = ("-m", "stowplan"),
 ) -> Iterator[str]:
     """Run ``stowplan up`` on one model in a subprocess; yield its base URL. ``grpc_port`` 0
     serves HTTP only; otherwise the agent also serves the OIP gRPC service on that port.
     ``manifest``, when given, is the InferenceModel YAML served instead of the bench template
-    (``policy`` then only names its directory)."""
+    (``policy`` then only names its directory). ``launcher``: the interpreter's arguments
+    before ``up`` (another module that runs the command line, such as :mod:`.stages`)."""
     d = workdir / policy
     d.mkdir(parents=True, exist_ok=True)
     (d / "bench.yaml").write_text(
@@ -104,8 +106,7 @@ def serve(
     proc = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "stowplan",
+            *launcher,
             "up",
             str(d),
             "--port",

@@ -34,9 +34,10 @@ import click
     "--path",
     "paths",
     multiple=True,
-    help="Data path (repeatable; default every registered one: http-json, http-binary, grpc, "
-    "kserve-rest; kserve-rest needs kserve from the dev extra and is left out of the default "
-    "without it).",
+    help="Data path (repeatable; default http-json, http-binary, grpc, kserve-rest; "
+    "kserve-rest needs kserve from the dev extra and is left out of the default without it). "
+    "echo-http and echo-grpc (not in the default) time the agent's HTTP and gRPC stacks "
+    "answering a fixed response: the floor under the agent's paths.",
 )
 @click.option(
     "--duration",
@@ -72,6 +73,13 @@ import click
     show_default=True,
     help="Open loop: the directory holding the model's InferenceModel (its SLO and batching).",
 )
+@click.option(
+    "--stages",
+    "stages",
+    is_flag=True,
+    help="Instead: where one request's time goes inside the agent (HTTP/binary and gRPC, one "
+    "request at a time, --duration s each): p50 and mean of each stage.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="Concurrency 1 and 4, 2 s each (< 1 min).")
 @click.option(
@@ -90,6 +98,7 @@ def command(
     max_in_flight: int,
     manifests: Path,
     seed: int,
+    stages: bool,
     quick: bool,
     plot_path: Path | None,
 ) -> None:
@@ -102,12 +111,19 @@ def command(
 
     concurrencies = concurrencies or ((1, 4) if quick else (1, 4, 16, 64))
     if not paths:
-        paths = tuple(dataplane.PATHS)
+        paths = tuple(p for p, f in dataplane.PATHS.items() if f.default)
         if importlib.util.find_spec("kserve") is None:  # finds, does not import
             paths = tuple(p for p in paths if dataplane.PATHS[p].server != "kserve")
             click.echo("kserve is not installed (dev extra): skipping kserve-rest", err=True)
     if quick:
         duration_s = min(duration_s, 2.0)
+    if stages:
+        try:
+            stage_rows = dataplane.run_stages(model, duration_s, seed)
+        except (RuntimeError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        click.echo(dataplane.stages_table(stage_rows, model))
+        return
     if open_loop:
         _open_loop(model, rates, duration_s, paths, manifests, seed, max_in_flight, plot_path)
         return

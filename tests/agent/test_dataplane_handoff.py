@@ -1,0 +1,68 @@
+"""The data plane's hand-off between the event loop and a device's executor thread: a caller
+that gives up while its request is queued (a gRPC deadline, a cancelled task) must not stop
+the executor. With ``asyncio.wrap_future`` the cancellation cancelled the executor's future,
+and settling a cancelled ``concurrent.futures.Future`` raises, so the device thread died and
+every later request to every model on that device waited forever."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+
+from stowplan.agent.batching import FixedPolicy
+from stowplan.agent.protocol import InferenceRequest
+from stowplan.agent.serving import Agent
+from stowplan.testing.agent import MLP_INPUT_WIDTH
+
+
+def _request(rows: int = 1) -> InferenceRequest:
+    x = np.zeros((rows, MLP_INPUT_WIDTH), np.float32)
+    return InferenceRequest.model_validate(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "data": x.ravel().tolist(),
+                }
+            ]
+        }
+    )
+
+
+async def test_a_caller_cancelled_while_queued_leaves_the_executor_serving(agent: Agent) -> None:
+    served = agent.get("mlp")
+    (device,) = served.lanes
+    ex = agent.executor(device)
+    release = threading.Event()
+    started = threading.Event()
+
+    def hold(batch: list[object]) -> list[object]:  # occupies the device until released
+        started.set()
+        release.wait(10)
+        return list(batch)
+
+    ex.add_lane("blocker", FixedPolicy(1), slo_ms=60_000, run=hold)
+    try:
+        blocked = ex.submit("blocker", object())
+        assert await asyncio.to_thread(started.wait, 10)
+        waiting = asyncio.create_task(agent.predict("mlp", _request()))
+        for _ in range(500):  # until the request sits in mlp's queue behind the blocker
+            if ex.queued_items("mlp"):
+                break
+            await asyncio.sleep(0.002)
+        assert ex.queued_items("mlp") == 1
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        release.set()
+        await asyncio.wrap_future(blocked)
+        # the device thread ran the cancelled caller's batch and lives on
+        prediction = await asyncio.wait_for(agent.predict("mlp", _request(2)), 10)
+        assert prediction.outputs[prediction.names[0]].shape[0] == 2
+        assert ex._thread is not None and ex._thread.is_alive()
+    finally:
+        release.set()
+        ex.remove_lane("blocker")
