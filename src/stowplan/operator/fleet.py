@@ -4,9 +4,10 @@ Placement is global (one model's replicas change what fits next to the others), 
 handlers do not reconcile objects one by one: they only wake this loop. Each pass lists every
 InferenceModel and GPUNode, builds the placement Problem (with the running placement as the
 starting point, so nothing moves without a reason), plans, verifies the plan, and writes only
-the differences: each model's Service and EndpointSlice (first, so an address leaves before its
-copy goes: :mod:`.endpoints`), ``GPUNode.spec.assignments``, ``InferenceModel.status`` and
-Events. Running the pass twice, or after a restart, writes nothing the second time.
+the differences, in this order: the EndpointSlices that change (first, so an address leaves
+before its copy goes: :mod:`.endpoints`), ``GPUNode.spec.assignments``, ``InferenceModel.status``,
+then the Services and EndpointSlices of new models (they list no agent yet, so a new model's
+``Placed`` does not wait for them) and Events. Running the pass twice, or after a restart, writes nothing the second time.
 
 Failure boundary: :meth:`FleetLoop.run` is the one edge that catches everything a pass raises.
 An :class:`~.errors.OperatorError` (the API refused or timed out, a plan was rejected) is logged
@@ -39,7 +40,9 @@ from stowplan.operator.clock import SYSTEM, Clock
 from stowplan.operator.cluster import Cluster, K8sNode
 from stowplan.operator.errors import (
     ApiError,
+    ApiUnavailable,
     Conflict,
+    Forbidden,
     Invalid,
     NotFound,
     OperatorError,
@@ -68,6 +71,23 @@ class PassResult:
     #: seconds until the next live node turns stale or a drained copy may be removed (the loop
     #: wakes then); None: never
     next_stale_in_s: float | None = None
+    #: wall seconds per phase of the pass (list, plan, desired, endpoints, nodes, models,
+    #: events), in order: where a slow pass spends its time (the log line shows them)
+    phases_s: tuple[tuple[str, float], ...] = ()
+
+
+class _Phases:
+    """Seconds spent in each phase of one pass, on the pass's clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._last = clock.monotonic()
+        self.seen: list[tuple[str, float]] = []
+
+    def done(self, name: str) -> None:
+        now = self._clock.monotonic()
+        self.seen.append((name, now - self._last))
+        self._last = now
 
 
 @dataclass(frozen=True)
@@ -89,12 +109,14 @@ async def reconcile_once(
     memory: PassMemory | None = None,
 ) -> PassResult:
     memory = memory or PassMemory()
+    phases = _Phases(clock)
     models = await cluster.list_models()
     nodes = await cluster.list_nodes()
     k8s_nodes = await cluster.list_k8s_nodes()
     services = await cluster.list_model_services()
     slices = await cluster.list_model_slices()
     now = clock.now()
+    phases.done("list")
     stale_after_s = settings.nodes.stale_after_s
     avail = health.availability(
         (n.metadata.name for n in nodes),
@@ -117,6 +139,7 @@ async def reconcile_once(
     if violations:
         raise PlanRejected("; ".join(str(v) for v in violations[:5]))
     plan_seconds = clock.monotonic() - started
+    phases.done("plan")
     in_flight = moves.make_before_break(
         nodes,
         plan,
@@ -141,6 +164,7 @@ async def reconcile_once(
         drain_s=settings.nodes.endpoint_drain_s,
     )
     node_assignments = endpoints.with_held(desired.node_assignments, drains.keep)
+    phases.done("desired")
 
     gone = 0
     stamp = reconcile.now_rfc3339()
@@ -154,7 +178,8 @@ async def reconcile_once(
         if any(a for n in nodes if n.metadata.name == name for a in n.spec.assignments):
             log.warning("GPUNode %s offers nothing (%s); evacuating its replicas", name, why)
     limit = settings.api.max_concurrent_writes
-    gone += await _sync_endpoints(cluster, models, services, slices, want_slices, limit)
+    gone += await _update_slices(cluster, slices, want_slices, limit)
+    phases.done("slices")
 
     async def write_node(node: api.GPUNode) -> str:
         try:
@@ -184,12 +209,16 @@ async def reconcile_once(
     )
     nodes_patched = outcomes.count("patched")
     gone += outcomes.count("gone")
+    phases.done("nodes")
     statuses = [(im, desired.model_status[inventory.model_key(im)]) for im in models]
     outcomes = await _bounded(
         [write_model(im, st) for im, st in statuses if im.status != st], limit
     )
     models_patched = outcomes.count("patched")
     gone += outcomes.count("gone")
+    phases.done("models")
+    gone += await _create_endpoints(cluster, models, services, slices, want_slices, limit)
+    phases.done("endpoints")
     uids = {(im.metadata.namespace, im.metadata.name): im.metadata.uid for im in models}
 
     async def post(event: reconcile.Event) -> None:
@@ -204,6 +233,7 @@ async def reconcile_once(
     await _bounded([post(e) for e in events], limit)
     if settings.autoscaling.enabled:
         await _sync_autoscaler(cluster, settings, problem, plan, k8s_nodes)
+    phases.done("events")
     return PassResult(
         nodes_patched=nodes_patched,
         models_patched=models_patched,
@@ -216,6 +246,7 @@ async def reconcile_once(
         next_stale_in_s=_earliest(
             health.next_stale_in_s(nodes, now, stale_after_s), drains.next_release_in_s
         ),
+        phases_s=tuple(phases.seen),
     )
 
 
@@ -224,7 +255,26 @@ def _earliest(*delays_s: float | None) -> float | None:
     return min(known) if known else None
 
 
-async def _sync_endpoints(
+async def _update_slices(
+    cluster: Cluster,
+    listed: Mapping[endpoints.ModelRef, endpoints.ModelSlice],
+    want: Mapping[endpoints.ModelRef, endpoints.ModelSlice],
+    limit: int,
+) -> int:
+    """Write the listed EndpointSlices that differ (before any GPUNode write, so an address
+    leaves before its copy goes); returns how many models vanished meanwhile."""
+    outcomes = await _bounded(
+        [
+            _write_slice(cluster, k, s, exists=True)
+            for k, s in want.items()
+            if k in listed and (listed[k].port, listed[k].endpoints) != (s.port, s.endpoints)
+        ],
+        limit,
+    )
+    return outcomes.count("gone")
+
+
+async def _create_endpoints(
     cluster: Cluster,
     models: list[api.InferenceModel],
     services: Mapping[endpoints.ModelRef, str | None],
@@ -232,9 +282,13 @@ async def _sync_endpoints(
     want: Mapping[endpoints.ModelRef, endpoints.ModelSlice],
     limit: int,
 ) -> int:
-    """Create the missing Services, write the EndpointSlices that differ; returns how many
-    models vanished meanwhile (their objects are garbage-collected with them)."""
+    """Create the missing Services and EndpointSlices (after the statuses: a new model's
+    address lists no agent yet, so nothing waits for it); returns how many models vanished
+    meanwhile (their objects are garbage-collected with them). A Service the API server
+    refuses (e.g. its ClusterIP range is full) leaves that model without an address, logged,
+    and never stops the pass."""
     uids = {endpoints.ref(im): im.metadata.uid for im in models}
+    refused: list[str] = []
 
     async def service(key: endpoints.ModelRef) -> str:
         try:
@@ -243,27 +297,35 @@ async def _sync_endpoints(
             log.warning(
                 "Service %s/%s exists and is not the operator's: the model has no address", *key
             )
+        except NotFound:
+            return "gone"  # its namespace went with the model
+        except (Invalid, Forbidden, ApiUnavailable) as err:
+            refused.append(f"{key[0]}/{key[1]}: {err}")
         return "ok"
 
-    async def slice_(key: endpoints.ModelRef, s: endpoints.ModelSlice) -> str:
-        try:
-            await cluster.write_model_slice(*key, s, exists=key in listed)
-        except (NotFound, Conflict):
-            return "gone"  # the model (and its slice) went, or a racing writer: re-plan
-        except Invalid as err:  # one model's address must never stop the fleet's placement
-            log.error("EndpointSlice %s/%s refused: %s", *key, err)
-        return "ok"
-
-    await _bounded([service(k) for k in want if k not in services], limit)
+    gone = await _bounded([service(k) for k in want if k not in services], limit)
+    if refused:
+        log.error(
+            "%d Services could not be created (these models have no address): %s",
+            len(refused), "; ".join(refused[:3]),
+        )  # fmt: skip
     outcomes = await _bounded(
-        [
-            slice_(k, s)
-            for k, s in want.items()
-            if k not in listed or (listed[k].port, listed[k].endpoints) != (s.port, s.endpoints)
-        ],
+        [_write_slice(cluster, k, s, exists=False) for k, s in want.items() if k not in listed],
         limit,
     )
-    return outcomes.count("gone")
+    return outcomes.count("gone") + gone.count("gone")
+
+
+async def _write_slice(
+    cluster: Cluster, key: endpoints.ModelRef, s: endpoints.ModelSlice, *, exists: bool
+) -> str:
+    try:
+        await cluster.write_model_slice(*key, s, exists=exists)
+    except (NotFound, Conflict):
+        return "gone"  # the model (and its slice) went, or a racing writer: re-plan
+    except Invalid as err:  # one model's address must never stop the fleet's placement
+        log.error("EndpointSlice %s/%s refused: %s", *key, err)
+    return "ok"
 
 
 def _gaining(nodes: list[api.GPUNode], want: Mapping[str, list[gn.Assignment]]) -> set[str]:
@@ -456,8 +518,9 @@ class FleetLoop:
         log.log(
             level,
             "reconcile pass %d complete: %d placed, %d unplaced, %d nodes and %d models patched, "
-            "%d events, %d gone, plan %.3f s",
+            "%d events, %d gone, plan %.3f s (%s)",
             number, result.replicas_placed, result.replicas_unplaced, result.nodes_patched,
             result.models_patched, result.events, result.gone, result.plan_seconds,
+            " ".join(f"{name} {s:.2f}" for name, s in result.phases_s),
         )  # fmt: skip
         return result
