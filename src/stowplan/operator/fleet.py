@@ -7,7 +7,9 @@ starting point, so nothing moves without a reason), plans, verifies the plan, an
 the differences, in this order: the EndpointSlices that change (first, so an address leaves
 before its copy goes: :mod:`.endpoints`), ``GPUNode.spec.assignments``, ``InferenceModel.status``,
 then the Services and EndpointSlices of new models (they list no agent yet, so a new model's
-``Placed`` does not wait for them) and Events. Running the pass twice, or after a restart, writes nothing the second time.
+``Placed`` does not wait for them) and Events. Running the pass twice, or after a restart,
+writes nothing the second time. A new model alone does not need all that: an arrivals pass
+(:func:`reconcile_arrivals`, :mod:`.arrivals`) places it into what the last full pass left.
 
 Failure boundary: :meth:`FleetLoop.run` is the one edge that catches everything a pass raises.
 An :class:`~.errors.OperatorError` (the API refused or timed out, a plan was rejected) is logged
@@ -33,9 +35,10 @@ from typing import Any, TypeVar
 import prometheus_client
 
 from stowplan import api, placement
+from stowplan import demands as demands_
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
-from stowplan.operator import autoscaling, endpoints, health, inventory, moves, reconcile
+from stowplan.operator import arrivals, autoscaling, endpoints, health, inventory, moves, reconcile
 from stowplan.operator.clock import SYSTEM, Clock
 from stowplan.operator.cluster import Cluster, K8sNode
 from stowplan.operator.errors import (
@@ -74,6 +77,16 @@ class PassResult:
     #: wall seconds per phase of the pass (list, plan, desired, endpoints, nodes, models,
     #: events), in order: where a slow pass spends its time (the log line shows them)
     phases_s: tuple[tuple[str, float], ...] = ()
+    #: the fleet as this pass left it, for placing new models without a full pass (None:
+    #: the next new model waits for a full pass; :mod:`.arrivals`)
+    view: arrivals.FleetView | None = None
+    #: "full" (list, re-plan, compare) or "arrivals" (new models into the view)
+    kind: str = "full"
+
+
+#: called after each successful write of a GPUNode's assignments (wire form), so that the
+#: watch event echoing it does not wake another pass (:meth:`.wakeups.Wakeups.wrote_assignments`)
+OnAssignments = Callable[[str, list[dict[str, Any]]], None]
 
 
 class _Phases:
@@ -107,6 +120,7 @@ async def reconcile_once(
     settings: OperatorSettings,
     clock: Clock = SYSTEM,
     memory: PassMemory | None = None,
+    on_assignments: OnAssignments | None = None,
 ) -> PassResult:
     memory = memory or PassMemory()
     phases = _Phases(clock)
@@ -181,24 +195,9 @@ async def reconcile_once(
     gone += await _update_slices(cluster, slices, want_slices, limit)
     phases.done("slices")
 
-    async def write_node(node: api.GPUNode) -> str:
-        try:
-            await cluster.set_assignments(
-                node.metadata.name, node_assignments.get(node.metadata.name, [])
-            )
-        except NotFound:
-            log.info("GPUNode %s was deleted during the pass; re-planning", node.metadata.name)
-            return "gone"
-        return "patched"
-
-    async def write_model(im: api.InferenceModel, status: imapi.InferenceModelStatus) -> str:
-        try:
-            await cluster.set_model_status(
-                im.metadata.namespace or "default", im.metadata.name, status
-            )
-        except NotFound:
-            return "gone"  # deleted meanwhile: nothing to report on
-        return "patched"
+    def write_node(node: api.GPUNode) -> Coroutine[Any, Any, str]:
+        name = node.metadata.name
+        return _write_node(cluster, name, node_assignments.get(name, []), on_assignments)
 
     changed = [n for n in nodes if n.spec.assignments != node_assignments.get(n.metadata.name, [])]
     gaining = _gaining(changed, node_assignments)
@@ -212,25 +211,17 @@ async def reconcile_once(
     phases.done("nodes")
     statuses = [(im, desired.model_status[inventory.model_key(im)]) for im in models]
     outcomes = await _bounded(
-        [write_model(im, st) for im, st in statuses if im.status != st], limit
+        [_write_model(cluster, im, st) for im, st in statuses if im.status != st], limit
     )
     models_patched = outcomes.count("patched")
     gone += outcomes.count("gone")
     phases.done("models")
     gone += await _create_endpoints(cluster, models, services, slices, want_slices, limit)
     phases.done("endpoints")
-    uids = {(im.metadata.namespace, im.metadata.name): im.metadata.uid for im in models}
-
-    async def post(event: reconcile.Event) -> None:
-        try:
-            await cluster.post_event(event, uids.get((event.namespace, event.name)))
-        except ApiError as err:  # best effort: an event is never worth a failed pass
-            log.warning(
-                "could not post event %s on %s/%s: %s",
-                event.reason, event.namespace, event.name, err,
-            )  # fmt: skip
-
-    await _bounded([post(e) for e in events], limit)
+    await _post_events(cluster, models, events, limit)
+    view = None
+    if not (gone or in_flight.keep or drains.keep):
+        view = arrivals.view_of(problem, plan, node_assignments, nodes, live, models)
     if settings.autoscaling.enabled:
         await _sync_autoscaler(cluster, settings, problem, plan, k8s_nodes)
     phases.done("events")
@@ -247,7 +238,129 @@ async def reconcile_once(
             health.next_stale_in_s(nodes, now, stale_after_s), drains.next_release_in_s
         ),
         phases_s=tuple(phases.seen),
+        view=view,
     )
+
+
+async def reconcile_arrivals(
+    cluster: Cluster,
+    settings: OperatorSettings,
+    view: arrivals.FleetView,
+    new: list[api.InferenceModel],
+    clock: Clock = SYSTEM,
+    on_assignments: OnAssignments | None = None,
+) -> PassResult | None:
+    """Place the new models ``new`` into ``view`` (see :mod:`.arrivals`): write the GPUNodes
+    that gain, the new models' statuses, Services, EndpointSlices and events; ``view`` is
+    updated. None (nothing written) when a full pass must place them instead."""
+    phases = _Phases(clock)
+    known = [im for im in new if inventory.model_key(im) in view.demands]
+    if any(view.uids.get(inventory.model_key(im)) != im.metadata.uid for im in known):
+        return None  # deleted and created again: the full pass releases the old replicas
+    fresh = [im for im in new if inventory.model_key(im) not in view.demands]
+    wanted = [inventory.demand(im) for im in fresh]
+    if not all(arrivals.fits_view(d) for d in wanted):
+        return None
+    if not fresh:  # the last full pass placed them already
+        return PassResult(0, 0, 0, 0, 0, 0.0, view=view, kind="arrivals")
+    names = {d.name for d in wanted}
+    problem = view.slice_problem(wanted)
+    started = clock.monotonic()
+    plan = placement.place_models(problem, names)
+    plan_seconds = clock.monotonic() - started
+    if plan.unplaced:
+        return None  # the full planner looks at every GPU and may preempt
+    violations = arrivals.check_slice(problem, plan, names)
+    if violations:
+        raise PlanRejected("; ".join(str(v) for v in violations[:5]))
+    phases.done("plan")
+    placed = [a for a in plan.assignments if a.model in names]
+    by_key = {inventory.model_key(im): im for im in fresh}
+    gained: dict[str, list[gn.Assignment]] = {}
+    for a in placed:
+        if a.node not in gained:
+            gained[a.node] = list(view.node_assignments.get(a.node, []))
+        gained[a.node].append(demands_.node_assignment(by_key[a.model].spec, a))
+    for kept in gained.values():
+        kept.sort(key=lambda a: (a.model, a.replica))
+    limit = settings.api.max_concurrent_writes
+    outcomes = await _bounded(
+        [_write_node(cluster, n, want, on_assignments) for n, want in sorted(gained.items())],
+        limit,
+    )
+    gone = outcomes.count("gone")
+    phases.done("nodes")
+    nodes = [view.nodes[n] for n in sorted(gained) if n in view.nodes]
+    sub_plan = plan.model_copy(update={"assignments": tuple(placed)})
+    desired = reconcile.desired_state(fresh, nodes, sub_plan)
+    statuses = [(im, desired.model_status[inventory.model_key(im)]) for im in fresh]
+    outcomes = await _bounded([_write_model(cluster, im, st) for im, st in statuses], limit)
+    gone += outcomes.count("gone")
+    phases.done("models")
+    want_slices = endpoints.slices(fresh, nodes, {}, view.live)
+    gone += await _create_endpoints(cluster, fresh, {}, {}, want_slices, limit)
+    phases.done("endpoints")
+    await _post_events(cluster, fresh, desired.events, limit)
+    phases.done("events")
+    view.add(wanted, placed, gained, {k: im.metadata.uid for k, im in by_key.items()})
+    return PassResult(
+        nodes_patched=len(gained) - gone,
+        models_patched=len(fresh),
+        events=len(desired.events),
+        replicas_placed=len(placed),
+        replicas_unplaced=0,
+        plan_seconds=plan_seconds,
+        gone=gone,
+        phases_s=tuple(phases.seen),
+        view=None if gone else view,
+        kind="arrivals",
+    )
+
+
+async def _write_node(
+    cluster: Cluster,
+    name: str,
+    assignments: list[gn.Assignment],
+    on_assignments: OnAssignments | None,
+) -> str:
+    try:
+        await cluster.set_assignments(name, assignments)
+    except NotFound:
+        log.info("GPUNode %s was deleted during the pass; re-planning", name)
+        return "gone"
+    if on_assignments is not None:
+        on_assignments(name, [a.wire() for a in assignments])
+    return "patched"
+
+
+async def _write_model(
+    cluster: Cluster, im: api.InferenceModel, status: imapi.InferenceModelStatus
+) -> str:
+    try:
+        await cluster.set_model_status(im.metadata.namespace or "default", im.metadata.name, status)
+    except NotFound:
+        return "gone"  # deleted meanwhile: nothing to report on
+    return "patched"
+
+
+async def _post_events(
+    cluster: Cluster,
+    models: list[api.InferenceModel],
+    events: list[reconcile.Event],
+    limit: int,
+) -> None:
+    uids = {(im.metadata.namespace, im.metadata.name): im.metadata.uid for im in models}
+
+    async def post(event: reconcile.Event) -> None:
+        try:
+            await cluster.post_event(event, uids.get((event.namespace, event.name)))
+        except ApiError as err:  # best effort: an event is never worth a failed pass
+            log.warning(
+                "could not post event %s on %s/%s: %s",
+                event.reason, event.namespace, event.name, err,
+            )  # fmt: skip
+
+    await _bounded([post(e) for e in events], limit)
 
 
 def _earliest(*delays_s: float | None) -> float | None:
@@ -427,7 +540,10 @@ def _failure_kind(err: BaseException) -> str:
 
 
 class FleetLoop:
-    """Wakes on :meth:`poke` (debounced) or every ``loop.resync_s`` and runs one pass at a time."""
+    """Wakes on :meth:`poke` or :meth:`arrived` (debounced) or every ``loop.resync_s`` and runs
+    one pass at a time: a full pass after a poke, a resync or a failure; an arrivals pass
+    (:func:`reconcile_arrivals`) when the only news since the last pass are new models and that
+    pass left a view; a full pass at once when the arrivals pass cannot place them."""
 
     def __init__(
         self,
@@ -437,9 +553,11 @@ class FleetLoop:
         leader: Callable[[], bool] = lambda: True,
         clock: Clock = SYSTEM,
         metrics: FleetMetrics | None = None,
+        on_assignments: OnAssignments | None = None,
     ) -> None:
         self.settings = settings
         self.cluster = cluster
+        self._on_assignments = on_assignments
         self._leader = leader
         self._clock = clock
         self.metrics = metrics or FleetMetrics()
@@ -452,8 +570,19 @@ class FleetLoop:
         self.last_success: float | None = None
         self._memory = PassMemory()
         self._next_wake_s: float | None = None
+        self._full = True  # the next pass lists and re-plans everything
+        self._view: arrivals.FleetView | None = None
+        self._arrivals: dict[str, api.InferenceModel] = {}
 
     def poke(self) -> None:
+        """Something changed: the next pass is a full one."""
+        self._full = True
+        self._wake.set()
+
+    def arrived(self, model: api.InferenceModel) -> None:
+        """A new InferenceModel (a watch ADDED event): placed by an arrivals pass if nothing
+        else changed meanwhile."""
+        self._arrivals[inventory.model_key(model)] = model
         self._wake.set()
 
     def healthy(self) -> tuple[bool, str]:
@@ -474,8 +603,10 @@ class FleetLoop:
             timeout_s = loop.resync_s
             if self._next_wake_s is not None:  # a node turns stale or a drain ends: not later
                 timeout_s = min(timeout_s, self._next_wake_s + 0.1)
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout_s)
+            except TimeoutError:
+                self._full = True  # the periodic resync: a full pass
             await self._clock.sleep(loop.debounce_s)  # coalesce bursts of watch events
             self._wake.clear()
             if not self._leader():
@@ -483,13 +614,30 @@ class FleetLoop:
                 continue  # a standby replica keeps watching but never writes
             await self.run_pass()
 
+    async def _one_pass(self) -> PassResult:
+        arrived, self._arrivals = list(self._arrivals.values()), {}
+        if not self._full and self._view is not None and arrived:
+            result = await reconcile_arrivals(
+                self.cluster, self.settings, self._view, arrived, self._clock,
+                self._on_assignments,
+            )  # fmt: skip
+            if result is not None:
+                return result
+            log.info("%d new models need a full pass", len(arrived))
+        self._full = False
+        self._view = None  # until this pass completes
+        return await reconcile_once(
+            self.cluster, self.settings, self._clock, self._memory, self._on_assignments
+        )
+
     async def run_pass(self) -> PassResult | None:
         """One guarded pass: never raises (but CancelledError)."""
         self.attempts += 1
         number = self.attempts
         try:
-            result = await reconcile_once(self.cluster, self.settings, self._clock, self._memory)
+            result = await self._one_pass()
         except Exception as err:
+            self._full, self._view = True, None
             kind = _failure_kind(err)
             self.metrics.failures.labels(kind).inc()
             backoff = self.settings.loop.retry_backoff_s
@@ -506,21 +654,24 @@ class FleetLoop:
             self._wake.set()
             return None
         self.failures_in_a_row = 0
-        self._memory = result.memory
-        self._next_wake_s = result.next_stale_in_s
+        self._view = result.view
+        if result.kind == "full":
+            self._memory = result.memory
+            self._next_wake_s = result.next_stale_in_s
         self.passes += 1
         self.last_success = self._clock.monotonic()
         self.metrics.passes.inc()
         self.metrics.last_success.set(self._clock.now().timestamp())
         if result.gone:
-            self._wake.set()  # something vanished mid-pass: re-plan without it now
+            self.poke()  # something vanished mid-pass: re-plan without it now
         level = logging.INFO if result.nodes_patched or result.models_patched else logging.DEBUG
         log.log(
             level,
-            "reconcile pass %d complete: %d placed, %d unplaced, %d nodes and %d models patched, "
-            "%d events, %d gone, plan %.3f s (%s)",
-            number, result.replicas_placed, result.replicas_unplaced, result.nodes_patched,
-            result.models_patched, result.events, result.gone, result.plan_seconds,
+            "reconcile pass %d (%s) complete: %d placed, %d unplaced, %d nodes and %d models "
+            "patched, %d events, %d gone, plan %.3f s (%s)",
+            number, result.kind, result.replicas_placed, result.replicas_unplaced,
+            result.nodes_patched, result.models_patched, result.events, result.gone,
+            result.plan_seconds,
             " ".join(f"{name} {s:.2f}" for name, s in result.phases_s),
         )  # fmt: skip
         return result

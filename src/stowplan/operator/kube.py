@@ -62,6 +62,20 @@ def _parse_status(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "status": status or None}
 
 
+def parse_model(body: dict[str, Any]) -> api.InferenceModel | None:
+    """An InferenceModel from a watch event's body; None (logged) when it does not parse or
+    is being deleted."""
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    try:
+        return api.InferenceModel.model_validate(_parse_status(body))
+    except ValidationError as err:
+        where = "/".join(filter(None, (meta.get("namespace"), meta.get("name"))))
+        log.warning("skipping invalid InferenceModel %s: %s", where, err)
+        return None
+
+
 def _owner_uid(refs: list[dict[str, Any]] | None) -> str | None:
     return next((r.get("uid") for r in refs or [] if r.get("kind") == imapi.KIND), None)
 
