@@ -84,9 +84,14 @@ class PassResult:
     kind: str = "full"
 
 
-#: called after each successful write of a GPUNode's assignments (wire form), so that the
-#: watch event echoing it does not wake another pass (:meth:`.wakeups.Wakeups.wrote_assignments`)
+#: called just before each write of a GPUNode's assignments (wire form), so that the watch
+#: event echoing it (which may come in before the write's own answer) wakes no other pass
+#: (:meth:`.wakeups.Wakeups.expect_assignments`)
 OnAssignments = Callable[[str, list[dict[str, Any]]], None]
+
+
+class _Yielded(Exception):
+    """A routine full pass gave way to new models before writing anything."""
 
 
 class _Phases:
@@ -121,7 +126,10 @@ async def reconcile_once(
     clock: Clock = SYSTEM,
     memory: PassMemory | None = None,
     on_assignments: OnAssignments | None = None,
+    should_yield: Callable[[], bool] | None = None,
 ) -> PassResult:
+    """One full pass (see the module docstring). ``should_yield``: asked before the plan and
+    before the first write; True ends the pass there (nothing written) with ``_Yielded``."""
     memory = memory or PassMemory()
     phases = _Phases(clock)
     models = await cluster.list_models()
@@ -131,6 +139,8 @@ async def reconcile_once(
     slices = await cluster.list_model_slices()
     now = clock.now()
     phases.done("list")
+    if should_yield is not None and should_yield():
+        raise _Yielded
     stale_after_s = settings.nodes.stale_after_s
     avail = health.availability(
         (n.metadata.name for n in nodes),
@@ -179,6 +189,8 @@ async def reconcile_once(
     )
     node_assignments = endpoints.with_held(desired.node_assignments, drains.keep)
     phases.done("desired")
+    if should_yield is not None and should_yield():
+        raise _Yielded
 
     gone = 0
     stamp = reconcile.now_rfc3339()
@@ -323,13 +335,13 @@ async def _write_node(
     assignments: list[gn.Assignment],
     on_assignments: OnAssignments | None,
 ) -> str:
+    if on_assignments is not None:
+        on_assignments(name, [a.wire() for a in assignments])
     try:
         await cluster.set_assignments(name, assignments)
     except NotFound:
         log.info("GPUNode %s was deleted during the pass; re-planning", name)
         return "gone"
-    if on_assignments is not None:
-        on_assignments(name, [a.wire() for a in assignments])
     return "patched"
 
 
@@ -539,6 +551,10 @@ def _failure_kind(err: BaseException) -> str:
     return "bug"
 
 
+#: a routine (resync) full pass gives way to new models at most this many times in a row
+MAX_YIELDS = 3
+
+
 class FleetLoop:
     """Wakes on :meth:`poke` or :meth:`arrived` (debounced) or every ``loop.resync_s`` and runs
     one pass at a time: a full pass after a poke, a resync or a failure; an arrivals pass
@@ -570,13 +586,16 @@ class FleetLoop:
         self.last_success: float | None = None
         self._memory = PassMemory()
         self._next_wake_s: float | None = None
-        self._full = True  # the next pass lists and re-plans everything
+        #: why the next pass must be a full one: "change" (a watch event, a node turning stale,
+        #: a failure: new models wait for it), "resync" (routine: new models may go first), None
+        self._full: str | None = "change"
         self._view: arrivals.FleetView | None = None
         self._arrivals: dict[str, api.InferenceModel] = {}
+        self._yields = 0  # routine full passes in a row that gave way to new models
 
     def poke(self) -> None:
         """Something changed: the next pass is a full one."""
-        self._full = True
+        self._full = "change"
         self._wake.set()
 
     def arrived(self, model: api.InferenceModel) -> None:
@@ -600,13 +619,13 @@ class FleetLoop:
     async def run(self) -> None:
         loop = self.settings.loop
         while True:
-            timeout_s = loop.resync_s
-            if self._next_wake_s is not None:  # a node turns stale or a drain ends: not later
-                timeout_s = min(timeout_s, self._next_wake_s + 0.1)
+            timeout_s, why = loop.resync_s, "resync"
+            if self._next_wake_s is not None and self._next_wake_s + 0.1 < timeout_s:
+                timeout_s, why = self._next_wake_s + 0.1, "change"  # a node turns stale, a drain
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout_s)
             except TimeoutError:
-                self._full = True  # the periodic resync: a full pass
+                self._full = "change" if "change" in (why, self._full) else "resync"
             await self._clock.sleep(loop.debounce_s)  # coalesce bursts of watch events
             self._wake.clear()
             if not self._leader():
@@ -616,19 +635,38 @@ class FleetLoop:
 
     async def _one_pass(self) -> PassResult:
         arrived, self._arrivals = list(self._arrivals.values()), {}
-        if not self._full and self._view is not None and arrived:
+        if arrived and self._view is not None and self._full != "change":
             result = await reconcile_arrivals(
                 self.cluster, self.settings, self._view, arrived, self._clock,
                 self._on_assignments,
             )  # fmt: skip
             if result is not None:
+                if self._full is not None:
+                    self._wake.set()  # the routine full pass comes next
                 return result
             log.info("%d new models need a full pass", len(arrived))
-        self._full = False
-        self._view = None  # until this pass completes
-        return await reconcile_once(
-            self.cluster, self.settings, self._clock, self._memory, self._on_assignments
-        )
+        reason, self._full = self._full, None
+        view, self._view = self._view, None  # until this pass completes
+
+        def should_yield() -> bool:  # a routine pass gives way to new models a few times
+            return (
+                reason == "resync"
+                and view is not None
+                and bool(self._arrivals)
+                and self._yields < MAX_YIELDS
+            )
+
+        try:
+            result = await reconcile_once(
+                self.cluster, self.settings, self._clock, self._memory, self._on_assignments,
+                should_yield,
+            )  # fmt: skip
+        except _Yielded:
+            self._yields += 1
+            self._full, self._view = reason, view
+            return await self._one_pass()
+        self._yields = 0
+        return result
 
     async def run_pass(self) -> PassResult | None:
         """One guarded pass: never raises (but CancelledError)."""
@@ -637,7 +675,7 @@ class FleetLoop:
         try:
             result = await self._one_pass()
         except Exception as err:
-            self._full, self._view = True, None
+            self._full, self._view = "change", None
             kind = _failure_kind(err)
             self.metrics.failures.labels(kind).inc()
             backoff = self.settings.loop.retry_backoff_s
@@ -664,7 +702,9 @@ class FleetLoop:
         self.metrics.last_success.set(self._clock.now().timestamp())
         if result.gone:
             self.poke()  # something vanished mid-pass: re-plan without it now
-        level = logging.INFO if result.nodes_patched or result.models_patched else logging.DEBUG
+        wrote = result.nodes_patched or result.models_patched
+        slow = sum(s for _, s in result.phases_s) > 1.0  # worth a line: where the time went
+        level = logging.INFO if wrote or slow else logging.DEBUG
         log.log(
             level,
             "reconcile pass %d (%s) complete: %d placed, %d unplaced, %d nodes and %d models "

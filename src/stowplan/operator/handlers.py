@@ -75,7 +75,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         cluster,
         leader=lambda: memo.elector.is_leader,
         metrics=fleet.FleetMetrics(prometheus_client.REGISTRY),
-        on_assignments=memo.wakeups.wrote_assignments,  # its own writes wake no pass
+        on_assignments=memo.wakeups.expect_assignments,  # its own writes wake no pass
     )
     # compile/load the numba kernels now, not inside the first plan's time budget
     search = ours.placement.solver_time_limit_s > 0

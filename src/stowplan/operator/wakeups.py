@@ -8,8 +8,10 @@ the state of each replica its agent reports and the agent's address, which the m
 EndpointSlices list) and says to wake only when it changed or the
 object is gone. A stale heartbeat needs no event: the loop wakes when the next node turns stale
 (:func:`.health.next_stale_in_s`). The operator's own writes of ``GPUNode.spec.assignments``
-do not wake it either: :meth:`Wakeups.wrote_assignments` records what a pass wrote, and the
-event that echoes it changes nothing (compared as parsed JSON, so ``8`` and ``8.0`` agree).
+do not wake it either: :meth:`Wakeups.expect_assignments` records what a pass is about to
+write (before the write: its echo may come in before the write's answer), and the event that
+echoes it changes nothing (compared as parsed JSON, so ``8`` and ``8.0`` agree). A write that
+then fails only costs a spurious wake-up, never a missed one.
 Callers: :mod:`stowplan.operator.handlers` (and the fleet loop, through the callback it is given).
 """
 
@@ -65,9 +67,9 @@ class Wakeups:
         self._seen[key] = print_
         return True
 
-    def wrote_assignments(self, node: str, assignments: list[dict[str, Any]]) -> None:
-        """The operator wrote ``spec.assignments`` (wire form) of GPUNode ``node``: the watch
-        event that brings it back is no change (a node not seen yet stays unseen)."""
+    def expect_assignments(self, node: str, assignments: list[dict[str, Any]]) -> None:
+        """The operator is writing ``spec.assignments`` (wire form) of GPUNode ``node``: the
+        watch event that brings it back is no change (a node not seen yet stays unseen)."""
         key = ("node", "", node)
         if key in self._seen:
             self._seen[key] = ({"assignments": assignments}, self._seen[key][1])
