@@ -278,11 +278,11 @@ async def reconcile_arrivals(
     names = {d.name for d in wanted}
     problem = view.slice_problem(wanted)
     started = clock.monotonic()
-    plan = placement.place_models(problem, names)
+    plan = await asyncio.to_thread(placement.place_models, problem, names)
     plan_seconds = clock.monotonic() - started
     if plan.unplaced:
         return None  # the full planner looks at every GPU and may preempt
-    violations = arrivals.check_slice(problem, plan, names)
+    violations = await asyncio.to_thread(arrivals.check_slice, problem, plan, names)
     if violations:
         raise PlanRejected("; ".join(str(v) for v in violations[:5]))
     phases.done("plan")
