@@ -134,7 +134,7 @@ class LocalControlPlane:
             "--bind-address=127.0.0.1",
             f"--secure-port={self.api_port}",
             f"--cert-dir={d / 'pki'}",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            "--service-cluster-ip-range=10.0.0.0/16",  # a Service per model: room for 65k
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={sa_key}",
             f"--service-account-signing-key-file={sa_key}",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from stowplan.operator import endpoints, fleet
-from stowplan.operator.errors import Invalid
+from stowplan.operator.errors import ApiUnavailable, Invalid
 from stowplan.operator.settings import NodeSettings, OperatorSettings
 from stowplan.testing.clock import FakeClock
 from stowplan.testing.cluster import FakeCluster, gpunode, model, report
@@ -208,3 +208,24 @@ async def test_a_refused_slice_is_logged_and_the_pass_still_places(caplog):
     assert result is not None and result.replicas_placed == 1
     assert loop.failures_in_a_row == 0
     assert "EndpointSlice ns/a refused" in caplog.text
+
+
+async def test_a_service_the_api_server_refuses_leaves_no_address_and_the_pass_still_places(caplog):
+    # the local control plane's /24 Service range ran out at the 255th model: every pass failed
+    cluster = FakeCluster([model(f"m{i}", replicas=1) for i in range(3)], [_node("n1", gpus=3)])
+    full = ApiUnavailable("create_namespaced_service: 500 Internal Server Error", 500)
+    cluster.fail("create_model_service", full, times=2)
+    loop = fleet.FleetLoop(SETTINGS, cluster, clock=FakeClock())
+    result = await loop.run_pass()
+    assert result is not None and result.replicas_placed == 3 and loop.failures_in_a_row == 0
+    assert all(m.status is not None for m in cluster.models.values())
+    assert "2 Services could not be created" in caplog.text
+    assert len(cluster.services) == 1
+
+
+async def test_new_models_statuses_are_written_before_their_services():
+    cluster = FakeCluster([model("a", replicas=1)], [_node("n1")])
+    await fleet.FleetLoop(SETTINGS, cluster, clock=FakeClock()).run_pass()
+    order = [name for name, _ in cluster.calls]
+    assert order.index("set_model_status") < order.index("create_model_service")
+    assert order.index("set_assignments") < order.index("set_model_status")

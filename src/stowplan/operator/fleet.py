@@ -4,9 +4,12 @@ Placement is global (one model's replicas change what fits next to the others), 
 handlers do not reconcile objects one by one: they only wake this loop. Each pass lists every
 InferenceModel and GPUNode, builds the placement Problem (with the running placement as the
 starting point, so nothing moves without a reason), plans, verifies the plan, and writes only
-the differences: each model's Service and EndpointSlice (first, so an address leaves before its
-copy goes: :mod:`.endpoints`), ``GPUNode.spec.assignments``, ``InferenceModel.status`` and
-Events. Running the pass twice, or after a restart, writes nothing the second time.
+the differences, in this order: the EndpointSlices that change (first, so an address leaves
+before its copy goes: :mod:`.endpoints`), ``GPUNode.spec.assignments``, ``InferenceModel.status``,
+then the Services and EndpointSlices of new models (they list no agent yet, so a new model's
+``Placed`` does not wait for them) and Events. Running the pass twice, or after a restart,
+writes nothing the second time. A new model alone does not need all that: an arrivals pass
+(:func:`reconcile_arrivals`, :mod:`.arrivals`) places it into what the last full pass left.
 
 Failure boundary: :meth:`FleetLoop.run` is the one edge that catches everything a pass raises.
 An :class:`~.errors.OperatorError` (the API refused or timed out, a plan was rejected) is logged
@@ -32,14 +35,17 @@ from typing import Any, TypeVar
 import prometheus_client
 
 from stowplan import api, placement
+from stowplan import demands as demands_
 from stowplan.api import gpunode as gn
 from stowplan.api import inferencemodel as imapi
-from stowplan.operator import autoscaling, endpoints, health, inventory, moves, reconcile
+from stowplan.operator import arrivals, autoscaling, endpoints, health, inventory, moves, reconcile
 from stowplan.operator.clock import SYSTEM, Clock
 from stowplan.operator.cluster import Cluster, K8sNode
 from stowplan.operator.errors import (
     ApiError,
+    ApiUnavailable,
     Conflict,
+    Forbidden,
     Invalid,
     NotFound,
     OperatorError,
@@ -68,6 +74,38 @@ class PassResult:
     #: seconds until the next live node turns stale or a drained copy may be removed (the loop
     #: wakes then); None: never
     next_stale_in_s: float | None = None
+    #: wall seconds per phase of the pass (list, plan, desired, endpoints, nodes, models,
+    #: events), in order: where a slow pass spends its time (the log line shows them)
+    phases_s: tuple[tuple[str, float], ...] = ()
+    #: the fleet as this pass left it, for placing new models without a full pass (None:
+    #: the next new model waits for a full pass; :mod:`.arrivals`)
+    view: arrivals.FleetView | None = None
+    #: "full" (list, re-plan, compare) or "arrivals" (new models into the view)
+    kind: str = "full"
+
+
+#: called just before each write of a GPUNode's assignments (wire form), so that the watch
+#: event echoing it (which may come in before the write's own answer) wakes no other pass
+#: (:meth:`.wakeups.Wakeups.expect_assignments`)
+OnAssignments = Callable[[str, list[dict[str, Any]]], None]
+
+
+class _Yielded(Exception):
+    """A routine full pass gave way to new models before writing anything."""
+
+
+class _Phases:
+    """Seconds spent in each phase of one pass, on the pass's clock."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._last = clock.monotonic()
+        self.seen: list[tuple[str, float]] = []
+
+    def done(self, name: str) -> None:
+        now = self._clock.monotonic()
+        self.seen.append((name, now - self._last))
+        self._last = now
 
 
 @dataclass(frozen=True)
@@ -87,14 +125,22 @@ async def reconcile_once(
     settings: OperatorSettings,
     clock: Clock = SYSTEM,
     memory: PassMemory | None = None,
+    on_assignments: OnAssignments | None = None,
+    should_yield: Callable[[], bool] | None = None,
 ) -> PassResult:
+    """One full pass (see the module docstring). ``should_yield``: asked before the plan and
+    before the first write; True ends the pass there (nothing written) with ``_Yielded``."""
     memory = memory or PassMemory()
+    phases = _Phases(clock)
     models = await cluster.list_models()
     nodes = await cluster.list_nodes()
     k8s_nodes = await cluster.list_k8s_nodes()
     services = await cluster.list_model_services()
     slices = await cluster.list_model_slices()
     now = clock.now()
+    phases.done("list")
+    if should_yield is not None and should_yield():
+        raise _Yielded
     stale_after_s = settings.nodes.stale_after_s
     avail = health.availability(
         (n.metadata.name for n in nodes),
@@ -117,6 +163,7 @@ async def reconcile_once(
     if violations:
         raise PlanRejected("; ".join(str(v) for v in violations[:5]))
     plan_seconds = clock.monotonic() - started
+    phases.done("plan")
     in_flight = moves.make_before_break(
         nodes,
         plan,
@@ -141,6 +188,9 @@ async def reconcile_once(
         drain_s=settings.nodes.endpoint_drain_s,
     )
     node_assignments = endpoints.with_held(desired.node_assignments, drains.keep)
+    phases.done("desired")
+    if should_yield is not None and should_yield():
+        raise _Yielded
 
     gone = 0
     stamp = reconcile.now_rfc3339()
@@ -154,26 +204,12 @@ async def reconcile_once(
         if any(a for n in nodes if n.metadata.name == name for a in n.spec.assignments):
             log.warning("GPUNode %s offers nothing (%s); evacuating its replicas", name, why)
     limit = settings.api.max_concurrent_writes
-    gone += await _sync_endpoints(cluster, models, services, slices, want_slices, limit)
+    gone += await _update_slices(cluster, slices, want_slices, limit)
+    phases.done("slices")
 
-    async def write_node(node: api.GPUNode) -> str:
-        try:
-            await cluster.set_assignments(
-                node.metadata.name, node_assignments.get(node.metadata.name, [])
-            )
-        except NotFound:
-            log.info("GPUNode %s was deleted during the pass; re-planning", node.metadata.name)
-            return "gone"
-        return "patched"
-
-    async def write_model(im: api.InferenceModel, status: imapi.InferenceModelStatus) -> str:
-        try:
-            await cluster.set_model_status(
-                im.metadata.namespace or "default", im.metadata.name, status
-            )
-        except NotFound:
-            return "gone"  # deleted meanwhile: nothing to report on
-        return "patched"
+    def write_node(node: api.GPUNode) -> Coroutine[Any, Any, str]:
+        name = node.metadata.name
+        return _write_node(cluster, name, node_assignments.get(name, []), on_assignments)
 
     changed = [n for n in nodes if n.spec.assignments != node_assignments.get(n.metadata.name, [])]
     gaining = _gaining(changed, node_assignments)
@@ -184,26 +220,23 @@ async def reconcile_once(
     )
     nodes_patched = outcomes.count("patched")
     gone += outcomes.count("gone")
+    phases.done("nodes")
     statuses = [(im, desired.model_status[inventory.model_key(im)]) for im in models]
     outcomes = await _bounded(
-        [write_model(im, st) for im, st in statuses if im.status != st], limit
+        [_write_model(cluster, im, st) for im, st in statuses if im.status != st], limit
     )
     models_patched = outcomes.count("patched")
     gone += outcomes.count("gone")
-    uids = {(im.metadata.namespace, im.metadata.name): im.metadata.uid for im in models}
-
-    async def post(event: reconcile.Event) -> None:
-        try:
-            await cluster.post_event(event, uids.get((event.namespace, event.name)))
-        except ApiError as err:  # best effort: an event is never worth a failed pass
-            log.warning(
-                "could not post event %s on %s/%s: %s",
-                event.reason, event.namespace, event.name, err,
-            )  # fmt: skip
-
-    await _bounded([post(e) for e in events], limit)
+    phases.done("models")
+    gone += await _create_endpoints(cluster, models, services, slices, want_slices, limit)
+    phases.done("endpoints")
+    await _post_events(cluster, models, events, limit)
+    view = None
+    if not (gone or in_flight.keep or drains.keep):
+        view = arrivals.view_of(problem, plan, node_assignments, nodes, live, models)
     if settings.autoscaling.enabled:
         await _sync_autoscaler(cluster, settings, problem, plan, k8s_nodes)
+    phases.done("events")
     return PassResult(
         nodes_patched=nodes_patched,
         models_patched=models_patched,
@@ -216,7 +249,130 @@ async def reconcile_once(
         next_stale_in_s=_earliest(
             health.next_stale_in_s(nodes, now, stale_after_s), drains.next_release_in_s
         ),
+        phases_s=tuple(phases.seen),
+        view=view,
     )
+
+
+async def reconcile_arrivals(
+    cluster: Cluster,
+    settings: OperatorSettings,
+    view: arrivals.FleetView,
+    new: list[api.InferenceModel],
+    clock: Clock = SYSTEM,
+    on_assignments: OnAssignments | None = None,
+) -> PassResult | None:
+    """Place the new models ``new`` into ``view`` (see :mod:`.arrivals`): write the GPUNodes
+    that gain, the new models' statuses, Services, EndpointSlices and events; ``view`` is
+    updated. None (nothing written) when a full pass must place them instead."""
+    phases = _Phases(clock)
+    known = [im for im in new if inventory.model_key(im) in view.demands]
+    if any(view.uids.get(inventory.model_key(im)) != im.metadata.uid for im in known):
+        return None  # deleted and created again: the full pass releases the old replicas
+    fresh = [im for im in new if inventory.model_key(im) not in view.demands]
+    wanted = [inventory.demand(im) for im in fresh]
+    if not all(arrivals.fits_view(d) for d in wanted):
+        return None
+    if not fresh:  # the last full pass placed them already
+        return PassResult(0, 0, 0, 0, 0, 0.0, view=view, kind="arrivals")
+    names = {d.name for d in wanted}
+    problem = view.slice_problem(wanted)
+    started = clock.monotonic()
+    plan = await asyncio.to_thread(placement.place_models, problem, names)
+    plan_seconds = clock.monotonic() - started
+    if plan.unplaced:
+        return None  # the full planner looks at every GPU and may preempt
+    violations = await asyncio.to_thread(arrivals.check_slice, problem, plan, names)
+    if violations:
+        raise PlanRejected("; ".join(str(v) for v in violations[:5]))
+    phases.done("plan")
+    placed = [a for a in plan.assignments if a.model in names]
+    by_key = {inventory.model_key(im): im for im in fresh}
+    gained: dict[str, list[gn.Assignment]] = {}
+    for a in placed:
+        if a.node not in gained:
+            gained[a.node] = list(view.node_assignments.get(a.node, []))
+        gained[a.node].append(demands_.node_assignment(by_key[a.model].spec, a))
+    for kept in gained.values():
+        kept.sort(key=lambda a: (a.model, a.replica))
+    limit = settings.api.max_concurrent_writes
+    outcomes = await _bounded(
+        [_write_node(cluster, n, want, on_assignments) for n, want in sorted(gained.items())],
+        limit,
+    )
+    gone = outcomes.count("gone")
+    phases.done("nodes")
+    nodes = [view.nodes[n] for n in sorted(gained) if n in view.nodes]
+    sub_plan = plan.model_copy(update={"assignments": tuple(placed)})
+    desired = reconcile.desired_state(fresh, nodes, sub_plan)
+    statuses = [(im, desired.model_status[inventory.model_key(im)]) for im in fresh]
+    outcomes = await _bounded([_write_model(cluster, im, st) for im, st in statuses], limit)
+    gone += outcomes.count("gone")
+    phases.done("models")
+    want_slices = endpoints.slices(fresh, nodes, {}, view.live)
+    gone += await _create_endpoints(cluster, fresh, {}, {}, want_slices, limit)
+    phases.done("endpoints")
+    await _post_events(cluster, fresh, desired.events, limit)
+    phases.done("events")
+    view.add(wanted, placed, gained, {k: im.metadata.uid for k, im in by_key.items()})
+    return PassResult(
+        nodes_patched=len(gained) - gone,
+        models_patched=len(fresh),
+        events=len(desired.events),
+        replicas_placed=len(placed),
+        replicas_unplaced=0,
+        plan_seconds=plan_seconds,
+        gone=gone,
+        phases_s=tuple(phases.seen),
+        view=None if gone else view,
+        kind="arrivals",
+    )
+
+
+async def _write_node(
+    cluster: Cluster,
+    name: str,
+    assignments: list[gn.Assignment],
+    on_assignments: OnAssignments | None,
+) -> str:
+    if on_assignments is not None:
+        on_assignments(name, [a.wire() for a in assignments])
+    try:
+        await cluster.set_assignments(name, assignments)
+    except NotFound:
+        log.info("GPUNode %s was deleted during the pass; re-planning", name)
+        return "gone"
+    return "patched"
+
+
+async def _write_model(
+    cluster: Cluster, im: api.InferenceModel, status: imapi.InferenceModelStatus
+) -> str:
+    try:
+        await cluster.set_model_status(im.metadata.namespace or "default", im.metadata.name, status)
+    except NotFound:
+        return "gone"  # deleted meanwhile: nothing to report on
+    return "patched"
+
+
+async def _post_events(
+    cluster: Cluster,
+    models: list[api.InferenceModel],
+    events: list[reconcile.Event],
+    limit: int,
+) -> None:
+    uids = {(im.metadata.namespace, im.metadata.name): im.metadata.uid for im in models}
+
+    async def post(event: reconcile.Event) -> None:
+        try:
+            await cluster.post_event(event, uids.get((event.namespace, event.name)))
+        except ApiError as err:  # best effort: an event is never worth a failed pass
+            log.warning(
+                "could not post event %s on %s/%s: %s",
+                event.reason, event.namespace, event.name, err,
+            )  # fmt: skip
+
+    await _bounded([post(e) for e in events], limit)
 
 
 def _earliest(*delays_s: float | None) -> float | None:
@@ -224,7 +380,26 @@ def _earliest(*delays_s: float | None) -> float | None:
     return min(known) if known else None
 
 
-async def _sync_endpoints(
+async def _update_slices(
+    cluster: Cluster,
+    listed: Mapping[endpoints.ModelRef, endpoints.ModelSlice],
+    want: Mapping[endpoints.ModelRef, endpoints.ModelSlice],
+    limit: int,
+) -> int:
+    """Write the listed EndpointSlices that differ (before any GPUNode write, so an address
+    leaves before its copy goes); returns how many models vanished meanwhile."""
+    outcomes = await _bounded(
+        [
+            _write_slice(cluster, k, s, exists=True)
+            for k, s in want.items()
+            if k in listed and (listed[k].port, listed[k].endpoints) != (s.port, s.endpoints)
+        ],
+        limit,
+    )
+    return outcomes.count("gone")
+
+
+async def _create_endpoints(
     cluster: Cluster,
     models: list[api.InferenceModel],
     services: Mapping[endpoints.ModelRef, str | None],
@@ -232,9 +407,13 @@ async def _sync_endpoints(
     want: Mapping[endpoints.ModelRef, endpoints.ModelSlice],
     limit: int,
 ) -> int:
-    """Create the missing Services, write the EndpointSlices that differ; returns how many
-    models vanished meanwhile (their objects are garbage-collected with them)."""
+    """Create the missing Services and EndpointSlices (after the statuses: a new model's
+    address lists no agent yet, so nothing waits for it); returns how many models vanished
+    meanwhile (their objects are garbage-collected with them). A Service the API server
+    refuses (e.g. its ClusterIP range is full) leaves that model without an address, logged,
+    and never stops the pass."""
     uids = {endpoints.ref(im): im.metadata.uid for im in models}
+    refused: list[str] = []
 
     async def service(key: endpoints.ModelRef) -> str:
         try:
@@ -243,27 +422,35 @@ async def _sync_endpoints(
             log.warning(
                 "Service %s/%s exists and is not the operator's: the model has no address", *key
             )
+        except NotFound:
+            return "gone"  # its namespace went with the model
+        except (Invalid, Forbidden, ApiUnavailable) as err:
+            refused.append(f"{key[0]}/{key[1]}: {err}")
         return "ok"
 
-    async def slice_(key: endpoints.ModelRef, s: endpoints.ModelSlice) -> str:
-        try:
-            await cluster.write_model_slice(*key, s, exists=key in listed)
-        except (NotFound, Conflict):
-            return "gone"  # the model (and its slice) went, or a racing writer: re-plan
-        except Invalid as err:  # one model's address must never stop the fleet's placement
-            log.error("EndpointSlice %s/%s refused: %s", *key, err)
-        return "ok"
-
-    await _bounded([service(k) for k in want if k not in services], limit)
+    gone = await _bounded([service(k) for k in want if k not in services], limit)
+    if refused:
+        log.error(
+            "%d Services could not be created (these models have no address): %s",
+            len(refused), "; ".join(refused[:3]),
+        )  # fmt: skip
     outcomes = await _bounded(
-        [
-            slice_(k, s)
-            for k, s in want.items()
-            if k not in listed or (listed[k].port, listed[k].endpoints) != (s.port, s.endpoints)
-        ],
+        [_write_slice(cluster, k, s, exists=False) for k, s in want.items() if k not in listed],
         limit,
     )
-    return outcomes.count("gone")
+    return outcomes.count("gone") + gone.count("gone")
+
+
+async def _write_slice(
+    cluster: Cluster, key: endpoints.ModelRef, s: endpoints.ModelSlice, *, exists: bool
+) -> str:
+    try:
+        await cluster.write_model_slice(*key, s, exists=exists)
+    except (NotFound, Conflict):
+        return "gone"  # the model (and its slice) went, or a racing writer: re-plan
+    except Invalid as err:  # one model's address must never stop the fleet's placement
+        log.error("EndpointSlice %s/%s refused: %s", *key, err)
+    return "ok"
 
 
 def _gaining(nodes: list[api.GPUNode], want: Mapping[str, list[gn.Assignment]]) -> set[str]:
@@ -364,8 +551,15 @@ def _failure_kind(err: BaseException) -> str:
     return "bug"
 
 
+#: a routine (resync) full pass gives way to new models at most this many times in a row
+MAX_YIELDS = 3
+
+
 class FleetLoop:
-    """Wakes on :meth:`poke` (debounced) or every ``loop.resync_s`` and runs one pass at a time."""
+    """Wakes on :meth:`poke` or :meth:`arrived` (debounced) or every ``loop.resync_s`` and runs
+    one pass at a time: a full pass after a poke, a resync or a failure; an arrivals pass
+    (:func:`reconcile_arrivals`) when the only news since the last pass are new models and that
+    pass left a view; a full pass at once when the arrivals pass cannot place them."""
 
     def __init__(
         self,
@@ -375,9 +569,11 @@ class FleetLoop:
         leader: Callable[[], bool] = lambda: True,
         clock: Clock = SYSTEM,
         metrics: FleetMetrics | None = None,
+        on_assignments: OnAssignments | None = None,
     ) -> None:
         self.settings = settings
         self.cluster = cluster
+        self._on_assignments = on_assignments
         self._leader = leader
         self._clock = clock
         self.metrics = metrics or FleetMetrics()
@@ -390,8 +586,22 @@ class FleetLoop:
         self.last_success: float | None = None
         self._memory = PassMemory()
         self._next_wake_s: float | None = None
+        #: why the next pass must be a full one: "change" (a watch event, a node turning stale,
+        #: a failure: new models wait for it), "resync" (routine: new models may go first), None
+        self._full: str | None = "change"
+        self._view: arrivals.FleetView | None = None
+        self._arrivals: dict[str, api.InferenceModel] = {}
+        self._yields = 0  # routine full passes in a row that gave way to new models
 
     def poke(self) -> None:
+        """Something changed: the next pass is a full one."""
+        self._full = "change"
+        self._wake.set()
+
+    def arrived(self, model: api.InferenceModel) -> None:
+        """A new InferenceModel (a watch ADDED event): placed by an arrivals pass if nothing
+        else changed meanwhile."""
+        self._arrivals[inventory.model_key(model)] = model
         self._wake.set()
 
     def healthy(self) -> tuple[bool, str]:
@@ -409,11 +619,13 @@ class FleetLoop:
     async def run(self) -> None:
         loop = self.settings.loop
         while True:
-            timeout_s = loop.resync_s
-            if self._next_wake_s is not None:  # a node turns stale or a drain ends: not later
-                timeout_s = min(timeout_s, self._next_wake_s + 0.1)
-            with contextlib.suppress(TimeoutError):
+            timeout_s, why = loop.resync_s, "resync"
+            if self._next_wake_s is not None and self._next_wake_s + 0.1 < timeout_s:
+                timeout_s, why = self._next_wake_s + 0.1, "change"  # a node turns stale, a drain
+            try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout_s)
+            except TimeoutError:
+                self._full = "change" if "change" in (why, self._full) else "resync"
             await self._clock.sleep(loop.debounce_s)  # coalesce bursts of watch events
             self._wake.clear()
             if not self._leader():
@@ -421,13 +633,49 @@ class FleetLoop:
                 continue  # a standby replica keeps watching but never writes
             await self.run_pass()
 
+    async def _one_pass(self) -> PassResult:
+        arrived, self._arrivals = list(self._arrivals.values()), {}
+        if arrived and self._view is not None and self._full != "change":
+            result = await reconcile_arrivals(
+                self.cluster, self.settings, self._view, arrived, self._clock,
+                self._on_assignments,
+            )  # fmt: skip
+            if result is not None:
+                if self._full is not None:
+                    self._wake.set()  # the routine full pass comes next
+                return result
+            log.info("%d new models need a full pass", len(arrived))
+        reason, self._full = self._full, None
+        view, self._view = self._view, None  # until this pass completes
+
+        def should_yield() -> bool:  # a routine pass gives way to new models a few times
+            return (
+                reason == "resync"
+                and view is not None
+                and bool(self._arrivals)
+                and self._yields < MAX_YIELDS
+            )
+
+        try:
+            result = await reconcile_once(
+                self.cluster, self.settings, self._clock, self._memory, self._on_assignments,
+                should_yield,
+            )  # fmt: skip
+        except _Yielded:
+            self._yields += 1
+            self._full, self._view = reason, view
+            return await self._one_pass()
+        self._yields = 0
+        return result
+
     async def run_pass(self) -> PassResult | None:
         """One guarded pass: never raises (but CancelledError)."""
         self.attempts += 1
         number = self.attempts
         try:
-            result = await reconcile_once(self.cluster, self.settings, self._clock, self._memory)
+            result = await self._one_pass()
         except Exception as err:
+            self._full, self._view = "change", None
             kind = _failure_kind(err)
             self.metrics.failures.labels(kind).inc()
             backoff = self.settings.loop.retry_backoff_s
@@ -444,20 +692,26 @@ class FleetLoop:
             self._wake.set()
             return None
         self.failures_in_a_row = 0
-        self._memory = result.memory
-        self._next_wake_s = result.next_stale_in_s
+        self._view = result.view
+        if result.kind == "full":
+            self._memory = result.memory
+            self._next_wake_s = result.next_stale_in_s
         self.passes += 1
         self.last_success = self._clock.monotonic()
         self.metrics.passes.inc()
         self.metrics.last_success.set(self._clock.now().timestamp())
         if result.gone:
-            self._wake.set()  # something vanished mid-pass: re-plan without it now
-        level = logging.INFO if result.nodes_patched or result.models_patched else logging.DEBUG
+            self.poke()  # something vanished mid-pass: re-plan without it now
+        wrote = result.nodes_patched or result.models_patched
+        slow = sum(s for _, s in result.phases_s) > 1.0  # worth a line: where the time went
+        level = logging.INFO if wrote or slow else logging.DEBUG
         log.log(
             level,
-            "reconcile pass %d complete: %d placed, %d unplaced, %d nodes and %d models patched, "
-            "%d events, %d gone, plan %.3f s",
-            number, result.replicas_placed, result.replicas_unplaced, result.nodes_patched,
-            result.models_patched, result.events, result.gone, result.plan_seconds,
+            "reconcile pass %d (%s) complete: %d placed, %d unplaced, %d nodes and %d models "
+            "patched, %d events, %d gone, plan %.3f s (%s)",
+            number, result.kind, result.replicas_placed, result.replicas_unplaced,
+            result.nodes_patched, result.models_patched, result.events, result.gone,
+            result.plan_seconds,
+            " ".join(f"{name} {s:.2f}" for name, s in result.phases_s),
         )  # fmt: skip
         return result

@@ -2,6 +2,8 @@
 
 Run with ``kopf run --standalone -m stowplan.operator --all-namespaces``. The handlers hold no
 logic: placement and status computation live in :mod:`.fleet` and the pure modules it calls.
+A model's ADDED event hands the parsed model to the loop (an arrivals pass places it without
+a full pass); every other change that matters pokes it.
 The settings are read once here (:meth:`.settings.OperatorSettings.from_env`). ``on.event``
 handlers store no progress on the objects, so the operator never writes to InferenceModel spec
 or metadata (GitOps tools see no drift). The background tasks are watched: if one of them ever
@@ -73,6 +75,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         cluster,
         leader=lambda: memo.elector.is_leader,
         metrics=fleet.FleetMetrics(prometheus_client.REGISTRY),
+        on_assignments=memo.wakeups.expect_assignments,  # its own writes wake no pass
     )
     # compile/load the numba kernels now, not inside the first plan's time budget
     search = ours.placement.solver_time_limit_s > 0
@@ -112,7 +115,13 @@ def fleet_alive(memo: kopf.Memo, **_: Any) -> str:
 
 @kopf.on.event(api.GROUP, api.VERSION, inferencemodel.PLURAL)
 async def model_changed(memo: kopf.Memo, event: kopf.RawEvent, **_: Any) -> None:
-    if memo.wakeups.changed("model", event.get("type"), event.get("object") or {}):
+    body = event.get("object") or {}
+    if not memo.wakeups.changed("model", event.get("type"), body):
+        return
+    new = kube.parse_model(dict(body)) if event.get("type") == "ADDED" else None
+    if new is not None:
+        memo.fleet.arrived(new)  # placed at once into the running placement
+    else:
         memo.fleet.poke()
 
 

@@ -18,6 +18,7 @@ Callers: :mod:`stowplan.operator.handlers` (builds one), then :mod:`.fleet` and
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -61,8 +62,22 @@ def _parse_status(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "status": status or None}
 
 
-def _owner_uid(refs: list[Any] | None) -> str | None:
-    return next((r.uid for r in refs or [] if r.kind == imapi.KIND), None)
+def parse_model(body: dict[str, Any]) -> api.InferenceModel | None:
+    """An InferenceModel from a watch event's body; None (logged) when it does not parse or
+    is being deleted."""
+    meta = body.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    try:
+        return api.InferenceModel.model_validate(_parse_status(body))
+    except ValidationError as err:
+        where = "/".join(filter(None, (meta.get("namespace"), meta.get("name"))))
+        log.warning("skipping invalid InferenceModel %s: %s", where, err)
+        return None
+
+
+def _owner_uid(refs: list[dict[str, Any]] | None) -> str | None:
+    return next((r.get("uid") for r in refs or [] if r.get("kind") == imapi.KIND), None)
 
 
 def _model_meta(
@@ -104,10 +119,35 @@ class KubeCluster:
         except (TimeoutError, OSError, urllib3.exceptions.HTTPError) as err:
             raise ApiUnavailable(f"{what}: {type(err).__name__}: {err}") from err
 
+    async def _write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """A write whose response body is not needed: read and dropped unparsed (the client's
+        typed deserialization of a Service or an EndpointSlice costs more than the request)."""
+
+        def drained(*a: Any, **kw: Any) -> None:
+            response = fn(*a, _preload_content=False, **kw)
+            response.read()
+            response.release_conn()
+
+        drained.__name__ = getattr(fn, "__name__", str(fn))
+        await self._call(drained, *args, **kwargs)
+
+    async def _json(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A read as plain JSON (no typed deserialization: lists of thousands stay cheap)."""
+
+        def parsed(*a: Any, **kw: Any) -> Any:
+            response = fn(*a, _preload_content=False, **kw)
+            try:
+                return json.loads(response.read())
+            finally:
+                response.release_conn()
+
+        parsed.__name__ = getattr(fn, "__name__", str(fn))
+        return await self._call(parsed, *args, **kwargs)
+
     async def _list(self, plural: str, kind: type[_W]) -> list[_W]:
         """Every object of ``plural`` that parses and is not being deleted (its replicas are
         released now); one that does not parse is logged and skipped."""
-        raw = await self._call(self._custom.list_cluster_custom_object, GROUP, VERSION, plural)
+        raw = await self._json(self._custom.list_cluster_custom_object, GROUP, VERSION, plural)
         out = []
         for item in raw.get("items", []):
             meta = item.get("metadata", {})
@@ -128,7 +168,7 @@ class KubeCluster:
 
     async def set_assignments(self, node: str, assignments: list[gn.Assignment]) -> None:
         body = {"spec": {"assignments": [a.wire() for a in assignments]}}
-        await self._call(
+        await self._write(
             self._custom.patch_cluster_custom_object, GROUP, VERSION, gn.PLURAL, node, body
         )
 
@@ -139,7 +179,7 @@ class KubeCluster:
         # merge patch: explicit nulls remove fields the new status no longer has
         for key in ("capacity", "observed"):
             wire.setdefault(key, None)
-        await self._call(
+        await self._write(
             self._custom.patch_namespaced_custom_object_status,
             GROUP, VERSION, namespace, imapi.PLURAL, name, {"status": wire},
         )  # fmt: skip
@@ -165,7 +205,7 @@ class KubeCluster:
             reporting_component="stowplan.io/operator",
             reporting_instance="stowplan-operator",
         )
-        await self._call(self._core.create_namespaced_event, event_.namespace, body)
+        await self._write(self._core.create_namespaced_event, event_.namespace, body)
 
     async def list_capacity_pods(self, namespace: str) -> list[str]:
         pods = await self._call(
@@ -182,13 +222,13 @@ class KubeCluster:
         await self._call(self._core.delete_namespaced_pod, name, namespace, grace_period_seconds=0)
 
     async def list_k8s_nodes(self) -> dict[str, K8sNode]:
-        nodes = await self._call(self._core.list_node)
+        nodes = await self._json(self._core.list_node)
         return {
-            n.metadata.name: K8sNode(
-                unschedulable=bool(n.spec and n.spec.unschedulable),
-                protection=autoscaling.protection_of(n.metadata.annotations),
+            n["metadata"]["name"]: K8sNode(
+                unschedulable=bool((n.get("spec") or {}).get("unschedulable")),
+                protection=autoscaling.protection_of(n["metadata"].get("annotations")),
             )
-            for n in nodes.items
+            for n in nodes.get("items") or []
         }
 
     async def set_gpunode_conditions(self, node: str, conditions: list[api.Condition]) -> None:
@@ -213,10 +253,12 @@ class KubeCluster:
 
     async def list_model_services(self) -> dict[ModelRef, str | None]:
         selector = f"{endpoints.MANAGED_BY_LABEL}={endpoints.MANAGED_BY}"
-        raw = await self._call(self._core.list_service_for_all_namespaces, label_selector=selector)
+        raw = await self._json(self._core.list_service_for_all_namespaces, label_selector=selector)
         return {
-            (s.metadata.namespace, s.metadata.name): _owner_uid(s.metadata.owner_references)
-            for s in raw.items
+            (s["metadata"]["namespace"], s["metadata"]["name"]): _owner_uid(
+                s["metadata"].get("ownerReferences")
+            )
+            for s in raw.get("items") or []
         }
 
     async def create_model_service(self, namespace: str, name: str, owner_uid: str | None) -> None:
@@ -235,24 +277,26 @@ class KubeCluster:
                 }],
             },
         }  # fmt: skip
-        await self._call(self._core.create_namespaced_service, namespace, body)
+        await self._write(self._core.create_namespaced_service, namespace, body)
 
     async def list_model_slices(self) -> dict[ModelRef, ModelSlice]:
         selector = f"{endpoints.SLICE_MANAGED_BY_LABEL}={endpoints.SLICE_MANAGED_BY}"
-        raw = await self._call(
+        raw = await self._json(
             self._discovery.list_endpoint_slice_for_all_namespaces, label_selector=selector
         )
         out = {}
-        for s in raw.items:
-            port = next((p.port for p in s.ports or [] if p.port), endpoints.SERVICE_PORT)
-            out[(s.metadata.namespace, s.metadata.name)] = ModelSlice(
+        for s in raw.get("items") or []:
+            meta = s["metadata"]
+            ports = s.get("ports") or []
+            port = next((p["port"] for p in ports if p.get("port")), endpoints.SERVICE_PORT)
+            out[(meta["namespace"], meta["name"])] = ModelSlice(
                 port=port,
                 endpoints=tuple(
-                    SliceEndpoint(ip, e.node_name or "")
-                    for e in s.endpoints or []
-                    for ip in e.addresses
+                    SliceEndpoint(ip, e.get("nodeName") or "")
+                    for e in s.get("endpoints") or []
+                    for ip in e.get("addresses") or []
                 ),
-                owner_uid=_owner_uid(s.metadata.owner_references),
+                owner_uid=_owner_uid(meta.get("ownerReferences")),
             )
         return out
 
@@ -274,10 +318,10 @@ class KubeCluster:
             ],
         }  # fmt: skip
         if not exists:
-            await self._call(self._discovery.create_namespaced_endpoint_slice, namespace, body)
+            await self._write(self._discovery.create_namespaced_endpoint_slice, namespace, body)
             return
         patch = {"ports": body["ports"], "endpoints": body["endpoints"]}
-        await self._call(
+        await self._write(
             self._discovery.patch_namespaced_endpoint_slice, name, namespace, patch,
             _content_type="application/merge-patch+json",
         )  # fmt: skip

@@ -7,7 +7,12 @@ unchanged fleet. :class:`Wakeups` remembers a fingerprint of what a pass reads f
 the state of each replica its agent reports and the agent's address, which the models'
 EndpointSlices list) and says to wake only when it changed or the
 object is gone. A stale heartbeat needs no event: the loop wakes when the next node turns stale
-(:func:`.health.next_stale_in_s`). Callers: :mod:`stowplan.operator.handlers`.
+(:func:`.health.next_stale_in_s`). The operator's own writes of ``GPUNode.spec.assignments``
+do not wake it either: :meth:`Wakeups.expect_assignments` records what a pass is about to
+write (before the write: its echo may come in before the write's answer), and the event that
+echoes it changes nothing (compared as parsed JSON, so ``8`` and ``8.0`` agree). A write that
+then fails only costs a spurious wake-up, never a missed one.
+Callers: :mod:`stowplan.operator.handlers` (and the fleet loop, through the callback it is given).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ def model_fingerprint(body: Mapping[str, Any]) -> str:
 
 
 def node_fingerprint(body: Mapping[str, Any]) -> str:
+    """Everything a pass reads of a GPUNode but its spec (compared apart: :class:`Wakeups`)."""
     meta = body.get("metadata") or {}
     status = body.get("status") or {}
     replicas = sorted(
@@ -34,7 +40,7 @@ def node_fingerprint(body: Mapping[str, Any]) -> str:
     )
     conditions = sorted((c.get("type"), c.get("status")) for c in status.get("conditions") or [])
     return json.dumps(
-        [body.get("spec"), meta.get("labels"), bool(meta.get("deletionTimestamp")),
+        [meta.get("labels"), bool(meta.get("deletionTimestamp")),
          status.get("gpus"), status.get("allocatable"), replicas, conditions,
          status.get("endpoint")],
         sort_keys=True, default=str,
@@ -43,7 +49,8 @@ def node_fingerprint(body: Mapping[str, Any]) -> str:
 
 class Wakeups:
     def __init__(self) -> None:
-        self._seen: dict[tuple[str, str, str], str] = {}
+        #: (kind, namespace, name) -> (spec as parsed JSON (nodes; None for models), the rest)
+        self._seen: dict[tuple[str, str, str], tuple[Any, str]] = {}
 
     def changed(self, kind: str, event_type: str | None, body: Mapping[str, Any]) -> bool:
         meta = body.get("metadata") or {}
@@ -51,8 +58,18 @@ class Wakeups:
         if event_type == "DELETED":
             self._seen.pop(key, None)
             return True
-        print_ = model_fingerprint(body) if kind == "model" else node_fingerprint(body)
+        if kind == "model":
+            print_: tuple[Any, str] = (None, model_fingerprint(body))
+        else:
+            print_ = (body.get("spec") or {}, node_fingerprint(body))
         if self._seen.get(key) == print_:
             return False
         self._seen[key] = print_
         return True
+
+    def expect_assignments(self, node: str, assignments: list[dict[str, Any]]) -> None:
+        """The operator is writing ``spec.assignments`` (wire form) of GPUNode ``node``: the
+        watch event that brings it back is no change (a node not seen yet stays unseen)."""
+        key = ("node", "", node)
+        if key in self._seen:
+            self._seen[key] = ({"assignments": assignments}, self._seen[key][1])

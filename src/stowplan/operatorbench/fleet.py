@@ -70,6 +70,16 @@ def _placed(custom: Any) -> set[str]:
     return out
 
 
+def _is_placed(custom: Any, name: str) -> bool:
+    """One model's Placed=True, read alone (listing every model each 50 ms would load the
+    API server the probe measures)."""
+    im = custom.get_namespaced_custom_object(
+        api.GROUP, api.VERSION, "bench", "inferencemodels", name
+    )
+    conds = (im.get("status") or {}).get("conditions", [])
+    return any(c["type"] == "Placed" and c["status"] == "True" for c in conds)
+
+
 def _peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -143,7 +153,7 @@ def run(nodes: int, models: int, replicas: int, probes: int, workdir: Path) -> R
                 custom.create_namespaced_custom_object(
                     api.GROUP, api.VERSION, "bench", "inferencemodels", _model(name, replicas)
                 )
-                while name not in _placed(custom):
+                while not _is_placed(custom, name):
                     if time.monotonic() - t0 > 600:
                         raise RuntimeError("probe model never placed")
                     time.sleep(0.05)

@@ -4,8 +4,8 @@ Pure: no I/O, no Kubernetes, no HTTP, no GPU libraries. See ``placement/README.m
 
 Public API: ``plan(problem, time_limit_s=0.0) -> Plan``, ``check_plan(problem, plan) ->
 list[Violation]``, ``replica_capacity(model, duty_cycle_ms) -> ReplicaCapacity | None``, the
-online mode ``place_arrivals(problem)`` / ``defragment(problem, max_moves)`` and the exception
-tree rooted at ``PlacementError``.
+online mode ``place_arrivals(problem)``, ``place_models(problem, names)`` /
+``defragment(problem, max_moves)`` and the exception tree rooted at ``PlacementError``.
 """
 
 from stowplan.placement.capacity import DUTY_LEVELS_MS, ReplicaCapacity, replica_capacity
@@ -23,7 +23,7 @@ from stowplan.placement.models import (
     Unplaced,
     UnplacedReason,
 )
-from stowplan.placement.online import defragment, place_arrivals
+from stowplan.placement.online import defragment, place_arrivals, place_models
 from stowplan.placement.planner import plan, warm_up
 from stowplan.placement.verify import Violation, check_plan
 
@@ -48,6 +48,7 @@ __all__ = [
     "check_plan",
     "defragment",
     "place_arrivals",
+    "place_models",
     "plan",
     "replica_capacity",
     "warm_up",

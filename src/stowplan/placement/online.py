@@ -3,7 +3,8 @@ defragmentation pass.
 
 ``place_arrivals(problem)`` keeps every replica of ``problem.current`` exactly where it is and
 places only the replicas that have no GPU yet (priority first): what a scheduler does per
-arrival. SLO replicas go by best fit (``bestfit``). Fixed demands (``ModelDemand.gpu_milli`` >
+arrival (``place_models``: only the replicas of named models, into a slice of the fleet).
+SLO replicas go by best fit (``bestfit``). Fixed demands (``ModelDemand.gpu_milli`` >
 0: a GPU fraction, one whole GPU or a gang of whole GPUs) go by the policy the public
 GPU-sharing benchmark measures as "ours stowplan" (``tracesim``, scored by ``fragscore``):
 per node whose CPU/host memory and GPUs admit the replica, FGD's fragmentation decrease against
@@ -36,7 +37,7 @@ where they are but may preempt; its InferenceModels have no fixed demands today.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -289,6 +290,38 @@ def place_arrivals(
     todo = [(mi, r) for mi in placeable for r in range(index.models[mi].replicas)]
     order = decreasing_order(index, [t for t in todo if t not in state.where])
     left = place_replicas(state, order, workload)
+    return _finish(index, problem, state, left, unplaced, placeable, start, clock)
+
+
+def place_models(
+    problem: Problem,
+    names: Collection[str],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    use_kernel: bool = True,
+) -> Plan:
+    """Place the replicas of the models in ``names`` that have no GPU yet into
+    ``problem.current`` without moving anything (``place_replicas``, priority first). Unlike
+    ``place_arrivals``, replicas of the other models that ``current`` leaves out are not
+    placed and not reported (neither assigned nor unplaced): ``problem`` may be a slice of a
+    larger fleet (a few GPUs with what runs on them) and the caller keeps the rest. The plan's
+    assignments are ``current`` plus the new ones; its unplaced replicas are those of ``names``
+    only."""
+    start = clock()
+    validate(problem)
+    wanted = set(names)
+    index = PackIndex.build(problem)
+    placeable, unplaced = split_placeable(index)
+    unplaced = [u for u in unplaced if u.model in wanted]
+    state = _state_from_current(index, problem, use_kernel)
+    todo = [
+        (mi, r)
+        for mi in placeable
+        if index.models[mi].name in wanted
+        for r in range(index.models[mi].replicas)
+    ]
+    order = decreasing_order(index, [t for t in todo if t not in state.where])
+    left = place_replicas(state, order)
     return _finish(index, problem, state, left, unplaced, placeable, start, clock)
 
 

@@ -137,7 +137,7 @@ class Operator(Process):
         )  # fmt: skip
 
     def passes(self) -> int:
-        return len(re.findall(r"reconcile pass \d+ complete", self.log()))
+        return len(re.findall(r"reconcile pass \d+ (?:\(\w+\) )?complete", self.log()))
 
     def leading(self) -> bool:
         return "leading (lease" in self.log()
