@@ -139,13 +139,6 @@ PROPERTY = settings(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the lone-client fix (issue 12 item 4) ends a batch's fill wait two shedding margins "
-    "before its oldest deadline, so a lightly loaded planned lane runs smaller batches than "
-    "planned: m0 planned at batch 2 (3 ms busy per 30 ms cycle) uses 3.19 ms per cycle, +6 %, "
-    "over the +5 % budget; the executor has no per-cycle GPU-time cap yet (issue 14 item 5)",
-)
 @PROPERTY
 @given(**FLEETS)
 def test_the_agent_configured_from_the_plan_uses_the_gpu_time_the_plan_budgeted(
@@ -236,13 +229,6 @@ def _spec(**kw: Any) -> InferenceModelSpec:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a lane planned within 2 % of its SLO (m0: batch 3 per 10 ms cycle, d + t = 13.9 of "
-    "14.2 ms at 283 qps) still misses: 86.6 % of requests within SLO after the lone-client fix "
-    "(it was 0.4 % before it: the wedged lane); the shedding margin of 1.2 x batch time is "
-    "larger than the slack such a plan leaves",
-)
 def test_a_tightly_planned_aimd_lane_keeps_serving() -> None:
     by_name = {
         "m0": _spec(slo=14.2068, qps=566.77, replicas=2, base=2.94483, per=0.327798,

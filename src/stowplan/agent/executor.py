@@ -55,6 +55,13 @@ from stowplan.agent.errors import AgentError, ExecutionError, Overloaded
 
 Clock = Callable[[], float]
 
+#: Relative slack of the budget test (floats summed in different orders).
+_BUDGET_EPS = 1e-9
+
+#: A planned lane's shedding margin stays this share below the room its plan leaves, so a
+#: request that starts exactly when the plan says is not shed by float rounding.
+_ROOM_SLACK = 1e-6
+
 
 @dataclass
 class Lane:
@@ -93,10 +100,54 @@ class SliceScheduler:
             for lane in self.lanes.values():
                 lane.used_s = 0.0
 
+    def planned(self, lane: Lane) -> bool:
+        """Whether ``lane`` runs under a plan: a duty cycle and a busy budget per cycle."""
+        return self.cycle_s > 0 and lane.budget_s > 0
+
+    def over_budget(self, lane: Lane) -> bool:
+        """Whether ``lane``'s next batch would not fit what is left of its budget in the
+        current cycle (its smoothed batch time against budget less used). The first batch of
+        a cycle always fits, so a planned lane runs at least once per cycle."""
+        if not self.planned(lane) or lane.used_s <= 0:
+            return False
+        return lane.used_s + lane.est_batch_s > lane.budget_s * (1 + _BUDGET_EPS)
+
+    @staticmethod
+    def backlogged(lane: Lane) -> bool:
+        """Whether more than one full batch waits in ``lane``: its load is above what its
+        batch per cycle serves (at or below the planned qps, a lane served once per cycle
+        holds at most one planned batch)."""
+        return lane.queue.items > lane.queue.policy.cap
+
+    def gate_s(self, lane: Lane) -> float:
+        """The earliest time ``lane`` may start its next batch by its budget: the next cycle
+        when it is over budget, else -inf (a backlogged lane over budget may also run on
+        spare time, :meth:`pick`)."""
+        return self.cycle_start_s + self.cycle_s if self.over_budget(lane) else -math.inf
+
+    def _turn_s(self, lane: Lane) -> float:
+        """When a planned lane's turn of this cycle is due: the cycle's start if its oldest
+        request arrived before it (the plan runs what a lane collected by its turn; a request
+        waits at most one cycle for it), else inf."""
+        if not self.planned(lane) or not len(lane.queue):
+            return math.inf
+        return (
+            self.cycle_start_s if lane.queue.oldest_arrival_s() < self.cycle_start_s else math.inf
+        )
+
     def margin_s(self, lane: Lane) -> float:
         """How long before its deadline a request must start: drop_margin x the smoothed batch
-        time, capped at half the SLO (a model slower than its SLO still answers, late)."""
-        return min(self.drop_margin * lane.est_batch_s, 0.5 * lane.slo_s)
+        time, capped at half the SLO (a model slower than its SLO still answers, late). For a
+        planned lane also at most what the plan leaves a request after its collection window
+        (``slo - max(d, wait)``, :func:`stowplan.slo.planned_latency_ms`), but not under the
+        bare smoothed batch time: a request the plan serves in time is never shed, however
+        little slack the plan leaves."""
+        margin = min(self.drop_margin * lane.est_batch_s, 0.5 * lane.slo_s)
+        if self.cycle_s > 0 and lane.budget_s > 0:
+            window_s = max(self.cycle_s, lane.queue.policy.max_wait_s)
+            room_s = (lane.slo_s - window_s) * (1 - _ROOM_SLACK)
+            margin = min(margin, max(lane.est_batch_s, room_s))
+        return margin
 
     def ready_at_s(self, lane: Lane) -> float:
         """When the lane's next batch may run: the queue's own rule (full, or its bounded wait
@@ -106,14 +157,16 @@ class SliceScheduler:
         ready = lane.queue.ready_at_s()
         if math.isinf(ready):
             return ready
-        return min(ready, lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane))
+        deadline_s = lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane)
+        return min(ready, deadline_s, self._turn_s(lane))
 
     def ready_since_s(self, lane: Lane) -> float:
         """When the lane's next batch became ready (the start of the executor's added wait)."""
         since = lane.queue.ready_since_s()
         if math.isinf(since):
             return since
-        return min(since, lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane))
+        deadline_s = lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane)
+        return min(since, deadline_s, self._turn_s(lane))
 
     def expire(self, now_s: float) -> list[tuple[Lane, Pending[Any]]]:
         """Shed the queued requests that would miss their deadline even if their batch
@@ -133,25 +186,37 @@ class SliceScheduler:
         return out
 
     def pick(self, now_s: float) -> tuple[Lane | None, float]:
-        """Return (lane to run now, inf) or (None, time at which some lane becomes ready)."""
+        """Return (lane to run now, inf) or (None, time at which some lane may run).
+
+        A lane within its budget whose batch is ready runs first (EDF among them, a batch
+        ready for about a cycle before the others); a lane over its budget waits for the next
+        cycle, unless it is backlogged and no lane within budget has a ready batch: then it
+        takes the spare time (work-conserving)."""
         self._roll(now_s)
         ready_at = {name: self.ready_at_s(lane) for name, lane in self.lanes.items()}
         ready = [lane for lane in self.lanes.values() if ready_at[lane.name] <= now_s]
-        if not ready:
-            return None, min(ready_at.values(), default=math.inf)
-        if self.cycle_s > 0 and len(ready) > 1:
+        allowed = [lane for lane in ready if not self.over_budget(lane)]
+        if not allowed:
+            spare = [lane for lane in ready if self.over_budget(lane) and self.backlogged(lane)]
+            if spare:
+                return self._edf(spare), math.inf
+            wake = (max(t, self.gate_s(self.lanes[name])) for name, t in ready_at.items())
+            return None, min(wake, default=math.inf)
+        if self.cycle_s > 0 and len(allowed) > 1:
             # Bound the executor's added wait by one duty cycle: a batch that has waited
             # nearly a cycle (a cycle less the longest batch another ready lane may run) goes
-            # first, whatever EDF and the budgets say; the longest-waiting one first.
-            longest = max(lane.est_batch_s for lane in ready)
-            since = {lane.name: self.ready_since_s(lane) for lane in ready}
-            aged = [lane for lane in ready if now_s - since[lane.name] >= self.cycle_s - longest]
+            # first, whatever EDF says; the longest-waiting one first.
+            longest = max(lane.est_batch_s for lane in allowed)
+            since = {lane.name: self.ready_since_s(lane) for lane in allowed}
+            aged = [lane for lane in allowed if now_s - since[lane.name] >= self.cycle_s - longest]
             if aged:
                 return min(aged, key=lambda lane: since[lane.name]), math.inf
-        in_budget = [lane for lane in ready if lane.budget_s <= 0 or lane.used_s < lane.budget_s]
-        pool = in_budget or ready
-        best = min(pool, key=lambda lane: (lane.queue.oldest_deadline_s(), -lane.priority))
-        return best, math.inf
+        return self._edf(allowed), math.inf
+
+    @staticmethod
+    def _edf(lanes: Sequence[Lane]) -> Lane:
+        """The lane whose oldest request has the earliest deadline (higher priority on ties)."""
+        return min(lanes, key=lambda lane: (lane.queue.oldest_deadline_s(), -lane.priority))
 
     def charge(self, lane: Lane, busy_s: float) -> None:
         lane.used_s += busy_s
