@@ -80,6 +80,10 @@ class Lane:
     #: keeps shedding for a whole SLO with no batch run, est_batch_s is halved (once per SLO),
     #: as an estimate no batch confirms must not keep shedding
     shedding_since_s: float | None = None
+    #: the start of the cycle in which this lane's queued requests were last let through its
+    #: budget (-inf: never held): waiting for that cycle is the plan's own collection window,
+    #: so the executor's added wait (:meth:`SliceScheduler.ready_since_s`) counts from there
+    gate_open_s: float = -math.inf
 
 
 @dataclass
@@ -95,9 +99,12 @@ class SliceScheduler:
 
     def _roll(self, now_s: float) -> None:
         if self.cycle_s > 0 and now_s >= self.cycle_start_s + self.cycle_s:
-            cycles = math.floor((now_s - self.cycle_start_s) / self.cycle_s)
+            # at least one: at now = start + cycle the quotient may round to 0.999...
+            cycles = max(1, math.floor((now_s - self.cycle_start_s) / self.cycle_s))
             self.cycle_start_s += cycles * self.cycle_s
             for lane in self.lanes.values():
+                if self.over_budget(lane) and len(lane.queue):
+                    lane.gate_open_s = self.cycle_start_s  # its requests waited for this cycle
                 lane.used_s = 0.0
 
     def planned(self, lane: Lane) -> bool:
@@ -161,12 +168,13 @@ class SliceScheduler:
         return min(ready, deadline_s, self._turn_s(lane))
 
     def ready_since_s(self, lane: Lane) -> float:
-        """When the lane's next batch became ready (the start of the executor's added wait)."""
+        """When the lane's next batch became ready (the start of the executor's added wait),
+        not before the cycle its budget let it through (:attr:`Lane.gate_open_s`)."""
         since = lane.queue.ready_since_s()
         if math.isinf(since):
             return since
         deadline_s = lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane)
-        return min(since, deadline_s, self._turn_s(lane))
+        return max(min(since, deadline_s, self._turn_s(lane)), lane.gate_open_s)
 
     def expire(self, now_s: float) -> list[tuple[Lane, Pending[Any]]]:
         """Shed the queued requests that would miss their deadline even if their batch
@@ -200,8 +208,8 @@ class SliceScheduler:
             spare = [lane for lane in ready if self.over_budget(lane) and self.backlogged(lane)]
             if spare:
                 return self._edf(spare), math.inf
-            wake = (max(t, self.gate_s(self.lanes[name])) for name, t in ready_at.items())
-            return None, min(wake, default=math.inf)
+            return None, min((self._wake_s(lane, ready_at[lane.name]) for lane in
+                              self.lanes.values()), default=math.inf)  # fmt: skip
         if self.cycle_s > 0 and len(allowed) > 1:
             # Bound the executor's added wait by one duty cycle: a batch that has waited
             # nearly a cycle (a cycle less the longest batch another ready lane may run) goes
@@ -212,6 +220,15 @@ class SliceScheduler:
             if aged:
                 return min(aged, key=lambda lane: since[lane.name]), math.inf
         return self._edf(allowed), math.inf
+
+    def _wake_s(self, lane: Lane, ready_at_s: float) -> float:
+        """When ``lane`` may run next (none may now): when its batch is ready, not before its
+        budget lets it (:meth:`gate_s`); a planned lane with requests queued is due at the next
+        cycle's start at the latest (its turn, :meth:`_turn_s`)."""
+        wake = max(ready_at_s, self.gate_s(lane))
+        if self.planned(lane) and len(lane.queue):
+            wake = min(wake, self.cycle_start_s + self.cycle_s)
+        return wake
 
     @staticmethod
     def _edf(lanes: Sequence[Lane]) -> Lane:
