@@ -12,6 +12,7 @@ algebra that makes plan and agent agree by construction."""
 from __future__ import annotations
 
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +21,11 @@ from hypothesis import strategies as st
 
 from stowplan import placement, slo
 from stowplan.agent.batching import AimdController, make_policy
-from stowplan.agent.config import Policy, model_config
+from stowplan.agent.config import AgentSettings, Policy, model_config
+from stowplan.agent.serving import Agent
+from stowplan.agent.telemetry import SimulatedTelemetry
 from stowplan.agentbench.simulate import SimModel, SimResult, simulate
-from stowplan.api.inferencemodel import BatchingPolicy, InferenceModelSpec
+from stowplan.api.inferencemodel import BatchingPolicy, InferenceModelSpec, ModelSource
 from stowplan.demands import model_demand, node_assignment
 from stowplan.placement.verify import check_plan
 
@@ -263,3 +266,43 @@ def test_a_tightly_planned_aimd_lane_keeps_serving() -> None:
         )  # fmt: skip
     results = simulate(sims, "sliced", cycle_ms=cycle_ms, jitter=0.0)
     assert min(r.attainment for r in results.values()) >= 0.99
+
+
+def test_each_replica_lane_of_one_agent_serves_its_own_plan(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Two replicas of one model on two GPUs of one node, planned at different duty cycles
+    and batches: each lane gets its own budget, batch-fill wait, AIMD start and target, not
+    the first replica's."""
+    spec = _spec(slo=60.0, qps=400.0, replicas=2, base=1.0, per=0.2, max_batch=16, wait=5.0)
+    spec = spec.model_copy(update={"model": ModelSource(uri=f"file://{model_dir / 'mlp.onnx'}")})
+    planned = [  # replica 0 at 10 ms (batch 2), replica 1 at 40 ms (batch 8)
+        placement.Assignment(model="m", replica=0, node="n", gpu=0, batch_size=2,
+                             duty_cycle_ms=10.0, busy_ms=1.4, memory_mib=102.0),
+        placement.Assignment(model="m", replica=1, node="n", gpu=1, batch_size=8,
+                             duty_cycle_ms=40.0, busy_ms=2.6, memory_mib=108.0),
+    ]  # fmt: skip
+    cfg = model_config("m", [node_assignment(spec, a) for a in planned])
+    (slot,) = cfg.replicas
+    assert slot.batching is not None and slot.batching != cfg.batching
+    agent = Agent(
+        AgentSettings(cache_dir=tmp_path, memory_pool_fraction=0.0, intra_op_threads=1),
+        telemetry=SimulatedTelemetry(count=2),
+    )
+    try:
+        agent.load(cfg)
+        for a in planned:
+            lane = agent.executor(a.gpu).lane("m")
+            assert lane is not None
+            policy = lane.queue.policy
+            assert isinstance(policy, AimdController)
+            assert lane.budget_s == pytest.approx(a.busy_ms / 1000.0)
+            assert policy.cap == a.batch_size  # AIMD starts at this replica's planned batch
+            # the batch-fill wait is this replica's cycle, the target its own plan's
+            assert policy.max_wait_s == pytest.approx(max(a.duty_cycle_ms, 5.0) / 1000.0)
+            wait_ms = slo.wait_beyond_cycle_ms(5.0, a.duty_cycle_ms)
+            target = slo.batch_target_ms(60.0, a.duty_cycle_ms, a.busy_ms, wait_ms)
+            assert policy.target_ms == pytest.approx(target)
+            assert agent.executor(a.gpu).cycle_ms == pytest.approx(a.duty_cycle_ms)
+    finally:
+        agent.close()
