@@ -3,15 +3,17 @@ placed, each placed replica goes through the one translation (spec -> demand -> 
 assignment -> agent config -> the agent's own batch policy) and the agent's scheduler and
 batching code (:mod:`stowplan.agentbench.simulate`: the real ``SliceScheduler``, ``BatchQueue``
 and policies, simulated device time) is fed the planned load. Every placed replica starts AIMD
-at the planned batch, within the agent's target, and stays within the GPU time per cycle the
-plan budgeted (+5 %); what the plan refuses is not simulated. Meeting the SLO the plan assumed
-now holds (issue 12 item 4 fixed); staying within the budgeted GPU time is a strict xfail
-(the fix ends fill waits early). Plus the
-algebra that makes plan and agent agree by construction."""
+at the planned batch, within the agent's target, meets the SLO the plan assumed (>= 99 % of
+requests) and stays within the GPU time per cycle the plan budgeted (+5 %; the executor keeps
+each lane's budget per cycle, issue 14 item 5); what the plan refuses is not simulated. The
+worst ratio of used to budgeted GPU time per cycle is printed (``pytest -s``). Plus the
+algebra that makes plan and agent agree by construction, and each replica lane of one agent
+serving its own plan."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from stowplan.placement.verify import check_plan
 
 CYCLES = 300  # simulated duty cycles per GPU
 BUDGET_SLACK = 1.05  # the agent may use at most 5 % more GPU time per cycle than planned
+#: the worst (GPU time used less one batch) / (budget x cycles) over the examples run
+WORST_RATIO = [0.0]
 
 
 @st.composite
@@ -152,7 +156,17 @@ def test_the_agent_configured_from_the_plan_uses_the_gpu_time_the_plan_budgeted(
         gpu_ms = res.batches * lat.base_ms + res.items * lat.per_item_ms
         cycles = res.duration_s * 1000.0 / cycle_ms
         one_batch_ms = gpu_ms / max(res.batches, 1)  # the run cut off by the end of arrivals
+        if cycles > 0 and a.busy_ms > 0:
+            ratio = (gpu_ms - one_batch_ms) / cycles / a.busy_ms
+            WORST_RATIO[0] = max(WORST_RATIO[0], ratio)
         assert gpu_ms <= a.busy_ms * BUDGET_SLACK * cycles + one_batch_ms, (a, gpu_ms / cycles)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_the_worst_gpu_time_ratio() -> Iterator[None]:
+    yield
+    if WORST_RATIO[0] > 0:
+        print(f"\nworst GPU time per cycle used / planned: {WORST_RATIO[0]:.4f}")
 
 
 @PROPERTY

@@ -6,10 +6,20 @@ up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rul
 * A model's batch is *ready* when its queue holds a full batch (the policy's cap) or its oldest
   request has waited the policy's bounded delay.
 * Among ready models the one whose oldest request has the earliest deadline runs first (EDF).
-* Placement gives each model a busy budget per duty cycle (``busy_ms`` of ``duty_cycle_ms``).
-  A model that used up its budget in the current cycle yields to ready models that have not;
-  when nobody else is ready it runs anyway (work-conserving). This keeps one overloaded model
-  from eating its neighbours' slices.
+* Placement gives each model a busy budget per duty cycle (``busy_ms`` of ``duty_cycle_ms``),
+  and the executor keeps it (issue 14 item 5): in each cycle (fixed windows of the duty cycle)
+  a planned lane's first batch always may run, a further one only if its smoothed batch time
+  fits what is left of the budget. A lane over its budget waits for the next cycle, whose
+  start is its turn for what it collected (so a request waits at most a cycle for it, the
+  plan's ``max(d, wait) + t``), even when the device is idle: at or below the planned load,
+  running small batches on idle time would use more GPU time than the plan priced (measured
+  in ``tests/agent/test_plan_is_runtime.py``: up to 13x the budget of a lane planned at
+  batch 15 that ran batches of one). Only a *backlogged* lane (more than one full batch
+  queued: load above the plan) takes time beyond its budget, and only when no lane within
+  budget has a ready batch (work-conserving). This keeps one overloaded model from eating
+  its neighbours' slices, and a lightly loaded one from spending the GPU on unbatched work.
+* A planned lane's shedding margin is at most the room its plan leaves a request after its
+  collection window (``slo - max(d, wait)``), so a request served as planned is not shed.
 * A partial batch waiting to fill stops waiting while its oldest request can still finish in
   time (deadline less twice the margin: ``drop_margin`` x the lane's smoothed batch latency,
   at most half the SLO, once for the batch and once for a late wake-up), or at once when no
@@ -31,10 +41,13 @@ up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rul
   the AIMD cap change only when a batch runs, nothing ever lowered it again. Now a lane
   always keeps a batch to run, and a lane that keeps shedding for a whole SLO with no batch
   run halves its estimate.
-* A batch that has been ready for about one duty cycle runs next whatever EDF and the budgets
-  say, so the executor's added wait (ready to started, ``BatchRecord.wait_s``, exported as
+* A batch that has been ready for about one duty cycle runs next whatever EDF says, so the
+  executor's added wait (ready to started, ``BatchRecord.wait_s``, exported as
   ``stowplan_executor_wait_seconds``) is bounded by one duty cycle while batches take the
-  time their lanes' estimates say.
+  time their lanes' estimates say. For a lane its budget held, that wait counts from the
+  start of the cycle that let it through (:attr:`Lane.gate_open_s`): waiting for its next
+  turn is the plan's collection window (itself less than a cycle), and counting it made the
+  aged rule run such a lane before an earlier deadline.
 
 Callers: :mod:`stowplan.agent.serving` (real sessions) and :mod:`stowplan.agentbench.simulate` (the
 pure scheduler with simulated time). Batches never run concurrently on one device.
