@@ -186,3 +186,45 @@ def test_batch_records_carry_the_executors_added_wait() -> None:
         ex.stop()
     assert len(records) == 1 and records[0].cycle_s == pytest.approx(0.006)
     assert 0.0 <= records[0].wait_s < 5.0
+
+
+def _planned(name: str, budget_s: float, cap: int = 4, wait_s: float = 0.010) -> Lane:
+    return Lane(name, BatchQueue(FixedPolicy(cap, wait_s)), 1.0, budget_s)
+
+
+def test_a_planned_lane_over_its_budget_waits_for_its_turn_even_on_an_idle_device() -> None:
+    s = SliceScheduler(cycle_s=0.010, cycle_start_s=0.0)
+    a = _planned("a", budget_s=0.003)
+    s.lanes = {"a": a}
+    a.queue.push(Pending(0, 1, 0.0005, 1.0))  # a lone request: no fill expected, ready at once
+    assert s.pick(0.001)[0] is a
+    a.queue.take()
+    s.charge(a, 0.002)  # 2 of its 3 ms: a second 2 ms batch does not fit this cycle
+    a.queue.push(Pending(1, 1, 0.004, 1.0))
+    assert s.pick(0.004) == (None, pytest.approx(0.010))  # idle device, yet it waits
+    assert s.pick(0.010)[0] is a  # the next cycle's start is its turn
+    assert s.ready_since_s(a) == pytest.approx(0.010)  # the executor's wait counts from there
+
+
+def test_a_planned_lane_runs_what_it_collected_at_the_cycle_start() -> None:
+    s = SliceScheduler(cycle_s=0.010, cycle_start_s=0.0)
+    a = _planned("a", budget_s=0.003, wait_s=0.010)
+    s.lanes = {"a": a}
+    for i, t in enumerate((0.0061, 0.0071, 0.0081, 0.0091)):  # overlapping: a fill is expected
+        a.queue.push(Pending(i, 1, t, 1.0))
+    a.queue.take()  # they ran as one batch; the overlap they showed remains
+    a.queue.push(Pending(9, 1, 0.0095, 1.0))
+    assert s.pick(0.0096)[0] is None  # waiting to fill: the fill timer is 16 ms
+    assert s.pick(0.010)[0] is a  # but its turn comes at the cycle start
+
+
+def test_a_lane_within_its_plan_never_takes_spare_time() -> None:
+    s = SliceScheduler(cycle_s=0.010, cycle_start_s=0.0)
+    a, b = _planned("a", budget_s=0.003, cap=2), _planned("b", budget_s=0.003, cap=2)
+    s.lanes = {"a": a, "b": b}
+    s.charge(a, 0.003)
+    s.charge(b, 0.003)
+    a.queue.push(Pending(0, 2, 0.001, 1.0))  # one full batch: within its plan
+    assert s.pick(0.002)[0] is None
+    a.queue.push(Pending(1, 1, 0.002, 1.0))  # more than a full batch: above its plan
+    assert s.pick(0.002)[0] is a  # nobody within budget is ready: it takes the spare time

@@ -210,6 +210,9 @@ class BatchQueue(Generic[T]):
     def oldest_deadline_s(self) -> float:
         return self._q[0].deadline_s if self._q else math.inf
 
+    def oldest_arrival_s(self) -> float:
+        return self._q[0].arrival_s if self._q else math.inf
+
     def ready_at_s(self) -> float:
         """When a batch may be dispatched: now (-inf) if the cap is reached; the oldest
         request's arrival if requests have not been overlapping (``overlap`` under 0.1) or no

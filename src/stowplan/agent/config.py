@@ -56,6 +56,9 @@ class ReplicaSlot(_Frozen):
     planned_memory_mib: float = Field(default=0.0, ge=0)
     #: The batch placement planned for this replica (AIMD starts there; 0: none planned).
     planned_batch: int = Field(default=0, ge=0)
+    #: This replica's batching settings: its own batch-fill wait and AIMD target from its own
+    #: duty cycle and busy time (:func:`batching_config`); None: the model's.
+    batching: BatchingConfig | None = None
 
 
 class ModelConfig(_Frozen):
@@ -140,13 +143,21 @@ class PlacedReplica(Protocol):
     def batch_size(self) -> int: ...
 
 
-def extra_slots(replicas: Sequence[PlacedReplica]) -> tuple[ReplicaSlot, ...]:
-    """Slots for the replicas after the first, one per device other than the first's."""
+def extra_slots(
+    replicas: Sequence[PlacedReplica], batching: Batching | None = None, slo_ms: float = 0.0
+) -> tuple[ReplicaSlot, ...]:
+    """Slots for the replicas after the first, one per device other than the first's, each
+    with its own plan: duty cycle, busy time, memory, batch and (given the spec's
+    ``batching`` and the SLO) the batching settings :func:`batching_config` derives from them,
+    not the first replica's."""
     seen = {replicas[0].gpu} if replicas else set()
     slots = []
     for r in replicas[1:]:
         if r.gpu not in seen:
             seen.add(r.gpu)
+            own = None
+            if batching is not None:
+                own = batching_config(batching, slo_ms, r.duty_cycle_ms, r.busy_ms)
             slots.append(
                 ReplicaSlot(
                     device=r.gpu,
@@ -154,6 +165,7 @@ def extra_slots(replicas: Sequence[PlacedReplica]) -> tuple[ReplicaSlot, ...]:
                     busy_ms=r.busy_ms,
                     planned_memory_mib=r.memory_mib,
                     planned_batch=r.batch_size,
+                    batching=own,
                 )
             )
     return tuple(slots)
@@ -209,7 +221,7 @@ def model_config(
         planned_memory_mib=first.memory_mib,
         weights_memory_mib=first.weights_mib,
         planned_batch=first.batch_size,
-        replicas=extra_slots(replicas),
+        replicas=extra_slots(replicas, first.batching, first.slo_ms),
         base_dir=base_dir,
     )
 

@@ -6,10 +6,20 @@ up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rul
 * A model's batch is *ready* when its queue holds a full batch (the policy's cap) or its oldest
   request has waited the policy's bounded delay.
 * Among ready models the one whose oldest request has the earliest deadline runs first (EDF).
-* Placement gives each model a busy budget per duty cycle (``busy_ms`` of ``duty_cycle_ms``).
-  A model that used up its budget in the current cycle yields to ready models that have not;
-  when nobody else is ready it runs anyway (work-conserving). This keeps one overloaded model
-  from eating its neighbours' slices.
+* Placement gives each model a busy budget per duty cycle (``busy_ms`` of ``duty_cycle_ms``),
+  and the executor keeps it (issue 14 item 5): in each cycle (fixed windows of the duty cycle)
+  a planned lane's first batch always may run, a further one only if its smoothed batch time
+  fits what is left of the budget. A lane over its budget waits for the next cycle, whose
+  start is its turn for what it collected (so a request waits at most a cycle for it, the
+  plan's ``max(d, wait) + t``), even when the device is idle: at or below the planned load,
+  running small batches on idle time would use more GPU time than the plan priced (measured
+  in ``tests/agent/test_plan_is_runtime.py``: up to 13x the budget of a lane planned at
+  batch 15 that ran batches of one). Only a *backlogged* lane (more than one full batch
+  queued: load above the plan) takes time beyond its budget, and only when no lane within
+  budget has a ready batch (work-conserving). This keeps one overloaded model from eating
+  its neighbours' slices, and a lightly loaded one from spending the GPU on unbatched work.
+* A planned lane's shedding margin is at most the room its plan leaves a request after its
+  collection window (``slo - max(d, wait)``), so a request served as planned is not shed.
 * A partial batch waiting to fill stops waiting while its oldest request can still finish in
   time (deadline less twice the margin: ``drop_margin`` x the lane's smoothed batch latency,
   at most half the SLO, once for the batch and once for a late wake-up), or at once when no
@@ -31,10 +41,13 @@ up); :class:`DeviceExecutor` wraps it in a thread with a condition variable. Rul
   the AIMD cap change only when a batch runs, nothing ever lowered it again. Now a lane
   always keeps a batch to run, and a lane that keeps shedding for a whole SLO with no batch
   run halves its estimate.
-* A batch that has been ready for about one duty cycle runs next whatever EDF and the budgets
-  say, so the executor's added wait (ready to started, ``BatchRecord.wait_s``, exported as
+* A batch that has been ready for about one duty cycle runs next whatever EDF says, so the
+  executor's added wait (ready to started, ``BatchRecord.wait_s``, exported as
   ``stowplan_executor_wait_seconds``) is bounded by one duty cycle while batches take the
-  time their lanes' estimates say.
+  time their lanes' estimates say. For a lane its budget held, that wait counts from the
+  start of the cycle that let it through (:attr:`Lane.gate_open_s`): waiting for its next
+  turn is the plan's collection window (itself less than a cycle), and counting it made the
+  aged rule run such a lane before an earlier deadline.
 
 Callers: :mod:`stowplan.agent.serving` (real sessions) and :mod:`stowplan.agentbench.simulate` (the
 pure scheduler with simulated time). Batches never run concurrently on one device.
@@ -55,6 +68,13 @@ from stowplan.agent.errors import AgentError, ExecutionError, Overloaded
 
 Clock = Callable[[], float]
 
+#: Relative slack of the budget test (floats summed in different orders).
+_BUDGET_EPS = 1e-9
+
+#: A planned lane's shedding margin stays this share below the room its plan leaves, so a
+#: request that starts exactly when the plan says is not shed by float rounding.
+_ROOM_SLACK = 1e-6
+
 
 @dataclass
 class Lane:
@@ -73,6 +93,10 @@ class Lane:
     #: keeps shedding for a whole SLO with no batch run, est_batch_s is halved (once per SLO),
     #: as an estimate no batch confirms must not keep shedding
     shedding_since_s: float | None = None
+    #: the start of the cycle in which this lane's queued requests were last let through its
+    #: budget (-inf: never held): waiting for that cycle is the plan's own collection window,
+    #: so the executor's added wait (:meth:`SliceScheduler.ready_since_s`) counts from there
+    gate_open_s: float = -math.inf
 
 
 @dataclass
@@ -88,15 +112,62 @@ class SliceScheduler:
 
     def _roll(self, now_s: float) -> None:
         if self.cycle_s > 0 and now_s >= self.cycle_start_s + self.cycle_s:
-            cycles = math.floor((now_s - self.cycle_start_s) / self.cycle_s)
+            # at least one: at now = start + cycle the quotient may round to 0.999...
+            cycles = max(1, math.floor((now_s - self.cycle_start_s) / self.cycle_s))
             self.cycle_start_s += cycles * self.cycle_s
             for lane in self.lanes.values():
+                if self.over_budget(lane) and len(lane.queue):
+                    lane.gate_open_s = self.cycle_start_s  # its requests waited for this cycle
                 lane.used_s = 0.0
+
+    def planned(self, lane: Lane) -> bool:
+        """Whether ``lane`` runs under a plan: a duty cycle and a busy budget per cycle."""
+        return self.cycle_s > 0 and lane.budget_s > 0
+
+    def over_budget(self, lane: Lane) -> bool:
+        """Whether ``lane``'s next batch would not fit what is left of its budget in the
+        current cycle (its smoothed batch time against budget less used). The first batch of
+        a cycle always fits, so a planned lane runs at least once per cycle."""
+        if not self.planned(lane) or lane.used_s <= 0:
+            return False
+        return lane.used_s + lane.est_batch_s > lane.budget_s * (1 + _BUDGET_EPS)
+
+    @staticmethod
+    def backlogged(lane: Lane) -> bool:
+        """Whether more than one full batch waits in ``lane``: its load is above what its
+        batch per cycle serves (at or below the planned qps, a lane served once per cycle
+        holds at most one planned batch)."""
+        return lane.queue.items > lane.queue.policy.cap
+
+    def gate_s(self, lane: Lane) -> float:
+        """The earliest time ``lane`` may start its next batch by its budget: the next cycle
+        when it is over budget, else -inf (a backlogged lane over budget may also run on
+        spare time, :meth:`pick`)."""
+        return self.cycle_start_s + self.cycle_s if self.over_budget(lane) else -math.inf
+
+    def _turn_s(self, lane: Lane) -> float:
+        """When a planned lane's turn of this cycle is due: the cycle's start if its oldest
+        request arrived before it (the plan runs what a lane collected by its turn; a request
+        waits at most one cycle for it), else inf."""
+        if not self.planned(lane) or not len(lane.queue):
+            return math.inf
+        return (
+            self.cycle_start_s if lane.queue.oldest_arrival_s() < self.cycle_start_s else math.inf
+        )
 
     def margin_s(self, lane: Lane) -> float:
         """How long before its deadline a request must start: drop_margin x the smoothed batch
-        time, capped at half the SLO (a model slower than its SLO still answers, late)."""
-        return min(self.drop_margin * lane.est_batch_s, 0.5 * lane.slo_s)
+        time, capped at half the SLO (a model slower than its SLO still answers, late). For a
+        planned lane also at most what the plan leaves a request after its collection window
+        (``slo - max(d, wait)``, :func:`stowplan.slo.planned_latency_ms`), but not under the
+        bare smoothed batch time: a request the plan serves in time is never shed, however
+        little slack the plan leaves."""
+        margin = min(self.drop_margin * lane.est_batch_s, 0.5 * lane.slo_s)
+        if self.cycle_s > 0 and lane.budget_s > 0:
+            window_s = max(self.cycle_s, lane.queue.policy.max_wait_s)
+            room_s = (lane.slo_s - window_s) * (1 - _ROOM_SLACK)
+            margin = min(margin, max(lane.est_batch_s, room_s))
+        return margin
 
     def ready_at_s(self, lane: Lane) -> float:
         """When the lane's next batch may run: the queue's own rule (full, or its bounded wait
@@ -106,14 +177,17 @@ class SliceScheduler:
         ready = lane.queue.ready_at_s()
         if math.isinf(ready):
             return ready
-        return min(ready, lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane))
+        deadline_s = lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane)
+        return min(ready, deadline_s, self._turn_s(lane))
 
     def ready_since_s(self, lane: Lane) -> float:
-        """When the lane's next batch became ready (the start of the executor's added wait)."""
+        """When the lane's next batch became ready (the start of the executor's added wait),
+        not before the cycle its budget let it through (:attr:`Lane.gate_open_s`)."""
         since = lane.queue.ready_since_s()
         if math.isinf(since):
             return since
-        return min(since, lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane))
+        deadline_s = lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane)
+        return max(min(since, deadline_s, self._turn_s(lane)), lane.gate_open_s)
 
     def expire(self, now_s: float) -> list[tuple[Lane, Pending[Any]]]:
         """Shed the queued requests that would miss their deadline even if their batch
@@ -133,25 +207,46 @@ class SliceScheduler:
         return out
 
     def pick(self, now_s: float) -> tuple[Lane | None, float]:
-        """Return (lane to run now, inf) or (None, time at which some lane becomes ready)."""
+        """Return (lane to run now, inf) or (None, time at which some lane may run).
+
+        A lane within its budget whose batch is ready runs first (EDF among them, a batch
+        ready for about a cycle before the others); a lane over its budget waits for the next
+        cycle, unless it is backlogged and no lane within budget has a ready batch: then it
+        takes the spare time (work-conserving)."""
         self._roll(now_s)
         ready_at = {name: self.ready_at_s(lane) for name, lane in self.lanes.items()}
         ready = [lane for lane in self.lanes.values() if ready_at[lane.name] <= now_s]
-        if not ready:
-            return None, min(ready_at.values(), default=math.inf)
-        if self.cycle_s > 0 and len(ready) > 1:
+        allowed = [lane for lane in ready if not self.over_budget(lane)]
+        if not allowed:
+            spare = [lane for lane in ready if self.over_budget(lane) and self.backlogged(lane)]
+            if spare:
+                return self._edf(spare), math.inf
+            return None, min((self._wake_s(lane, ready_at[lane.name]) for lane in
+                              self.lanes.values()), default=math.inf)  # fmt: skip
+        if self.cycle_s > 0 and len(allowed) > 1:
             # Bound the executor's added wait by one duty cycle: a batch that has waited
             # nearly a cycle (a cycle less the longest batch another ready lane may run) goes
-            # first, whatever EDF and the budgets say; the longest-waiting one first.
-            longest = max(lane.est_batch_s for lane in ready)
-            since = {lane.name: self.ready_since_s(lane) for lane in ready}
-            aged = [lane for lane in ready if now_s - since[lane.name] >= self.cycle_s - longest]
+            # first, whatever EDF says; the longest-waiting one first.
+            longest = max(lane.est_batch_s for lane in allowed)
+            since = {lane.name: self.ready_since_s(lane) for lane in allowed}
+            aged = [lane for lane in allowed if now_s - since[lane.name] >= self.cycle_s - longest]
             if aged:
                 return min(aged, key=lambda lane: since[lane.name]), math.inf
-        in_budget = [lane for lane in ready if lane.budget_s <= 0 or lane.used_s < lane.budget_s]
-        pool = in_budget or ready
-        best = min(pool, key=lambda lane: (lane.queue.oldest_deadline_s(), -lane.priority))
-        return best, math.inf
+        return self._edf(allowed), math.inf
+
+    def _wake_s(self, lane: Lane, ready_at_s: float) -> float:
+        """When ``lane`` may run next (none may now): when its batch is ready, not before its
+        budget lets it (:meth:`gate_s`); a planned lane with requests queued is due at the next
+        cycle's start at the latest (its turn, :meth:`_turn_s`)."""
+        wake = max(ready_at_s, self.gate_s(lane))
+        if self.planned(lane) and len(lane.queue):
+            wake = min(wake, self.cycle_start_s + self.cycle_s)
+        return wake
+
+    @staticmethod
+    def _edf(lanes: Sequence[Lane]) -> Lane:
+        """The lane whose oldest request has the earliest deadline (higher priority on ties)."""
+        return min(lanes, key=lambda lane: (lane.queue.oldest_deadline_s(), -lane.priority))
 
     def charge(self, lane: Lane, busy_s: float) -> None:
         lane.used_s += busy_s

@@ -126,6 +126,7 @@ def primary_slot(config: ModelConfig) -> ReplicaSlot:
         busy_ms=config.busy_ms,
         planned_memory_mib=config.planned_memory_mib,
         planned_batch=config.planned_batch,
+        batching=config.batching,
     )
 
 
@@ -335,7 +336,7 @@ class ModelRegistry:
             residency.register(config.name, *reserved_bytes(config, runtime.size_bytes, slot))
             if not residency.is_resident(config.name):  # the books keep it in host memory
                 self._give_back(device, [runtime])
-        batching = config.batching
+        batching = slot.batching or config.batching  # the replica's own plan
         if not runtime.batched and batching.policy is not Policy.NONE:
             batching = batching.model_copy(update={"policy": Policy.NONE})
         policy = make_policy(

@@ -146,9 +146,10 @@ def simulate(
             for lane, _ in sched.expire(now):
                 results[lane.name].dropped += 1
         # dispatch
+        t_wake = math.inf  # when the scheduler asked to be woken (sliced mode, device idle)
         if mode == "sliced":
             if not running:
-                lane_pick, _ = sched.pick(now)
+                lane_pick, t_wake = sched.pick(now)
                 if lane_pick is not None:
                     start(lane_pick, now)
         else:
@@ -161,18 +162,19 @@ def simulate(
         rate = 1.0 / (k * (1.0 + interference * (k - 1))) if k else 0.0
         t_done = min((now + j.remaining_ms / 1000.0 / rate for j in running), default=math.inf)
         t_arr = events[next_arrival][0] if next_arrival < len(events) else math.inf
-        idle = [
-            lane
-            for lane in sched.lanes.values()
-            if (mode == "threads" and lane.name not in {j.lane.name for j in running})
-            or (mode == "sliced" and not running)
-        ]
-        t_ready = min(
-            (max(lane.queue.ready_at_s(), now) for lane in idle if len(lane.queue)),
-            default=math.inf,
-        )
-        if t_ready <= now:
-            t_ready = math.inf  # ready lanes were started above or blocked behind the device
+        if mode == "sliced":
+            # the scheduler's own wake-up (a fill wait ending, a deadline, the next cycle),
+            # as the real executor's thread waits for it
+            t_ready = t_wake if t_wake > now else math.inf
+        else:
+            running_names = {j.lane.name for j in running}
+            idle = [lane for lane in sched.lanes.values() if lane.name not in running_names]
+            t_ready = min(
+                (max(lane.queue.ready_at_s(), now) for lane in idle if len(lane.queue)),
+                default=math.inf,
+            )
+            if t_ready <= now:
+                t_ready = math.inf  # ready lanes were started above
         t_next = min(t_done, t_arr, t_ready)
         if math.isinf(t_next):
             break
