@@ -192,6 +192,9 @@ def build_status(
                 qps=round((row.qps if row is not None else 0.0) * share, 3),
                 p99_ms=row.p99_ms if row is not None else None,
                 batch_size=row.mean_batch if row is not None else None,
+                planned_batch_size=a.batch_size,
+                planned_busy_ms=a.busy_ms,
+                busy_ms=row.busy_ms if row is not None else None,
             )
         )
     ready = sum(1 for m in models if m.state == "Ready")

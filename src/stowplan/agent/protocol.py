@@ -115,6 +115,14 @@ class ModelStatus(_Msg):
     qps: float
     p99_ms: float | None
     mean_batch: float | None
+    planned_batch: int = Field(default=0, description="Planned batch (0: no plan)")
+    duty_cycle_ms: float = Field(default=0.0, description="Planned duty cycle (0: no plan)")
+    planned_busy_ms: float = Field(
+        default=0.0, description="GPU time per duty cycle the plan budgets one replica"
+    )
+    busy_ms: float | None = Field(
+        default=None, description="Observed GPU time per duty cycle, mean over the replicas"
+    )
 
 
 class ModelIndex(_Msg):

@@ -1,5 +1,6 @@
 """What the agent reports about itself: one typed :class:`ModelReport` per served model (state,
-devices, batch cap, residency, qps, p99, mean batch) and the device samples (utilisation and
+devices, batch cap, residency, qps, p99, mean batch, and the planned batch and GPU time per
+duty cycle beside the observed ones) and the device samples (utilisation and
 memory) that also feed the Prometheus gauges.
 
 Callers: :mod:`stowplan.agent.server` (``GET /v2/models``), :mod:`stowplan.agent.gpunode_sync`
@@ -33,12 +34,21 @@ class ModelReport(BaseModel):
     qps: float
     p99_ms: float | None
     mean_batch: float | None
+    #: what placement planned for the primary replica (0: standalone without a plan)
+    planned_batch: int = 0
+    duty_cycle_ms: float = 0.0
+    planned_busy_ms: float = 0.0  # GPU time per duty cycle the plan budgets one replica
+    #: observed GPU time per duty cycle, mean over the model's replicas on this machine (None:
+    #: no duty cycle planned)
+    busy_ms: float | None = None
 
 
 def model_reports(registry: ModelRegistry) -> list[ModelReport]:
     reports = []
     for m in list(registry.models.values()):
         qps, p99, mean_batch = m.stats.snapshot()
+        cycle_ms = m.config.duty_cycle_ms
+        lanes = max(1, len(m.lanes))
         reports.append(
             ModelReport(
                 name=m.name,
@@ -55,6 +65,10 @@ def model_reports(registry: ModelRegistry) -> list[ModelReport]:
                 mean_batch=None
                 if mean_batch is None or math.isnan(mean_batch)
                 else round(mean_batch, 2),
+                planned_batch=m.config.planned_batch,
+                duty_cycle_ms=cycle_ms,
+                planned_busy_ms=m.config.busy_ms,
+                busy_ms=round(m.stats.busy_fraction() / lanes * cycle_ms, 3) if cycle_ms else None,
             )
         )
     return reports

@@ -1,7 +1,7 @@
-"""Per-model statistics: completions and batch sizes over a rolling time window, from which the
-reports take qps, p99 latency and mean batch size; and cumulative totals since the model was
-loaded (successes, failures, queue and compute time, per batch size), which the Triton
-statistics endpoint serves.
+"""Per-model statistics: completions and batches over a rolling time window, from which the
+reports take qps, p99 latency, mean batch size and the device time used; and cumulative totals
+since the model was loaded (successes, failures, queue and compute time, per batch size), which
+the Triton statistics endpoint serves.
 
 Written by the data path (one completion per answered request) and by each lane's batch
 observer (one entry per batch); read by :mod:`stowplan.agent.reports`. Thread-safe; time is
@@ -52,7 +52,7 @@ class ModelStats:
         self.clock = clock
         self.wall_clock = wall_clock
         self._lat: deque[tuple[float, float]] = deque()  # (time, latency ms)
-        self._batches: deque[tuple[float, int]] = deque()
+        self._batches: deque[tuple[float, int, float]] = deque()  # (time, items, busy s)
         self._lock = threading.Lock()
         self._totals = Totals()
 
@@ -85,7 +85,7 @@ class ModelStats:
     def batch(self, items: int, compute_s: float = 0.0, queue_s: Sequence[float] = ()) -> None:
         now = self.clock()
         with self._lock:
-            self._batches.append((now, items))
+            self._batches.append((now, items, compute_s))
             self._trim(now)
             t = self._totals
             t.inference_count += items
@@ -109,11 +109,20 @@ class ModelStats:
         with self._lock:
             self._trim(now)
             lats = [v for _, v in self._lat]
-            sizes = [v for _, v in self._batches]
+            sizes = [v for _, v, _ in self._batches]
         qps = len(lats) / self.window_s
         p99 = float(np.percentile(lats, 99)) if lats else None
         mean_batch = sum(sizes) / len(sizes) if sizes else None
         return qps, p99, mean_batch
+
+    def busy_fraction(self) -> float:
+        """The device time this model's batches took over the window, as a fraction of the
+        window (over all its lanes; the same denominator as qps)."""
+        now = self.clock()
+        with self._lock:
+            self._trim(now)
+            busy_s = sum(b for _, _, b in self._batches)
+        return busy_s / self.window_s
 
 
 __all__ = ["ModelStats", "Totals"]

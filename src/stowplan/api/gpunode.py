@@ -93,6 +93,21 @@ class ResidentModel(WireModel):
     qps: float = Field(default=0, ge=0, description="Requests per second (recent window).")
     p99_ms: float | None = Field(default=None, alias="p99Ms", description="p99 latency, ms.")
     batch_size: float | None = Field(default=None, alias="batchSize", description="Mean batch.")
+    planned_batch_size: int = Field(
+        default=0, alias="plannedBatchSize", ge=0, description="The batch placement planned."
+    )
+    planned_busy_ms: float = Field(
+        default=0,
+        alias="plannedBusyMs",
+        ge=0,
+        description="GPU time per duty cycle placement budgeted this replica, ms.",
+    )
+    busy_ms: float | None = Field(
+        default=None,
+        alias="busyMs",
+        ge=0,
+        description="GPU time per duty cycle this replica used (recent window), ms.",
+    )
 
 
 class GPUNodeStatus(WireModel):
