@@ -228,3 +228,48 @@ def test_a_lane_within_its_plan_never_takes_spare_time() -> None:
     assert s.pick(0.002)[0] is None
     a.queue.push(Pending(1, 1, 0.002, 1.0))  # more than a full batch: above its plan
     assert s.pick(0.002)[0] is a  # nobody within budget is ready: it takes the spare time
+
+
+def test_a_cancelled_future_does_not_stop_the_executor() -> None:
+    gate = threading.Event()
+
+    def run(batch: list[Any]) -> Sequence[Any]:
+        gate.wait(2.0)  # hold the first batch so the next requests queue behind it
+        return [x * 10 for x in batch]
+
+    ex = DeviceExecutor(0)
+    ex.add_lane("m", FixedPolicy(1, 0.0), slo_ms=5000, run=run)
+    ex.start()
+    try:
+        first = ex.submit("m", 1)
+        queued = ex.submit("m", 2)
+        assert queued.cancel()  # the caller gave up while its request was queued
+        running_then_cancelled = ex.submit("m", 3)
+        gate.set()
+        assert first.result(timeout=5) == 10
+        running_then_cancelled.cancel()
+        assert ex.submit("m", 4).result(timeout=5) == 40  # the device thread still serves
+    finally:
+        ex.stop()
+    assert queued.cancelled()
+
+
+def test_an_error_inside_the_executor_loop_is_logged_and_it_serves_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = [0]
+
+    def observer(record: BatchRecord) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("observer bug")
+
+    ex = DeviceExecutor(0)
+    ex.add_lane("m", FixedPolicy(1, 0.0), slo_ms=5000, run=list, observer=observer)
+    ex.start()
+    try:
+        assert ex.submit("m", 1).result(timeout=5) == 1
+        assert ex.submit("m", 2).result(timeout=5) == 2  # the loop survived the observer
+    finally:
+        ex.stop()
+    assert "observer bug" in caplog.text

@@ -144,9 +144,9 @@ def _outcome(fut: Future[Any]) -> asyncio.Future[Any]:
     settles it, one ``call_soon_threadsafe`` copies the outcome over (no thread pool).
 
     Unlike ``asyncio.wrap_future`` a cancelled awaiter (a gRPC deadline, a client gone) does
-    not cancel ``fut``: the request still runs in its batch and its answer is dropped here,
-    as the executor settles the futures of a batch it took without checking them (settling a
-    cancelled ``concurrent.futures.Future`` raises, which stopped the device thread)."""
+    not cancel ``fut``: the request still runs in its batch and its answer is dropped here
+    (the executor skips a future already done or cancelled, so a cancel elsewhere cannot stop
+    the device thread either, but leaving ``fut`` alone keeps the batch as it was formed)."""
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[Any] = loop.create_future()
 

@@ -55,11 +55,12 @@ pure scheduler with simulated time). Batches never run concurrently on one devic
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,12 @@ from stowplan.agent.batching import BatchPolicy, BatchQueue, Pending
 from stowplan.agent.errors import AgentError, ExecutionError, Overloaded
 
 Clock = Callable[[], float]
+
+log = logging.getLogger("stowplan.agent.executor")
+
+#: After an unexpected error in the device loop, wait this long before the next round, so a
+#: fault that repeats cannot spin the thread (it is logged every time, and the loop goes on).
+_LOOP_ERROR_PAUSE_S = 0.01
 
 #: Relative slack of the budget test (floats summed in different orders).
 _BUDGET_EPS = 1e-9
@@ -283,6 +290,22 @@ class _Job:
     future: Future[Any]
 
 
+def _settle(fut: Future[Any], result: Any = None, exc: BaseException | None = None) -> None:
+    """Settle a caller's future unless it is already done: a caller may cancel its future
+    while the request is queued or running (``Future.cancel`` on a pending future), and
+    settling a cancelled ``concurrent.futures.Future`` raises, which must not reach the device
+    thread. The check and the set race with a cancel, so the error is caught too."""
+    if fut.done():
+        return
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except InvalidStateError:  # cancelled between the check and the set
+        pass
+
+
 class DeviceExecutor:
     """Runs the batches of every model resident on one device, one at a time, in one thread."""
 
@@ -344,8 +367,9 @@ class DeviceExecutor:
             self._runs.pop(name, None)
         if lane is not None:
             for p in lane.queue.drain():
-                p.payload.future.set_exception(
-                    Overloaded(f"model {name} was unloaded", reason="unloading")
+                _settle(
+                    p.payload.future,
+                    exc=Overloaded(f"model {name} was unloaded", reason="unloading"),
                 )
 
     def lane(self, name: str) -> Lane | None:
@@ -392,34 +416,48 @@ class DeviceExecutor:
 
     # -- the loop ------------------------------------------------------------------------
     def _loop(self) -> None:
-        while True:
-            with self._cond:
-                while True:
-                    if self._stopping:
-                        return
-                    now = self.clock()
-                    if self.drop_expired:
-                        for dead_lane, p in self._sched.expire(now):
-                            p.payload.future.set_exception(
-                                Overloaded(
-                                    f"request for {dead_lane.name} could not finish within its "
-                                    f"{dead_lane.slo_s * 1000:.0f} ms SLO: "
-                                    f"{len(dead_lane.queue)} more queued behind it",
-                                    reason="deadline",
-                                    queue_empty=len(dead_lane.queue) == 0,
-                                )
-                            )
-                    picked, wake = self._sched.pick(now)
-                    if picked is not None:
-                        lane = picked
-                        ready_s = self._sched.ready_since_s(lane)
-                        cycle_s = self._sched.cycle_s
-                        batch = lane.queue.take()
-                        run, observer = self._runs[lane.name]
-                        break
-                    timeout = None if math.isinf(wake) else max(0.0, wake - now)
-                    self._cond.wait(timeout)
-            self._run(lane, batch, run, observer, ready_s, cycle_s)
+        """The device thread: :meth:`_round` until stopped. An unexpected error in a round
+        (a bug, an observer that raises) is logged and the thread keeps serving: a device
+        thread that dies leaves every later request of its models waiting forever."""
+        while not self._stopping:
+            try:
+                if not self._round():
+                    return
+            except Exception:
+                log.exception("device %d executor: unexpected error; serving on", self.device_index)
+                time.sleep(_LOOP_ERROR_PAUSE_S)
+
+    def _round(self) -> bool:
+        """Wait for a batch to be due, run it; False when the executor is stopping."""
+        with self._cond:
+            while True:
+                if self._stopping:
+                    return False
+                now = self.clock()
+                if self.drop_expired:
+                    for dead_lane, p in self._sched.expire(now):
+                        _settle(
+                            p.payload.future,
+                            exc=Overloaded(
+                                f"request for {dead_lane.name} could not finish within its "
+                                f"{dead_lane.slo_s * 1000:.0f} ms SLO: "
+                                f"{len(dead_lane.queue)} more queued behind it",
+                                reason="deadline",
+                                queue_empty=len(dead_lane.queue) == 0,
+                            ),
+                        )
+                picked, wake = self._sched.pick(now)
+                if picked is not None:
+                    lane = picked
+                    ready_s = self._sched.ready_since_s(lane)
+                    cycle_s = self._sched.cycle_s
+                    batch = lane.queue.take()
+                    run, observer = self._runs[lane.name]
+                    break
+                timeout = None if math.isinf(wake) else max(0.0, wake - now)
+                self._cond.wait(timeout)
+        self._run(lane, batch, run, observer, ready_s, cycle_s)
+        return True
 
     def _run(
         self,
@@ -442,10 +480,10 @@ class DeviceExecutor:
             ok = False
             err = exc if isinstance(exc, AgentError) else ExecutionError(str(exc))
             for p in batch:
-                p.payload.future.set_exception(err)
+                _settle(p.payload.future, exc=err)
         else:
             for p, r in zip(batch, results, strict=True):
-                p.payload.future.set_result(r)
+                _settle(p.payload.future, r)
         end = self.clock()
         busy = end - start
         items = sum(p.items for p in batch)
