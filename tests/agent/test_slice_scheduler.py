@@ -192,18 +192,46 @@ def _planned(name: str, budget_s: float, cap: int = 4, wait_s: float = 0.010) ->
     return Lane(name, BatchQueue(FixedPolicy(cap, wait_s)), 1.0, budget_s)
 
 
-def test_a_planned_lane_over_its_budget_waits_for_its_turn_even_on_an_idle_device() -> None:
+def test_a_planned_lane_over_its_budget_waits_for_its_turn_when_a_neighbour_claims_the_rest() -> (
+    None
+):
     s = SliceScheduler(cycle_s=0.010, cycle_start_s=0.0)
-    a = _planned("a", budget_s=0.003)
-    s.lanes = {"a": a}
+    a, b = _planned("a", budget_s=0.003), _planned("b", budget_s=0.005)
+    s.lanes = {"a": a, "b": b}
     a.queue.push(Pending(0, 1, 0.0005, 1.0))  # a lone request: no fill expected, ready at once
     assert s.pick(0.001)[0] is a
     a.queue.take()
     s.charge(a, 0.002)  # 2 of its 3 ms: a second 2 ms batch does not fit this cycle
     a.queue.push(Pending(1, 1, 0.004, 1.0))
-    assert s.pick(0.004) == (None, pytest.approx(0.010))  # idle device, yet it waits
+    # idle device, but 10 - 4 - b's 5 ms = 1 ms of slack: a 2 ms batch would push b's turn
+    assert s.pick(0.004) == (None, pytest.approx(0.010))
     assert s.pick(0.010)[0] is a  # the next cycle's start is its turn
     assert s.ready_since_s(a) == pytest.approx(0.010)  # the executor's wait counts from there
+
+
+def test_a_lone_lane_over_its_budget_runs_on_an_idle_device_within_the_cycles_slack() -> None:
+    s = SliceScheduler(cycle_s=0.010, cycle_start_s=0.0)
+    a, b = _planned("a", budget_s=0.003), _planned("b", budget_s=0.003)
+    s.lanes = {"a": a, "b": b}
+    a.queue.push(Pending(0, 1, 0.0005, 1.0))
+    assert s.pick(0.001)[0] is a
+    a.queue.take()
+    s.charge(a, 0.002)
+    a.queue.push(Pending(1, 1, 0.004, 1.0))
+    assert s.over_budget(a)  # its next batch is spare time...
+    assert s.slack_s(a, 0.004) == pytest.approx(0.003)  # 10 - 4 - b's 3 ms left
+    assert s.pick(0.004)[0] is a  # ...that fits the slack: it runs now, not at 10 ms
+    a.queue.take()
+    s.charge(a, 0.002, spare=True)
+    assert a.spare_s == pytest.approx(0.002) and a.used_s == pytest.approx(0.004)
+    a.queue.push(Pending(2, 1, 0.0061, 1.0))
+    b.queue.push(Pending(0, 1, 0.0061, 1.0))
+    assert s.pick(0.0062)[0] is b  # a neighbour with a batch ready goes first
+    b.queue.take()
+    assert s.pick(0.0062)[0] is None  # a waits: b's 3 ms (its first batch) claim the slack
+    s.charge(b, 0.001)
+    # b used 1 of its 3 ms: 10 - 7.2 - 2 = 0.8 ms of slack, under a's 2 ms batch
+    assert s.pick(0.0072) == (None, pytest.approx(0.010))
 
 
 def test_a_planned_lane_runs_what_it_collected_at_the_cycle_start() -> None:
@@ -218,14 +246,14 @@ def test_a_planned_lane_runs_what_it_collected_at_the_cycle_start() -> None:
     assert s.pick(0.010)[0] is a  # but its turn comes at the cycle start
 
 
-def test_a_lane_within_its_plan_never_takes_spare_time() -> None:
+def test_a_lane_within_its_plan_takes_no_spare_time_its_neighbours_plans_claim() -> None:
     s = SliceScheduler(cycle_s=0.010, cycle_start_s=0.0)
-    a, b = _planned("a", budget_s=0.003, cap=2), _planned("b", budget_s=0.003, cap=2)
+    a, b = _planned("a", budget_s=0.003, cap=2), _planned("b", budget_s=0.007, cap=2)
     s.lanes = {"a": a, "b": b}
     s.charge(a, 0.003)
-    s.charge(b, 0.003)
+    s.charge(b, 0.0015)  # b may still run 5.5 ms this cycle
     a.queue.push(Pending(0, 2, 0.001, 1.0))  # one full batch: within its plan
-    assert s.pick(0.002)[0] is None
+    assert s.pick(0.002)[0] is None  # 10 - 2 - 5.5 = 2.5 ms of slack: under its 3 ms batch
     a.queue.push(Pending(1, 1, 0.002, 1.0))  # more than a full batch: above its plan
     assert s.pick(0.002)[0] is a  # nobody within budget is ready: it takes the spare time
 
