@@ -301,3 +301,45 @@ def test_an_error_inside_the_executor_loop_is_logged_and_it_serves_on(
     finally:
         ex.stop()
     assert "observer bug" in caplog.text
+
+
+def test_a_lone_sub_millisecond_request_runs_inline_on_the_callers_thread() -> None:
+    records: list[BatchRecord] = []
+    threads: list[threading.Thread] = []
+    gate = threading.Event()
+    gate.set()
+
+    def run(batch: list[Any]) -> Sequence[Any]:
+        threads.append(threading.current_thread())
+        gate.wait(5)
+        return [x * 10 for x in batch]
+
+    ex = DeviceExecutor(0, cycle_ms=10.0)
+    ex.add_lane("m", FixedPolicy(1, 0.0), 5000, run, records.append, budget_ms=5.0)
+    ex.add_lane("batched", FixedPolicy(4, 0.0), 5000, run)
+    ex.start()
+    try:
+        assert ex.try_run_inline("m", 1) is None  # its batch time is not known yet
+        assert ex.submit("m", 1).result(timeout=5) == 10
+        fut = ex.try_run_inline("m", 2)
+        assert fut is not None and fut.done() and fut.result() == 20
+        assert threads[-1] is threading.current_thread()  # no hop to the device thread
+        assert len(records) == 2 and ex.busy_s_total > 0  # charged and observed as usual
+        lane = ex.lane("m")
+        assert lane is not None and lane.used_s > 0
+        ex.submit("batched", 0).result(timeout=5)
+        assert ex.try_run_inline("batched", 1) is None  # a lane that batches goes the usual way
+        gate.clear()  # a batch holds the device: the next request queues behind it
+        held = ex.submit("m", 3)
+        for _ in range(500):
+            if threads[-1] is not threading.current_thread():
+                break
+            time.sleep(0.002)
+        assert ex.try_run_inline("m", 4) is None
+        gate.set()
+        assert held.result(timeout=5) == 30
+        lane.est_batch_s = 0.002  # a batch over a millisecond would block the caller too long
+        assert ex.try_run_inline("m", 5) is None
+    finally:
+        gate.set()
+        ex.stop()

@@ -1,7 +1,8 @@
 """The agent's data path, as KServe's ``DataPlane``: decode a request against the model's
 inputs, route it to the replica with the fewest queued items, submit it to that device's
-executor, and hand back the output arrays (``predict``), or encode them as the protocol's
-JSON response (``infer``).
+executor (or, for a lone sub-millisecond request on an idle device, run it inline on the
+calling event loop's thread: :meth:`DeviceExecutor.try_run_inline`), and hand back the
+output arrays (``predict``), or encode them as the protocol's JSON response (``infer``).
 
 Callers: :mod:`stowplan.agent.serving` (``Agent.infer``/``Agent.predict``), hence the HTTP
 server, which encodes binary outputs itself, and the gRPC server
@@ -105,8 +106,14 @@ class DataPlane:
             if bad:
                 raise InvalidRequest(f"unknown output(s) {bad}; the model has {sorted(known)}")
             device = min(served.lanes, key=lambda d: reg.executor(d).queued_items(name))
-            fut = reg.executor(device).submit(name, arrays, items)
-            outputs: dict[str, np.ndarray] = await _outcome(fut)
+            executor = reg.executor(device)
+            # a lone sub-millisecond request on an idle device runs here, on the event loop's
+            # thread, which it blocks for that run (DeviceExecutor.try_run_inline's guards);
+            # anything else goes to the device thread
+            fut = executor.try_run_inline(name, arrays, items)
+            if fut is None:
+                fut = executor.submit(name, arrays, items)
+            outputs: dict[str, np.ndarray] = fut.result() if fut.done() else await _outcome(fut)
         except Overloaded as exc:
             served.stats.failure((reg.clock() - start) * 1000.0)
             reg.metrics.observe_refusal(name, exc.reason, exc.queue_empty)

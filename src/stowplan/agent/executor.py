@@ -77,6 +77,11 @@ Clock = Callable[[], float]
 
 log = logging.getLogger("stowplan.agent.executor")
 
+#: A batch runs on the submitting thread (:meth:`DeviceExecutor.try_run_inline`) only if its
+#: lane's smoothed batch time is under this: that thread is the server's event loop, which
+#: serves no other request while the batch runs.
+INLINE_MAX_BATCH_S = 0.001
+
 #: After an unexpected error in the device loop, wait this long before the next round, so a
 #: fault that repeats cannot spin the thread (it is logged every time, and the loop goes on).
 _LOOP_ERROR_PAUSE_S = 0.01
@@ -125,7 +130,8 @@ class SliceScheduler:
     #: time (1.0 = the bare mean, which lets jitter make the oldest requests late)
     drop_margin: float = 1.2
 
-    def _roll(self, now_s: float) -> None:
+    def roll(self, now_s: float) -> None:
+        """Start the cycle ``now_s`` falls in, if it is a later one: budgets reset."""
         if self.cycle_s > 0 and now_s >= self.cycle_start_s + self.cycle_s:
             # at least one: at now = start + cycle the quotient may round to 0.999...
             cycles = max(1, math.floor((now_s - self.cycle_start_s) / self.cycle_s))
@@ -253,7 +259,7 @@ class SliceScheduler:
         fits the cycle's slack (:meth:`fits_slack`: idle time nobody else's plan claims).
         The caller must only ask while the device is idle. Whether a pick is spare time:
         :meth:`over_budget` of the lane picked, before its batch runs."""
-        self._roll(now_s)
+        self.roll(now_s)
         ready_at = {name: self.ready_at_s(lane) for name, lane in self.lanes.items()}
         ready = [lane for lane in self.lanes.values() if ready_at[lane.name] <= now_s]
         allowed = [lane for lane in ready if not self.over_budget(lane)]
@@ -369,6 +375,8 @@ class DeviceExecutor:
         self._stopping = False
         self.busy_s_total = 0.0
         self._busy_marks: list[tuple[float, float]] = []  # (end time, busy seconds)
+        #: a batch is running (on the device thread or inline on a caller's): no other starts
+        self._running = False
 
     # -- configuration -------------------------------------------------------------------
     @property
@@ -432,6 +440,53 @@ class DeviceExecutor:
             self._cond.notify()
         return fut
 
+    def try_run_inline(self, name: str, payload: Any, items: int = 1) -> Future[Any] | None:
+        """Run one request on the calling thread now, if that is what the device thread
+        would do anyway, and return its settled future; else None (then :meth:`submit` it).
+
+        It runs inline only when no batch is running (on the device thread or another
+        caller's), ``name``'s lane has nothing queued, never waits to fill a batch (cap 1, no
+        bounded wait: batching ``none``), may run now by its budget (within it, or alone with
+        a batch ready and within the cycle's slack: :meth:`SliceScheduler.pick`'s rules) and
+        its smoothed batch time is known and under :data:`INLINE_MAX_BATCH_S`. The device
+        thread waits while it runs, and the batch is charged, observed and fed to the policy
+        exactly as the device thread's are. This saves the two thread hops of a lone
+        request (caller -> device thread -> caller's event loop); the price is that the
+        calling thread (the server's event loop) is blocked for the run, which is why only a
+        batch known to take under a millisecond runs this way."""
+        now = self.clock()
+        with self._cond:
+            lane = self._sched.lanes.get(name)
+            if (
+                lane is None
+                or self._thread is None
+                or self._stopping
+                or self._running
+                or len(lane.queue)
+                or lane.queue.policy.cap != 1
+                or lane.queue.policy.max_wait_s > 0
+                or not 0 < lane.est_batch_s < INLINE_MAX_BATCH_S
+            ):
+                return None
+            sched = self._sched
+            sched.roll(now)
+            if any(
+                sched.ready_at_s(other) <= now
+                for other in sched.lanes.values()
+                if other is not lane
+            ):
+                return None  # the device thread has a batch to run first
+            spare = sched.over_budget(lane)
+            if spare and not sched.fits_slack(lane, now):
+                return None
+            fut: Future[Any] = Future()
+            batch = [Pending(_Job(payload, fut), items, now, now + lane.slo_s)]
+            run, observer = self._runs[name]
+            cycle_s = sched.cycle_s
+            self._running = True
+        self._run(lane, batch, run, observer, now, cycle_s, spare)
+        return fut
+
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
@@ -476,6 +531,9 @@ class DeviceExecutor:
             while True:
                 if self._stopping:
                     return False
+                if self._running:  # a caller runs a batch inline (try_run_inline)
+                    self._cond.wait()
+                    continue
                 now = self.clock()
                 if self.drop_expired:
                     for dead_lane, p in self._sched.expire(now):
@@ -497,6 +555,7 @@ class DeviceExecutor:
                     spare = self._sched.over_budget(lane)
                     batch = lane.queue.take()
                     run, observer = self._runs[lane.name]
+                    self._running = True
                     break
                 timeout = None if math.isinf(wake) else max(0.0, wake - now)
                 self._cond.wait(timeout)
@@ -513,6 +572,26 @@ class DeviceExecutor:
         cycle_s: float,
         spare: bool = False,
     ) -> None:
+        """Run a taken ``batch`` (``_running`` is set), settle its futures, charge the lane,
+        feed the policy, clear ``_running``, then call the observer."""
+        try:
+            record = self._run_batch(lane, batch, run, ready_s, cycle_s, spare)
+        finally:
+            with self._cond:
+                self._running = False
+                self._cond.notify_all()
+        if observer is not None:
+            observer(record)
+
+    def _run_batch(
+        self,
+        lane: Lane,
+        batch: list[Pending[Any]],
+        run: RunBatch,
+        ready_s: float,
+        cycle_s: float,
+        spare: bool,
+    ) -> BatchRecord:
         start = self.clock()
         ok = True
         try:
@@ -541,18 +620,15 @@ class DeviceExecutor:
             if ok:
                 missed = any(end > p.deadline_s for p in batch)
                 lane.queue.policy.observe(items, busy * 1000.0, missed)
-        if observer is not None:
-            observer(
-                BatchRecord(
-                    lane.name,
-                    items,
-                    len(batch),
-                    start,
-                    busy,
-                    [start - p.arrival_s for p in batch],
-                    ok,
-                    max(0.0, start - ready_s) if math.isfinite(ready_s) else 0.0,
-                    cycle_s,
-                    spare,
-                )
-            )
+        return BatchRecord(
+            lane.name,
+            items,
+            len(batch),
+            start,
+            busy,
+            [start - p.arrival_s for p in batch],
+            ok,
+            max(0.0, start - ready_s) if math.isfinite(ready_s) else 0.0,
+            cycle_s,
+            spare,
+        )
