@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from stowplan.agent.batching import FixedPolicy
+from stowplan.agent.config import BatchingConfig, ModelConfig, Policy
 from stowplan.agent.protocol import InferenceRequest
 from stowplan.agent.serving import Agent
 from stowplan.testing.agent import MLP_INPUT_WIDTH
@@ -66,3 +70,34 @@ async def test_a_caller_cancelled_while_queued_leaves_the_executor_serving(agent
     finally:
         release.set()
         ex.remove_lane("blocker")
+
+
+async def test_a_lone_request_to_an_unbatched_model_runs_on_the_event_loops_thread(
+    agent: Agent, model_dir: Path
+) -> None:
+    agent.load(
+        ModelConfig(
+            name="mlp-none",
+            uri=f"file://{model_dir / 'mlp.onnx'}",
+            slo_ms=2000,
+            max_batch=16,
+            batching=BatchingConfig(policy=Policy.NONE),
+        )
+    )
+    (device,) = agent.get("mlp-none").lanes
+    ex = agent.executor(device)
+    run, observer = ex._runs["mlp-none"]
+    threads: list[threading.Thread] = []
+
+    def traced(batch: list[Any]) -> Sequence[Any]:
+        threads.append(threading.current_thread())
+        return run(batch)
+
+    ex._runs["mlp-none"] = (traced, observer)
+    for rows in (1, 2, 3):
+        prediction = await asyncio.wait_for(agent.predict("mlp-none", _request(rows)), 10)
+        assert prediction.outputs[prediction.names[0]].shape[0] == rows
+    lane = ex.lane("mlp-none")
+    assert lane is not None and lane.est_batch_s < 0.001  # the guard held (a fast model)
+    assert threads[0] is ex._thread  # the first, with no batch time known, went to the device
+    assert threads[-1] is threading.current_thread()  # later ones: no hop

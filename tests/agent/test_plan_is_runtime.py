@@ -6,7 +6,10 @@ and policies, simulated device time) is fed the planned load. Every placed repli
 at the planned batch, within the agent's target, meets the SLO the plan assumed (>= 99 % of
 requests) and stays within the GPU time per cycle the plan budgeted (+5 %; the executor keeps
 each lane's budget per cycle, issue 14 item 5); what the plan refuses is not simulated. The
-worst ratio of used to budgeted GPU time per cycle is printed (``pytest -s``). Plus the
+budget holds the batches run under it: a lane alone with a batch ready on an idle device may
+run it beyond its budget within the cycle's slack (spare time, which no neighbour's plan
+claims), and that time is counted apart. The worst ratio of budgeted GPU time to plan per
+cycle is printed (``pytest -s``), and the worst of all GPU time, spare included. Plus the
 algebra that makes plan and agent agree by construction, and each replica lane of one agent
 serving its own plan."""
 
@@ -33,8 +36,10 @@ from stowplan.placement.verify import check_plan
 
 CYCLES = 300  # simulated duty cycles per GPU
 BUDGET_SLACK = 1.05  # the agent may use at most 5 % more GPU time per cycle than planned
-#: the worst (GPU time used less one batch) / (budget x cycles) over the examples run
+#: the worst (budgeted GPU time used less one batch) / (budget x cycles) over the examples run
 WORST_RATIO = [0.0]
+#: the same with spare time (beyond the budget, in the cycle's slack) included
+WORST_TOTAL_RATIO = [0.0]
 
 
 @st.composite
@@ -153,12 +158,16 @@ def test_the_agent_configured_from_the_plan_uses_the_gpu_time_the_plan_budgeted(
 ) -> None:
     for a, spec, res, cycle_ms in _serve_the_plan(models, n_gpus, phase):
         lat = spec.profile.latency_ms
-        gpu_ms = res.batches * lat.base_ms + res.items * lat.per_item_ms
+        total_ms = res.batches * lat.base_ms + res.items * lat.per_item_ms
+        budgeted = res.batches - res.spare_batches
+        gpu_ms = budgeted * lat.base_ms + (res.items - res.spare_items) * lat.per_item_ms
         cycles = res.duration_s * 1000.0 / cycle_ms
-        one_batch_ms = gpu_ms / max(res.batches, 1)  # the run cut off by the end of arrivals
+        one_batch_ms = gpu_ms / max(budgeted, 1)  # the run cut off by the end of arrivals
         if cycles > 0 and a.busy_ms > 0:
             ratio = (gpu_ms - one_batch_ms) / cycles / a.busy_ms
             WORST_RATIO[0] = max(WORST_RATIO[0], ratio)
+            total = (total_ms - total_ms / max(res.batches, 1)) / cycles / a.busy_ms
+            WORST_TOTAL_RATIO[0] = max(WORST_TOTAL_RATIO[0], total)
         assert gpu_ms <= a.busy_ms * BUDGET_SLACK * cycles + one_batch_ms, (a, gpu_ms / cycles)
 
 
@@ -166,7 +175,10 @@ def test_the_agent_configured_from_the_plan_uses_the_gpu_time_the_plan_budgeted(
 def _print_the_worst_gpu_time_ratio() -> Iterator[None]:
     yield
     if WORST_RATIO[0] > 0:
-        print(f"\nworst GPU time per cycle used / planned: {WORST_RATIO[0]:.4f}")
+        print(
+            f"\nworst budgeted GPU time per cycle used / planned: {WORST_RATIO[0]:.4f}"
+            f" (spare time included: {WORST_TOTAL_RATIO[0]:.4f})"
+        )
 
 
 @PROPERTY

@@ -192,18 +192,46 @@ def _planned(name: str, budget_s: float, cap: int = 4, wait_s: float = 0.010) ->
     return Lane(name, BatchQueue(FixedPolicy(cap, wait_s)), 1.0, budget_s)
 
 
-def test_a_planned_lane_over_its_budget_waits_for_its_turn_even_on_an_idle_device() -> None:
+def test_a_planned_lane_over_its_budget_waits_for_its_turn_when_a_neighbour_claims_the_rest() -> (
+    None
+):
     s = SliceScheduler(cycle_s=0.010, cycle_start_s=0.0)
-    a = _planned("a", budget_s=0.003)
-    s.lanes = {"a": a}
+    a, b = _planned("a", budget_s=0.003), _planned("b", budget_s=0.005)
+    s.lanes = {"a": a, "b": b}
     a.queue.push(Pending(0, 1, 0.0005, 1.0))  # a lone request: no fill expected, ready at once
     assert s.pick(0.001)[0] is a
     a.queue.take()
     s.charge(a, 0.002)  # 2 of its 3 ms: a second 2 ms batch does not fit this cycle
     a.queue.push(Pending(1, 1, 0.004, 1.0))
-    assert s.pick(0.004) == (None, pytest.approx(0.010))  # idle device, yet it waits
+    # idle device, but 10 - 4 - b's 5 ms = 1 ms of slack: a 2 ms batch would push b's turn
+    assert s.pick(0.004) == (None, pytest.approx(0.010))
     assert s.pick(0.010)[0] is a  # the next cycle's start is its turn
     assert s.ready_since_s(a) == pytest.approx(0.010)  # the executor's wait counts from there
+
+
+def test_a_lone_lane_over_its_budget_runs_on_an_idle_device_within_the_cycles_slack() -> None:
+    s = SliceScheduler(cycle_s=0.010, cycle_start_s=0.0)
+    a, b = _planned("a", budget_s=0.003), _planned("b", budget_s=0.003)
+    s.lanes = {"a": a, "b": b}
+    a.queue.push(Pending(0, 1, 0.0005, 1.0))
+    assert s.pick(0.001)[0] is a
+    a.queue.take()
+    s.charge(a, 0.002)
+    a.queue.push(Pending(1, 1, 0.004, 1.0))
+    assert s.over_budget(a)  # its next batch is spare time...
+    assert s.slack_s(a, 0.004) == pytest.approx(0.003)  # 10 - 4 - b's 3 ms left
+    assert s.pick(0.004)[0] is a  # ...that fits the slack: it runs now, not at 10 ms
+    a.queue.take()
+    s.charge(a, 0.002, spare=True)
+    assert a.spare_s == pytest.approx(0.002) and a.used_s == pytest.approx(0.004)
+    a.queue.push(Pending(2, 1, 0.0061, 1.0))
+    b.queue.push(Pending(0, 1, 0.0061, 1.0))
+    assert s.pick(0.0062)[0] is b  # a neighbour with a batch ready goes first
+    b.queue.take()
+    assert s.pick(0.0062)[0] is None  # a waits: b's 3 ms (its first batch) claim the slack
+    s.charge(b, 0.001)
+    # b used 1 of its 3 ms: 10 - 7.2 - 2 = 0.8 ms of slack, under a's 2 ms batch
+    assert s.pick(0.0072) == (None, pytest.approx(0.010))
 
 
 def test_a_planned_lane_runs_what_it_collected_at_the_cycle_start() -> None:
@@ -218,13 +246,100 @@ def test_a_planned_lane_runs_what_it_collected_at_the_cycle_start() -> None:
     assert s.pick(0.010)[0] is a  # but its turn comes at the cycle start
 
 
-def test_a_lane_within_its_plan_never_takes_spare_time() -> None:
+def test_a_lane_within_its_plan_takes_no_spare_time_its_neighbours_plans_claim() -> None:
     s = SliceScheduler(cycle_s=0.010, cycle_start_s=0.0)
-    a, b = _planned("a", budget_s=0.003, cap=2), _planned("b", budget_s=0.003, cap=2)
+    a, b = _planned("a", budget_s=0.003, cap=2), _planned("b", budget_s=0.007, cap=2)
     s.lanes = {"a": a, "b": b}
     s.charge(a, 0.003)
-    s.charge(b, 0.003)
+    s.charge(b, 0.0015)  # b may still run 5.5 ms this cycle
     a.queue.push(Pending(0, 2, 0.001, 1.0))  # one full batch: within its plan
-    assert s.pick(0.002)[0] is None
+    assert s.pick(0.002)[0] is None  # 10 - 2 - 5.5 = 2.5 ms of slack: under its 3 ms batch
     a.queue.push(Pending(1, 1, 0.002, 1.0))  # more than a full batch: above its plan
     assert s.pick(0.002)[0] is a  # nobody within budget is ready: it takes the spare time
+
+
+def test_a_cancelled_future_does_not_stop_the_executor() -> None:
+    gate = threading.Event()
+
+    def run(batch: list[Any]) -> Sequence[Any]:
+        gate.wait(2.0)  # hold the first batch so the next requests queue behind it
+        return [x * 10 for x in batch]
+
+    ex = DeviceExecutor(0)
+    ex.add_lane("m", FixedPolicy(1, 0.0), slo_ms=5000, run=run)
+    ex.start()
+    try:
+        first = ex.submit("m", 1)
+        queued = ex.submit("m", 2)
+        assert queued.cancel()  # the caller gave up while its request was queued
+        running_then_cancelled = ex.submit("m", 3)
+        gate.set()
+        assert first.result(timeout=5) == 10
+        running_then_cancelled.cancel()
+        assert ex.submit("m", 4).result(timeout=5) == 40  # the device thread still serves
+    finally:
+        ex.stop()
+    assert queued.cancelled()
+
+
+def test_an_error_inside_the_executor_loop_is_logged_and_it_serves_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    calls = [0]
+
+    def observer(record: BatchRecord) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise RuntimeError("observer bug")
+
+    ex = DeviceExecutor(0)
+    ex.add_lane("m", FixedPolicy(1, 0.0), slo_ms=5000, run=list, observer=observer)
+    ex.start()
+    try:
+        assert ex.submit("m", 1).result(timeout=5) == 1
+        assert ex.submit("m", 2).result(timeout=5) == 2  # the loop survived the observer
+    finally:
+        ex.stop()
+    assert "observer bug" in caplog.text
+
+
+def test_a_lone_sub_millisecond_request_runs_inline_on_the_callers_thread() -> None:
+    records: list[BatchRecord] = []
+    threads: list[threading.Thread] = []
+    gate = threading.Event()
+    gate.set()
+
+    def run(batch: list[Any]) -> Sequence[Any]:
+        threads.append(threading.current_thread())
+        gate.wait(5)
+        return [x * 10 for x in batch]
+
+    ex = DeviceExecutor(0, cycle_ms=10.0)
+    ex.add_lane("m", FixedPolicy(1, 0.0), 5000, run, records.append, budget_ms=5.0)
+    ex.add_lane("batched", FixedPolicy(4, 0.0), 5000, run)
+    ex.start()
+    try:
+        assert ex.try_run_inline("m", 1) is None  # its batch time is not known yet
+        assert ex.submit("m", 1).result(timeout=5) == 10
+        fut = ex.try_run_inline("m", 2)
+        assert fut is not None and fut.done() and fut.result() == 20
+        assert threads[-1] is threading.current_thread()  # no hop to the device thread
+        assert len(records) == 2 and ex.busy_s_total > 0  # charged and observed as usual
+        lane = ex.lane("m")
+        assert lane is not None and lane.used_s > 0
+        ex.submit("batched", 0).result(timeout=5)
+        assert ex.try_run_inline("batched", 1) is None  # a lane that batches goes the usual way
+        gate.clear()  # a batch holds the device: the next request queues behind it
+        held = ex.submit("m", 3)
+        for _ in range(500):
+            if threads[-1] is not threading.current_thread():
+                break
+            time.sleep(0.002)
+        assert ex.try_run_inline("m", 4) is None
+        gate.set()
+        assert held.result(timeout=5) == 30
+        lane.est_batch_s = 0.002  # a batch over a millisecond would block the caller too long
+        assert ex.try_run_inline("m", 5) is None
+    finally:
+        gate.set()
+        ex.stop()

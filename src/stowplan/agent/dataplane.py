@@ -1,7 +1,8 @@
 """The agent's data path, as KServe's ``DataPlane``: decode a request against the model's
 inputs, route it to the replica with the fewest queued items, submit it to that device's
-executor, and hand back the output arrays (``predict``), or encode them as the protocol's
-JSON response (``infer``).
+executor (or, for a lone sub-millisecond request on an idle device, run it inline on the
+calling event loop's thread: :meth:`DeviceExecutor.try_run_inline`), and hand back the
+output arrays (``predict``), or encode them as the protocol's JSON response (``infer``).
 
 Callers: :mod:`stowplan.agent.serving` (``Agent.infer``/``Agent.predict``), hence the HTTP
 server, which encodes binary outputs itself, and the gRPC server
@@ -105,8 +106,14 @@ class DataPlane:
             if bad:
                 raise InvalidRequest(f"unknown output(s) {bad}; the model has {sorted(known)}")
             device = min(served.lanes, key=lambda d: reg.executor(d).queued_items(name))
-            fut = reg.executor(device).submit(name, arrays, items)
-            outputs: dict[str, np.ndarray] = await _outcome(fut)
+            executor = reg.executor(device)
+            # a lone sub-millisecond request on an idle device runs here, on the event loop's
+            # thread, which it blocks for that run (DeviceExecutor.try_run_inline's guards);
+            # anything else goes to the device thread
+            fut = executor.try_run_inline(name, arrays, items)
+            if fut is None:
+                fut = executor.submit(name, arrays, items)
+            outputs: dict[str, np.ndarray] = fut.result() if fut.done() else await _outcome(fut)
         except Overloaded as exc:
             served.stats.failure((reg.clock() - start) * 1000.0)
             reg.metrics.observe_refusal(name, exc.reason, exc.queue_empty)
@@ -144,9 +151,9 @@ def _outcome(fut: Future[Any]) -> asyncio.Future[Any]:
     settles it, one ``call_soon_threadsafe`` copies the outcome over (no thread pool).
 
     Unlike ``asyncio.wrap_future`` a cancelled awaiter (a gRPC deadline, a client gone) does
-    not cancel ``fut``: the request still runs in its batch and its answer is dropped here,
-    as the executor settles the futures of a batch it took without checking them (settling a
-    cancelled ``concurrent.futures.Future`` raises, which stopped the device thread)."""
+    not cancel ``fut``: the request still runs in its batch and its answer is dropped here
+    (the executor skips a future already done or cancelled, so a cancel elsewhere cannot stop
+    the device thread either, but leaving ``fut`` alone keeps the batch as it was formed)."""
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[Any] = loop.create_future()
 

@@ -50,6 +50,9 @@ class SimResult:
     dropped: int = 0
     batches: int = 0
     items: int = 0
+    #: of those, the batches (and their items) run on spare time, beyond the lane's budget
+    spare_batches: int = 0
+    spare_items: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     duration_s: float = 0.0
 
@@ -79,6 +82,7 @@ class _Job:
     work_ms: float
     remaining_ms: float
     start_s: float
+    spare: bool = False
 
 
 def simulate(
@@ -116,6 +120,9 @@ def simulate(
         items = sum(p.items for p in job.batch)
         res.batches += 1
         res.items += items
+        if job.spare:
+            res.spare_batches += 1
+            res.spare_items += items
         missed = False
         for p in job.batch:
             lat = (t - p.arrival_s) * 1000.0
@@ -126,14 +133,15 @@ def simulate(
                 res.within_slo += 1
         busy_ms = (t - job.start_s) * 1000.0
         job.lane.queue.policy.observe(items, busy_ms, missed)
-        sched.charge(job.lane, busy_ms / 1000.0)
+        sched.charge(job.lane, busy_ms / 1000.0, job.spare)
 
     def start(lane: Lane, t: float) -> None:
+        spare = sched.over_budget(lane)
         batch = lane.queue.take()
         m = specs[lane.name]
         items = sum(p.items for p in batch)
         work = (m.base_ms + m.per_item_ms * items) * float(rng.lognormal(0.0, jitter))
-        running.append(_Job(lane, batch, work, work, t))
+        running.append(_Job(lane, batch, work, work, t, spare))
 
     while True:
         # admit arrivals up to now

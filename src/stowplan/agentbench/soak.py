@@ -130,6 +130,7 @@ def serve(manifests: Path, workdir: Path, ready_timeout_s: float = 120.0) -> Ite
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "stowplan", "up", str(d), "--port", str(port), "--no-nvml"]
+    cmd += ["--grpc-port", "0"]  # HTTP only: the probe needs no gRPC, nor the fixed port 8001
     cmd += ["--cache-dir", str(workdir / "cache")]
     log = (workdir / "agent.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
