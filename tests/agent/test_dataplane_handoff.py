@@ -101,3 +101,13 @@ async def test_a_lone_request_to_an_unbatched_model_runs_on_the_event_loops_thre
     assert lane is not None and lane.est_batch_s < 0.001  # the guard held (a fast model)
     assert threads[0] is ex._thread  # the first, with no batch time known, went to the device
     assert threads[-1] is threading.current_thread()  # later ones: no hop
+
+    # offloaded, the same lone request goes to the device thread: its prefetch (a session
+    # rebuilt from host memory, up to hundreds of ms) must not block the event loop
+    assert agent.offload("mlp-none", device)
+    runtime = agent.get("mlp-none").runtimes[device]
+    assert not runtime.loaded
+    prediction = await asyncio.wait_for(agent.predict("mlp-none", _request(1)), 10)
+    assert prediction.outputs[prediction.names[0]].shape[0] == 1
+    assert threads[-1] is ex._thread
+    assert runtime.loaded  # prefetched back on the device thread

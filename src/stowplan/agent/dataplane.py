@@ -109,8 +109,11 @@ class DataPlane:
             executor = reg.executor(device)
             # a lone sub-millisecond request on an idle device runs here, on the event loop's
             # thread, which it blocks for that run (DeviceExecutor.try_run_inline's guards);
-            # anything else goes to the device thread
-            fut = executor.try_run_inline(name, arrays, items)
+            # anything else goes to the device thread, and so does a model whose session is
+            # not in device memory: its prefetch (up to hundreds of ms) must not block the loop
+            runtime = served.runtimes.get(device)
+            inline = runtime is not None and runtime.loaded
+            fut = executor.try_run_inline(name, arrays, items) if inline else None
             if fut is None:
                 fut = executor.submit(name, arrays, items)
             outputs: dict[str, np.ndarray] = fut.result() if fut.done() else await _outcome(fut)
