@@ -332,3 +332,42 @@ def test_each_replica_lane_of_one_agent_serves_its_own_plan(
             assert agent.executor(a.gpu).cycle_ms == pytest.approx(a.duty_cycle_ms)
     finally:
         agent.close()
+
+
+CYCLE_END = [  # counterexamples the property found (150 examples, seed 2): one GPU, phase 0
+    # m1 planned at exactly d + t = 6 + 2 ms; m0's lone 3 ms request ran across the cycle end
+    ((9.0, 19.0, 2.0, 1.0, 1), (8.0, 169.0, 1.0, 0.5, 2)),
+    # the same at a cycle with no slack; left to the next cycle, m0 must not jump m1's turn
+    ((10.0, 26.0, 3.0, 0.5, 1), (9.0, 178.0, 2.0, 0.25, 2)),
+]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "the runtime lets a lane's batch run across the duty cycle's end, so a neighbour planned "
+        "at exactly d + t = SLO gets its turn late: m1 sheds 3 of 304 (0.9868) and 5 (0.9844). "
+        "Deferring such a batch to the next cycle fixes both fleets but starves long batches "
+        "elsewhere (stowplan bench timeslice: BERT-Large 100 % -> 54.9 % in the 2-model mix), "
+        "so the fix is not in; the plan needs a margin for one neighbour's batch instead"
+    ),
+)
+@pytest.mark.parametrize("fleet", CYCLE_END)
+def test_a_batch_at_the_cycles_end_does_not_delay_the_next_cycles_turns(
+    fleet: tuple[tuple[float, float, float, float, int], ...],
+) -> None:
+    """m1 ran at its turn; its next request, queued just after, waits for the next cycle.
+    m0's lone request (within m0's budget) arrived just before that cycle's end; run then, it
+    ran across the end, m1's turn came late, its request was shed (attainment 0.9868, 3 of 304
+    dropped). Left to the next cycle, such a batch must then wait for its turn as the plan has
+    it (EDF, not ahead as a batch that waited a cycle: else 0.9844, 5 dropped)."""
+    models = [
+        _spec(slo=slo_ms, qps=qps, replicas=1, base=base, per=per, max_batch=b, wait=0.0)
+        for slo_ms, qps, base, per, b in fleet
+    ]
+    outcomes = _serve_the_plan(models, 1, 0.0)
+    assert len(outcomes) == 2
+    for a, spec, res, _ in outcomes:
+        assert res.dropped == 0, a
+        assert res.attainment >= 0.99, (a, res.attainment)
+        assert max(res.latencies_ms) <= spec.slo.latency_ms, a
