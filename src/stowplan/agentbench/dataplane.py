@@ -360,12 +360,7 @@ def serve_kserve(workdir: Path, model_path: Path, x: np.ndarray) -> Iterator[Tar
             time.sleep(0.2)
         yield Target("127.0.0.1", port, "bench", x)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        httpload.stop(proc)
 
 
 @contextlib.contextmanager
@@ -404,12 +399,7 @@ def serve_echo(workdir: Path, want: np.ndarray, x: np.ndarray) -> Iterator[Targe
             time.sleep(0.1)
         yield Target("127.0.0.1", port, "bench", x, grpc_port)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        httpload.stop(proc)
 
 
 @contextlib.contextmanager

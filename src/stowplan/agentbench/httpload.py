@@ -78,6 +78,17 @@ def _free_port() -> int:
         return port
 
 
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server process this module (or a sibling benchmark) started; kill it after
+    10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def serve(
     workdir: Path,
@@ -141,12 +152,7 @@ def serve(
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def _body(model: str, seed: int = 0) -> bytes:

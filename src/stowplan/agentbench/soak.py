@@ -38,6 +38,8 @@ import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from stowplan.agentbench import httpload
+
 #: base offered load per example model during the load phase (req/s); others get DEFAULT_RATE
 BASE_RATES = {"mlp": 80.0, "convnet": 25.0, "mlp-wide": 25.0}
 DEFAULT_RATE = 25.0
@@ -150,12 +152,7 @@ def serve(manifests: Path, workdir: Path, ready_timeout_s: float = 120.0) -> Ite
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        httpload.stop(proc)
         log.close()
 
 
