@@ -67,6 +67,15 @@ def planned_latency_ms(duty_cycle_ms: float, busy_ms: float, max_wait_ms: float 
     return max(duty_cycle_ms, max_wait_ms) + busy_ms
 
 
+def turn_room_ms(
+    slo_ms: float, duty_cycle_ms: float, busy_ms: float, max_wait_ms: float = 0.0
+) -> float:
+    """How late a replica's turn may start without a request missing ``slo_ms``: the SLO less
+    :func:`planned_latency_ms`, at least 0. The executor lets a neighbour's batch run across a
+    cycle's end by at most the least such room on the GPU (module docstring)."""
+    return max(0.0, slo_ms - planned_latency_ms(duty_cycle_ms, busy_ms, max_wait_ms))
+
+
 def wait_beyond_cycle_ms(max_wait_ms: float, duty_cycle_ms: float) -> float:
     """The part of a batch-fill wait that a planned cycle does not already cover:
     ``max(0, wait - d)`` (the whole wait when unplanned, ``d`` = 0)."""
