@@ -41,8 +41,8 @@ BUDGET_SLACK = 1.05  # the agent may use at most 5 % more GPU time per cycle tha
 WORST_RATIO = [0.0]
 #: the same with spare time (beyond the budget, in the cycle's slack) included
 WORST_TOTAL_RATIO = [0.0]
-#: the lowest share of a placed replica's requests answered within its SLO
-WORST_ATTAINMENT = [1.0]
+#: the share of a placed replica's requests answered within its SLO, per replica simulated
+ATTAINMENTS: list[float] = []
 
 
 @st.composite
@@ -182,8 +182,8 @@ def _print_the_worst_gpu_time_ratio() -> Iterator[None]:
             f"\nworst budgeted GPU time per cycle used / planned: {WORST_RATIO[0]:.4f}"
             f" (spare time included: {WORST_TOTAL_RATIO[0]:.4f})"
         )
-    if WORST_ATTAINMENT[0] < 1.0:
-        print(f"worst share of a replica's requests within its SLO: {WORST_ATTAINMENT[0]:.4f}")
+    if ATTAINMENTS:
+        print(f"worst share of a replica's requests within its SLO: {min(ATTAINMENTS):.4f}")
 
 
 @PROPERTY
@@ -192,7 +192,7 @@ def test_the_agent_configured_from_the_plan_meets_the_slo_the_plan_assumed(
     models: list[InferenceModelSpec], n_gpus: int, phase: float
 ) -> None:
     for a, _, res, _ in _serve_the_plan(models, n_gpus, phase):
-        WORST_ATTAINMENT[0] = min(WORST_ATTAINMENT[0], res.attainment)
+        ATTAINMENTS.append(res.attainment)
         assert res.attainment >= 0.99, (a, res.attainment, res.dropped)
 
 
