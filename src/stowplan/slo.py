@@ -21,6 +21,21 @@ cycle) is ``max(d, wait) + t`` (:func:`planned_latency_ms`), and "meets the SLO"
 <= ``slo`` (with a relative slack of :data:`EPS` for floats computed in different orders).
 Unplanned (``d`` = 0), AIMD's target keeps the whole wait: ``(slo - wait) / 2``.
 
+That worst case holds only while a replica's turns recur once per cycle, so the executor
+(:class:`stowplan.agent.executor.SliceScheduler`) keeps them on the cycle's grid: a lane's turn
+is the cycle's start (what it collected by then runs first thing in the cycle, in EDF order
+among the ready lanes; by the plan their turns sum to at most ``d``), and a batch picked *off*
+its turn (its requests all arrived within the cycle) may run across the cycle's end only by
+the least room the other replicas' plans leave their turns (:func:`turn_room_ms`:
+``slo - (max(d, wait) + t)``, 0 for a replica planned at exactly ``d + t = slo``); a longer
+one waits for the next cycle's start, its own turn, which is never held (so it waits at most
+one cycle, within its own worst case, and a batch longer than a cycle is not starved). The
+margin is priced from each neighbour's own plan, not by placement: a replica's fit at ``d``
+stays independent of its neighbours (the linear per-level formulation of
+:mod:`stowplan.placement.capacity`). What the model still does not bound: a turn batch larger
+than its plan (AIMD grown beyond the planned batch, or an overrun of the profiled time) or
+spare time taken by a backlogged lane (load above the plan) can still cross the cycle's end.
+
 A planned lane waits for its batch to fill for up to a whole cycle (:func:`batch_wait_ms`): its
 requests wait for their turn anyway, and a batch taken earlier would be smaller than planned and
 cost more GPU time per cycle than the plan budgeted.
@@ -65,6 +80,15 @@ def planned_latency_ms(duty_cycle_ms: float, busy_ms: float, max_wait_ms: float 
     (``2 t + (d - t) + wait_beyond_cycle``). ``placement.capacity`` evaluates this same
     expression vectorised over many models."""
     return max(duty_cycle_ms, max_wait_ms) + busy_ms
+
+
+def turn_room_ms(
+    slo_ms: float, duty_cycle_ms: float, busy_ms: float, max_wait_ms: float = 0.0
+) -> float:
+    """How late a replica's turn may start without a request missing ``slo_ms``: the SLO less
+    :func:`planned_latency_ms`, at least 0. The executor lets a neighbour's batch run across a
+    cycle's end by at most the least such room on the GPU (module docstring)."""
+    return max(0.0, slo_ms - planned_latency_ms(duty_cycle_ms, busy_ms, max_wait_ms))
 
 
 def wait_beyond_cycle_ms(max_wait_ms: float, duty_cycle_ms: float) -> float:

@@ -3,6 +3,7 @@ under concurrent load on a real thread."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -343,3 +344,49 @@ def test_a_lone_sub_millisecond_request_runs_inline_on_the_callers_thread() -> N
     finally:
         gate.set()
         ex.stop()
+
+
+def _cycle_end_pair(m1_slo_s: float) -> tuple[SliceScheduler, Lane, Lane]:
+    """The cycle-end fleet of ``test_plan_is_runtime``: a 6 ms cycle; m0 (9 ms SLO, 3 ms
+    budget, batches of 1) and m1 (2 ms budget, planned at d + t = 8 ms)."""
+    s = SliceScheduler(cycle_s=0.006, cycle_start_s=0.0)
+    m0 = Lane("m0", BatchQueue(FixedPolicy(1, 0.0)), 0.009, 0.003)
+    m1 = Lane("m1", BatchQueue(FixedPolicy(2, 0.006)), m1_slo_s, 0.002)
+    m0.est_batch_s = 0.003
+    s.lanes = {"m0": m0, "m1": m1}
+    return s, m0, m1
+
+
+def test_an_off_turn_batch_that_would_delay_a_neighbours_next_turn_waits_for_its_own() -> None:
+    s, m0, m1 = _cycle_end_pair(m1_slo_s=0.008)  # m1's plan leaves its turn no room
+    assert s.crossing_room_s(m0) == pytest.approx(0.0)
+    m0.queue.push(Pending(0, 1, 0.0055, 0.0145))  # within budget, but 3 ms from 5.5 ms
+    assert s.holds(m0, 0.0055)
+    assert s.pick(0.0055) == (None, pytest.approx(0.006))  # held: the next start is its turn
+    m1.queue.push(Pending(0, 1, 0.0058, 0.0138))
+    assert s.pick(0.006)[0] is m1  # both due: EDF, not m0 first as a batch that waited
+    m1.queue.take()
+    s.charge(m1, 0.0015)
+    assert s.pick(0.0075)[0] is m0  # then m0: its wait counts from its turn, within its SLO
+    assert s.ready_since_s(m0) == pytest.approx(0.006)
+
+
+def test_an_off_turn_batch_runs_across_the_cycles_end_within_its_neighbours_room() -> None:
+    s, m0, _ = _cycle_end_pair(m1_slo_s=0.0105)  # m1's plan leaves its turn 2.5 ms of room
+    assert s.crossing_room_s(m0) == pytest.approx(0.0025)
+    m0.queue.push(Pending(0, 1, 0.0054, 0.0144))
+    assert not s.holds(m0, 0.0054)  # 3 ms from 5.4 ms ends 2.4 ms past the end: within it
+    assert s.holds(m0, 0.0056)  # 2.6 ms past it: held
+    assert s.pick(0.0054)[0] is m0
+
+
+def test_a_lone_lane_or_its_turn_is_never_held_so_a_long_batch_is_not_starved() -> None:
+    s, m0, m1 = _cycle_end_pair(m1_slo_s=0.008)
+    m0.est_batch_s = 0.008  # longer than the whole cycle
+    m0.queue.push(Pending(0, 1, 0.001, 0.010))
+    assert s.pick(0.001) == (None, pytest.approx(0.006))  # off its turn: held
+    assert s.pick(0.006)[0] is m0  # at its turn it runs, across the end (its plan's fault)
+    alone = SliceScheduler(cycle_s=0.006, cycle_start_s=0.0, lanes={"m0": m0})
+    assert alone.crossing_room_s(m0) == math.inf  # no planned neighbour to delay
+    assert not alone.holds(m0, 0.0059)
+    assert m1.queue.items == 0  # m1 was idle throughout: a planned neighbour is enough
