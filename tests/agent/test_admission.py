@@ -19,11 +19,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import uvicorn
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from stowplan.agent import grpc_server
@@ -203,7 +205,17 @@ def test_past_the_bound_http_and_grpc_are_refused_before_the_body_then_admitted_
                         g.infer("mlp", [inp], client_timeout=30)
                     assert str(exc.value.status()) == "StatusCode.UNAVAILABLE"
                     assert "server busy" in (exc.value.message() or "")
-                    assert _metric(busy_agent, REFUSED) == 3
+                    # the generated stub sees gRPC's Retry-After: the pushback trailer
+                    with grpc.insecure_channel(grpc_url) as channel:
+                        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+                        request = service_pb2.ModelInferRequest(model_name="mlp")
+                        request.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+                        request.raw_input_contents.append(x.tobytes())
+                        with pytest.raises(grpc.RpcError) as info:
+                            stub.ModelInfer(request, timeout=30)
+                    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                    assert ("grpc-retry-pushback-ms", "1000") in info.value.trailing_metadata()
+                    assert _metric(busy_agent, REFUSED) == 4
                     assert busy_agent.admission.requests == 2  # refusals took nothing in
                 finally:
                     gate.set()
@@ -218,4 +230,4 @@ def test_past_the_bound_http_and_grpc_are_refused_before_the_body_then_admitted_
         finally:
             gate.set()
     assert (busy_agent.admission.requests, busy_agent.admission.bytes) == (0, 0)
-    assert _metric(busy_agent, REFUSED) == 3
+    assert _metric(busy_agent, REFUSED) == 4
