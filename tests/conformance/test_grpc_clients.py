@@ -49,7 +49,11 @@ FP32_NAMES = [n for n in EXAMPLE_NAMES if n not in STRING_NAMES]  # one FP32 ``i
 TIMEOUT_S = 30.0
 
 # Two more models beside the examples: one whose file is missing (it fails to load: a known
-# model that is not ready), and the mlp under a 1 ms SLO that a burst of requests overruns.
+# model that is not ready), and the convnet under a 1 ms SLO that a burst of requests overruns.
+# Its batches (static, 4 items) wait up to 0.1 ms, so no request of it runs inline on the event
+# loop (DeviceExecutor.try_run_inline): a burst run inline one at a time never queues, so with
+# batching none, whenever its batch time was under the inline bound nothing was shed and this
+# test failed (4 of 4 module runs on the shared 2-core machine, before this change).
 EXTRA = """\
 apiVersion: stowplan.io/v1alpha1
 kind: InferenceModel
@@ -66,7 +70,7 @@ spec:
   model: {uri: "file://models/convnet.onnx"}
   slo: {latencyMs: 1, targetQPS: 10}
   profile: {latencyMs: {base: 0.5, perItem: 0.1}, memoryMiB: {weights: 10, perItem: 1}, maxBatch: 4}
-  batching: {policy: none}
+  batching: {policy: static, staticBatchSize: 4, maxQueueDelayMs: 0.1}
 """
 
 
@@ -408,10 +412,10 @@ def test_streaming_infer_is_refused_with_a_message(client: tg.InferenceServerCli
 
 
 def test_a_burst_past_the_slo_is_shed_as_unavailable(client: tg.InferenceServerClient) -> None:
-    # 48 requests at once for a model with a 1 ms SLO, one item per batch: most wait longer
+    # 48 requests at once for a model with a 1 ms SLO, one request per batch: most wait longer
     # than the SLO in the queue and are shed; each refusal is UNAVAILABLE with the reason
     done: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    x = np.zeros((1, 3, 32, 32), np.float32)
+    x = np.zeros((4, 3, 32, 32), np.float32)  # a full batch (max 4) each: four times the work
     for _ in range(48):
         client.async_infer(
             "tight",
