@@ -34,10 +34,10 @@ def test_after_a_contended_soak_every_model_answers_a_lone_client() -> None:
         burst_every_s=10.0,
     )
     print(soak.table(report))
-    assert {r.model for r in report.load} == {"mlp", "convnet", "mlp-wide"}
+    assert {r.model for r in report.load} == {"mlp", "convnet", "mlp-wide", "lexicon"}
     for r in report.load:  # shedding is allowed under the bursts; failing is not
         assert r.ok > 0 and r.refused_without_retry_after == 0 and r.errors == 0, r
-    assert {p.model for p in report.probes} == {"mlp", "convnet", "mlp-wide"}
+    assert {p.model for p in report.probes} == {"mlp", "convnet", "mlp-wide", "lexicon"}
     for p in report.probes:
         assert (p.refused, p.errors, p.ok) == (0, 0, p.sent), p
         assert p.pct(50) <= p.slo_ms, p.model

@@ -27,8 +27,10 @@ from stowplan.models import build_example
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "manifests" / "examples"
-#: the shipped example InferenceModels (manifests/examples) and the example files they serve
+#: the shipped example InferenceModels (manifests/examples) with one FP32 ``input`` each
 MODELS = ("mlp", "convnet", "mlp-wide")
+#: the shipped example that takes and returns strings (BYTES): tests/conformance/test_bytes_http.py
+STRING_MODELS = ("lexicon",)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,14 @@ class Served:
         )
         (out,) = sess.run(None, {"input": x})
         return np.asarray(out)
+
+    def direct_all(self, model: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output of ``model`` on ``feeds``, by name, from ONNX Runtime directly."""
+        sess = ort.InferenceSession(
+            str(self.model_dir / f"{model}.onnx"), providers=["CPUExecutionProvider"]
+        )
+        outs = sess.run(None, feeds)
+        return {o.name: np.asarray(v) for o, v in zip(sess.get_outputs(), outs, strict=True)}
 
     @staticmethod
     def example_input(shape: list[int], rows: int = 2, seed: int = 0) -> np.ndarray:
@@ -102,7 +112,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 raise RuntimeError("stowplan up did not become ready within 120 s")
             time.sleep(0.3)
         model_dir = work / "reference"
-        for m in MODELS:
+        for m in MODELS + STRING_MODELS:
             build_example(m, model_dir)
         yield Served("127.0.0.1", port, model_dir)
     finally:

@@ -44,10 +44,16 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "manifests" / "examples"
 EXAMPLE_NAMES = sorted(m.model.metadata.name for m in standalone.read_manifests(EXAMPLES))
+STRING_NAMES = ["lexicon"]  # BYTES in and out: the tests at the end of this file
+FP32_NAMES = [n for n in EXAMPLE_NAMES if n not in STRING_NAMES]  # one FP32 ``input`` each
 TIMEOUT_S = 30.0
 
 # Two more models beside the examples: one whose file is missing (it fails to load: a known
-# model that is not ready), and the mlp under a 1 ms SLO that a burst of requests overruns.
+# model that is not ready), and the convnet under a 1 ms SLO that a burst of requests overruns.
+# Its batches (static, 4 items) wait up to 0.1 ms, so no request of it runs inline on the event
+# loop (DeviceExecutor.try_run_inline): a burst run inline one at a time never queues, so with
+# batching none, whenever its batch time was under the inline bound nothing was shed and this
+# test failed (4 of 4 module runs on the shared 2-core machine, before this change).
 EXTRA = """\
 apiVersion: stowplan.io/v1alpha1
 kind: InferenceModel
@@ -64,7 +70,7 @@ spec:
   model: {uri: "file://models/convnet.onnx"}
   slo: {latencyMs: 1, targetQPS: 10}
   profile: {latencyMs: {base: 0.5, perItem: 0.1}, memoryMiB: {weights: 10, perItem: 1}, maxBatch: 4}
-  batching: {policy: none}
+  batching: {policy: static, staticBatchSize: 4, maxQueueDelayMs: 0.1}
 """
 
 
@@ -181,7 +187,7 @@ def test_server_live_ready_and_metadata(client: tg.InferenceServerClient) -> Non
     assert {"model_configuration", "statistics"} <= set(meta["extensions"])
 
 
-@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+@pytest.mark.parametrize("name", FP32_NAMES)
 def test_every_example_model_answers_like_onnx_runtime(
     server: Server, client: tg.InferenceServerClient, name: str
 ) -> None:
@@ -406,10 +412,10 @@ def test_streaming_infer_is_refused_with_a_message(client: tg.InferenceServerCli
 
 
 def test_a_burst_past_the_slo_is_shed_as_unavailable(client: tg.InferenceServerClient) -> None:
-    # 48 requests at once for a model with a 1 ms SLO, one item per batch: most wait longer
+    # 48 requests at once for a model with a 1 ms SLO, one request per batch: most wait longer
     # than the SLO in the queue and are shed; each refusal is UNAVAILABLE with the reason
     done: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    x = np.zeros((1, 3, 32, 32), np.float32)
+    x = np.zeros((4, 3, 32, 32), np.float32)  # a full batch (max 4) each: four times the work
     for _ in range(48):
         client.async_infer(
             "tight",
@@ -529,7 +535,7 @@ def _npy(arr: np.ndarray) -> str:
 
 
 def test_kserve_grpc_client_on_every_example_model(server: Server) -> None:
-    direct = {name: _direct(server, name, batch=2, seed=3) for name in EXAMPLE_NAMES}
+    direct = {name: _direct(server, name, batch=2, seed=3) for name in FP32_NAMES}
     cases = {
         "models": {
             name: {n: _npy(a) for n, a in feeds.items()} for name, (feeds, _) in direct.items()
@@ -568,3 +574,133 @@ def test_kserve_grpc_client_on_every_example_model(server: Server) -> None:
     assert errors["not-ready"][1] == "StatusCode.UNAVAILABLE"
     assert "model 'broken' is Failed" in errors["not-ready"][2]
     assert all(e[0] == "AioRpcError" for e in errors.values())
+
+
+# ---- BYTES end to end: the lexicon example (text [N,1] -> class_id INT64, label BYTES) ----------
+
+WORDS = ["猫", "", "cat", "Hund", "zebra", "pájaro", "Cat", "鳥"]  # as test_bytes_http.py
+
+
+def _lexicon(words: list[str]) -> tuple[list[int], list[str]]:
+    from stowplan.models import LEXICON, LEXICON_LABELS
+
+    ids = [LEXICON.get(w, -1) for w in words]
+    return ids, [LEXICON_LABELS.get(i, "") for i in ids]
+
+
+def _texts(arr: np.ndarray) -> list[str]:
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in arr.reshape(-1)]
+
+
+def test_tritonclient_grpc_bytes_agree_with_onnxruntime(
+    server: Server, client: tg.InferenceServerClient
+) -> None:
+    x = np.array(WORDS, dtype=object).reshape(-1, 1)
+    session = ort.InferenceSession(
+        str(server.model_file("lexicon")), providers=["CPUExecutionProvider"]
+    )
+    want_ids, want_labels = session.run(None, {"text": x})
+    assert (want_ids.reshape(-1).tolist(), _texts(want_labels)) == _lexicon(WORDS)
+    meta = client.get_model_metadata("lexicon", as_json=True, client_timeout=TIMEOUT_S)
+    assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": ["-1", "1"]}]
+    config = client.get_model_config("lexicon", as_json=True, client_timeout=TIMEOUT_S)["config"]
+    assert config["input"][0]["data_type"] == "TYPE_STRING"
+    inp = tg.InferInput("text", list(x.shape), "BYTES")
+    inp.set_data_from_numpy(x)  # raw_input_contents: 4-byte length prefixes
+    result = client.infer("lexicon", [inp], request_id="b-1", client_timeout=TIMEOUT_S)
+    assert result.get_response().id == "b-1"
+    assert result.as_numpy("class_id").dtype == np.int64
+    got = (result.as_numpy("class_id").reshape(-1).tolist(), _texts(result.as_numpy("label")))
+    assert got == _lexicon(WORDS)
+
+
+def test_typed_bytes_contents_equal_raw_contents(server: Server) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="lexicon")
+        t = request.inputs.add(name="text", datatype="BYTES", shape=[len(WORDS), 1])
+        t.contents.bytes_contents.extend(w.encode() for w in WORDS)
+        response = stub.ModelInfer(request, timeout=TIMEOUT_S)
+    by_name = dict(
+        zip([o.name for o in response.outputs], response.raw_output_contents, strict=True)
+    )
+    ids = np.frombuffer(by_name["class_id"], dtype="<i8").tolist()
+    labels, blob = [], by_name["label"]
+    while blob:
+        n = int.from_bytes(blob[:4], "little")
+        labels.append(blob[4 : 4 + n].decode())
+        blob = blob[4 + n :]
+    assert (ids, labels) == _lexicon(WORDS)
+
+
+def _bytes_request(raw: bytes, rows: int = 1, datatype: str = "BYTES") -> Any:
+    request = service_pb2.ModelInferRequest(model_name="lexicon")
+    request.inputs.add(name="text", datatype=datatype, shape=[rows, 1])
+    request.raw_input_contents.append(raw)
+    return request
+
+
+@pytest.mark.parametrize(
+    ("request_", "fragment"),
+    [
+        (_bytes_request(b"\x03\0"), "element 0 has a truncated 4-byte length prefix"),
+        (_bytes_request(b"\x05\0\0\0ab"), "element 0 declares 5 bytes but only 2 remain"),
+        (_bytes_request(b"\x01\0\0\0\xff"), "element 0 is not UTF-8"),
+        (_bytes_request(b"\x01\0\0\0a", rows=2), "needs 2 BYTES elements"),
+        (_bytes_request(b"\0\0\0\0", datatype="FP32"), "the model expects 'BYTES'"),
+    ],
+    ids=["truncated-prefix", "overrun", "not-utf8", "too-few", "wrong-datatype"],
+)
+def test_malformed_bytes_are_invalid_argument(server: Server, request_: Any, fragment: str) -> None:
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.ModelInfer(request_, timeout=TIMEOUT_S)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value
+    assert fragment in info.value.details() and "'text'" in info.value.details()
+
+
+KSERVE_BYTES = r"""
+import asyncio, json, sys
+import numpy as np
+from kserve import InferenceGRPCClient, InferInput, InferRequest
+
+url, words = sys.argv[1], json.loads(sys.stdin.read())
+
+async def main():
+    client = InferenceGRPCClient(url, timeout=30, retries=0)
+    x = np.array(words, dtype=object).reshape(-1, 1)
+    out = {}
+    for binary in (True, False):  # raw_input_contents, or contents.bytes_contents
+        i = InferInput("text", list(x.shape), "BYTES")
+        i.set_data_from_numpy(x, binary_data=binary)
+        response = await client.infer(InferRequest("lexicon", [i], request_id="k-2"))
+        got = {o.name: o.as_numpy() for o in response.outputs}
+        out[f"binary={binary}"] = {
+            "id": response.id,
+            "datatypes": [o.datatype for o in response.outputs],
+            "class_id": got["class_id"].reshape(-1).tolist(),
+            "label": [v.decode() if isinstance(v, bytes) else str(v)
+                      for v in got["label"].reshape(-1)],
+        }
+    await client.close()
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_kserve_grpc_client_bytes(server: Server) -> None:
+    run = subprocess.run(
+        [sys.executable, "-c", KSERVE_BYTES, server.grpc_url],
+        input=json.dumps(WORDS),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert set(out) == {"binary=True", "binary=False"}
+    for path, got in out.items():
+        assert got["id"] == "k-2" and got["datatypes"] == ["INT64", "BYTES"], path
+        assert (got["class_id"], got["label"]) == _lexicon(WORDS), path

@@ -15,7 +15,8 @@ import yaml
 from tritonclient.utils import InferenceServerException
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
-MODELS = ("mlp", "convnet", "mlp-wide")  # the shipped examples (conftest.MODELS)
+MODELS = ("mlp", "convnet", "mlp-wide")  # the shipped FP32 examples (conftest.MODELS)
+EVERY = (*MODELS, "lexicon")  # and the string one (test_bytes_http.py)
 
 
 def _manifest(model: str) -> dict[str, Any]:
@@ -39,7 +40,7 @@ def test_server_calls(client: th.InferenceServerClient) -> None:
     assert meta["name"] == "stowplan" and "binary_tensor_data" in meta["extensions"]
     index = client.get_model_repository_index()
     assert {(m["name"], m["version"], m["state"]) for m in index} == {
-        (m, "1", "READY") for m in MODELS
+        (m, "1", "READY") for m in EVERY
     }
 
 
@@ -99,7 +100,7 @@ def test_infer_binary_and_json_agree_with_direct_onnxruntime(
 
 def test_statistics_of_every_model(client: th.InferenceServerClient) -> None:
     stats = client.get_inference_statistics()["model_stats"]
-    assert {s["name"] for s in stats} == set(MODELS)
+    assert {s["name"] for s in stats} == set(EVERY)
     for s in stats:
         assert s["version"] == "1"
         assert set(s["inference_stats"]) >= {"success", "fail", "queue", "compute_infer"}

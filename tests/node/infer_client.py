@@ -40,8 +40,11 @@ def main():
     n = 1
     for d in shape:
         n *= d
+    data = ["cat"] * n if spec["datatype"] == "BYTES" else [0.5] * n  # a string model: words
     body = {
-        "inputs": [{"name": spec["name"], "shape": shape, "datatype": "FP32", "data": [0.5] * n}]
+        "inputs": [
+            {"name": spec["name"], "shape": shape, "datatype": spec["datatype"], "data": data}
+        ]
     }
     ok, shed, failed = 0, 0, []
     for _ in range(count):

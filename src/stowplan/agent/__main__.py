@@ -145,6 +145,25 @@ _BUDGET = (
     "STOWPLAN_RESIDENCY_TRACE_DIR.",
 )
 @click.option(
+    "--max-inflight-requests",
+    envvar="STOWPLAN_MAX_INFLIGHT_REQUESTS",
+    default=AgentSettings.model_fields["max_inflight_requests"].default,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Most inference requests (HTTP and gRPC together) taken in and not yet answered; past "
+    "it a new one gets 503 + Retry-After (gRPC UNAVAILABLE) before its body is read. "
+    "Env: STOWPLAN_MAX_INFLIGHT_REQUESTS.",
+)
+@click.option(
+    "--max-inflight-bytes",
+    envvar="STOWPLAN_MAX_INFLIGHT_BYTES",
+    default=AgentSettings.model_fields["max_inflight_bytes"].default,
+    show_default=True,
+    type=click.IntRange(1024),
+    help="Most request-body bytes of the requests in flight (the same refusal past it; a lone "
+    "request always enters). Env: STOWPLAN_MAX_INFLIGHT_BYTES.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -167,6 +186,8 @@ def main(
     reserved_memory: str | None,
     intra_op_threads: int,
     residency_trace_dir: Path | None,
+    max_inflight_requests: int,
+    max_inflight_bytes: int,
     log_level: str,
 ) -> None:
     """Run the stowplan agent for NODE: serve models and sync the node's GPUNode."""
@@ -187,6 +208,8 @@ def main(
         cache_dir=models_dir,
         intra_op_threads=intra_op_threads or gpunode_sync.session_threads(offered),
         residency_trace_dir=residency_trace_dir,
+        max_inflight_requests=max_inflight_requests,
+        max_inflight_bytes=max_inflight_bytes,
     )
     agent = Agent(settings, detect(simulated_devices=sim_devices))
     url = endpoint or f"http://{pod_ip or host}:{port}"

@@ -114,6 +114,13 @@ class AgentSettings(_Frozen):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     #: Most requests queued per model before new ones get HTTP 503.
     max_queue_requests: int = Field(default=4096, ge=1)
+    #: Admission (:mod:`stowplan.agent.admission`): most inference requests, HTTP and gRPC
+    #: together, taken in and not yet answered; past it a new one is refused before its body is
+    #: read or decoded (HTTP 503 + Retry-After, gRPC UNAVAILABLE). A lone request always enters.
+    max_inflight_requests: int = Field(default=1024, ge=1)
+    #: Admission: most request-body bytes of those requests (16 bodies at the largest
+    #: ``max_body_bytes``).
+    max_inflight_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     #: Requests still queued past their SLO deadline are answered 503 instead of run late.
     drop_expired: bool = True
     #: Where http(s) models are downloaded to.

@@ -20,7 +20,15 @@ import numpy as np
 
 from stowplan.agent.errors import InvalidRequest
 from stowplan.agent.oip import grpc_predict_v2_pb2 as pb
-from stowplan.agent.tensors import NUMPY_TO_V2, V2_TO_NUMPY, TensorSpec, batch_items
+from stowplan.agent.tensors import (
+    BYTES,
+    NUMPY_TO_V2,
+    V2_TO_NUMPY,
+    TensorSpec,
+    batch_items,
+    deserialize_bytes,
+    text_array,
+)
 
 # datatype -> the typed-contents field that carries it (FP16 has none: raw only)
 CONTENTS_FIELD: dict[str, str] = {
@@ -88,6 +96,16 @@ def _decode_one(
             f"input {t.name!r} has shape {shape}; the model expects {list(spec.shape)} (-1 = any)"
         )
     count = math.prod(shape)
+    if spec.datatype == BYTES:
+        if raw is not None:  # each element a 4-byte little-endian length, then its bytes
+            return deserialize_bytes(raw, count, t.name).reshape(shape)
+        items = list(t.contents.bytes_contents)
+        if len(items) != count:
+            raise InvalidRequest(
+                f"input {t.name!r}: shape {shape} needs {count} elements in "
+                f"contents.bytes_contents, got {len(items)}"
+            )
+        return text_array(items, t.name).reshape(shape)
     dtype = V2_TO_NUMPY[spec.datatype]
     if raw is not None:
         need = count * dtype.itemsize

@@ -13,7 +13,9 @@ bare name when exactly one served model here has it; answers echo the name asked
 Error mapping (the only place it happens for gRPC), from the agent's exception tree:
 InvalidRequest (an ambiguous bare name included) and PayloadTooLarge -> INVALID_ARGUMENT,
 ModelNotFound (and an unknown model version) -> NOT_FOUND, ModelNotReady and Overloaded ->
-UNAVAILABLE, anything else -> INTERNAL; the status message is the error's message. Messages
+UNAVAILABLE, anything else -> INTERNAL; the status message is the error's message. A ModelInfer
+past the agent's admission bound (:mod:`stowplan.agent.admission`) is UNAVAILABLE before its
+message is decoded, with ``grpc-retry-pushback-ms`` trailing metadata. Messages
 larger than ``max_body_bytes`` are refused by gRPC itself with RESOURCE_EXHAUSTED. Callers:
 :mod:`stowplan.agent.listeners`. Must not contain serving logic.
 """
@@ -25,9 +27,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 import stowplan
-from stowplan.agent import grpc_codec
+from stowplan.agent import admission, grpc_codec
 from stowplan.agent.errors import (
     AgentError,
     InvalidRequest,
@@ -223,6 +226,42 @@ def _unary(fn: Callable[[Any], Awaitable[Any]], request_type: Any, response_type
     )
 
 
+def _admitted_infer(service: InferenceService) -> Any:
+    """ModelInfer behind the agent's admission bound (:mod:`stowplan.agent.admission`): the
+    message arrives undecoded and is parsed only once admitted; past the bound the call ends
+    UNAVAILABLE (gRPC's retryable status, as a 503 maps to; the same the agent's load shedding
+    answers) with ``grpc-retry-pushback-ms`` trailing metadata, gRPC's Retry-After."""
+    agent = service.agent
+    bound = agent.admission
+    pushback = (("grpc-retry-pushback-ms", str(admission.RETRY_AFTER_S * 1000)),)
+
+    async def handler(raw: bytes, context: Any) -> Any:
+        nbytes = len(raw)
+        if not bound.enter(nbytes):
+            refusal = bound.refusal()
+            agent.metrics.observe_refusal("", refusal.reason)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, str(refusal), trailing_metadata=pushback
+            )
+        try:
+            return await service.model_infer(pb.ModelInferRequest.FromString(raw))
+        except AgentError as exc:
+            await context.abort(status_code(exc), str(exc))
+        except DecodeError as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"not a ModelInferRequest message: {exc}"
+            )
+        except Exception as exc:
+            log.exception("unexpected error in model_infer")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}")
+        finally:
+            bound.leave(nbytes)
+
+    return grpc.unary_unary_rpc_method_handler(
+        handler, response_serializer=pb.ModelInferResponse.SerializeToString
+    )
+
+
 def handlers(agent: Agent) -> list[Any]:
     """The generic RPC handlers of the service: the RPCs above, then UNIMPLEMENTED for the rest."""
     s = InferenceService(agent)
@@ -236,7 +275,7 @@ def handlers(agent: Agent) -> list[Any]:
         "ModelMetadata": _unary(
             s.model_metadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse
         ),
-        "ModelInfer": _unary(s.model_infer, pb.ModelInferRequest, pb.ModelInferResponse),
+        "ModelInfer": _admitted_infer(s),
         "ModelConfig": _unary(s.model_config, pb.ModelConfigRequest, pb.ModelConfigResponse),
         "ModelStatistics": _unary(
             s.model_statistics, pb.ModelStatisticsRequest, pb.ModelStatisticsResponse

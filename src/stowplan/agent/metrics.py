@@ -10,7 +10,10 @@ Extra stowplan series: ``stowplan_batch_cap`` (the AIMD cap), ``stowplan_model_r
 Load shedding and the executor's wait (issue 12 item 4):
 
 * ``stowplan_requests_refused_total{reason}``: 503s from load shedding per reason
-  (``queue_full``, ``deadline``, ``unloading``);
+  (``queue_full``, ``deadline``, ``unloading``; ``admission``, with an empty ``model``: the
+  front ends' in-flight bound, :mod:`stowplan.agent.admission`);
+* ``stowplan_inflight_requests``, ``stowplan_inflight_body_bytes``: what the front ends hold
+  against that bound now;
 * ``stowplan_requests_refused_queue_empty_total``: refusals made while no other request was
   queued for the model, an alarm that must stay 0 (a lone client is never refused);
 * ``stowplan_executor_wait_seconds`` (histogram): per batch, how long the time-sliced
@@ -24,7 +27,7 @@ registry so tests and several agents never collide.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -119,6 +122,17 @@ class AgentMetrics:
             _M,
             registry=r,
         )
+        # admission (stowplan.agent.admission): the server's requests in flight, not per model
+        self.inflight_requests = Gauge(
+            "stowplan_inflight_requests",
+            "Inference requests taken in by the front ends and not yet answered",
+            registry=r,
+        )
+        self.inflight_bytes = Gauge(
+            "stowplan_inflight_body_bytes",
+            "Request-body bytes of the inference requests in flight",
+            registry=r,
+        )
         self.executor_wait = Histogram(
             "stowplan_executor_wait_seconds",
             "Time a ready batch waited for the device (other models' slices)",
@@ -155,6 +169,12 @@ class AgentMetrics:
         self._of(self.refused, *labels, reason).inc()
         if queue_empty:
             self._of(self.refused_queue_empty, *labels).inc()
+
+    def watch_admission(self, requests: Callable[[], float], nbytes: Callable[[], float]) -> None:
+        """Export the front ends' in-flight requests and body bytes (read when scraped: nothing
+        on the request path)."""
+        self.inflight_requests.set_function(requests)
+        self.inflight_bytes.set_function(nbytes)
 
     def observe_wait(self, model: str, wait_s: float, bound_s: float) -> None:
         """The executor's added wait of one batch, against its bound (one duty cycle)."""

@@ -41,7 +41,7 @@ import numpy as np
 import onnxruntime as ort
 
 from stowplan.agent.errors import AgentError, ExecutionError, ModelLoadError
-from stowplan.agent.tensors import ORT_TO_V2, V2_TO_NUMPY, TensorSpec
+from stowplan.agent.tensors import BYTES, ORT_TO_V2, V2_TO_NUMPY, TensorSpec
 
 #: y = Identity(x) over one float (ONNX IR 8, opset 13): the session that shrinks the arena
 SHRINK_MODEL = (
@@ -199,7 +199,9 @@ class OnnxModel:
         self.providers: list[str] = list(session.get_providers())
         self.inputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in session.get_inputs())
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in session.get_outputs())
-        unsupported = [t.name for t in self.inputs if t.datatype not in V2_TO_NUMPY]
+        unsupported = [
+            t.name for t in self.inputs if t.datatype not in V2_TO_NUMPY and t.datatype != BYTES
+        ]
         if unsupported:
             raise ModelLoadError(f"inputs {unsupported} have datatypes the agent cannot serve")
 

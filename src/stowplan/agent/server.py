@@ -23,6 +23,10 @@ carry outputs as JSON data, or after the JSON header as raw bytes when the reque
 them binary (``parameters.binary_data_output``, or an output's ``parameters.binary_data``),
 with ``Inference-Header-Content-Length`` set.
 
+Admission: an inference request past the agent's in-flight bound (``max_inflight_requests``,
+``max_inflight_bytes``; :mod:`stowplan.agent.admission`) is answered 503 with ``Retry-After``
+before its body is read, counted as ``stowplan_requests_refused_total{reason="admission"}``.
+
 Error mapping (the only place it happens): AgentError subclasses carry their status code;
 malformed JSON and schema violations are 400; bodies over ``max_body_bytes`` are 413 (checked
 from Content-Length and while streaming); anything unexpected is a 500 with a message, never a
@@ -119,11 +123,13 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _over(content_length: bytes, limit: int) -> bool:
+def _declared(content_length: bytes | None) -> int:
+    """The body bytes a ``Content-Length`` header announces (0: none, or not a number: the body
+    is then counted as it arrives)."""
     try:
-        return int(content_length) > limit
-    except ValueError:  # not a number: the body is counted as it arrives
-        return False
+        return max(int(content_length), 0) if content_length is not None else 0
+    except ValueError:
+        return 0
 
 
 def _too_large(limit: int) -> JSONResponse:
@@ -237,6 +243,8 @@ class FastInfer:
     """ASGI middleware: answers ``POST`` on the inference routes itself, before Starlette's
     routing, FastAPI's request machinery and :class:`BodyLimit` (which it does the work of:
     413 from Content-Length and while reading); every other request goes on to the app.
+    Each request first passes the agent's admission bound (:mod:`stowplan.agent.admission`):
+    past it, a 503 with ``Retry-After`` before the body is read.
     Answers and error bodies are the FastAPI route's, byte for byte (the same
     :func:`answer_infer` and :func:`error_response`)."""
 
@@ -263,33 +271,47 @@ class FastInfer:
                 encoding = value.decode("latin-1")
             elif key == _HEADER_LENGTH_BYTES and header_length is None:
                 header_length = value.decode("latin-1")
+        # admission (stowplan.agent.admission): refused before the body is read
+        admission = self.agent.admission
+        counted = _declared(length)
+        if not admission.enter(counted):
+            refusal = admission.refusal()
+            self.agent.metrics.observe_refusal("", refusal.reason)
+            await error_response(refusal)(scope, receive, send)
+            return
         try:
-            if length is not None and _over(length, self.limit):
-                raise _BodyTooLarge
-            body = await self._body(receive)
-            if body is None:  # the client left
+            try:
+                if counted > self.limit:  # from Content-Length (_declared)
+                    raise _BodyTooLarge
+                body = await self._body(receive)
+                if body is None:  # the client left
+                    return
+                if length is None:  # chunked: counted once read
+                    admission.grow(len(body))
+                    counted += len(body)
+                if version is not None:
+                    tritonapi.check_version(name, version)
+                content, json_length = await answer_infer(
+                    self.agent, name, body, encoding, header_length
+                )
+            except _BodyTooLarge:
+                await _too_large(self.limit)(scope, receive, send)
                 return
-            if version is not None:
-                tritonapi.check_version(name, version)
-            content, json_length = await answer_infer(
-                self.agent, name, body, encoding, header_length
-            )
-        except _BodyTooLarge:
-            await _too_large(self.limit)(scope, receive, send)
-            return
-        except Exception as exc:
-            if not isinstance(exc, AgentError):
-                log.exception("unexpected error on %s", scope["path"])
-            await error_response(exc)(scope, receive, send)
-            return
-        headers = [(b"content-length", str(len(content)).encode())]
-        if json_length is None:
-            headers.append((b"content-type", b"application/json"))
-        else:
-            headers.append((b"content-type", b"application/octet-stream"))
-            headers.append((_HEADER_LENGTH_BYTES, str(json_length).encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": content})
+            except Exception as exc:
+                if not isinstance(exc, AgentError):
+                    log.exception("unexpected error on %s", scope["path"])
+                await error_response(exc)(scope, receive, send)
+                return
+            headers = [(b"content-length", str(len(content)).encode())]
+            if json_length is None:
+                headers.append((b"content-type", b"application/json"))
+            else:
+                headers.append((b"content-type", b"application/octet-stream"))
+                headers.append((_HEADER_LENGTH_BYTES, str(json_length).encode()))
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": content})
+        finally:
+            admission.leave(counted)
 
     async def _body(self, receive: Receive) -> bytes | None:
         """The whole body (None when the client disconnected first); _BodyTooLarge past the

@@ -1,6 +1,7 @@
 """The agent: its model registry (:mod:`stowplan.agent.registry`: load, unload, replicas,
 residency) with its data plane (:mod:`stowplan.agent.dataplane`: decode -> route -> submit ->
-encode) and its reports (:mod:`stowplan.agent.reports`) on top, as one object per process.
+encode), its front ends' admission bound (:mod:`stowplan.agent.admission`) and its reports
+(:mod:`stowplan.agent.reports`) on top, as one object per process.
 
 Callers: :mod:`stowplan.agent.server` (HTTP), :mod:`stowplan.agent.gpunode_sync`,
 :mod:`stowplan.standalone`. Composition only: no logic of its own. Must not import FastAPI,
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from stowplan.agent.admission import Admission
 from stowplan.agent.config import AgentSettings
 from stowplan.agent.dataplane import DataPlane, Prediction
 from stowplan.agent.metrics import AgentMetrics
@@ -38,6 +40,11 @@ class Agent(ModelRegistry):
     ) -> None:
         super().__init__(settings, telemetry, metrics, residency, clock)
         self.dataplane = DataPlane(self)
+        #: the front ends' bound on requests in flight (HTTP and gRPC share it)
+        self.admission = Admission(
+            self.settings.max_inflight_requests, self.settings.max_inflight_bytes
+        )
+        self.metrics.watch_admission(lambda: self.admission.requests, lambda: self.admission.bytes)
 
     async def infer(self, name: str, request: InferenceRequest) -> InferenceResponse:
         return await self.dataplane.infer(name, request)

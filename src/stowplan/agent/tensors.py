@@ -192,7 +192,8 @@ def _decode_one(t: RequestInput, spec: TensorSpec) -> np.ndarray:
 
 
 def _decode_json_bytes(t: RequestInput, count: int) -> np.ndarray:
-    """BYTES in JSON: a (flat or nested) list of strings, sent as UTF-8."""
+    """BYTES in JSON: a (flat or nested) list of strings, kept as ``str`` (see
+    :func:`text_array`)."""
     flat: list[Any] = []
     stack: list[Any] = [t.data]
     while stack:  # flatten without recursion, row-major
@@ -200,7 +201,7 @@ def _decode_json_bytes(t: RequestInput, count: int) -> np.ndarray:
         if isinstance(item, list):
             stack.extend(reversed(item))
         elif isinstance(item, str):
-            flat.append(item.encode())
+            flat.append(item)
         else:
             raise InvalidRequest(f"input {t.name!r}: BYTES data in JSON must be strings")
     if len(flat) != count:
@@ -290,9 +291,9 @@ def serialize_bytes(arr: np.ndarray) -> bytes:
 
 
 def deserialize_bytes(buf: bytes | memoryview, count: int, name: str) -> np.ndarray:
-    """The protocol's binary BYTES form -> a flat object array of ``count`` bytes elements;
-    a truncated length prefix, an element running past the end, or a wrong element count is
-    an InvalidRequest naming the tensor."""
+    """The protocol's binary BYTES form -> a flat object array of ``count`` ``str`` elements
+    (:func:`text_array`); a truncated length prefix, an element running past the end, a wrong
+    element count or an element that is not UTF-8 is an InvalidRequest naming the tensor."""
     view = memoryview(buf).cast("B")
     items: list[bytes] = []
     pos, end = 0, len(view)
@@ -317,8 +318,24 @@ def deserialize_bytes(buf: bytes | memoryview, count: int, name: str) -> np.ndar
             f"input {name!r}: the shape needs {count} BYTES elements, the binary data holds "
             f"{len(items)}{' or more' if len(items) > count else ''}"
         )
-    arr = np.empty(count, dtype=object)
-    arr[:] = items
+    return text_array(items, name)
+
+
+def text_array(items: Sequence[bytes], name: str) -> np.ndarray:
+    """BYTES elements -> a flat object array of ``str``, what ONNX Runtime's tensor(string)
+    takes: its Python binding reads an element with ``str()``, so a ``bytes`` element would
+    reach the model as its repr (``"b'cat'"``), and a fixed-width ``S`` array without a spare
+    byte is read past its end. Elements must be UTF-8 (an InvalidRequest naming the element
+    otherwise): ONNX Runtime's strings are text, and its outputs come back decoded."""
+    arr = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        try:
+            arr[i] = item.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(
+                f"input {name!r}: BYTES element {i} is not UTF-8 ({exc.reason} at byte "
+                f"{exc.start}); this server passes BYTES to ONNX Runtime as text strings"
+            ) from None
     return arr
 
 

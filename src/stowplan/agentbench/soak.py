@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -187,7 +188,9 @@ def models(url: str) -> dict[str, tuple[bytes, float]]:
         for i, t in enumerate(meta["inputs"]):
             shape = [1 if d == -1 else d for d in t["shape"]]
             rng = np.random.default_rng(i)
-            data = [round(float(v), 4) for v in rng.standard_normal(int(np.prod(shape)))]
+            data: list[Any] = [round(float(v), 4) for v in rng.standard_normal(int(np.prod(shape)))]
+            if t["datatype"] == "BYTES":  # a string model (lexicon): words, one a cell
+                data = [("cat", "猫", "", "zebra")[j % 4] for j in range(len(data))]
             inputs.append(
                 {"name": t["name"], "shape": shape, "datatype": t["datatype"], "data": data}
             )

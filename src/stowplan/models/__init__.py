@@ -6,10 +6,20 @@ the agent tests and benchmarks. Only :mod:`stowplan.models.builders` imports ``o
 
 from stowplan.models.builders import (
     EXAMPLES,
+    LEXICON,
+    LEXICON_LABELS,
     ExampleModel,
     build_all,
     build_example,
     materialize,
 )
 
-__all__ = ["EXAMPLES", "ExampleModel", "build_all", "build_example", "materialize"]
+__all__ = [
+    "EXAMPLES",
+    "LEXICON",
+    "LEXICON_LABELS",
+    "ExampleModel",
+    "build_all",
+    "build_example",
+    "materialize",
+]

@@ -1,9 +1,12 @@
-"""Real ONNX graphs built with ``onnx.helper``: a small MLP classifier and a small conv net.
+"""Real ONNX graphs built with ``onnx.helper``: a small MLP classifier, a small conv net, and a
+string model (``lexicon``).
 
 Weights are drawn from a seeded numpy generator, so the same recipe always yields the same
-bytes. Every model has one float32 input named ``input`` with a dynamic batch dimension and one
-float32 output named ``logits``. Callers: :mod:`stowplan.models` users (CLI, standalone mode,
-tests, benchmarks). This module must not download anything or import onnxruntime.
+bytes. The numeric models have one float32 input named ``input`` with a dynamic batch dimension
+and one float32 output named ``logits``; ``lexicon`` takes a string tensor (the protocol's BYTES)
+``text`` [N, 1] and answers ``class_id`` (INT64) and ``label`` (BYTES), both [N, 1].
+Callers: :mod:`stowplan.models` users (CLI, standalone mode, tests, benchmarks). This module
+must not download anything or import onnxruntime.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 OPSET = 17
+ML_OPSET = 2  # ai.onnx.ml: LabelEncoder with int64 keys and string values
 IR_VERSION = 8  # readable by every onnxruntime release we pin or are likely to meet
 
 
@@ -112,10 +116,68 @@ def build_convnet(
     return _finish(graph)
 
 
-def _finish(graph: onnx.GraphProto) -> onnx.ModelProto:
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="stowplan"
+#: lexicon's vocabulary: word -> class id (words in four languages, and the empty string)
+LEXICON: dict[str, int] = {
+    **dict.fromkeys(("cat", "chat", "gato", "Katze", "猫"), 0),
+    **dict.fromkeys(("dog", "chien", "perro", "Hund", "犬"), 1),
+    **dict.fromkeys(("bird", "oiseau", "pájaro", "Vogel", "鳥"), 2),
+    "": 3,
+}
+#: lexicon's class id -> label (non-ASCII on purpose; an unknown word, class -1, gets "")
+LEXICON_LABELS: dict[int, str] = {0: "cat 🐈", 1: "dog 🐕", 2: "bird 🐦", 3: "(empty)"}
+
+
+def build_lexicon(seed: int = 0) -> onnx.ModelProto:
+    """A string model: ``text`` [N, 1] (tensor(string)) -> ``class_id`` [N, 1] (int64, -1 for a
+    word not in :data:`LEXICON`) and ``label`` [N, 1] (tensor(string), "" for an unknown word).
+
+    Two ``ai.onnx.ml`` LabelEncoders (word -> id, id -> label): exact, case-sensitive lookups.
+    Not StringNormalizer: its lowercasing needs a locale (en_US.UTF-8 by default) that slim
+    container images lack, and ONNX Runtime then fails to load the model. Rows are independent,
+    so requests batch along N. ``seed`` is unused (no weights); it keeps the recipe signature.
+    """
+    del seed
+    words = list(LEXICON)
+    ids = sorted(LEXICON_LABELS)
+    nodes = [
+        helper.make_node(
+            "LabelEncoder",
+            ["text"],
+            ["class_id"],
+            domain="ai.onnx.ml",
+            keys_strings=words,
+            values_int64s=[LEXICON[w] for w in words],
+            default_int64=-1,
+            name="classify",
+        ),
+        helper.make_node(
+            "LabelEncoder",
+            ["class_id"],
+            ["label"],
+            domain="ai.onnx.ml",
+            keys_int64s=ids,
+            values_strings=[LEXICON_LABELS[i] for i in ids],
+            default_string="",
+            name="name",
+        ),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "stowplan_lexicon",
+        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 1])],
+        [
+            helper.make_tensor_value_info("class_id", TensorProto.INT64, ["batch", 1]),
+            helper.make_tensor_value_info("label", TensorProto.STRING, ["batch", 1]),
+        ],
     )
+    return _finish(graph, ml=True)
+
+
+def _finish(graph: onnx.GraphProto, ml: bool = False) -> onnx.ModelProto:
+    opsets = [helper.make_opsetid("", OPSET)]
+    if ml:
+        opsets.append(helper.make_opsetid("ai.onnx.ml", ML_OPSET))
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="stowplan")
     model.ir_version = IR_VERSION
     onnx.checker.check_model(model)
     return model
@@ -141,6 +203,12 @@ EXAMPLES: dict[str, ExampleModel] = {
             "mlp-wide.onnx",
             "wide 4-layer MLP, input [N,256] -> logits [N,100]",
             lambda seed: build_mlp(seed, in_features=256, hidden=1024, classes=100, layers=4),
+        ),
+        ExampleModel(
+            "lexicon",
+            "lexicon.onnx",
+            "string lookup, text [N,1] BYTES -> class_id [N,1] INT64, label [N,1] BYTES",
+            build_lexicon,
         ),
     )
 }
