@@ -44,3 +44,72 @@ def test_after_a_contended_soak_every_model_answers_a_lone_client() -> None:
     for model, m in report.metrics.items():
         assert m.refused_queue_empty == 0, model
         assert m.batches > 0, model
+
+
+# -- the criteria and the report, on constructed results (fast) ----------------------------
+def _probe(model: str, p99_ms: float, refused: int = 0, slo_ms: float = 10.0) -> soak.ProbeResult:
+    """100 answers: 98 at 2 ms, two at ``p99_ms`` (so the 99th percentile is ``p99_ms``)."""
+    lat = [2.0] * 98 + [p99_ms] * 2
+    return soak.ProbeResult(model, slo_ms, 100 + refused, 100, refused, 0, lat, 1.0)
+
+
+def _metrics(queue_empty: float = 0.0) -> soak.ModelMetrics:
+    return soak.ModelMetrics({"deadline": 5.0}, queue_empty, 1000.0, 0.0, 0.006)
+
+
+def _report(
+    before: list[soak.ProbeResult], after: list[soak.ProbeResult], queue_empty: float = 0.0
+) -> soak.SoakReport:
+    report = soak.SoakReport(600.0, 60.0, True, before=before, probes=after)
+    report.load = [soak.LoadResult("mlp", 100, 0, 95, 5, 0, 0, 0)]
+    report.metrics = {"mlp": _metrics(queue_empty)}
+    return report
+
+
+def _verdicts(report: soak.SoakReport, rule: str) -> list[str]:
+    return [c.verdict for c in soak.criteria(report) if rule in c.rule]
+
+
+def test_an_after_probe_p99_over_the_slo_fails_when_the_before_probe_met_it() -> None:
+    report = _report([_probe("mlp", 5.0)], [_probe("mlp", 30.0)])
+    assert _verdicts(report, "p99 within SLO") == [soak.FAIL]
+    assert [c.model for c in soak.failed(report)] == ["mlp"]
+
+
+def test_an_after_probe_miss_is_the_machines_when_the_before_probe_missed_too() -> None:
+    report = _report([_probe("mlp", 25.0)], [_probe("mlp", 30.0)])
+    assert _verdicts(report, "p99 within SLO") == [soak.MACHINE]
+    assert soak.failed(report) == []
+    assert "missed before the load as well" in soak.table(report)
+
+
+def test_without_a_before_probe_an_after_probe_miss_fails() -> None:
+    report = _report([], [_probe("mlp", 30.0)])
+    assert _verdicts(report, "p99 within SLO") == [soak.FAIL]
+
+
+def test_a_refused_lone_client_or_a_refusal_with_an_empty_queue_fails() -> None:
+    refused = _report([_probe("mlp", 5.0)], [_probe("mlp", 5.0, refused=3)])
+    assert _verdicts(refused, "after the soak is never refused") == [soak.FAIL]
+    assert _verdicts(refused, "before the load is never refused") == [soak.PASS]
+    empty = _report([_probe("mlp", 5.0)], [_probe("mlp", 5.0)], queue_empty=1.0)
+    assert _verdicts(empty, "queue was empty") == [soak.FAIL]
+    clean = _report([_probe("mlp", 5.0)], [_probe("mlp", 5.0)])
+    assert soak.failed(clean) == []
+    assert all(c.verdict == soak.PASS for c in soak.criteria(clean))
+
+
+def test_the_table_prints_both_probes_and_their_difference() -> None:
+    text = soak.table(_report([_probe("mlp", 5.0)], [_probe("mlp", 8.0)]))
+    assert "Sequential client before the load" in text
+    assert "| mlp | +0.00 | +3.00 | +3.00 | +0.0 pts | +0 |" in text
+    assert "Result: pass" in text
+
+
+def test_the_agents_process_is_read_from_proc() -> None:
+    import os
+
+    if not Path("/proc/self/status").exists():
+        pytest.skip("no /proc")
+    rss_mib, threads, cpu_s = soak._proc_stats(os.getpid())
+    assert rss_mib > 10 and threads >= 1 and cpu_s > 0

@@ -163,11 +163,14 @@ class SliceScheduler:
     def _left_s(self, lane: Lane) -> float:
         """What a planned lane may still run this cycle by its budget: the budget less what
         it used, or, before its first batch of the cycle (which always runs), the larger of
-        its budget and its smoothed batch time."""
+        its budget and its smoothed batch time, that time only while it has requests queued:
+        an idle lane's estimate is from its last batch, however long ago (a lane that stays
+        idle never refreshes it), and one inflated by a contended CPU then held a lone
+        neighbour's spare batches to the next cycle (issue 12's soak)."""
         if not self.planned(lane):
             return 0.0
         if lane.used_s <= 0:
-            return max(lane.budget_s, lane.est_batch_s)
+            return max(lane.budget_s, lane.est_batch_s) if len(lane.queue) else lane.budget_s
         return max(0.0, lane.budget_s - lane.used_s)
 
     def slack_s(self, lane: Lane, now_s: float) -> float:

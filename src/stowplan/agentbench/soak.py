@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import itertools
 import json
 import math
 import os
@@ -126,6 +127,23 @@ class Snapshot:
     states: Mapping[str, str]
     refused: Mapping[str, float]  # load-shedding 503s so far, every reason
     refused_queue_empty: Mapping[str, float]
+    #: per model, the cumulative counters of :data:`COUNTERS` (by their short names)
+    counters: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+#: the agent's cumulative series per model that :class:`Snapshot` keeps, by a short name; the
+#: difference between two snapshots splits a phase's requests into executor queue, compute
+#: and the executor's added wait (what is left of a probe's latency is HTTP and the loop)
+COUNTERS = {
+    "nv_inference_request_success_total": "requests",
+    "nv_inference_exec_count_total": "batches",
+    "nv_inference_count_total": "items",
+    "nv_inference_queue_duration_us_total": "queue_us",
+    "nv_inference_compute_infer_duration_us_total": "compute_us",
+    "stowplan_executor_wait_seconds_sum": "wait_s",
+    "stowplan_executor_wait_seconds_count": "waits",
+    "stowplan_executor_wait_over_bound_total": "wait_over",
+}
 
 
 @dataclass
@@ -490,10 +508,24 @@ def _proc_stats(pid: int) -> tuple[float, int, float]:
     return rss_mib, threads, cpu_s
 
 
+def counters(url: str) -> dict[str, dict[str, float]]:
+    """Every model's :data:`COUNTERS` from the agent's /metrics (summed over other labels)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            model, short = s.labels.get("model"), COUNTERS.get(s.name)
+            if model is not None and short is not None:
+                row = out.setdefault(model, {})
+                row[short] = row.get(short, 0.0) + s.value
+    return out
+
+
 def snapshot(url: str, pid: int, phase: str, t_s: float) -> Snapshot:
     """The agent's state now (see :class:`Snapshot`)."""
     rows = httpx.get(f"{url}/v2/models", timeout=10).json()["models"]
     metrics = scrape(url)
+    series = counters(url)
     rss_mib, threads, cpu_s = _proc_stats(pid)
     return Snapshot(
         phase,
@@ -507,6 +539,7 @@ def snapshot(url: str, pid: int, phase: str, t_s: float) -> Snapshot:
         {r["name"]: str(r["state"]) for r in rows},
         {m: sum(mm.refused_by_reason.values()) for m, mm in metrics.items()},
         {m: mm.refused_queue_empty for m, mm in metrics.items()},
+        series,
     )
 
 
@@ -594,6 +627,7 @@ def run(
             say(f"warm-up: {warmup_s:g} s of sequential client per model, not recorded")
             for m, (body, slo_ms) in chosen.items():
                 probe(url, m, body, slo_ms, probe_rate, warmup_s)
+            mark("warm-up")
         if load_s > 0:
             report.before = probes("before the load")
             mark("before-probe")
@@ -805,6 +839,7 @@ def table(report: SoakReport) -> str:
                 + f" | {sum(snap.refused.values()):.0f} "
                 f"({sum(snap.refused_queue_empty.values()):.0f}) |"
             )
+    out += _phase_rows(report.snapshots)
     load1, load5, _ = os.getloadavg()
     out += [
         "",
@@ -828,12 +863,46 @@ def table(report: SoakReport) -> str:
     return "\n".join(out)
 
 
+def _phase_rows(snapshots: Sequence[Snapshot]) -> list[str]:
+    """Per phase and model, from the counters' differences between consecutive snapshots:
+    requests answered, mean batch, and per request the executor queue and compute time, per
+    batch the executor's added wait."""
+    if len(snapshots) < 2:
+        return []
+    out = [
+        "",
+        "Where each phase's time went, per model (the agent's counters, differences between "
+        "the snapshots above; queue and compute per request, executor wait per batch):",
+        "",
+        "| phase | model | answered | mean batch | queue ms | compute ms | executor wait ms "
+        "| wait > cycle |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for prev, snap in itertools.pairwise(snapshots):
+        for m in sorted(snap.counters):
+            was = prev.counters.get(m, {})
+            d = {k: v - was.get(k, 0.0) for k, v in snap.counters[m].items()}
+            items = d.get("items", 0.0)
+            if not items:
+                continue
+            per_batch = d.get("wait_s", 0.0) / max(d.get("waits", 0.0), 1.0) * 1000
+            out.append(
+                f"| {snap.phase} | {m} | {d.get('requests', 0.0):.0f} "
+                f"| {items / max(d.get('batches', 0.0), 1.0):.2f} "
+                f"| {d.get('queue_us', 0.0) / items / 1000:.2f} "
+                f"| {d.get('compute_us', 0.0) / items / 1000:.2f} "
+                f"| {per_batch:.2f} | {d.get('wait_over', 0.0):.0f} |"
+            )
+    return out
+
+
 def _yes(flag: bool | None) -> str:
     return "-" if flag is None else ("yes" if flag else "no")
 
 
 __all__ = [
     "BASE_RATES",
+    "COUNTERS",
     "FAIL",
     "MACHINE",
     "MAX_IN_FLIGHT",
@@ -845,6 +914,7 @@ __all__ = [
     "Snapshot",
     "SoakReport",
     "contend",
+    "counters",
     "criteria",
     "drain",
     "failed",
