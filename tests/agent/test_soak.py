@@ -1,10 +1,12 @@
 """The soak test of issue 12 item 4, shortened for CI (about a minute; the 10-minute one is
 ``stowplan bench soak --minutes 10``): the real agent (``stowplan up`` on the example
-manifests, real ONNX Runtime, loopback only) under mixed load with bursts on every model while
-a second process contends the CPUs, then a quiet spell, then one sequential client per model.
+manifests, real ONNX Runtime, loopback only): one sequential client per model, then mixed load
+with bursts on every model while a second process contends the CPUs, a quiet spell, and the
+sequential client again.
 
-Afterwards every model answers its lone client with no refusal and no error, its median within
-the model's SLO, and its metrics show no request refused while its queue was empty. (The p99 is
+Before the load and afterwards every model answers its lone client with no refusal and no
+error, afterwards its median within the model's SLO, and its metrics show no request refused
+while its queue was empty: :func:`stowplan.agentbench.soak.criteria`'s rules. (The p99 is
 printed, not asserted: on a machine shared with other jobs a descheduled thread alone can
 exceed a 10 ms SLO.) Shedding during the load phase is allowed and must carry ``Retry-After``.
 """
@@ -38,12 +40,21 @@ def test_after_a_contended_soak_every_model_answers_a_lone_client() -> None:
     for r in report.load:  # shedding is allowed under the bursts; failing is not
         assert r.ok > 0 and r.refused_without_retry_after == 0 and r.errors == 0, r
     assert {p.model for p in report.probes} == {"mlp", "convnet", "mlp-wide"}
-    for p in report.probes:
+    assert {p.model for p in report.before} == {"mlp", "convnet", "mlp-wide"}
+    for p in [*report.before, *report.probes]:
         assert (p.refused, p.errors, p.ok) == (0, 0, p.sent), p
+    for p in report.probes:
         assert p.pct(50) <= p.slo_ms, p.model
     for model, m in report.metrics.items():
         assert m.refused_queue_empty == 0, model
         assert m.batches > 0, model
+    # every criterion but the p99 one (printed, not asserted here: see the module docstring)
+    judged = [c for c in soak.criteria(report) if "p99" not in c.rule]
+    assert [c for c in judged if c.verdict != soak.PASS] == []
+    assert [s.phase for s in report.snapshots] == [
+        "ready", "warm-up", "before-probe", "load", "quiet", "after-probe"
+    ]  # fmt: skip
+    assert all(s.rss_mib > 0 and s.threads > 0 for s in report.snapshots)
 
 
 # -- the criteria and the report, on constructed results (fast) ----------------------------
