@@ -1,9 +1,12 @@
-"""Benchmark and soak: the real agent under mixed load with the CPUs contended, then a quiet
-spell, then one sequential client per model (``stowplan bench soak``, ``tests/agent/test_soak``).
+"""Benchmark and soak: one sequential client per model, then the real agent under mixed load
+with the CPUs contended, a quiet spell, and the sequential client again (``stowplan bench
+soak``, ``tests/agent/test_soak``).
 
 Starts ``stowplan up`` on the example manifests in a subprocess (real ONNX Runtime on simulated
 CPU-backed devices, loopback only). Phases, each bounded in time and in requests:
 
+0. *warm-up* (``warmup_s`` per model, not recorded) and, with a load phase, the *probe* of
+   step 3 before the load;
 1. *load* (``load_s``): open-loop Poisson traffic to every model at once, ``burst_factor`` times
    the base rate for the first ``burst_s`` of every ``burst_every_s`` so that the agent also
    sheds real overload, while a second process (one busy loop per core) contends the CPUs;
@@ -16,8 +19,10 @@ read against what this machine gave a lone client before any load: a p99 that mi
 after the soak but not before it is degradation; one that misses in both is the machine's load
 (other jobs on its cores), which the soak cannot tell from the agent. Between phases the
 agent's state is sampled (:class:`Snapshot`: its resident memory, threads and CPU time from
-``/proc``, every model's AIMD cap, residency and state, and the refusal counters), so growth or
-a cap stuck low shows in the table. :func:`criteria` states the issue's pass/fail rules.
+``/proc``, every model's AIMD cap, residency and state, the refusal counters, and the
+counters that split each phase's requests into executor queue, compute and executor wait), so
+growth, a cap stuck low or a lone client held in the executor shows in the tables.
+:func:`criteria` states the issue's pass/fail rules.
 
 Afterwards the agent's ``/metrics`` give the refusals per reason, the refusals made while the
 model's queue held nothing else (``stowplan_requests_refused_queue_empty_total``, which must stay
@@ -592,8 +597,9 @@ def run(
     """Probe, load, quiet, probe (see the module docstring); returns what each phase measured.
     The before-probe runs only with a load phase (without one the two would be the same).
     First each model gets ``warmup_s`` of the sequential client, not recorded: a fresh
-    session's first runs are slow (measured: a before-probe right after start had p99 14 ms
-    on ``mlp``, 3 ms after the soak), and that is not the machine a later probe sees.
+    session's and connection's first requests are slower, which a later probe never sees (in
+    one 6 s smoke run without it, the before-probe's p99 on ``mlp`` was 13.9 ms and the
+    after-probe's 3.0 ms; the machine's load varied too, so that is an upper bound).
     ``contenders``: busy processes (default one per core)."""
     say = progress or (lambda _: None)
     report = SoakReport(load_s, quiet_s, contended)
