@@ -1,15 +1,28 @@
-"""Benchmark and soak: the real agent under mixed load with the CPUs contended, then a quiet
-spell, then one sequential client per model (``stowplan bench soak``, ``tests/agent/test_soak``).
+"""Benchmark and soak: one sequential client per model, then the real agent under mixed load
+with the CPUs contended, a quiet spell, and the sequential client again (``stowplan bench
+soak``, ``tests/agent/test_soak``).
 
 Starts ``stowplan up`` on the example manifests in a subprocess (real ONNX Runtime on simulated
 CPU-backed devices, loopback only). Phases, each bounded in time and in requests:
 
+0. *warm-up* (``warmup_s`` per model, not recorded) and, with a load phase, the *probe* of
+   step 3 before the load;
 1. *load* (``load_s``): open-loop Poisson traffic to every model at once, ``burst_factor`` times
    the base rate for the first ``burst_s`` of every ``burst_every_s`` so that the agent also
    sheds real overload, while a second process (one busy loop per core) contends the CPUs;
 2. *quiet* (``quiet_s``): no traffic, no contention;
 3. *probe*: one model at a time, a sequential client (one request in flight, paced at
    ``probe_rate`` req/s for ``probe_s``) records each answer's status and latency.
+
+The same probe also runs *before* the load (same model, rate and length), so the after-probe is
+read against what this machine gave a lone client before any load: a p99 that misses the SLO
+after the soak but not before it is degradation; one that misses in both is the machine's load
+(other jobs on its cores), which the soak cannot tell from the agent. Between phases the
+agent's state is sampled (:class:`Snapshot`: its resident memory, threads and CPU time from
+``/proc``, every model's AIMD cap, residency and state, the refusal counters, and the
+counters that split each phase's requests into executor queue, compute and executor wait), so
+growth, a cap stuck low or a lone client held in the executor shows in the tables.
+:func:`criteria` states the issue's pass/fail rules.
 
 Afterwards the agent's ``/metrics`` give the refusals per reason, the refusals made while the
 model's queue held nothing else (``stowplan_requests_refused_queue_empty_total``, which must stay
@@ -22,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import itertools
 import json
 import math
 import os
@@ -80,6 +94,8 @@ class ProbeResult:
     refused: int
     errors: int
     latencies_ms: Sequence[float]
+    #: the machine's 1-minute load average when the probe ended (other jobs included)
+    load1: float = math.nan
 
     def pct(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else math.nan
@@ -100,13 +116,53 @@ class ModelMetrics:
     wait_bound_s: float
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The agent's state at the end of one phase: its process from ``/proc`` (resident
+    memory, threads, CPU time used), every model's row of ``GET /v2/models`` (AIMD cap,
+    residency, state) and the refusal counters of its ``/metrics``."""
+
+    phase: str
+    t_s: float  # seconds since the agent was ready
+    rss_mib: float
+    threads: int
+    cpu_s: float
+    load1: float
+    caps: Mapping[str, int]
+    resident: Mapping[str, bool | None]
+    states: Mapping[str, str]
+    refused: Mapping[str, float]  # load-shedding 503s so far, every reason
+    refused_queue_empty: Mapping[str, float]
+    #: per model, the cumulative counters of :data:`COUNTERS` (by their short names)
+    counters: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+#: the agent's cumulative series per model that :class:`Snapshot` keeps, by a short name; the
+#: difference between two snapshots splits a phase's requests into executor queue, compute
+#: and the executor's added wait (what is left of a probe's latency is HTTP and the loop)
+COUNTERS = {
+    "nv_inference_request_success_total": "requests",
+    "nv_inference_exec_count_total": "batches",
+    "nv_inference_count_total": "items",
+    "nv_inference_queue_duration_us_total": "queue_us",
+    "nv_inference_compute_infer_duration_us_total": "compute_us",
+    "stowplan_executor_wait_seconds_sum": "wait_s",
+    "stowplan_executor_wait_seconds_count": "waits",
+    "stowplan_executor_wait_over_bound_total": "wait_over",
+}
+
+
 @dataclass
 class SoakReport:
     load_s: float
     quiet_s: float
     contended: bool
     load: list[LoadResult] = field(default_factory=list)
+    #: the sequential client of each model before the load phase (empty without one)
+    before: list[ProbeResult] = field(default_factory=list)
+    #: the sequential client of each model after the quiet spell
     probes: list[ProbeResult] = field(default_factory=list)
+    snapshots: list[Snapshot] = field(default_factory=list)
     metrics: dict[str, ModelMetrics] = field(default_factory=dict)
     #: seconds the agent still spent answering after the quiet spell (requests whose clients
     #: had timed out stay queued in the HTTP server and the executor until answered)
@@ -126,6 +182,15 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def serve(manifests: Path, workdir: Path, ready_timeout_s: float = 120.0) -> Iterator[str]:
     """Run ``stowplan up`` on a copy of ``manifests`` in a subprocess; yield its base URL."""
+    with _serve(manifests, workdir, ready_timeout_s) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def _serve(
+    manifests: Path, workdir: Path, ready_timeout_s: float
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`serve`, also yielding the agent's process (for :func:`snapshot`)."""
     d = workdir / "manifests"
     d.mkdir(parents=True, exist_ok=True)
     for f in sorted(manifests.glob("*.yaml")):
@@ -151,7 +216,7 @@ def serve(manifests: Path, workdir: Path, ready_timeout_s: float = 120.0) -> Ite
             if time.monotonic() > deadline:
                 raise RuntimeError(f"agent did not become ready within {ready_timeout_s:.0f} s")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         httpload.stop(proc)
         log.close()
@@ -394,7 +459,7 @@ def probe(
                 errors += 1
     finally:
         conn.close()
-    return ProbeResult(model, slo_ms, sent, ok, refused, errors, lat)
+    return ProbeResult(model, slo_ms, sent, ok, refused, errors, lat, os.getloadavg()[0])
 
 
 # -- metrics ------------------------------------------------------------------------------
@@ -432,6 +497,58 @@ def scrape(url: str) -> dict[str, ModelMetrics]:
         )
         for m in sorted(names)
     }
+
+
+def _proc_stats(pid: int) -> tuple[float, int, float]:
+    """(resident MiB, threads, CPU seconds used) of process ``pid`` from ``/proc`` (NaN, 0,
+    NaN where there is no ``/proc``)."""
+    rss_mib, threads, cpu_s = math.nan, 0, math.nan
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == "VmRSS":
+                rss_mib = int(value.split()[0]) / 1024.0  # kB
+            elif key == "Threads":
+                threads = int(value)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return rss_mib, threads, cpu_s
+
+
+def counters(url: str) -> dict[str, dict[str, float]]:
+    """Every model's :data:`COUNTERS` from the agent's /metrics (summed over other labels)."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    out: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            model, short = s.labels.get("model"), COUNTERS.get(s.name)
+            if model is not None and short is not None:
+                row = out.setdefault(model, {})
+                row[short] = row.get(short, 0.0) + s.value
+    return out
+
+
+def snapshot(url: str, pid: int, phase: str, t_s: float) -> Snapshot:
+    """The agent's state now (see :class:`Snapshot`)."""
+    rows = httpx.get(f"{url}/v2/models", timeout=10).json()["models"]
+    metrics = scrape(url)
+    series = counters(url)
+    rss_mib, threads, cpu_s = _proc_stats(pid)
+    return Snapshot(
+        phase,
+        t_s,
+        rss_mib,
+        threads,
+        cpu_s,
+        os.getloadavg()[0],
+        {r["name"]: int(r["batch_cap"]) for r in rows},
+        {r["name"]: r.get("resident") for r in rows},
+        {r["name"]: str(r["state"]) for r in rows},
+        {m: sum(mm.refused_by_reason.values()) for m, mm in metrics.items()},
+        {m: mm.refused_queue_empty for m, mm in metrics.items()},
+        series,
+    )
 
 
 def _answered(url: str) -> float:
@@ -477,21 +594,52 @@ def run(
     probe_contended: bool = False,
     only: Sequence[str] = (),
     seed: int = 0,
+    warmup_s: float = 1.0,
     progress: Callable[[str], None] | None = None,
 ) -> SoakReport:
-    """Load, quiet, probe (see the module docstring); returns what each phase measured.
+    """Probe, load, quiet, probe (see the module docstring); returns what each phase measured.
+    The before-probe runs only with a load phase (without one the two would be the same).
+    First each model gets ``warmup_s`` of the sequential client, not recorded: a fresh
+    session's and connection's first requests are slower, which a later probe never sees (in
+    one 6 s smoke run without it, the before-probe's p99 on ``mlp`` was 13.9 ms and the
+    after-probe's 3.0 ms; the machine's load varied too, so that is an upper bound).
     ``contenders``: busy processes (default one per core)."""
     say = progress or (lambda _: None)
     report = SoakReport(load_s, quiet_s, contended)
     with (
         tempfile.TemporaryDirectory(prefix="stowplan-soak-") as tmp,
-        serve(manifests, Path(tmp)) as url,
+        _serve(manifests, Path(tmp), 120.0) as (url, proc),
     ):
+        t0 = time.monotonic()
+
+        def mark(phase: str) -> None:
+            report.snapshots.append(snapshot(url, proc.pid, phase, time.monotonic() - t0))
+
+        def probes(when: str) -> list[ProbeResult]:
+            out = []
+            for m, (body, slo_ms) in chosen.items():
+                say(
+                    f"probe {when}: {m}, one sequential client at {probe_rate:.0f} req/s "
+                    f"for {probe_s:.0f} s"
+                )
+                busy = contend(probe_s + 5.0, contenders) if probe_contended else None
+                with busy or contextlib.nullcontext():
+                    out.append(probe(url, m, body, slo_ms, probe_rate, probe_s))
+            return out
+
         served = models(url)
         chosen = {m: v for m, v in served.items() if not only or m in only}
         if not chosen:
             raise ValueError(f"no Ready model among {sorted(served)} matches {list(only)}")
+        mark("ready")
+        if warmup_s > 0:
+            say(f"warm-up: {warmup_s:g} s of sequential client per model, not recorded")
+            for m, (body, slo_ms) in chosen.items():
+                probe(url, m, body, slo_ms, probe_rate, warmup_s)
+            mark("warm-up")
         if load_s > 0:
+            report.before = probes("before the load")
+            mark("before-probe")
             say(f"load: {load_s:.0f} s on {sorted(chosen)}, CPUs contended: {contended}")
             bodies = {m: b for m, (b, _) in chosen.items()}
             rates = {m: BASE_RATES.get(m, DEFAULT_RATE) * scale for m in chosen}
@@ -499,21 +647,129 @@ def run(
                 report.load = asyncio.run(
                     _load(url, bodies, rates, load_s, burst_factor, burst_s, burst_every_s, seed)
                 )
+            mark("load")
         if quiet_s > 0:
             say(f"quiet: {quiet_s:.0f} s, then until the agent has drained what clients gave up on")
             time.sleep(quiet_s)
             report.drain_s = drain(url)
-        for m, (body, slo_ms) in chosen.items():
-            say(f"probe: {m}, one sequential client at {probe_rate:.0f} req/s for {probe_s:.0f} s")
-            busy = contend(probe_s + 5.0, contenders) if probe_contended else None
-            with busy or contextlib.nullcontext():
-                report.probes.append(probe(url, m, body, slo_ms, probe_rate, probe_s))
+            mark("quiet")
+        report.probes = probes("after the load" if load_s > 0 else "")
+        mark("after-probe")
         report.metrics = scrape(url)
     return report
 
 
+# -- what the issue asks, and the tables ----------------------------------------------------
+#: a criterion met
+PASS = "pass"
+#: a criterion not met
+FAIL = "FAIL"
+#: the after-probe's p99 missed the SLO, and so did the before-probe's: the machine's load
+#: (other jobs on its cores), not something the soak did to the agent
+MACHINE = "missed, as before the load (machine load)"
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One of issue 12's pass/fail rules for one model (``model`` "*": every model)."""
+
+    rule: str
+    model: str
+    verdict: str  # PASS, FAIL or MACHINE
+    detail: str
+
+
+def criteria(report: SoakReport) -> list[Criterion]:
+    """Issue 12 item 4's rules, each judged on the report:
+
+    * no model refused a request while its queue was empty (its metrics, the whole run);
+    * no sequential client was refused or failed, before or after the load;
+    * after the quiet spell, each model's sequential p99 is within its SLO. A miss counts as
+      the machine's (:data:`MACHINE`) only when the before-probe missed too; with no
+      before-probe, or one within the SLO, it is a failure (degradation);
+    * every load-phase 503 carried ``Retry-After`` (shedding under real overload stays).
+    """
+    out = []
+    empty = {m: mm.refused_queue_empty for m, mm in report.metrics.items()}
+    bad = {m: v for m, v in empty.items() if v}
+    out.append(
+        Criterion(
+            "no request refused while its model's queue was empty",
+            "*",
+            FAIL if bad else PASS,
+            ", ".join(f"{m}: {v:.0f}" for m, v in sorted(bad.items())) or "0 on every model",
+        )
+    )
+    for when, probes in (("before the load", report.before), ("after the soak", report.probes)):
+        for p in probes:
+            out.append(
+                Criterion(
+                    f"a sequential client {when} is never refused",
+                    p.model,
+                    FAIL if p.refused or p.errors or p.ok != p.sent else PASS,
+                    f"{p.refused} refused, {p.errors} errors of {p.sent}",
+                )
+            )
+    before = {p.model: p for p in report.before}
+    for p in report.probes:
+        b = before.get(p.model)
+        after_ms = p.pct(99)
+        detail = f"p99 {after_ms:.2f} ms, SLO {p.slo_ms:g} ms"
+        if b is not None:
+            detail += f" (before the load: p99 {b.pct(99):.2f} ms)"
+        if after_ms <= p.slo_ms:
+            verdict = PASS
+        elif b is not None and b.pct(99) > b.slo_ms:
+            verdict = MACHINE
+        else:
+            verdict = FAIL
+        out.append(Criterion("after the soak, a sequential client's p99 within SLO", p.model,
+                             verdict, detail))  # fmt: skip
+    for r in report.load:
+        out.append(
+            Criterion(
+                "every load-shedding 503 carries Retry-After",
+                r.model,
+                FAIL if r.refused_without_retry_after else PASS,
+                f"{r.refused_without_retry_after} of {r.refused} without it",
+            )
+        )
+    return out
+
+
+def failed(report: SoakReport) -> list[Criterion]:
+    """The criteria that failed (a :data:`MACHINE` miss is not among them)."""
+    return [c for c in criteria(report) if c.verdict == FAIL]
+
+
+def _within(p: ProbeResult) -> float:
+    return p.within_slo / max(p.sent, 1) * 100
+
+
+def _probe_rows(probes: Sequence[ProbeResult]) -> list[str]:
+    out = [
+        "| model | SLO ms | sent | ok | 503 | errors | p50 ms | p99 ms | max ms | within SLO "
+        "| load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in probes:
+        out.append(
+            f"| {p.model} | {p.slo_ms:g} | {p.sent} | {p.ok} | {p.refused} | {p.errors} "
+            f"| {p.pct(50):.2f} | {p.pct(99):.2f} | {p.pct(100):.2f} "
+            f"| {_within(p):.1f}% | {p.load1:.1f} |"
+        )
+    return out
+
+
 def table(report: SoakReport) -> str:
     out = []
+    if report.before:
+        out += [
+            "Sequential client before the load (the machine as it was, for comparison):",
+            "",
+            *_probe_rows(report.before),
+            "",
+        ]
     if report.load:
         out += [
             f"Load phase: {report.load_s:.0f} s, CPUs contended by a second process: "
@@ -531,19 +787,29 @@ def table(report: SoakReport) -> str:
             for r in report.load
         ]
         out.append("")
-    out += [
-        f"Sequential client after {report.quiet_s:.0f} s quiet (and {report.drain_s:.1f} s "
-        "more until the agent had answered everything still queued):",
-        "",
-        "| model | SLO ms | sent | ok | 503 | errors | p50 ms | p99 ms | max ms | within SLO |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for p in report.probes:
-        out.append(
-            f"| {p.model} | {p.slo_ms:g} | {p.sent} | {p.ok} | {p.refused} | {p.errors} "
-            f"| {p.pct(50):.2f} | {p.pct(99):.2f} | {p.pct(100):.2f} "
-            f"| {p.within_slo / max(p.sent, 1) * 100:.1f}% |"
+    after = "Sequential client"
+    if report.load:
+        after += (
+            f" after {report.quiet_s:.0f} s quiet (and {report.drain_s:.1f} s more until the "
+            "agent had answered everything still queued)"
         )
+    out += [f"{after}:", "", *_probe_rows(report.probes)]
+    before = {p.model: p for p in report.before}
+    pairs = [(before[p.model], p) for p in report.probes if p.model in before]
+    if pairs:
+        out += [
+            "",
+            "After less before (positive: slower after the soak):",
+            "",
+            "| model | p50 ms | p99 ms | max ms | within SLO | 503 |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for b, a in pairs:
+            out.append(
+                f"| {a.model} | {a.pct(50) - b.pct(50):+.2f} | {a.pct(99) - b.pct(99):+.2f} "
+                f"| {a.pct(100) - b.pct(100):+.2f} | {_within(a) - _within(b):+.1f} pts "
+                f"| {a.refused - b.refused:+d} |"
+            )
     out += [
         "",
         "Agent metrics (cumulative over the run):",
@@ -558,29 +824,115 @@ def table(report: SoakReport) -> str:
             f"| {m} | {reasons or '-'} | {mm.refused_queue_empty:.0f} | {mm.batches:.0f} "
             f"| {mm.wait_over_cycle:.0f} | {mm.wait_bound_s * 1000:.1f} |"
         )
+    if report.snapshots:
+        names = sorted({m for s in report.snapshots for m in s.caps})
+        out += [
+            "",
+            "Agent state at the end of each phase (AIMD cap / resident / state per model; "
+            "503s so far, of them with an empty queue):",
+            "",
+            "| phase | t s | RSS MiB | threads | CPU s | load avg | "
+            + " | ".join(names)
+            + " | 503 (queue empty) |",
+            "|---|---:|---:|---:|---:|---:|" + "---|" * len(names) + "---:|",
+        ]
+        for snap in report.snapshots:
+            cells = [
+                f"{snap.caps.get(m, 0)} / {_yes(snap.resident.get(m))} / {snap.states.get(m, '-')}"
+                for m in names
+            ]
+            out.append(
+                f"| {snap.phase} | {snap.t_s:.0f} | {snap.rss_mib:.1f} | {snap.threads} "
+                f"| {snap.cpu_s:.1f} | {snap.load1:.1f} | "
+                + " | ".join(cells)
+                + f" | {sum(snap.refused.values()):.0f} "
+                f"({sum(snap.refused_queue_empty.values()):.0f}) |"
+            )
+    out += _phase_rows(report.snapshots)
     load1, load5, _ = os.getloadavg()
     out += [
         "",
         f"Machine: {os.cpu_count()} cores, load average {load1:.1f} (1 min) / {load5:.1f} "
         "(5 min) at the end; client, agent and contender share it.",
+        "",
+        "Criteria (issue 12 item 4):",
+        "",
+        "| rule | model | verdict | measured |",
+        "|---|---|---|---|",
+    ]
+    judged = criteria(report)
+    out += [f"| {c.rule} | {c.model} | {c.verdict} | {c.detail} |" for c in judged]
+    n_fail = sum(c.verdict == FAIL for c in judged)
+    n_machine = sum(c.verdict == MACHINE for c in judged)
+    out += [
+        "",
+        f"Result: {'FAIL' if n_fail else 'pass'} ({len(judged) - n_fail - n_machine} met, "
+        f"{n_fail} failed, {n_machine} missed before the load as well)",
     ]
     return "\n".join(out)
 
 
+def _phase_rows(snapshots: Sequence[Snapshot]) -> list[str]:
+    """Per phase and model, from the counters' differences between consecutive snapshots:
+    requests answered, mean batch, and per request the executor queue and compute time, per
+    batch the executor's added wait."""
+    if len(snapshots) < 2:
+        return []
+    out = [
+        "",
+        "Where each phase's time went, per model (the agent's counters, differences between "
+        "the snapshots above; queue and compute per request, executor wait per batch):",
+        "",
+        "| phase | model | answered | mean batch | queue ms | compute ms | executor wait ms "
+        "| wait > cycle |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for prev, snap in itertools.pairwise(snapshots):
+        for m in sorted(snap.counters):
+            was = prev.counters.get(m, {})
+            d = {k: v - was.get(k, 0.0) for k, v in snap.counters[m].items()}
+            items = d.get("items", 0.0)
+            if not items:
+                continue
+            per_batch = d.get("wait_s", 0.0) / max(d.get("waits", 0.0), 1.0) * 1000
+            out.append(
+                f"| {snap.phase} | {m} | {d.get('requests', 0.0):.0f} "
+                f"| {items / max(d.get('batches', 0.0), 1.0):.2f} "
+                f"| {d.get('queue_us', 0.0) / items / 1000:.2f} "
+                f"| {d.get('compute_us', 0.0) / items / 1000:.2f} "
+                f"| {per_batch:.2f} | {d.get('wait_over', 0.0):.0f} |"
+            )
+    return out
+
+
+def _yes(flag: bool | None) -> str:
+    return "-" if flag is None else ("yes" if flag else "no")
+
+
 __all__ = [
     "BASE_RATES",
+    "COUNTERS",
+    "FAIL",
+    "MACHINE",
     "MAX_IN_FLIGHT",
+    "PASS",
+    "Criterion",
     "LoadResult",
     "ModelMetrics",
     "ProbeResult",
+    "Snapshot",
     "SoakReport",
     "contend",
+    "counters",
+    "criteria",
     "drain",
+    "failed",
     "models",
     "probe",
     "rate_at",
     "run",
     "scrape",
     "serve",
+    "snapshot",
     "table",
 ]

@@ -1,8 +1,12 @@
-"""``stowplan bench soak``: mixed load on every example model with the CPUs contended, a quiet
-spell, then a sequential client per model (issue 12's wedged-model check).
+"""``stowplan bench soak``: a sequential client per model, then mixed load on every example
+model with the CPUs contended, a quiet spell, then the sequential client again (issue 12's
+wedged-model check).
 
-Thin shell over :mod:`stowplan.agentbench.soak`; prints the Markdown tables and exits non-zero
-when a sequential client was refused or a model refused a request while its queue was empty.
+Thin shell over :mod:`stowplan.agentbench.soak`; prints the Markdown tables, the agent's state
+per phase and the issue's criteria (:func:`stowplan.agentbench.soak.criteria`), and exits
+non-zero when one failed: a sequential client refused, a refusal while a model's queue was
+empty, a 503 without ``Retry-After``, or an after-soak p99 over the SLO that the before-probe
+met. A p99 that missed before the load as well is printed as the machine's, not failed.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import click
     default=10.0,
     show_default=True,
     type=click.FloatRange(1, 600),
-    help="Seconds of sequential client per model.",
+    help="Seconds of sequential client per model, before the load and after it.",
 )
 @click.option("--probe-rate", default=120.0, show_default=True, type=click.FloatRange(1, 2000))
 @click.option(
@@ -68,8 +72,8 @@ def command(
     only: tuple[str, ...],
     seed: int,
 ) -> None:
-    """Soak the agent (`stowplan up` in a subprocess, loopback only), then check that every
-    model answers a lone sequential client with no refusal."""
+    """Probe, soak the agent (`stowplan up` in a subprocess, loopback only), probe again: check
+    that every model still answers a lone sequential client within its SLO, with no refusal."""
     from stowplan.agentbench import soak
 
     try:
@@ -90,10 +94,8 @@ def command(
     except (RuntimeError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(soak.table(report))
-    refused = sum(p.refused for p in report.probes)
-    empty = sum(m.refused_queue_empty for m in report.metrics.values())
-    if refused or empty:
+    failed = soak.failed(report)
+    if failed:
         raise click.ClickException(
-            f"sequential clients refused {refused} time(s); "
-            f"refusals while the queue was empty: {empty:.0f}"
+            "criteria failed: " + "; ".join(f"{c.rule} ({c.model}: {c.detail})" for c in failed)
         )
