@@ -579,7 +579,11 @@ class DeviceExecutor:
         finally:
             with self._cond:
                 self._running = False
-                self._cond.notify_all()
+                # the device thread has work only if some lane holds requests (with every
+                # queue empty it would wait for a submit anyway); waking it after each
+                # inline run cost a thread switch and a GIL hand-over per request
+                if any(len(other.queue) for other in self._sched.lanes.values()):
+                    self._cond.notify_all()
         if observer is not None:
             observer(record)
 
