@@ -199,13 +199,36 @@ class BatchQueue(Generic[T]):
             raise Overloaded(
                 f"queue full ({self.max_requests} requests waiting)", reason="queue_full"
             )
-        if math.isfinite(self._last_arrival_s):
-            gap = max(0.0, pending.arrival_s - self._last_arrival_s)
-            self.gap_s = gap if math.isinf(self.gap_s) else 0.8 * self.gap_s + 0.2 * gap
-        self._last_arrival_s = max(self._last_arrival_s, pending.arrival_s)
-        self.overlap = 0.8 * self.overlap + (0.2 if self._q else 0.0)
+        self.note_arrival(pending.arrival_s)
         self._q.append(pending)
         self._items += pending.items
+
+    def _stats_after(self, arrival_s: float) -> tuple[float, float]:
+        """(gap_s, overlap) once an arrival at ``arrival_s`` is counted."""
+        gap_s = self.gap_s
+        if math.isfinite(self._last_arrival_s):
+            gap = max(0.0, arrival_s - self._last_arrival_s)
+            gap_s = gap if math.isinf(gap_s) else 0.8 * gap_s + 0.2 * gap
+        return gap_s, 0.8 * self.overlap + (0.2 if self._q else 0.0)
+
+    def note_arrival(self, arrival_s: float) -> None:
+        """Count an arrival in the statistics that decide whether a batch waits to fill
+        (:meth:`push` does; so does a request that runs without queueing,
+        :meth:`stowplan.agent.executor.DeviceExecutor.try_run_inline`)."""
+        self.gap_s, self.overlap = self._stats_after(arrival_s)
+        self._last_arrival_s = max(self._last_arrival_s, arrival_s)
+
+    def ready_alone(self, items: int, arrival_s: float) -> bool:
+        """Whether a request of ``items`` arriving at ``arrival_s`` would, pushed into this
+        queue while it is empty, make a batch ready at once (:meth:`ready_at_s` at or before
+        its arrival): it fills the cap, or the policy never waits, or no fill is expected
+        before its bounded wait ends."""
+        wait_s = self.policy.max_wait_s
+        if items >= self.policy.cap or wait_s <= 0:
+            return True
+        gap_s, overlap = self._stats_after(arrival_s)
+        last_s = max(self._last_arrival_s, arrival_s)
+        return overlap < 0.1 or last_s + gap_s > arrival_s + wait_s
 
     def oldest_deadline_s(self) -> float:
         return self._q[0].deadline_s if self._q else math.inf

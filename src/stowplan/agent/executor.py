@@ -445,8 +445,10 @@ class DeviceExecutor:
         would do anyway, and return its settled future; else None (then :meth:`submit` it).
 
         It runs inline only when no batch is running (on the device thread or another
-        caller's), ``name``'s lane has nothing queued, never waits to fill a batch (cap 1, no
-        bounded wait: batching ``none``), may run now by its budget (within it, or alone with
+        caller's), ``name``'s lane has nothing queued, the request alone would make a batch
+        ready at once (:meth:`BatchQueue.ready_alone`: batching ``none``, or a batching lane
+        that expects no fill before its bounded wait ends, as at low load; then its arrival is
+        counted in the queue's statistics as a push would), may run now by its budget (within it, or alone with
         a batch ready and within the cycle's slack: :meth:`SliceScheduler.pick`'s rules) and
         its smoothed batch time is known and under :data:`INLINE_MAX_BATCH_S`. The device
         thread waits while it runs, and the batch is charged, observed and fed to the policy
@@ -463,9 +465,8 @@ class DeviceExecutor:
                 or self._stopping
                 or self._running
                 or len(lane.queue)
-                or lane.queue.policy.cap != 1
-                or lane.queue.policy.max_wait_s > 0
                 or not 0 < lane.est_batch_s < INLINE_MAX_BATCH_S
+                or not lane.queue.ready_alone(items, now)
             ):
                 return None
             sched = self._sched
@@ -479,6 +480,7 @@ class DeviceExecutor:
             spare = sched.over_budget(lane)
             if spare and not sched.fits_slack(lane, now):
                 return None
+            lane.queue.note_arrival(now)
             fut: Future[Any] = Future()
             batch = [Pending(_Job(payload, fut), items, now, now + lane.slo_s)]
             run, observer = self._runs[name]
