@@ -448,8 +448,9 @@ class DeviceExecutor:
         caller's), ``name``'s lane has nothing queued, the request alone would make a batch
         ready at once (:meth:`BatchQueue.ready_alone`: batching ``none``, or a batching lane
         that expects no fill before its bounded wait ends, as at low load; then its arrival is
-        counted in the queue's statistics as a push would), may run now by its budget (within it, or alone with
-        a batch ready and within the cycle's slack: :meth:`SliceScheduler.pick`'s rules) and
+        counted in the queue's statistics as a push would), may run now by its budget
+        (within it, or alone with a batch ready and within the cycle's slack:
+        :meth:`SliceScheduler.pick`'s rules) and
         its smoothed batch time is known and under :data:`INLINE_MAX_BATCH_S`. The device
         thread waits while it runs, and the batch is charged, observed and fed to the policy
         exactly as the device thread's are. This saves the two thread hops of a lone
