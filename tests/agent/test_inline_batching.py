@@ -30,8 +30,9 @@ def test_ready_alone_is_what_a_push_into_the_empty_queue_makes_ready(seed: int) 
     for _ in range(200):
         t += rng.expovariate(rng.choice([50.0, 500.0, 5000.0]))
         items = rng.choice([1, 1, 1, 2, 8])
+        busy_s = rng.choice([0.0, 0.0001, 0.001, 0.01])
         if len(q) == 0:
-            predicted = q.ready_alone(items, t)
+            predicted = q.ready_alone(items, t, busy_s)
             probe: BatchQueue[None] = BatchQueue(policy)
             probe.gap_s, probe.overlap, probe._last_arrival_s = (
                 q.gap_s,
@@ -39,7 +40,7 @@ def test_ready_alone_is_what_a_push_into_the_empty_queue_makes_ready(seed: int) 
                 q._last_arrival_s,
             )
             probe.push(Pending(None, items, t, t + 1.0))
-            assert predicted == (probe.ready_at_s() <= t)
+            assert predicted == (probe.ready_at_s(busy_s) <= t)
             if rng.random() < 0.5:  # ran without queueing: only the statistics move
                 before = (q.gap_s, q.overlap)
                 q.note_arrival(t)
@@ -92,10 +93,26 @@ def test_overlapping_arrivals_keep_a_batching_lane_off_the_inline_path() -> None
     ex = DeviceExecutor(0, clock=lambda: now[0])
     lane = ex.add_lane("m", AimdController(16, 5.0, initial=4, max_wait_s=0.005), 100, list)
     ex._thread = threading.current_thread()  # as if started; nothing runs on another thread
-    lane.est_batch_s = 0.0002
+    lane.est_batch_s = 0.0008  # longer than the gap: the next arrival would queue behind it
     lane.queue.overlap, lane.queue.gap_s, lane.queue._last_arrival_s = 0.5, 0.0005, -0.0005
     assert ex.try_run_inline("m", object()) is None  # a fill is expected: it must queue
     lane.queue.overlap, lane.queue.gap_s = 0.0, 0.05
     fut = ex.try_run_inline("m", "x")
     assert fut is not None and fut.result() == "x"
     assert lane.queue._last_arrival_s == 0.0  # its arrival was counted
+
+
+def test_a_partial_batch_waits_to_fill_only_if_the_next_arrival_would_find_the_device_busy() -> (
+    None
+):
+    """Overlapping arrivals every 3 ms and a 6 ms bounded wait: with batches of 0.1 ms (the
+    example MLP on a CPU) the device is idle long before the next arrival, so the partial
+    batch runs at once; with batches of 5 ms the next arrival would queue behind it anyway,
+    so the batch waits for it as before. An unknown batch time (0) keeps the old rule."""
+    q: BatchQueue[None] = BatchQueue(AimdController(64, 5.0, initial=12, max_wait_s=0.006))
+    q.overlap, q.gap_s, q._last_arrival_s = 0.5, 0.003, 1.0
+    q.push(Pending(None, 1, 1.0, 1.01))
+    q.gap_s, q.overlap = 0.003, 0.5  # as they were: only the request matters here
+    assert q.ready_at_s(0.0001) == 1.0
+    assert q.ready_at_s(0.005) == pytest.approx(1.006)
+    assert q.ready_at_s() == pytest.approx(1.006)

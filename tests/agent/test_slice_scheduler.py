@@ -331,7 +331,9 @@ def test_a_lone_sub_millisecond_request_runs_inline_on_the_callers_thread() -> N
         batched = ex.lane("batched")
         assert batched is not None
         # a lane that batches and expects a fill (overlapping arrivals) goes the usual way
+        # (arrivals closer together than its batch time: the next would find the device busy)
         batched.queue.overlap, batched.queue.gap_s = 0.5, 0.0001
+        batched.est_batch_s = 0.0005
         batched.queue._last_arrival_s = time.monotonic()
         assert ex.try_run_inline("batched", 1) is None
         gate.clear()  # a batch holds the device: the next request queues behind it

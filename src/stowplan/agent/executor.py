@@ -217,7 +217,7 @@ class SliceScheduler:
         over), but never later than the oldest deadline less twice the margin, so a partial
         batch stops waiting to fill while its oldest request can still finish in time even if
         the device thread wakes up to one margin late (then it is not yet shed either)."""
-        ready = lane.queue.ready_at_s()
+        ready = lane.queue.ready_at_s(lane.est_batch_s)
         if math.isinf(ready):
             return ready
         deadline_s = lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane)
@@ -226,7 +226,7 @@ class SliceScheduler:
     def ready_since_s(self, lane: Lane) -> float:
         """When the lane's next batch became ready (the start of the executor's added wait),
         not before the cycle its budget let it through (:attr:`Lane.gate_open_s`)."""
-        since = lane.queue.ready_since_s()
+        since = lane.queue.ready_since_s(lane.est_batch_s)
         if math.isinf(since):
             return since
         deadline_s = lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane)
@@ -467,7 +467,7 @@ class DeviceExecutor:
                 or self._running
                 or len(lane.queue)
                 or not 0 < lane.est_batch_s < INLINE_MAX_BATCH_S
-                or not lane.queue.ready_alone(items, now)
+                or not lane.queue.ready_alone(items, now, lane.est_batch_s)
             ):
                 return None
             sched = self._sched
