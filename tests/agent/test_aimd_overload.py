@@ -141,8 +141,10 @@ def test_the_fill_wait_ends_while_the_oldest_request_can_still_finish() -> None:
     lane = Lane("m", BatchQueue(FixedPolicy(64, 0.008)), slo_s=0.010)  # waits up to 8 ms
     s.lanes = {"m": lane}
     s.charge(lane, 0.002)  # margin 2.4 ms: the fill wait ends 4.8 ms before the deadline
-    for k in range(3):  # arrivals 1 ms apart: a fill is expected, the batch waits
-        lane.queue.push(Pending(k, 1, arrival_s=1.0 + k / 1000, deadline_s=1.010 + k / 1000))
+    # arrivals 0.5 ms apart, within the 2 ms batch time: a fill is expected (and worth it:
+    # the next arrival would find the device busy), the batch waits
+    for k in range(3):
+        lane.queue.push(Pending(k, 1, arrival_s=1.0 + k / 2000, deadline_s=1.010 + k / 2000))
     assert lane.queue.ready_at_s() == pytest.approx(1.008)  # the queue's own timer
     assert s.ready_at_s(lane) == pytest.approx(1.0052)  # deadline 1.010 less two margins
     assert s.pick(1.005) == (None, pytest.approx(1.0052))

@@ -43,9 +43,7 @@ def _binary(rows: int = 2, **head: Any) -> tuple[bytes, dict[str, str]]:
 @pytest.fixture
 def both(agent: Agent) -> Iterator[tuple[TestClient, TestClient]]:
     fast = create_app(agent)
-    plain = create_app(agent)
-    plain.user_middleware = [m for m in plain.user_middleware if m.cls is not FastInfer]
-    assert len(plain.user_middleware) == len(fast.user_middleware) - 1
+    plain = create_app(agent, fast_infer=False)
     with TestClient(fast) as a, TestClient(plain) as b:
         yield a, b
 
@@ -116,3 +114,17 @@ def test_infer_target_matches_what_starlette_routes(
     path: str, want: tuple[str, str | None] | None
 ) -> None:
     assert infer_target(path) == want
+
+
+def test_the_fast_route_wraps_the_whole_stack(both: tuple[TestClient, TestClient]) -> None:
+    """FastInfer is the app's outermost layer (outside Starlette's error middleware and
+    FastAPI's telemetry); the plain app has it nowhere."""
+    fast, plain = both
+    fast.get("/v2/health/live")
+    plain.get("/v2/health/live")
+    stack = fast.app.middleware_stack  # type: ignore[attr-defined]
+    assert isinstance(stack, FastInfer)
+    layer: object = plain.app.middleware_stack  # type: ignore[attr-defined]
+    while layer is not None:
+        assert not isinstance(layer, FastInfer)
+        layer = getattr(layer, "app", None)

@@ -317,7 +317,7 @@ def test_a_lone_sub_millisecond_request_runs_inline_on_the_callers_thread() -> N
 
     ex = DeviceExecutor(0, cycle_ms=10.0)
     ex.add_lane("m", FixedPolicy(1, 0.0), 5000, run, records.append, budget_ms=5.0)
-    ex.add_lane("batched", FixedPolicy(4, 0.0), 5000, run)
+    ex.add_lane("batched", FixedPolicy(4, 0.005), 5000, run)
     ex.start()
     try:
         assert ex.try_run_inline("m", 1) is None  # its batch time is not known yet
@@ -329,7 +329,14 @@ def test_a_lone_sub_millisecond_request_runs_inline_on_the_callers_thread() -> N
         lane = ex.lane("m")
         assert lane is not None and lane.used_s > 0
         ex.submit("batched", 0).result(timeout=5)
-        assert ex.try_run_inline("batched", 1) is None  # a lane that batches goes the usual way
+        batched = ex.lane("batched")
+        assert batched is not None
+        # a lane that batches and expects a fill (overlapping arrivals) goes the usual way
+        # (arrivals closer together than its batch time: the next would find the device busy)
+        batched.queue.overlap, batched.queue.gap_s = 0.5, 0.0001
+        batched.est_batch_s = 0.0005
+        batched.queue._last_arrival_s = time.monotonic()
+        assert ex.try_run_inline("batched", 1) is None
         gate.clear()  # a batch holds the device: the next request queues behind it
         held = ex.submit("m", 3)
         for _ in range(500):

@@ -101,11 +101,16 @@ class DataPlane:
         name = served.name
         assert served.runtime is not None
         try:
-            known = {o.name for o in served.runtime.outputs}
-            bad = [w for w in wanted if w not in known]
-            if bad:
-                raise InvalidRequest(f"unknown output(s) {bad}; the model has {sorted(known)}")
-            device = min(served.lanes, key=lambda d: reg.executor(d).queued_items(name))
+            if wanted:
+                known = {o.name for o in served.runtime.outputs}
+                bad = [w for w in wanted if w not in known]
+                if bad:
+                    raise InvalidRequest(f"unknown output(s) {bad}; the model has {sorted(known)}")
+            lanes = served.lanes
+            if len(lanes) == 1:
+                (device,) = lanes
+            else:
+                device = min(lanes, key=lambda d: reg.executor(d).queued_items(name))
             executor = reg.executor(device)
             # a lone sub-millisecond request on an idle device runs here, on the event loop's
             # thread, which it blocks for that run (DeviceExecutor.try_run_inline's guards);

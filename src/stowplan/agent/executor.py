@@ -286,7 +286,7 @@ class SliceScheduler:
         over), but never later than the oldest deadline less twice the margin, so a partial
         batch stops waiting to fill while its oldest request can still finish in time even if
         the device thread wakes up to one margin late (then it is not yet shed either)."""
-        ready = lane.queue.ready_at_s()
+        ready = lane.queue.ready_at_s(lane.est_batch_s)
         if math.isinf(ready):
             return ready
         deadline_s = lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane)
@@ -295,7 +295,7 @@ class SliceScheduler:
     def ready_since_s(self, lane: Lane) -> float:
         """When the lane's next batch became ready (the start of the executor's added wait),
         not before the cycle its budget let it through (:attr:`Lane.gate_open_s`)."""
-        since = lane.queue.ready_since_s()
+        since = lane.queue.ready_since_s(lane.est_batch_s)
         if math.isinf(since):
             return since
         deadline_s = lane.queue.oldest_deadline_s() - 2.0 * self.margin_s(lane)
@@ -524,9 +524,12 @@ class DeviceExecutor:
         would do anyway, and return its settled future; else None (then :meth:`submit` it).
 
         It runs inline only when no batch is running (on the device thread or another
-        caller's), ``name``'s lane has nothing queued, never waits to fill a batch (cap 1, no
-        bounded wait: batching ``none``), may run now by its budget (within it, or alone with
-        a batch ready and within the cycle's slack: :meth:`SliceScheduler.pick`'s rules) and
+        caller's), ``name``'s lane has nothing queued, the request alone would make a batch
+        ready at once (:meth:`BatchQueue.ready_alone`: batching ``none``, or a batching lane
+        that expects no fill before its bounded wait ends, as at low load; then its arrival is
+        counted in the queue's statistics as a push would), may run now by its budget
+        (within it, or alone with a batch ready and within the cycle's slack:
+        :meth:`SliceScheduler.pick`'s rules) and
         its smoothed batch time is known and under :data:`INLINE_MAX_BATCH_S`. The device
         thread waits while it runs, and the batch is charged, observed and fed to the policy
         exactly as the device thread's are. This saves the two thread hops of a lone
@@ -542,9 +545,8 @@ class DeviceExecutor:
                 or self._stopping
                 or self._running
                 or len(lane.queue)
-                or lane.queue.policy.cap != 1
-                or lane.queue.policy.max_wait_s > 0
                 or not 0 < lane.est_batch_s < INLINE_MAX_BATCH_S
+                or not lane.queue.ready_alone(items, now, lane.est_batch_s)
             ):
                 return None
             sched = self._sched
@@ -560,6 +562,7 @@ class DeviceExecutor:
                 return None
             if sched.planned(lane) and sched.would_cross(lane, now):
                 return None  # off-turn across the cycle's end: the device thread holds it
+            lane.queue.note_arrival(now)
             fut: Future[Any] = Future()
             batch = [Pending(_Job(payload, fut), items, now, now + lane.slo_s)]
             run, observer = self._runs[name]
@@ -660,7 +663,11 @@ class DeviceExecutor:
         finally:
             with self._cond:
                 self._running = False
-                self._cond.notify_all()
+                # the device thread has work only if some lane holds requests (with every
+                # queue empty it would wait for a submit anyway); waking it after each
+                # inline run cost a thread switch and a GIL hand-over per request
+                if any(len(other.queue) for other in self._sched.lanes.values()):
+                    self._cond.notify_all()
         if observer is not None:
             observer(record)
 
