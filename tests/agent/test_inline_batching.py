@@ -116,3 +116,19 @@ def test_a_partial_batch_waits_to_fill_only_if_the_next_arrival_would_find_the_d
     assert q.ready_at_s(0.0001) == 1.0
     assert q.ready_at_s(0.005) == pytest.approx(1.006)
     assert q.ready_at_s() == pytest.approx(1.006)
+
+
+@pytest.mark.parametrize("policy", [FixedPolicy(1, 0.0), FixedPolicy(4, 0.0)])
+def test_a_batch_near_its_slo_never_runs_inline_so_a_burst_behind_it_stays_visible(
+    policy: FixedPolicy,
+) -> None:
+    """A 0.5 ms batch of a 1 ms SLO model: requests held unread behind an inline run could not
+    be shed, so even a lone full batch goes through the queue; at a 10 ms SLO it runs inline."""
+    ex = DeviceExecutor(0, clock=lambda: 0.0)
+    ex._thread = threading.current_thread()  # as if started; nothing runs on another thread
+    tight = ex.add_lane("tight", policy, 1.0, list)
+    loose = ex.add_lane("loose", policy, 10.0, list)
+    tight.est_batch_s = loose.est_batch_s = 0.0005
+    assert ex.try_run_inline("tight", "x", items=policy.cap) is None
+    fut = ex.try_run_inline("loose", "y", items=policy.cap)
+    assert fut is not None and fut.result() == "y"

@@ -97,6 +97,13 @@ log = logging.getLogger("stowplan.agent.executor")
 #: serves no other request while the batch runs.
 INLINE_MAX_BATCH_S = 0.001
 
+#: ... and only if it is under this share of the lane's SLO. While a batch runs inline, requests
+#: that arrive wait unread in the server (the event loop is busy), where the executor cannot see
+#: them, count them or shed them; at a tenth of the SLO, ten requests backed up behind inline
+#: runs still meet it (a burst to a model whose batch is close to its SLO goes through the queue,
+#: where it is shed with a 503).
+INLINE_MAX_SLO_SHARE = 0.1
+
 #: After an unexpected error in the device loop, wait this long before the next round, so a
 #: fault that repeats cannot spin the thread (it is logged every time, and the loop goes on).
 _LOOP_ERROR_PAUSE_S = 0.01
@@ -530,7 +537,8 @@ class DeviceExecutor:
         counted in the queue's statistics as a push would), may run now by its budget
         (within it, or alone with a batch ready and within the cycle's slack:
         :meth:`SliceScheduler.pick`'s rules) and
-        its smoothed batch time is known and under :data:`INLINE_MAX_BATCH_S`. The device
+        its smoothed batch time is known and under :data:`INLINE_MAX_BATCH_S` and
+        :data:`INLINE_MAX_SLO_SHARE` of its SLO. The device
         thread waits while it runs, and the batch is charged, observed and fed to the policy
         exactly as the device thread's are. This saves the two thread hops of a lone
         request (caller -> device thread -> caller's event loop); the price is that the
@@ -546,6 +554,7 @@ class DeviceExecutor:
                 or self._running
                 or len(lane.queue)
                 or not 0 < lane.est_batch_s < INLINE_MAX_BATCH_S
+                or lane.est_batch_s > INLINE_MAX_SLO_SHARE * lane.slo_s
                 or not lane.queue.ready_alone(items, now, lane.est_batch_s)
             ):
                 return None
