@@ -15,7 +15,7 @@ def _result(models: int, all_placed_s: float) -> Result:
     return Result(
         nodes=500,
         models=models,
-        replicas=10,
+        replicas=models * 10,
         all_placed_s=all_placed_s,
         one_more_p50_s=0.4,
         one_more_max_s=1.2,

@@ -53,7 +53,7 @@ def plot(results: Sequence[Result], out: Path) -> None:
     rss_ax.set_ylim(bottom=0)
     for ax in axes:
         ax.set_xscale("log")
-        ax.set_xlabel(f"InferenceModels ({runs[0].replicas} replicas each)")
+        ax.set_xlabel(f"InferenceModels ({runs[0].replicas // runs[0].models} replicas each)")
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"stowplan bench operator: {runs[0].nodes} GPUNodes x 8 GPUs, real API server")
     fig.tight_layout()
