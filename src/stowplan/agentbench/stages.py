@@ -5,8 +5,9 @@ Started by :func:`stowplan.agentbench.dataplane.run_stages` in its own process
 (``python -m stowplan.agentbench.stages OUT_JSON up ARGS...``): it wraps the agent's functions
 at the stage boundaries (no edit to them; wrapping adds about a microsecond a stage), serves
 as ``stowplan up ARGS...`` does, and on SIGTERM writes each stage's p50 and mean (µs, the first
-200 requests left out as warm-up) to ``OUT_JSON``. Stages, HTTP (:class:`FastInfer`):
-``receive`` (ASGI entry to the body read), ``parse`` (JSON header and binary split), ``decode``
+200 requests, or half of a shorter run, left out as warm-up) to ``OUT_JSON``. Stages, HTTP
+(:class:`FastInfer`): ``receive`` (ASGI entry to the body read), ``parse`` (JSON header and
+binary split), ``decode``
 (model lookup, checks, tensors, up to the executor's submit), ``hop to device`` (submit to the
 device thread starting the batch), ``run`` (the batch function: ONNX Runtime and its
 bookkeeping), ``hop back`` (the batch done to the request's coroutine running again),
@@ -153,10 +154,11 @@ def instrument() -> None:
 
 
 def summary(warmup: int = 200) -> dict[str, dict[str, float]]:
-    """Each stage's request count, p50 and mean (µs), the first ``warmup`` left out."""
+    """Each stage's request count, p50 and mean (µs), the first ``warmup`` left out (at most
+    half of them, so a short run keeps at least half its requests)."""
     out = {}
     for name, values in _spans.items():
-        v = np.asarray(values[warmup:] or values)
+        v = np.asarray(values[min(warmup, len(values) // 2) :])
         out[name] = {
             "n": float(len(v)),
             "p50_us": float(np.percentile(v, 50)),
