@@ -30,11 +30,10 @@ from tritonclient.utils import InferenceServerException
 
 from stowplan.agent import grpc_server
 from stowplan.agent.admission import Admission
-from stowplan.agent.batching import FixedPolicy
 from stowplan.agent.config import AgentSettings, BatchingConfig, ModelConfig, Policy
 from stowplan.agent.server import create_app
 from stowplan.agent.serving import Agent
-from stowplan.testing.agent import mlp_request
+from stowplan.testing.agent import hold_device, metric_value, mlp_request
 
 REFUSED = 'stowplan_requests_refused_total{model="",reason="admission",version="1"}'
 
@@ -114,29 +113,6 @@ def busy_agent(model_dir: Path, tmp_path: Path) -> Iterator[Agent]:
     a.close()
 
 
-def _hold_device(agent: Agent) -> threading.Event:
-    """Occupy mlp's device with another lane's batch until the returned event is set."""
-    gate, started = threading.Event(), threading.Event()
-
-    def slow(batch: list[object]) -> list[object]:
-        started.set()
-        gate.wait(20.0)
-        return list(batch)
-
-    ex = agent.executor(agent.get("mlp").config.device)
-    ex.add_lane("gate", FixedPolicy(1, 0.0), slo_ms=600_000, run=slow)
-    ex.submit("gate", None)
-    assert started.wait(5.0)
-    return gate
-
-
-def _metric(agent: Agent, line_start: str) -> float:
-    for line in agent.metrics.render().decode().splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def _response(s: socket.socket) -> tuple[bytes, bytes]:
     """(status line and headers, body) of one HTTP/1.1 response with a Content-Length."""
     data = b""
@@ -166,14 +142,14 @@ def test_past_the_bound_http_and_grpc_are_refused_before_the_body_then_admitted_
     body = json.dumps(mlp_request()).encode()
     x = np.zeros((1, 64), np.float32)
     with _listening(busy_agent) as (url, grpc_url), ThreadPoolExecutor(2) as pool:
-        gate = _hold_device(busy_agent)
+        gate = hold_device(busy_agent, "mlp", max_hold_s=20.0)
         try:
             held = [
                 pool.submit(httpx.post, f"{url}/v2/models/mlp/infer", content=body, timeout=30)
                 for _ in range(2)
             ]
             _wait_for(lambda: busy_agent.admission.requests == 2, "two requests in flight")
-            assert _metric(busy_agent, "stowplan_inflight_requests ") == 2
+            assert metric_value(busy_agent, "stowplan_inflight_requests ") == 2
 
             # HTTP: a 503 with Retry-After while the client has sent only the headers of a
             # 1 MB body: answered before the body is read
@@ -215,7 +191,7 @@ def test_past_the_bound_http_and_grpc_are_refused_before_the_body_then_admitted_
                             stub.ModelInfer(request, timeout=30)
                     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
                     assert ("grpc-retry-pushback-ms", "1000") in info.value.trailing_metadata()
-                    assert _metric(busy_agent, REFUSED) == 4
+                    assert metric_value(busy_agent, REFUSED) == 4
                     assert busy_agent.admission.requests == 2  # refusals took nothing in
                 finally:
                     gate.set()
@@ -230,4 +206,4 @@ def test_past_the_bound_http_and_grpc_are_refused_before_the_body_then_admitted_
         finally:
             gate.set()
     assert (busy_agent.admission.requests, busy_agent.admission.bytes) == (0, 0)
-    assert _metric(busy_agent, REFUSED) == 4
+    assert metric_value(busy_agent, REFUSED) == 4

@@ -5,19 +5,17 @@ one that waited past its deadline behind another model's batch, is answered, nev
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from stowplan.agent.batching import FixedPolicy
 from stowplan.agent.config import AgentSettings, BatchingConfig, ModelConfig
 from stowplan.agent.errors import Overloaded
 from stowplan.agent.protocol import InferenceRequest
 from stowplan.agent.serving import Agent
-from stowplan.testing.agent import mlp_request
+from stowplan.testing.agent import hold_device, metric_value, mlp_request
 
 
 @pytest.fixture
@@ -36,35 +34,11 @@ def shed_agent(model_dir: Path, tmp_path: Path) -> Iterator[Agent]:
     a.close()
 
 
-def _hold_device(agent: Agent) -> threading.Event:
-    """Occupy mlp's device with another model's batch until the returned event is set."""
-    gate = threading.Event()
-    started = threading.Event()
-
-    def slow(batch: list[object]) -> list[object]:
-        started.set()
-        gate.wait(5.0)
-        return list(batch)
-
-    ex = agent.executor(agent.get("mlp").config.device)
-    ex.add_lane("gate", FixedPolicy(1, 0.0), slo_ms=60_000, run=slow)
-    ex.submit("gate", None)
-    assert started.wait(5.0)
-    return gate
-
-
-def _metric(agent: Agent, line_start: str) -> float:
-    for line in agent.metrics.render().decode().splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 async def test_real_overload_sheds_by_deadline_and_a_lone_request_is_answered(
     shed_agent: Agent,
 ) -> None:
     req = InferenceRequest.model_validate(mlp_request())
-    gate = _hold_device(shed_agent)
+    gate = hold_device(shed_agent, "mlp")
     tasks = [asyncio.create_task(shed_agent.infer("mlp", req)) for _ in range(5)]
     await asyncio.sleep(0.2)  # they wait 200 ms behind the gate: four times their 50 ms SLO
     gate.set()
@@ -73,19 +47,19 @@ async def test_real_overload_sheds_by_deadline_and_a_lone_request_is_answered(
     assert len(shed) == 4 and all(r.reason == "deadline" for r in shed)
     assert sum(not isinstance(r, BaseException) for r in results) == 1  # the newest ran, late
     refused = 'stowplan_requests_refused_total{model="mlp",reason="deadline",version="1"}'
-    assert _metric(shed_agent, refused) == 4
+    assert metric_value(shed_agent, refused) == 4
     # a lone request that also waits past its deadline behind another model is still answered
-    gate = _hold_device(shed_agent)
+    gate = hold_device(shed_agent, "mlp")
     lone = asyncio.create_task(shed_agent.infer("mlp", req))
     await asyncio.sleep(0.2)
     gate.set()
     assert (await lone).outputs
-    assert _metric(shed_agent, "stowplan_requests_refused_queue_empty_total") == 0
+    assert metric_value(shed_agent, "stowplan_requests_refused_queue_empty_total") == 0
 
 
 async def test_a_full_queue_sheds_with_its_reason(shed_agent: Agent) -> None:
     req = InferenceRequest.model_validate(mlp_request())
-    gate = _hold_device(shed_agent)
+    gate = hold_device(shed_agent, "mlp")
     tasks = [asyncio.create_task(shed_agent.infer("mlp", req)) for _ in range(7)]
     await asyncio.sleep(0.05)
     gate.set()
@@ -93,7 +67,7 @@ async def test_a_full_queue_sheds_with_its_reason(shed_agent: Agent) -> None:
     full = [r for r in results if isinstance(r, Overloaded) and r.reason == "queue_full"]
     assert len(full) == 1  # the queue holds 6
     refused = 'stowplan_requests_refused_total{model="mlp",reason="queue_full",version="1"}'
-    assert _metric(shed_agent, refused) == 1
+    assert metric_value(shed_agent, refused) == 1
 
 
 def test_a_503_carries_retry_after(client: TestClient) -> None:
