@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from stowplan.agent.server import FastInfer, create_app, infer_target
+from stowplan.agent.server import AgentApp, FastInfer, create_app, infer_target
 from stowplan.agent.serving import Agent
 from stowplan.testing.agent import mlp_request
 
@@ -116,15 +116,16 @@ def test_infer_target_matches_what_starlette_routes(
     assert infer_target(path) == want
 
 
-def test_the_fast_route_wraps_the_whole_stack(both: tuple[TestClient, TestClient]) -> None:
-    """FastInfer is the app's outermost layer (outside Starlette's error middleware and
-    FastAPI's telemetry); the plain app has it nowhere."""
+def test_the_fast_route_is_ahead_of_the_whole_app(both: tuple[TestClient, TestClient]) -> None:
+    """FastInfer answers ahead of FastAPI's own ``__call__`` (its telemetry) and Starlette's
+    stack (its error middleware, routing); the plain app has it nowhere in its stack."""
     fast, plain = both
     fast.get("/v2/health/live")
     plain.get("/v2/health/live")
-    stack = fast.app.middleware_stack  # type: ignore[attr-defined]
-    assert isinstance(stack, FastInfer)
-    layer: object = plain.app.middleware_stack  # type: ignore[attr-defined]
+    assert isinstance(fast.app, AgentApp) and isinstance(fast.app.fast, FastInfer)
+    assert fast.app.fast.app == fast.app.stack  # what it does not take goes to the whole app
+    assert isinstance(plain.app, AgentApp) and plain.app.fast is None
+    layer: object = plain.app.middleware_stack
     while layer is not None:
         assert not isinstance(layer, FastInfer)
         layer = getattr(layer, "app", None)

@@ -356,7 +356,7 @@ class ModelRegistry:
             max_requests=self.settings.max_queue_requests,
         )
         served.lanes[device] = policy
-        self.metrics.cap.labels(config.name, "1").set(policy.cap)
+        self.metrics.set_cap(config.name, policy.cap)
         return policy
 
     def unload(self, name: str) -> None:
