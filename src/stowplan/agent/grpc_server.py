@@ -27,10 +27,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 import stowplan
-from stowplan.agent import admission, grpc_codec
+from stowplan.agent import admission, grpc_codec, tritonapi
 from stowplan.agent.errors import (
     AgentError,
     InvalidRequest,
@@ -152,32 +153,17 @@ class InferenceService:
     async def model_statistics(
         self, request: pb.ModelStatisticsRequest
     ) -> pb.ModelStatisticsResponse:
-        if request.name:  # named as asked, counted under the served name (metrics' label)
-            names = [(request.name, self._model(request.name, request.version).name)]
+        if request.name:  # named as asked
+            models = [(request.name, self._model(request.name, request.version))]
         else:
-            names = [(name, name) for name in self.agent.models]
-        m = self.agent.metrics
+            models = [(name, served) for name, served in list(self.agent.models.items())]
         out = pb.ModelStatisticsResponse()
-        for asked, name in names:
-            ok = _total(m.success, name)
-            out.model_stats.append(
-                pb.ModelStatistics(
-                    name=asked,
-                    version=VERSION,
-                    inference_count=_total(m.count, name),
-                    execution_count=_total(m.exec_count, name),
-                    inference_stats=pb.InferStatistics(
-                        success=pb.StatisticDuration(
-                            count=ok, ns=_total(m.request_us, name) * 1000
-                        ),
-                        fail=pb.StatisticDuration(count=_total(m.failure, name)),
-                        queue=pb.StatisticDuration(count=ok, ns=_total(m.queue_us, name) * 1000),
-                        compute_infer=pb.StatisticDuration(
-                            count=ok, ns=_total(m.compute_us, name) * 1000
-                        ),
-                    ),
-                )
-            )
+        for asked, served in models:
+            # the HTTP route's numbers (tritonapi.model_statistics): one source for both; the
+            # proto keeps a subset of Triton's fields (its numbers), the rest are left out
+            stats = tritonapi.model_statistics(served, asked).model_dump()
+            msg = json_format.ParseDict(stats, pb.ModelStatistics(), ignore_unknown_fields=True)
+            out.model_stats.append(msg)
         return out
 
     async def repository_index(
@@ -194,19 +180,6 @@ class InferenceService:
                 reason=served.reason,
             )
         return out
-
-
-def _total(counter: Any, model: str) -> int:
-    """A Prometheus counter's value for ``model``, summed over its other labels."""
-    return int(
-        sum(
-            s.value
-            for metric in counter.collect()
-            for s in metric.samples
-            if s.name.endswith("_total") and s.labels.get("model") == model
-        )
-        + 0.5
-    )
 
 
 def _unary(fn: Callable[[Any], Awaitable[Any]], request_type: Any, response_type: Any) -> Any:

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,12 +63,14 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Residency(_Frozen):
-    """What :meth:`ResidencyManager.acquire` did: where the model is and what it cost."""
+@dataclass(frozen=True, slots=True)
+class Residency:
+    """What :meth:`ResidencyManager.acquire` did: where the model is and what it cost (a
+    dataclass, not a validated model: one is made per batch, from the pool's own numbers)."""
 
     model: str
-    offset: int = Field(ge=0)
-    size_bytes: int = Field(ge=0)
+    offset: int
+    size_bytes: int
     prefetched: bool  # it had to be brought in (first load or back from host memory)
     offloaded: tuple[str, ...] = ()  # idle models offloaded to make room, LRU first
     relocated: tuple[str, ...] = ()  # idle resident models moved inside the pool (D2D copies)
@@ -101,19 +103,32 @@ class PoolStats(_Frozen):
     relocations: int = 0  # idle models moved inside the pool to merge free space
 
 
-@contextmanager
-def _translated() -> Iterator[None]:
-    """The lab pool's errors as the agent's (same message, the agent's status code)."""
-    try:
-        yield
-    except core.PoolExhausted as exc:
-        raise MemoryPoolExhausted(str(exc)) from exc
-    except core.UnknownBlockError as exc:
-        raise UnknownModelError(str(exc)) from exc
-    except core.BlockBusyError as exc:
-        raise ModelBusyError(str(exc)) from exc
-    except core.ReleaseError as exc:
-        raise ResidencyError(str(exc)) from exc
+class _Translated:
+    """Context manager: the lab pool's errors as the agent's (same message, the agent's
+    status code). A class, not a generator: it wraps every batch's acquire and release."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if exc is None:
+            return
+        for theirs, ours in _TRANSLATIONS:
+            if isinstance(exc, theirs):
+                raise ours(str(exc)) from exc
+
+
+_TRANSLATIONS: tuple[tuple[type[Exception], type[ResidencyError]], ...] = (
+    (core.PoolExhausted, MemoryPoolExhausted),
+    (core.UnknownBlockError, UnknownModelError),
+    (core.BlockBusyError, ModelBusyError),
+    (core.ReleaseError, ResidencyError),
+)
+_translated = _Translated()
 
 
 class ResidencyManager:
@@ -152,18 +167,18 @@ class ResidencyManager:
         :class:`ModelBusyError` when re-registering a model that is in use. Re-registering an
         idle model replaces it.
         """
-        with self._lock, _translated():
+        with self._lock, _translated:
             self._pool.register(model, weights_bytes, workspace_bytes)
 
     def unregister(self, model: str) -> None:
         """Forget a model and free its block. Raises :class:`ModelBusyError` while in use."""
-        with self._lock, _translated():
+        with self._lock, _translated:
             self._pool.unregister(model)
 
     # -- use ----------------------------------------------------------------------------------
     def acquire(self, model: str) -> Residency:
         """Make ``model`` resident (offloading LRU idle models if needed) and mark it busy."""
-        with self._lock, _translated():
+        with self._lock, _translated:
             got = self._pool.acquire(model)
         return Residency(
             model=model,
@@ -176,12 +191,12 @@ class ResidencyManager:
 
     def release(self, model: str) -> None:
         """One use of ``model`` is done (it stays resident, now idle if the refcount is 0)."""
-        with self._lock, _translated():
+        with self._lock, _translated:
             self._pool.release(model)
 
     def offload(self, model: str) -> bool:
         """Evict an idle resident model to host memory now; False if busy or not resident."""
-        with self._lock, _translated():
+        with self._lock, _translated:
             return self._pool.offload(model)
 
     # -- views --------------------------------------------------------------------------------
@@ -221,7 +236,7 @@ class ResidencyManager:
             )
 
     def is_resident(self, model: str) -> bool:
-        with self._lock, _translated():
+        with self._lock, _translated:
             return self._pool.get(model).offset is not None
 
     # -- the trace ----------------------------------------------------------------------------

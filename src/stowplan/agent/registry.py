@@ -161,6 +161,7 @@ class ModelRegistry:
         self._residency: dict[int, Residency] = {}
         self.arenas: dict[int, DeviceArena] = {}
         self._memory_freed = threading.Condition()
+        self._memory_waiters = 0  # batches waiting in _acquire (under _memory_freed)
         self.clock = clock
         self.devices: dict[int, DeviceSpec] = {d.index: d for d in self.telemetry.devices()}
         self.executors: dict[int, DeviceExecutor] = {}
@@ -403,24 +404,39 @@ class ModelRegistry:
         arena = self.arenas.get(device)
         if arena is not None:
             arena.give_back()
-        with self._memory_freed:
-            self._memory_freed.notify_all()
+        self._notify_freed()
 
     def _acquire(self, served: ServedModel, device: int, residency: Residency) -> object:
         """``acquire``, waiting up to the model's SLO while busy models hold the pool."""
+        try:
+            return residency.acquire(served.name)
+        except MemoryPoolExhausted:
+            pass
         deadline = time.monotonic() + served.config.slo_ms / 1000.0
-        while True:
+        with self._memory_freed:
+            # counted before each retry, under the lock a releaser notifies under: a release
+            # after a failed retry finds the count and wakes this wait
+            self._memory_waiters += 1
             try:
-                return residency.acquire(served.name)
-            except MemoryPoolExhausted as exc:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise MemoryPoolExhausted(
-                        f"device {device} memory: waited {served.config.slo_ms:.0f} ms (the "
-                        f"model's SLO) for room to prefetch {served.name}: {exc}"
-                    ) from exc
-                with self._memory_freed:
-                    self._memory_freed.wait(min(left, 0.02))
+                while True:
+                    try:
+                        return residency.acquire(served.name)
+                    except MemoryPoolExhausted as exc:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            raise MemoryPoolExhausted(
+                                f"device {device} memory: waited {served.config.slo_ms:.0f} ms "
+                                f"(the model's SLO) for room to prefetch {served.name}: {exc}"
+                            ) from exc
+                        self._memory_freed.wait(min(left, 0.02))
+            finally:
+                self._memory_waiters -= 1
+
+    def _notify_freed(self) -> None:
+        """Wake the batches waiting in :meth:`_acquire` (none: nothing to do, no lock)."""
+        if self._memory_waiters:
+            with self._memory_freed:
+                self._memory_freed.notify_all()
 
     def _make_resident(
         self, served: ServedModel, device: int, runtime: OnnxModel, residency: Residency
@@ -493,8 +509,7 @@ class ModelRegistry:
             finally:
                 if residency is not None:
                     residency.release(served.name)
-                    with self._memory_freed:
-                        self._memory_freed.notify_all()
+                    self._notify_freed()
             sizes = [next(iter(r.values())).shape[0] for r in batch]
             total = sum(sizes)
             for k in out_names:
