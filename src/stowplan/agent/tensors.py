@@ -11,19 +11,20 @@ live here, with the codec. Callers: :mod:`stowplan.agent.dataplane`, and
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from stowplan.agent.errors import InvalidRequest, PayloadTooLarge
 from stowplan.agent.protocol import RequestInput, RequestOutput, ResponseOutput
 
-#: the response header's encoder, built once (``json.dumps`` with options builds one a call)
-_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+#: the response's JSON: orjson writes numeric arrays straight from their buffer (float32 in
+#: its shortest form, NaN and infinities as null: JSON has neither)
+_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 
 #: the one datatype without a fixed element size: variable-length byte strings
 BYTES = "BYTES"
@@ -397,12 +398,12 @@ def encode_response(
             )
             chunks.append(raw)
         else:
-            described.append(_json_output(n, arr))
+            described.append(_json_output(n, arr, as_list=False))
     head: dict[str, Any] = {"model_name": model, "model_version": "1"}
     if request_id is not None:
         head["id"] = request_id
     head["outputs"] = described
-    header = _JSON.encode(head).encode()
+    header = orjson.dumps(head, option=_JSON_OPTIONS)
     if not chunks:
         return header, None
     return header + b"".join(chunks), len(header)
@@ -417,14 +418,19 @@ def _binary_output(arr: np.ndarray) -> tuple[str, bytes]:
     return datatype, np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
 
 
-def _json_output(name: str, arr: np.ndarray) -> dict[str, Any]:
+def _json_output(name: str, arr: np.ndarray, as_list: bool = True) -> dict[str, Any]:
+    """One output's JSON form; ``as_list`` False leaves a numeric output's data a flat array
+    (for orjson, which writes it from its buffer), True makes it a list of Python numbers."""
     if arr.dtype.kind in "OSU":
-        data: list[Any] = [_text(x) for x in arr.reshape(-1)]
+        data: Any = [_text(x) for x in arr.reshape(-1)]
         return {"name": name, "datatype": BYTES, "shape": list(arr.shape), "data": data}
     datatype = NUMPY_TO_V2.get(arr.dtype)
     if datatype is None:  # pragma: no cover - ORT only returns mapped types
         arr, datatype = arr.astype(np.float32), "FP32"
-    data = arr.reshape(-1).tolist()
+    flat = np.ascontiguousarray(arr.reshape(-1), dtype=arr.dtype.newbyteorder("="))
+    if not as_list:
+        return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": flat}
+    data = flat.tolist()
     if arr.dtype.kind == "f" and not bool(np.isfinite(arr).all()):
         # JSON has no NaN/Infinity; a model that produces them answers null for those cells.
         data = [x if math.isfinite(x) else None for x in data]
