@@ -803,41 +803,59 @@ def open_table(rows: list[OpenRow], model: str, slo_ms: float, max_in_flight: in
     return "\n".join([*out, "", *verdict(rows, slo_ms)])
 
 
+def _saturated(row: OpenRow) -> bool:
+    """Under 90 % of its arrivals answered within the SLO."""
+    return row.within_slo < 0.9 * row.arrivals
+
+
 def verdict(rows: list[OpenRow], slo_ms: float) -> list[str]:
-    """Per offered rate: stowplan's best goodput (over its paths, per batching policy) against
-    KServe's, the factor, and whether the issue's goals hold (at least KServe's everywhere; at
-    least 2x where KServe is saturated for the SLO: under 90 % of its arrivals answered within
-    it); then every agent row that loses to KServe at its rate."""
+    """The issue's goals, judged on the rows: at every offered rate stowplan's best goodput
+    (over its paths, per batching policy) at least KServe's; at saturation (each server's
+    peak goodput over the rates, the most it sustains within the SLO) at least 2x KServe's
+    peak. A server not saturated at the highest rate has a peak of at least what it showed
+    there, which the line says. Then every agent row that loses to KServe at its rate."""
     kserve = {r.rate: r for r in rows if r.batching == "-"}
     agent = [r for r in rows if r.batching != "-"]
     if not kserve or not agent:
         return ["(no comparison: needs kserve-rest and at least one agent path)"]
     out = [f"Goodput (answers within {slo_ms:g} ms per s), stowplan vs KServe:"]
+    policies = list(dict.fromkeys(r.batching for r in agent))
     for rate in sorted(kserve):
         ks = kserve[rate]
-        saturated = ks.within_slo < 0.9 * ks.arrivals
         parts = []
-        for policy in dict.fromkeys(r.batching for r in agent):
+        for policy in policies:
             mine = [r for r in agent if r.rate == rate and r.batching == policy]
             if not mine:
                 continue
             best = max(mine, key=lambda r: r.goodput)
             factor = best.goodput / ks.goodput if ks.goodput > 0 else float("inf")
-            goal = 2.0 if saturated else 1.0
-            ok = "meets" if factor >= goal else "MISSES"
+            ok = "meets" if best.goodput >= ks.goodput else "MISSES"
             parts.append(
                 f"batching {policy}: {best.goodput:.0f}/s ({best.path}) = {factor:.2f}x, "
-                f"{ok} the {goal:g}x goal"
+                f"{ok} the 1x goal"
             )
-        state = "saturated: < 90 % of arrivals within SLO" if saturated else "not saturated"
-        at_rate = [r for r in agent if r.rate == rate]
-        if at_rate:
-            top = max(at_rate, key=lambda r: r.goodput)
-            factor = top.goodput / ks.goodput if ks.goodput > 0 else float("inf")
-            overall = f"stowplan best {top.goodput:.0f}/s ({top.path}, {top.batching}) = "
-            parts.insert(0, overall + f"{factor:.2f}x KServe")
+        state = "saturated: < 90 % of arrivals within SLO" if _saturated(ks) else "not saturated"
         out.append(
             f"- offered {rate:g}/s: KServe {ks.goodput:.0f}/s ({state}); " + "; ".join(parts)
+        )
+    top_rate = max(kserve)
+    ks_peak = max(kserve.values(), key=lambda r: r.goodput)
+    ks_note = "" if _saturated(kserve[top_rate]) else ", not saturated at the highest rate"
+    for policy in policies:
+        mine = [r for r in agent if r.batching == policy]
+        peak = max(mine, key=lambda r: r.goodput)
+        at_top = [r for r in mine if r.rate == top_rate]
+        note = (
+            ", not saturated at the highest rate: its peak is at least this"
+            if at_top and not any(_saturated(r) for r in at_top)
+            else ""
+        )
+        factor = peak.goodput / ks_peak.goodput if ks_peak.goodput > 0 else float("inf")
+        ok = "meets" if factor >= 2.0 else "MISSES"
+        out.append(
+            f"- at saturation, batching {policy}: peak {peak.goodput:.0f}/s ({peak.path} at "
+            f"{peak.rate:g}/s{note}) vs KServe's peak {ks_peak.goodput:.0f}/s (at "
+            f"{ks_peak.rate:g}/s{ks_note}) = {factor:.2f}x, {ok} the 2x goal"
         )
     losses = [
         f"{r.path}/{r.batching} at {r.rate:g}/s ({r.goodput:.0f} vs {kserve[r.rate].goodput:.0f})"
