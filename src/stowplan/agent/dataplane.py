@@ -132,7 +132,7 @@ class DataPlane:
         latency = reg.clock() - start
         served.stats.request(latency * 1000.0)
         reg.metrics.observe_request(name, latency, ok=True)
-        names = list(wanted) or [o.name for o in served.runtime.outputs]
+        names = list(wanted) or served.runtime.output_names
         return {n: outputs[n] for n in names}
 
     def _failed(self, served: ServedModel, start: float, exc: AgentError) -> None:

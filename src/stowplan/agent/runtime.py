@@ -199,6 +199,8 @@ class OnnxModel:
         self.providers: list[str] = list(session.get_providers())
         self.inputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in session.get_inputs())
         self.outputs: tuple[TensorSpec, ...] = tuple(_spec(a) for a in session.get_outputs())
+        #: the outputs' names in order (every run asks for all of them)
+        self.output_names: list[str] = [t.name for t in self.outputs]
         unsupported = [
             t.name for t in self.inputs if t.datatype not in V2_TO_NUMPY and t.datatype != BYTES
         ]
@@ -265,14 +267,14 @@ class OnnxModel:
         if session is None:
             raise ExecutionError(f"{self.path.name}: the session is offloaded (not prefetched)")
         try:
-            values = session.run(None, feeds)
+            values = session.run(self.output_names, feeds)
         except Exception as exc:
             if any(m in str(exc) for m in _ARENA_FULL):
                 raise DeviceMemoryExhausted(
                     f"{self.path.name}: the device arena is full: {exc}"
                 ) from exc
             raise ExecutionError(f"{self.path.name}: {exc}") from exc
-        return {spec.name: np.asarray(v) for spec, v in zip(self.outputs, values, strict=True)}
+        return {name: np.asarray(v) for name, v in zip(self.output_names, values, strict=True)}
 
 
 __all__ = [
