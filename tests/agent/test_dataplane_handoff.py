@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from stowplan.agent.batching import FixedPolicy
 from stowplan.agent.config import BatchingConfig, ModelConfig, Policy
+from stowplan.agent.executor import BatchRecord, DeviceExecutor
 from stowplan.agent.protocol import InferenceRequest
 from stowplan.agent.serving import Agent
 from stowplan.testing.agent import MLP_INPUT_WIDTH
@@ -111,3 +113,44 @@ async def test_a_lone_request_to_an_unbatched_model_runs_on_the_event_loops_thre
     assert prediction.outputs[prediction.names[0]].shape[0] == 1
     assert threads[-1] is ex._thread
     assert runtime.loaded  # prefetched back on the device thread
+
+
+def test_a_caller_is_answered_only_after_its_batch_is_recorded() -> None:
+    """The batch observer (the model's statistics and metrics) runs before the batch's futures
+    settle, on the device thread and on the inline path: a client that has its answer and then
+    asks for the statistics finds its request's batch in them (settling first let a gRPC
+    ModelStatistics call see the answered request but not yet its batch)."""
+    recorded: list[int] = []
+
+    def observe(rec: BatchRecord) -> None:
+        time.sleep(0.05)  # a slow observer: the caller must wait for it, not overtake it
+        recorded.append(rec.items)
+
+    ex = DeviceExecutor(0)
+    lane = ex.add_lane("m", FixedPolicy(1, 0.0), slo_ms=5000, run=list, observer=observe)
+    ex.start()
+    try:
+        seen: list[int] = []
+        fut = ex.submit("m", "a")
+        fut.add_done_callback(lambda _: seen.append(len(recorded)))
+        assert fut.result(timeout=5) == "a" and seen == [1]  # the device thread's path
+        lane.est_batch_s = 0.0001  # known and short: a lone request may run inline
+        inline = ex.try_run_inline("m", "b")
+        assert inline is not None and inline.done() and inline.result() == "b"
+        assert len(recorded) == 2
+    finally:
+        ex.stop()
+
+
+def test_a_failing_observer_still_answers_the_batch() -> None:
+    def observe(rec: BatchRecord) -> None:
+        raise RuntimeError("observer bug")
+
+    ex = DeviceExecutor(0)
+    ex.add_lane("m", FixedPolicy(1, 0.0), slo_ms=5000, run=list, observer=observe)
+    ex.start()
+    try:
+        assert ex.submit("m", "a").result(timeout=5) == "a"
+        assert ex.submit("m", "b").result(timeout=5) == "b"  # and the device thread serves on
+    finally:
+        ex.stop()

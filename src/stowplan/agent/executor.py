@@ -665,10 +665,19 @@ class DeviceExecutor:
         cycle_s: float,
         spare: bool = False,
     ) -> None:
-        """Run a taken ``batch`` (``_running`` is set), settle its futures, charge the lane,
-        feed the policy, clear ``_running``, then call the observer."""
+        """Run a taken ``batch`` (``_running`` is set), charge the lane, feed the policy,
+        clear ``_running``, call the observer, then settle the batch's futures: a caller
+        that has its answer finds its batch counted in the model's statistics and metrics
+        (the observer's; settling first let a client read them before the device thread
+        recorded the batch)."""
+        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            record = self._run_batch(lane, batch, run, ready_s, cycle_s, spare)
+            record, outcomes = self._run_batch(lane, batch, run, ready_s, cycle_s, spare)
+        except BaseException as exc:  # a bookkeeping bug: no caller may wait forever
+            err = ExecutionError(f"batch bookkeeping failed: {type(exc).__name__}: {exc}")
+            for p in batch:
+                _settle(p.payload.future, exc=err)
+            raise
         finally:
             with self._cond:
                 self._running = False
@@ -677,8 +686,12 @@ class DeviceExecutor:
                 # inline run cost a thread switch and a GIL hand-over per request
                 if any(len(other.queue) for other in self._sched.lanes.values()):
                     self._cond.notify_all()
-        if observer is not None:
-            observer(record)
+        try:
+            if observer is not None:
+                observer(record)
+        finally:
+            for fut, result, error in outcomes:
+                _settle(fut, result, error)
 
     def _run_batch(
         self,
@@ -688,9 +701,12 @@ class DeviceExecutor:
         ready_s: float,
         cycle_s: float,
         spare: bool,
-    ) -> BatchRecord:
+    ) -> tuple[BatchRecord, list[tuple[Future[Any], Any, BaseException | None]]]:
+        """Run ``batch`` and do its bookkeeping; its record and each future's outcome
+        (result, or the one error fanned out to every caller), not yet settled."""
         start = self.clock()
         ok = True
+        outcomes: list[tuple[Future[Any], Any, BaseException | None]]
         try:
             results = run([p.payload.payload for p in batch])
             if len(results) != len(batch):
@@ -700,11 +716,9 @@ class DeviceExecutor:
         except Exception as exc:  # fan the one failure out to every caller (Ray Serve's rule)
             ok = False
             err = exc if isinstance(exc, AgentError) else ExecutionError(str(exc))
-            for p in batch:
-                _settle(p.payload.future, exc=err)
+            outcomes = [(p.payload.future, None, err) for p in batch]
         else:
-            for p, r in zip(batch, results, strict=True):
-                _settle(p.payload.future, r)
+            outcomes = [(p.payload.future, r, None) for p, r in zip(batch, results, strict=True)]
         end = self.clock()
         busy = end - start
         items = sum(p.items for p in batch)
@@ -717,7 +731,7 @@ class DeviceExecutor:
             if ok:
                 missed = any(end > p.deadline_s for p in batch)
                 lane.queue.policy.observe(items, busy * 1000.0, missed)
-        return BatchRecord(
+        record = BatchRecord(
             lane.name,
             items,
             len(batch),
@@ -729,3 +743,4 @@ class DeviceExecutor:
             cycle_s,
             spare,
         )
+        return record, outcomes
