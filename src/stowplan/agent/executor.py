@@ -670,7 +670,6 @@ class DeviceExecutor:
         that has its answer finds its batch counted in the model's statistics and metrics
         (the observer's; settling first let a client read them before the device thread
         recorded the batch)."""
-        outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             record, outcomes = self._run_batch(lane, batch, run, ready_s, cycle_s, spare)
         except BaseException as exc:  # a bookkeeping bug: no caller may wait forever

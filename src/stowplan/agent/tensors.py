@@ -87,11 +87,6 @@ def decode_inputs(
     elements as the shape says; all inputs must agree on the batch dimension. ``raw`` holds
     the binary contents of the inputs sent with the binary extension (see
     :func:`split_binary_inputs`); the others carry JSON ``data``."""
-    if len(inputs) == 1 == len(specs) and inputs[0].name == specs[0].name:  # the common case
-        t, spec = inputs[0], specs[0]
-        buf = raw.get(spec.name) if raw else None
-        arr = _decode_one(t, spec) if buf is None else _decode_binary(t, spec, buf)
-        return {spec.name: arr}, batch_items({spec.name: arr}, max_items)
     given = {}
     for t in inputs:
         if t.name in given:
